@@ -1,0 +1,118 @@
+"""The ``xray-audit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from audit import __version__
+
+log = logging.getLogger("audit")
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xray-audit",
+        description="Evaluation and clinical-realism auditing for generative X-ray models.",
+    )
+    p.add_argument("--version", action="version", version=f"xray-audit {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the study described by a TOML config")
+    run.add_argument("config", type=Path, metavar="STUDY.toml")
+    run.add_argument("--keep-going", action="store_true", help="record missing or bad samples in failures.csv instead of stopping")
+    run.add_argument("--no-report", action="store_true", help="skip writing report.html")
+    run.add_argument(
+        "--chunk-size", type=int, default=64, metavar="N",
+        help="cases per resumable unit of work (default 64); smaller loses less work when interrupted",
+    )
+
+    demo = sub.add_parser("demo", help="build the embedded demo cohort and audit it")
+    demo.add_argument("--out", type=Path, default=Path("xray-audit-demo"), metavar="DIR", help="where the study config and run go (default: ./xray-audit-demo)")
+
+    cases = sub.add_parser("cases", help="work with case manifests")
+    cases_sub = cases.add_subparsers(dest="cases_command", required=True, metavar="SUBCOMMAND")
+    validate = cases_sub.add_parser("validate", help="report every problem in a case manifest in one pass")
+    validate.add_argument("manifest", type=Path, metavar="FILE")
+    validate.add_argument("--headers-only", action="store_true", help="check image sizes from headers without decoding pixels (faster)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    progress = not args.quiet
+    try:
+        if args.command == "run":
+            return _run(args.config, args.keep_going, not args.no_report, progress, args.chunk_size)
+        if args.command == "demo":
+            return _demo(args.out, progress)
+        if args.command == "cases":
+            return _validate(args.manifest, not args.headers_only, progress)
+    except KeyboardInterrupt:
+        log.error("interrupted; rerun the same command to resume where it stopped")
+        return 130
+    except Exception as exc:
+        from audit.cases import ManifestError
+        from audit.config import ConfigError
+        from audit.runner import RunError
+
+        if isinstance(exc, (ConfigError, ManifestError, RunError, FileNotFoundError)):
+            log.error("error: %s", exc)
+            return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_PROBLEMS
+        raise
+    return EXIT_USAGE
+
+
+def _run(config_path: Path, keep_going: bool, report: bool, progress: bool, chunk_size: int = 64) -> int:
+    from audit.config import ConfigError, load_config
+    from audit.runner import RunOptions, run_study
+
+    config = load_config(config_path)
+    if chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
+    result = run_study(
+        config, RunOptions(keep_going=keep_going, progress=progress, report=report, chunk_size=chunk_size)
+    )
+    log.info("run directory: %s", result.path.resolve())
+    if result.n_failures:
+        log.warning("%d failure(s) recorded in %s", result.n_failures, (result.path / "failures.csv").resolve())
+    if result.report:
+        log.info("report: %s", result.report.resolve())
+    return EXIT_OK
+
+
+def _demo(out: Path, progress: bool) -> int:
+    from audit.demo.cohort import build_cohort
+    from audit.demo.study import write_demo_study
+
+    manifest = build_cohort(progress=progress)
+    log.info("demo cohort: %s", manifest)
+    config_path = write_demo_study(manifest, out)
+    log.info("demo study config: %s", config_path.resolve())
+    return _run(config_path, keep_going=False, report=True, progress=progress)
+
+
+def _validate(manifest: Path, check_pixels: bool, progress: bool) -> int:
+    from audit.cases import validate
+
+    frame, problems = validate(manifest, check_pixels=check_pixels, progress=progress)
+    if problems:
+        print(f"{manifest}: {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  - {problem}")
+        return EXIT_PROBLEMS
+    print(f"{manifest}: OK, {len(frame)} case(s)")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

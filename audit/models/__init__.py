@@ -1,0 +1,1 @@
+"""Model adapters: each turns cases into sample images, paired with their reference case."""

@@ -1,0 +1,470 @@
+"""`xray-audit run`: cases → samples → paired metrics → run directory.
+
+Work is split into chunks of cases. For every (model, chunk) the runner writes a samples shard and
+a metrics shard atomically under ``parts/``, keyed by a hash of everything that determines their
+content. A rerun skips every shard that exists, so killing the process at any point and rerunning
+gives the same files as one clean run, and adding a model computes only that model.
+
+Chunks are the outer loop so each reference image is decoded once per run and shared by every
+model, and memory stays bounded by one chunk whatever the cohort size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import importlib.metadata
+import json
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from audit import __version__, images, rundir
+from audit.atomic import atomic_path, sha256_file, write_text
+from audit.cases import Case, Manifest, load_manifest
+from audit.config import StudyConfig, dump_toml, stable_hash
+from audit.models.base import ModelAdapter, SampleFailure, SampleRequest, derive_seed, safe_name
+from audit.registry import build_adapter
+from audit.stats import bootstrap_mean_ci
+
+log = logging.getLogger(__name__)
+
+# Bump when the meaning of a shard changes, so stale shards are recomputed rather than trusted.
+SAMPLES_FORMAT = 1
+METRICS_FORMAT = 1
+# Pixels per scoring batch: 32 images at 256², 2 at 1024²; bounds peak memory of SSIM's buffers.
+BATCH_PIXELS = 1 << 21
+
+SAMPLE_SHARD_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("case_id", pa.string()),
+        ("sample", pa.int64()),
+        ("seed", pa.int64()),
+        ("path", pa.string()),
+        ("sha256", pa.string()),
+        ("kind", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+METRIC_SHARD_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("case_id", pa.string()),
+        ("sample", pa.int64()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
+FAILURE_SCHEMA = pa.schema([(c, pa.int64() if c == "sample" else pa.string()) for c in rundir.FAILURES_COLUMNS])
+
+
+class RunError(RuntimeError):
+    """The run cannot continue; the message says what failed and how to proceed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    keep_going: bool = False
+    progress: bool = True
+    chunk_size: int = 64
+    report: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    path: Path
+    n_samples: int
+    n_failures: int
+    report: Path | None
+
+
+def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunResult:
+    started = dt.datetime.now(dt.timezone.utc)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    out = config.study.output
+    out.mkdir(parents=True, exist_ok=True)
+
+    manifest = load_manifest(config.study.cases, check_pixels=False)
+    cases = manifest.cases()
+    cases_hash = stable_hash(manifest.frame.astype(str).to_dict(orient="list"))
+    write_text(out / rundir.CONFIG_TOML, dump_toml(config))
+    _write_parquet(pa.Table.from_pandas(manifest.frame, preserve_index=False), out / rundir.CASES)
+    timings["load_cases_s"] = time.perf_counter() - t
+
+    adapters = [build_adapter(spec, config.study) for spec in config.models]
+    if not options.keep_going:
+        _preflight(adapters, cases)
+
+    t = time.perf_counter()
+    plan = _Plan(config, options, out, cases_hash)
+    _process(plan, adapters, cases, options)
+    timings["samples_and_metrics_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    samples, per_sample, failures = _collect(plan, adapters, len(cases))
+    _write_parquet(pa.Table.from_pandas(samples, preserve_index=False), out / rundir.SAMPLES)
+    _write_parquet(pa.Table.from_pandas(per_sample, preserve_index=False), out / rundir.PER_SAMPLE)
+    failures_path = out / rundir.FAILURES
+    if len(failures):
+        with atomic_path(failures_path) as tmp:
+            failures.to_csv(tmp, index=False)
+    else:
+        failures_path.unlink(missing_ok=True)
+    summary = summarise(per_sample, config)
+    with atomic_path(out / rundir.SUMMARY) as tmp:
+        summary.to_csv(tmp, index=False)
+    _prune_stale_parts(plan)
+    timings["aggregate_s"] = time.perf_counter() - t
+
+    report = None
+    if options.report:
+        t = time.perf_counter()
+        from reports.html import write_html_report
+
+        report = write_html_report(out)
+        timings["report_s"] = time.perf_counter() - t
+
+    run_info = {
+        "xray_audit_version": __version__,
+        "study": config.study.name,
+        "config_hash": config.hash(),
+        "cases_hash": cases_hash,
+        "started": started.isoformat(),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "n_cases": len(cases),
+        "n_models": len(adapters),
+        "n_samples": int(len(samples)),
+        "n_failures": int(len(failures)),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "versions": _versions(),
+        "policies": {
+            "pixel_range": config.metrics.pixel_range,
+            "resize": config.metrics.resize,
+            "overlap_threshold": config.metrics.overlap_threshold,
+            "ci": f"{config.metrics.confidence:.0%} percentile bootstrap over cases, "
+            f"{config.metrics.bootstrap_resamples} resamples; per-case value = mean over samples",
+            "self_reference_models": [a.spec.name for a in adapters if a.self_reference],
+        },
+    }
+    write_text(out / rundir.RUN_JSON, json.dumps(run_info, indent=2) + "\n")
+    return RunResult(path=out, n_samples=len(samples), n_failures=len(failures), report=report)
+
+
+def _preflight(adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:
+    missing: list[str] = []
+    for adapter in adapters:
+        for case, sample, reason in adapter.preflight(cases):
+            missing.append(f"{adapter.spec.name} / {case.case_id} / sample {sample}: {reason}")
+    if missing:
+        head = "\n".join(f"  - {m}" for m in missing[:200])
+        more = f"\n  … and {len(missing) - 200} more" if len(missing) > 200 else ""
+        raise RunError(
+            f"{len(missing)} sample(s) cannot be found:\n{head}{more}\n"
+            "Fix the paths in the study config, or rerun with --keep-going to record them in failures.csv "
+            "and score the rest."
+        )
+
+
+@dataclasses.dataclass
+class _Plan:
+    config: StudyConfig
+    options: RunOptions
+    out: Path
+    cases_hash: str
+
+    def samples_key(self, adapter: ModelAdapter) -> str:
+        return stable_hash(
+            {
+                "format": SAMPLES_FORMAT,
+                "spec": dataclasses.asdict(adapter.spec),
+                "seed": self.config.study.seed,
+                "samples_per_case": adapter.samples_per_case(),
+                "cases": self.cases_hash,
+                "chunk_size": self.options.chunk_size,
+            }
+        )[:16]
+
+    def metrics_key(self, adapter: ModelAdapter) -> str:
+        return stable_hash(
+            {"format": METRICS_FORMAT, "samples": self.samples_key(adapter), "metrics": self.config.to_dict()["metrics"]}
+        )[:16]
+
+    def part_dir(self, stage: str, adapter: ModelAdapter) -> Path:
+        key = self.samples_key(adapter) if stage == "samples" else self.metrics_key(adapter)
+        return self.out / rundir.PARTS_DIR / stage / f"{safe_name(adapter.spec.name)}-{key}"
+
+    def shard(self, stage: str, adapter: ModelAdapter, chunk: int) -> Path:
+        return self.part_dir(stage, adapter) / f"{chunk:05d}.parquet"
+
+
+class _References:
+    """Decodes each reference of the current chunk at most once and shares it across models."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, images.XrayImage] = {}
+
+    def __call__(self, case: Case) -> images.XrayImage:
+        if case.case_id not in self._cache:
+            self._cache[case.case_id] = images.read_image(case.image)
+        return self._cache[case.case_id]
+
+
+def _process(plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case], options: RunOptions) -> None:
+    from tqdm.auto import tqdm
+
+    size = options.chunk_size
+    chunks = [cases[i : i + size] for i in range(0, len(cases), size)]
+    total = sum(len(cases) * a.samples_per_case() for a in adapters)
+    with tqdm(total=total, desc="auditing", unit="sample", disable=not options.progress) as bar:
+        for ci, chunk in enumerate(chunks):
+            refs = _References()
+            for adapter in adapters:
+                bar.set_postfix_str(adapter.spec.name, refresh=False)
+                samples = _ensure_samples(plan, adapter, ci, chunk, refs)
+                if not adapter.self_reference:
+                    _ensure_metrics(plan, adapter, ci, chunk, samples, refs)
+                bar.update(len(chunk) * adapter.samples_per_case())
+
+
+def _ensure_samples(
+    plan: _Plan, adapter: ModelAdapter, ci: int, chunk: Sequence[Case], refs: _References
+) -> pd.DataFrame:
+    shard = plan.shard("samples", adapter, ci)
+    if shard.exists():
+        return pq.read_table(shard).to_pandas()
+    spec = adapter.spec
+    sample_dir = plan.out / rundir.SAMPLES_DIR / safe_name(spec.name)
+    requests = [
+        SampleRequest(
+            case=case,
+            sample=s,
+            seed=derive_seed(plan.config.study.seed, spec.name, case.case_id, s),
+            dest=sample_dir / f"{safe_name(case.case_id)}_s{s}.png",
+        )
+        for case in chunk
+        for s in range(adapter.samples_per_case())
+    ]
+    try:
+        results = adapter.produce(requests, refs)
+    except images.ImageReadError as exc:
+        if not plan.options.keep_going:
+            raise RunError(f"model {spec.name}: {exc}") from None
+        results = [SampleFailure(str(exc))] * len(requests)
+    rows = []
+    for req, res in zip(requests, results, strict=True):
+        row = {
+            "model": spec.name, "case_id": req.case.case_id, "sample": req.sample, "seed": req.seed,
+            "path": None, "sha256": None, "kind": spec.kind, "error": None,
+        }
+        if isinstance(res, SampleFailure):
+            row["error"] = res.reason
+        else:
+            row["path"] = str(Path(res).resolve())
+            row["sha256"] = sha256_file(res)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=SAMPLE_SHARD_SCHEMA.names)
+    _write_parquet(pa.Table.from_pandas(frame, schema=SAMPLE_SHARD_SCHEMA, preserve_index=False), shard)
+    return frame
+
+
+def _ensure_metrics(
+    plan: _Plan, adapter: ModelAdapter, ci: int, chunk: Sequence[Case], samples: pd.DataFrame, refs: _References
+) -> None:
+    shard = plan.shard("metrics", adapter, ci)
+    if shard.exists():
+        return
+    from audit.metrics.pixel import score_pixels
+
+    m = plan.config.metrics
+    by_id = {c.case_id: c for c in chunk}
+    pairs: list[tuple[dict, np.ndarray, np.ndarray]] = []
+    failures: list[dict] = []
+
+    def fail(row: dict, msg: str) -> None:
+        if not plan.options.keep_going:
+            raise RunError(
+                f"model {adapter.spec.name}, case {row['case_id']}, sample {row['sample']}: {msg}\n"
+                "Rerun with --keep-going to record such failures in failures.csv and score the rest."
+            )
+        failures.append(
+            {"model": row["model"], "case_id": row["case_id"], "sample": row["sample"], "stage": "score", "error": msg}
+        )
+
+    for row in samples.to_dict(orient="records"):
+        if row["error"] is not None:
+            continue  # recorded as a generation failure already
+        path = Path(row["path"])
+        try:
+            if sha256_file(path) != row["sha256"]:
+                fail(row, f"{path} changed after it was recorded; delete {shard.parent.parent} to regenerate")
+                continue
+            gen = images.read_image(path).pixels
+            ref = refs(by_id[row["case_id"]]).pixels
+        except (images.ImageReadError, FileNotFoundError) as exc:
+            fail(row, str(exc))
+            continue
+        if gen.shape != ref.shape:
+            if m.resize != "to_reference":
+                fail(
+                    row,
+                    f"size mismatch: sample {path} is {gen.shape[0]}×{gen.shape[1]} px, reference is "
+                    f"{ref.shape[0]}×{ref.shape[1]} px; set resize = \"to_reference\" in [metrics] to resize samples",
+                )
+                continue
+            gen = resize_to(gen, ref.shape)
+        pairs.append((row, gen, ref))
+
+    frames = []
+    for shape in sorted({p[1].shape for p in pairs}):
+        group = [p for p in pairs if p[1].shape == shape]
+        step = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
+        for i in range(0, len(group), step):
+            batch = group[i : i + step]
+            try:
+                values = score_pixels(
+                    np.stack([b[1] for b in batch]),
+                    np.stack([b[2] for b in batch]),
+                    m.pixel,
+                    pixel_range=m.pixel_range,
+                    overlap_threshold=m.overlap_threshold,
+                )
+            except ValueError as exc:
+                for b in batch:
+                    fail(b[0], str(exc))
+                continue
+            ids = pd.DataFrame([{"model": b[0]["model"], "case_id": b[0]["case_id"], "sample": b[0]["sample"]} for b in batch])
+            for name in m.pixel:
+                frames.append(ids.assign(metric=name, value=np.asarray(values[name], dtype=np.float64)))
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object") for c in METRIC_SHARD_SCHEMA.names})
+    )
+    if failures:
+        fail_frame = pd.DataFrame(failures, columns=list(rundir.FAILURES_COLUMNS))
+        _write_parquet(
+            pa.Table.from_pandas(fail_frame, schema=FAILURE_SCHEMA, preserve_index=False),
+            shard.with_suffix(".failures.parquet"),
+        )
+    # The metrics shard is written last: its presence marks the chunk complete.
+    _write_parquet(pa.Table.from_pandas(frame, schema=METRIC_SHARD_SCHEMA, preserve_index=False), shard)
+
+
+def resize_to(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize with antialiasing (the `to_reference` policy), float32 in [0,1]."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+        y = F.interpolate(x, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
+        return y[0, 0].clamp_(0.0, 1.0).numpy().copy()
+
+
+def _collect(plan: _Plan, adapters: Sequence[ModelAdapter], n_cases: int) -> tuple[pd.DataFrame, ...]:
+    n_chunks = (n_cases + plan.options.chunk_size - 1) // plan.options.chunk_size
+    sample_frames, metric_frames, failure_frames = [], [], []
+    for adapter in adapters:
+        for ci in range(n_chunks):
+            s = pq.read_table(plan.shard("samples", adapter, ci)).to_pandas()
+            sample_frames.append(s)
+            bad = s[s["error"].notna()]
+            if len(bad):
+                failure_frames.append(
+                    bad.assign(stage="generate")[["model", "case_id", "sample", "stage", "error"]]
+                )
+            if adapter.self_reference:
+                continue
+            shard = plan.shard("metrics", adapter, ci)
+            metric_frames.append(pq.read_table(shard).to_pandas())
+            fshard = shard.with_suffix(".failures.parquet")
+            if fshard.exists():
+                failure_frames.append(pq.read_table(fshard).to_pandas())
+    samples = pd.concat(sample_frames, ignore_index=True)
+    samples = samples[samples["error"].isna()][list(rundir.SAMPLES_COLUMNS) + ["kind"]].reset_index(drop=True)
+    per_sample = (
+        pd.concat(metric_frames, ignore_index=True)
+        if metric_frames
+        else pd.DataFrame(columns=list(rundir.PER_SAMPLE_COLUMNS))
+    )
+    failures = (
+        pd.concat(failure_frames, ignore_index=True)
+        if failure_frames
+        else pd.DataFrame(columns=list(rundir.FAILURES_COLUMNS))
+    )
+    return samples, per_sample, failures
+
+
+def summarise(per_sample: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
+    """One row per (model, metric): mean over cases with a percentile-bootstrap CI over cases."""
+    from audit.metrics.pixel import PIXEL_METRICS, metric_unit
+
+    m = config.metrics
+    rows = []
+    order = {spec.name: i for i, spec in enumerate(config.models)}
+    if len(per_sample):
+        # Samples of one case are not independent: average them first, then resample cases.
+        per_case = per_sample.groupby(["model", "metric", "case_id"], sort=False)["value"].mean().reset_index()
+        for (model, metric), grp in per_case.groupby(["model", "metric"], sort=False):
+            values = grp["value"].to_numpy(dtype=np.float64)
+            values = values[~np.isnan(values)]
+            rng = np.random.default_rng(derive_seed(config.study.seed, model, f"bootstrap:{metric}", 0))
+            lo, hi = bootstrap_mean_ci(values, rng, m.bootstrap_resamples, m.confidence)
+            info = PIXEL_METRICS[metric]
+            rows.append(
+                {
+                    "model": model,
+                    "metric": metric,
+                    "value": float(values.mean()) if values.size else float("nan"),
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n": int(values.size),
+                    "higher_is_better": bool(info.higher_is_better),
+                    "unit": metric_unit(metric, m.pixel_range),
+                }
+            )
+    cols = list(rundir.SUMMARY_COLUMNS) + ["unit"]
+    frame = pd.DataFrame(rows, columns=cols)
+    if len(frame):
+        metric_order = {name: i for i, name in enumerate(m.pixel)}
+        frame = frame.sort_values(
+            by=["model", "metric"], key=lambda s: s.map(order if s.name == "model" else metric_order)
+        ).reset_index(drop=True)
+    return frame
+
+
+def _prune_stale_parts(plan: _Plan) -> None:
+    """Drop shards of earlier configs so parts/ reflects exactly this run."""
+    adapters = [build_adapter(spec, plan.config.study) for spec in plan.config.models]
+    keep = {plan.part_dir(stage, a) for a in adapters for stage in ("samples", "metrics")}
+    for stage in ("samples", "metrics"):
+        root = plan.out / rundir.PARTS_DIR / stage
+        if root.is_dir():
+            for d in root.iterdir():
+                if d not in keep:
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_parquet(table: pa.Table, dest: Path) -> None:
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("xray-audit", "torch", "torchmetrics", "numpy", "scipy", "pandas", "pyarrow", "pillow", "pydicom"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
