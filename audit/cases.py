@@ -119,7 +119,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         else:
             frame = pd.read_json(path, lines=True, dtype=False)
-    except Exception as exc:  # pandas raises many types; all mean "cannot parse this file"
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types; all mean "cannot parse this file"
         raise ManifestError(path, [Problem(None, None, None, f"cannot parse as {fmt}: {exc}")]) from None
     return frame
 
@@ -176,7 +176,7 @@ def validate(path: str | Path, check_pixels: bool = True, progress: bool = False
             if column not in frame.columns:
                 continue
             value = frame[column].iloc[i]
-            if value is None:
+            if not _present(value):
                 if column == "image":
                     problem(i, column, None, "empty image path")
                 continue

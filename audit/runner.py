@@ -11,6 +11,7 @@ model, and memory stays bounded by one chunk whatever the cohort size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import importlib.metadata
@@ -28,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from audit import __version__, images, rundir
-from audit.atomic import atomic_path, sha256_file, write_text
-from audit.cases import Case, Manifest, load_manifest
+from audit.atomic import TMP_PREFIX, atomic_path, sha256_file, write_text
+from audit.cases import Case, load_manifest
 from audit.config import StudyConfig, dump_toml, stable_hash
 from audit.models.base import ModelAdapter, SampleFailure, SampleRequest, derive_seed, safe_name
 from audit.registry import build_adapter
@@ -88,7 +89,7 @@ class RunResult:
 
 
 def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunResult:
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     out = config.study.output
@@ -111,28 +112,19 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
     timings["samples_and_metrics_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    samples, per_sample, failures = _collect(plan, adapters, len(cases))
-    _write_parquet(pa.Table.from_pandas(samples, preserve_index=False), out / rundir.SAMPLES)
-    _write_parquet(pa.Table.from_pandas(per_sample, preserve_index=False), out / rundir.PER_SAMPLE)
+    n_samples, failures, per_case = _aggregate(plan, adapters, len(cases))
     failures_path = out / rundir.FAILURES
     if len(failures):
         with atomic_path(failures_path) as tmp:
             failures.to_csv(tmp, index=False)
     else:
         failures_path.unlink(missing_ok=True)
-    summary = summarise(per_sample, config)
+    summary = summarise(per_case, config)
     with atomic_path(out / rundir.SUMMARY) as tmp:
         summary.to_csv(tmp, index=False)
-    _prune_stale_parts(plan)
+    _prune_stale_parts(plan, adapters)
+    _remove_orphan_temps(out, started)
     timings["aggregate_s"] = time.perf_counter() - t
-
-    report = None
-    if options.report:
-        t = time.perf_counter()
-        from reports.html import write_html_report
-
-        report = write_html_report(out)
-        timings["report_s"] = time.perf_counter() - t
 
     run_info = {
         "xray_audit_version": __version__,
@@ -140,11 +132,11 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
         "config_hash": config.hash(),
         "cases_hash": cases_hash,
         "started": started.isoformat(),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "finished": dt.datetime.now(dt.UTC).isoformat(),
         "n_cases": len(cases),
         "n_models": len(adapters),
-        "n_samples": int(len(samples)),
-        "n_failures": int(len(failures)),
+        "n_samples": n_samples,
+        "n_failures": len(failures),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": _versions(),
         "policies": {
@@ -156,8 +148,19 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
             "self_reference_models": [a.spec.name for a in adapters if a.self_reference],
         },
     }
+    # run.json goes first because the report reads it; it is rewritten with the report's timing.
     write_text(out / rundir.RUN_JSON, json.dumps(run_info, indent=2) + "\n")
-    return RunResult(path=out, n_samples=len(samples), n_failures=len(failures), report=report)
+    report = None
+    if options.report:
+        t = time.perf_counter()
+        from reports.html import write_html_report
+
+        report = write_html_report(out)
+        timings["report_s"] = time.perf_counter() - t
+
+        run_info["timings"]["report_s"] = round(timings["report_s"], 3)
+        write_text(out / rundir.RUN_JSON, json.dumps(run_info, indent=2) + "\n")
+    return RunResult(path=out, n_samples=n_samples, n_failures=len(failures), report=report)
 
 
 def _preflight(adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:
@@ -221,6 +224,8 @@ class _References:
 
 def _process(plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case], options: RunOptions) -> None:
     from tqdm.auto import tqdm
+
+    import audit.metrics.pixel  # noqa: F401 - pay the slow torchmetrics import before the ETA starts
 
     size = options.chunk_size
     chunks = [cases[i : i + size] for i in range(0, len(cases), size)]
@@ -301,7 +306,7 @@ def _ensure_metrics(
         )
 
     for row in samples.to_dict(orient="records"):
-        if row["error"] is not None:
+        if isinstance(row["error"], str):
             continue  # recorded as a generation failure already
         path = Path(row["path"])
         try:
@@ -366,86 +371,97 @@ def resize_to(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     import torch.nn.functional as F
 
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+        x = torch.from_numpy(np.array(pixels, dtype=np.float32))[None, None]  # a writable copy
         y = F.interpolate(x, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
         return y[0, 0].clamp_(0.0, 1.0).numpy().copy()
 
 
-def _collect(plan: _Plan, adapters: Sequence[ModelAdapter], n_cases: int) -> tuple[pd.DataFrame, ...]:
+def _aggregate(
+    plan: _Plan, adapters: Sequence[ModelAdapter], n_cases: int
+) -> tuple[int, pd.DataFrame, dict[tuple[str, str], np.ndarray]]:
+    """Stream the shards into samples.parquet and per_sample.parquet, one shard in memory at a time.
+
+    Returns the sample count, the failures, and per (model, metric) the per-case values (the mean
+    over a case's samples) that the summary needs: one float per case, so memory stays small.
+    """
     n_chunks = (n_cases + plan.options.chunk_size - 1) // plan.options.chunk_size
-    sample_frames, metric_frames, failure_frames = [], [], []
-    for adapter in adapters:
-        for ci in range(n_chunks):
-            s = pq.read_table(plan.shard("samples", adapter, ci)).to_pandas()
-            sample_frames.append(s)
-            bad = s[s["error"].notna()]
-            if len(bad):
-                failure_frames.append(
-                    bad.assign(stage="generate")[["model", "case_id", "sample", "stage", "error"]]
-                )
-            if adapter.self_reference:
-                continue
-            shard = plan.shard("metrics", adapter, ci)
-            metric_frames.append(pq.read_table(shard).to_pandas())
-            fshard = shard.with_suffix(".failures.parquet")
-            if fshard.exists():
-                failure_frames.append(pq.read_table(fshard).to_pandas())
-    samples = pd.concat(sample_frames, ignore_index=True)
-    samples = samples[samples["error"].isna()][list(rundir.SAMPLES_COLUMNS) + ["kind"]].reset_index(drop=True)
-    per_sample = (
-        pd.concat(metric_frames, ignore_index=True)
-        if metric_frames
-        else pd.DataFrame(columns=list(rundir.PER_SAMPLE_COLUMNS))
-    )
+    sample_cols = [*rundir.SAMPLES_COLUMNS, "kind"]
+    failure_frames: list[pd.DataFrame] = []
+    per_case: dict[tuple[str, str], list[np.ndarray]] = {}
+    n_samples = 0
+    with (
+        atomic_path(plan.out / rundir.SAMPLES) as samples_tmp,
+        atomic_path(plan.out / rundir.PER_SAMPLE) as metrics_tmp,
+        pq.ParquetWriter(samples_tmp, SAMPLE_SHARD_SCHEMA.remove(SAMPLE_SHARD_SCHEMA.get_field_index("error"))) as sw,
+        pq.ParquetWriter(metrics_tmp, METRIC_SHARD_SCHEMA) as mw,
+    ):
+        for adapter in adapters:
+            for ci in range(n_chunks):
+                s = pq.read_table(plan.shard("samples", adapter, ci)).to_pandas()
+                failed = s["error"].notna()
+                if failed.any():
+                    failure_frames.append(s[failed].assign(stage="generate")[list(rundir.FAILURES_COLUMNS)])
+                ok = pa.Table.from_pandas(s[~failed][sample_cols], preserve_index=False)
+                sw.write_table(ok.cast(sw.schema))
+                n_samples += ok.num_rows
+                if adapter.self_reference:
+                    continue
+                shard = plan.shard("metrics", adapter, ci)
+                metrics = pq.read_table(shard)
+                mw.write_table(metrics)
+                fshard = shard.with_suffix(".failures.parquet")
+                if fshard.exists():
+                    failure_frames.append(pq.read_table(fshard).to_pandas())
+                # A chunk holds every sample of its cases, so per-case means are complete per shard.
+                frame = metrics.to_pandas()
+                means = frame.groupby(["metric", "case_id"], sort=False)["value"].mean().reset_index()
+                for metric, grp in means.groupby("metric", sort=False):
+                    per_case.setdefault((adapter.spec.name, metric), []).append(grp["value"].to_numpy(np.float64))
     failures = (
         pd.concat(failure_frames, ignore_index=True)
         if failure_frames
         else pd.DataFrame(columns=list(rundir.FAILURES_COLUMNS))
     )
-    return samples, per_sample, failures
+    return n_samples, failures, {k: np.concatenate(v) for k, v in per_case.items()}
 
 
-def summarise(per_sample: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
-    """One row per (model, metric): mean over cases with a percentile-bootstrap CI over cases."""
+def summarise(per_case: dict[tuple[str, str], np.ndarray], config: StudyConfig) -> pd.DataFrame:
+    """One row per (model, metric): mean over cases with a percentile-bootstrap CI over cases.
+
+    Samples of one case are not independent, so they were averaged per case before resampling cases.
+    """
     from audit.metrics.pixel import PIXEL_METRICS, metric_unit
 
     m = config.metrics
     rows = []
-    order = {spec.name: i for i, spec in enumerate(config.models)}
-    if len(per_sample):
-        # Samples of one case are not independent: average them first, then resample cases.
-        per_case = per_sample.groupby(["model", "metric", "case_id"], sort=False)["value"].mean().reset_index()
-        for (model, metric), grp in per_case.groupby(["model", "metric"], sort=False):
-            values = grp["value"].to_numpy(dtype=np.float64)
-            values = values[~np.isnan(values)]
-            rng = np.random.default_rng(derive_seed(config.study.seed, model, f"bootstrap:{metric}", 0))
-            lo, hi = bootstrap_mean_ci(values, rng, m.bootstrap_resamples, m.confidence)
-            info = PIXEL_METRICS[metric]
-            rows.append(
-                {
-                    "model": model,
-                    "metric": metric,
-                    "value": float(values.mean()) if values.size else float("nan"),
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "n": int(values.size),
-                    "higher_is_better": bool(info.higher_is_better),
-                    "unit": metric_unit(metric, m.pixel_range),
-                }
-            )
-    cols = list(rundir.SUMMARY_COLUMNS) + ["unit"]
-    frame = pd.DataFrame(rows, columns=cols)
+    for (model, metric), values in per_case.items():
+        values = values[~np.isnan(values)]
+        rng = np.random.default_rng(derive_seed(config.study.seed, model, f"bootstrap:{metric}", 0))
+        lo, hi = bootstrap_mean_ci(values, rng, m.bootstrap_resamples, m.confidence)
+        rows.append(
+            {
+                "model": model,
+                "metric": metric,
+                "value": float(values.mean()) if values.size else float("nan"),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(values.size),
+                "higher_is_better": bool(PIXEL_METRICS[metric].higher_is_better),
+                "unit": metric_unit(metric, m.pixel_range),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=[*rundir.SUMMARY_COLUMNS, "unit"])
     if len(frame):
+        model_order = {spec.name: i for i, spec in enumerate(config.models)}
         metric_order = {name: i for i, name in enumerate(m.pixel)}
         frame = frame.sort_values(
-            by=["model", "metric"], key=lambda s: s.map(order if s.name == "model" else metric_order)
+            by=["model", "metric"], key=lambda s: s.map(model_order if s.name == "model" else metric_order)
         ).reset_index(drop=True)
     return frame
 
 
-def _prune_stale_parts(plan: _Plan) -> None:
+def _prune_stale_parts(plan: _Plan, adapters: Sequence[ModelAdapter]) -> None:
     """Drop shards of earlier configs so parts/ reflects exactly this run."""
-    adapters = [build_adapter(spec, plan.config.study) for spec in plan.config.models]
     keep = {plan.part_dir(stage, a) for a in adapters for stage in ("samples", "metrics")}
     for stage in ("samples", "metrics"):
         root = plan.out / rundir.PARTS_DIR / stage
@@ -453,6 +469,15 @@ def _prune_stale_parts(plan: _Plan) -> None:
             for d in root.iterdir():
                 if d not in keep:
                     shutil.rmtree(d, ignore_errors=True)
+
+
+def _remove_orphan_temps(out: Path, started: dt.datetime) -> None:
+    """Delete temp files a killed earlier run left behind (never ones younger than this run)."""
+    cutoff = started.timestamp()
+    for tmp in out.rglob(f"{TMP_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
 
 
 def _write_parquet(table: pa.Table, dest: Path) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from skimage.metrics import mean_squared_error, structural_similarity
 
@@ -157,7 +156,9 @@ def test_size_mismatch_is_an_error_unless_resized(tmp_path, cohort):
 
 def test_ms_ssim_too_small_is_a_clear_error(tmp_path):
     manifest = make_cohort(tmp_path / "small", n=2, size=64)
-    with pytest.raises(RunError, match="161"):
+    from audit.metrics.functional.pixel import MS_SSIM_MIN_SIZE
+
+    with pytest.raises(RunError, match=f"at least {MS_SSIM_MIN_SIZE}×{MS_SSIM_MIN_SIZE} px; got 64×64"):
         run_study(load_config(study(tmp_path, manifest, BLUR1)), FAST)
     run_study(load_config(study(tmp_path, manifest, BLUR1, 'pixel = ["mse", "ssim"]')), FAST)
 

@@ -40,7 +40,7 @@ def degrade(pixels: np.ndarray, degradation: Degradation, level: float, seed: in
         rng = np.random.default_rng(seed)
         out = x + rng.normal(0.0, level, size=x.shape).astype(np.float32)
     elif degradation == "shift":
-        k = int(round(level))
+        k = round(level)
         # Edge replication rather than wrap-around: a wrapped border would add a fake anatomy edge.
         out = ndimage.shift(x, (k, k), order=0, mode="nearest")
     elif degradation == "contrast":

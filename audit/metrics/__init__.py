@@ -1,0 +1,1 @@
+"""Image-quality metrics for generated X-rays."""

@@ -1,0 +1,1 @@
+"""Pure metric kernels: tensors in, per-image values out."""
