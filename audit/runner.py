@@ -225,7 +225,8 @@ class _References:
 def _process(plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case], options: RunOptions) -> None:
     from tqdm.auto import tqdm
 
-    import audit.metrics.pixel  # noqa: F401 - pay the slow torchmetrics import before the ETA starts
+    if plan.config.metrics.pixel:
+        import torchmetrics.functional  # noqa: F401 - its ~5 s import would otherwise skew the first ETA
 
     size = options.chunk_size
     chunks = [cases[i : i + size] for i in range(0, len(cases), size)]

@@ -6,6 +6,8 @@ difference exists at all.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,16 @@ sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 FIVE = ("mse", "mae", "psnr", "ssim", "ms_ssim")
 ALL = tuple(PIXEL_METRICS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Run single-threaded: on a loaded 2-core machine (pytest-xdist, other jobs), torch's spinning
+    OpenMP threads make these small workloads several times slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _structured(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
@@ -198,6 +210,16 @@ def test_fused_ssim_ms_ssim_match_torchmetrics(request, fixture, pixel_range):
     torch.testing.assert_close(only_ms["ms_ssim"], want_ms, rtol=0, atol=1e-6)
 
 
+def test_fused_chunking_does_not_change_values(pairs_256):
+    gen, ref = pairs_256
+    whole = fp.ssim_and_ms_ssim(_t(gen), _t(ref), chunk_size=len(gen))
+    uneven = fp.ssim_and_ms_ssim(_t(gen), _t(ref), chunk_size=2)  # chunks of 2, 2, 1
+    for key in ("ssim", "ms_ssim"):
+        torch.testing.assert_close(uneven[key], whole[key], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_size"):
+        fp.ssim_and_ms_ssim(_t(gen), _t(ref), chunk_size=0)
+
+
 def test_fused_ssim_matches_torchmetrics_on_small_odd_images():
     rng = np.random.default_rng(3)
     ref = _structured(rng, 4, 23, 41)
@@ -371,6 +393,14 @@ def test_accepts_numpy_and_tensors_in_both_layouts(pairs_256):
     for name in ("mse", "ssim"):
         np.testing.assert_array_equal(a[name], b[name])
         np.testing.assert_array_equal(a[name], c[name])
+    # Read-only (memory-mapped) and big-endian arrays are accepted as they are, without warnings.
+    frozen = ref.astype(">f4")
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = score_pixels(gen, frozen, ["mse", "ssim"])
+    for name in ("mse", "ssim"):
+        np.testing.assert_array_equal(a[name], d[name])
     empty = score_pixels(gen[:0], ref[:0], FIVE)
     assert all(v.shape == (0,) and v.dtype == np.float64 for v in empty.values())
 

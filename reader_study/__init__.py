@@ -1,0 +1,1 @@
+"""Blinded radiologist reader study over a run directory. Built in a later issue."""
