@@ -109,7 +109,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ManifestError(path, [Problem(None, None, path.suffix, "unknown manifest format; use .csv, .parquet or .jsonl")])
+        raise ManifestError(
+            path, [Problem(None, None, path.suffix, "unknown manifest format; use .csv, .parquet or .jsonl")]
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: case manifest not found")
     try:
@@ -124,7 +126,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def validate(path: str | Path, check_pixels: bool = True, progress: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
+def validate(
+    path: str | Path, check_pixels: bool = True, progress: bool = False
+) -> tuple[pd.DataFrame, list[Problem]]:
     """Check the manifest and every file it names; returns the resolved frame and all problems."""
     path = Path(path).resolve()
     frame = read_manifest(path)
@@ -193,13 +197,16 @@ def validate(path: str | Path, check_pixels: bool = True, progress: bool = False
                     shape = images.read_mask(file).shape[:2] if check_pixels else images.image_size(file)
                     if image_shape is not None and tuple(shape) != tuple(image_shape):
                         problem(
-                            i, column, str(file),
+                            i,
+                            column,
+                            str(file),
                             f"mask is {shape[0]}×{shape[1]} px but its image is {image_shape[0]}×{image_shape[1]} px",
                         )
                 else:
                     images.image_size(file)
             except images.ImageReadError as exc:
                 problem(i, column, str(file), f"unreadable: {exc}")
+    problems.sort(key=lambda p: p.row or 0)  # stable: file-level first, then by row
     return frame, problems
 
 

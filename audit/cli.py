@@ -26,21 +26,38 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the study described by a TOML config")
     run.add_argument("config", type=Path, metavar="STUDY.toml")
-    run.add_argument("--keep-going", action="store_true", help="record missing or bad samples in failures.csv instead of stopping")
+    run.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="record missing or bad samples in failures.csv instead of stopping",
+    )
     run.add_argument("--no-report", action="store_true", help="skip writing report.html")
     run.add_argument(
-        "--chunk-size", type=int, default=64, metavar="N",
+        "--chunk-size",
+        type=int,
+        default=64,
+        metavar="N",
         help="cases per resumable unit of work (default 64); smaller loses less work when interrupted",
     )
 
     demo = sub.add_parser("demo", help="build the embedded demo cohort and audit it")
-    demo.add_argument("--out", type=Path, default=Path("xray-audit-demo"), metavar="DIR", help="where the study config and run go (default: ./xray-audit-demo)")
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("xray-audit-demo"),
+        metavar="DIR",
+        help="where the study config and run go (default: ./xray-audit-demo)",
+    )
 
     cases = sub.add_parser("cases", help="work with case manifests")
     cases_sub = cases.add_subparsers(dest="cases_command", required=True, metavar="SUBCOMMAND")
     validate = cases_sub.add_parser("validate", help="report every problem in a case manifest in one pass")
     validate.add_argument("manifest", type=Path, metavar="FILE")
-    validate.add_argument("--headers-only", action="store_true", help="check image sizes from headers without decoding pixels (faster)")
+    validate.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="check image sizes from headers without decoding pixels (faster)",
+    )
     return p
 
 
@@ -84,7 +101,9 @@ def _run(config_path: Path, keep_going: bool, report: bool, progress: bool, chun
     )
     log.info("run directory: %s", result.path.resolve())
     if result.n_failures:
-        log.warning("%d failure(s) recorded in %s", result.n_failures, (result.path / "failures.csv").resolve())
+        log.warning(
+            "%d failure(s) recorded in %s", result.n_failures, (result.path / "failures.csv").resolve()
+        )
     if result.report:
         log.info("report: %s", result.report.resolve())
     return EXIT_OK

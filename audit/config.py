@@ -198,7 +198,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
 
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list) or not models_raw:
-        raise ConfigError(f"{where}: add at least one [[models]] table (e.g. kind = \"real\")")
+        raise ConfigError(f'{where}: add at least one [[models]] table (e.g. kind = "real")')
     kinds = model_kinds()
     models: list[ModelSpec] = []
     for i, table in enumerate(models_raw):

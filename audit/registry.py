@@ -28,9 +28,14 @@ MODEL_KINDS: dict[str, ModelKind] = {
     k.name: k
     for k in (
         ModelKind("real", ModelSpec, RealAdapter, validate_real, "the reference images (upper-bound row)"),
-        ModelKind("folder", FolderSpec, FolderAdapter, validate_folder, "pre-generated images via a path template"),
         ModelKind(
-            "degrade", DegradeSpec, DegradeAdapter, validate_degrade,
+            "folder", FolderSpec, FolderAdapter, validate_folder, "pre-generated images via a path template"
+        ),
+        ModelKind(
+            "degrade",
+            DegradeSpec,
+            DegradeAdapter,
+            validate_degrade,
             "deterministic damage of the reference (sanity baseline)",
         ),
     )

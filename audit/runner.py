@@ -65,7 +65,9 @@ METRIC_SHARD_SCHEMA = pa.schema(
         ("value", pa.float64()),
     ]
 )
-FAILURE_SCHEMA = pa.schema([(c, pa.int64() if c == "sample" else pa.string()) for c in rundir.FAILURES_COLUMNS])
+FAILURE_SCHEMA = pa.schema(
+    [(c, pa.int64() if c == "sample" else pa.string()) for c in rundir.FAILURES_COLUMNS]
+)
 
 
 class RunError(RuntimeError):
@@ -165,15 +167,22 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
 
 def _preflight(adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:
     missing: list[str] = []
+    hints: list[str] = []
     for adapter in adapters:
-        for case, sample, reason in adapter.preflight(cases):
-            missing.append(f"{adapter.spec.name} / {case.case_id} / sample {sample}: {reason}")
+        found = adapter.preflight(cases)
+        missing += [
+            f"{adapter.spec.name} / {case.case_id} / sample {sample}: {reason}"
+            for case, sample, reason in found
+        ]
+        if found and len(found) == len(cases) * adapter.samples_per_case():
+            hints.append(f"none of model {adapter.spec.name}'s samples exist: check its path template")
     if missing:
         head = "\n".join(f"  - {m}" for m in missing[:200])
         more = f"\n  … and {len(missing) - 200} more" if len(missing) > 200 else ""
         raise RunError(
             f"{len(missing)} sample(s) cannot be found:\n{head}{more}\n"
-            "Fix the paths in the study config, or rerun with --keep-going to record them in failures.csv "
+            + "".join(f"Hint: {h}.\n" for h in hints)
+            + "Fix the paths in the study config, or rerun with --keep-going to record them in failures.csv "
             "and score the rest."
         )
 
@@ -199,7 +208,11 @@ class _Plan:
 
     def metrics_key(self, adapter: ModelAdapter) -> str:
         return stable_hash(
-            {"format": METRICS_FORMAT, "samples": self.samples_key(adapter), "metrics": self.config.to_dict()["metrics"]}
+            {
+                "format": METRICS_FORMAT,
+                "samples": self.samples_key(adapter),
+                "metrics": self.config.to_dict()["metrics"],
+            }
         )[:16]
 
     def part_dir(self, stage: str, adapter: ModelAdapter) -> Path:
@@ -222,7 +235,9 @@ class _References:
         return self._cache[case.case_id]
 
 
-def _process(plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case], options: RunOptions) -> None:
+def _process(
+    plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case], options: RunOptions
+) -> None:
     from tqdm.auto import tqdm
 
     if plan.config.metrics.pixel:
@@ -269,8 +284,14 @@ def _ensure_samples(
     rows = []
     for req, res in zip(requests, results, strict=True):
         row = {
-            "model": spec.name, "case_id": req.case.case_id, "sample": req.sample, "seed": req.seed,
-            "path": None, "sha256": None, "kind": spec.kind, "error": None,
+            "model": spec.name,
+            "case_id": req.case.case_id,
+            "sample": req.sample,
+            "seed": req.seed,
+            "path": None,
+            "sha256": None,
+            "kind": spec.kind,
+            "error": None,
         }
         if isinstance(res, SampleFailure):
             row["error"] = res.reason
@@ -284,7 +305,12 @@ def _ensure_samples(
 
 
 def _ensure_metrics(
-    plan: _Plan, adapter: ModelAdapter, ci: int, chunk: Sequence[Case], samples: pd.DataFrame, refs: _References
+    plan: _Plan,
+    adapter: ModelAdapter,
+    ci: int,
+    chunk: Sequence[Case],
+    samples: pd.DataFrame,
+    refs: _References,
 ) -> None:
     shard = plan.shard("metrics", adapter, ci)
     if shard.exists():
@@ -303,7 +329,13 @@ def _ensure_metrics(
                 "Rerun with --keep-going to record such failures in failures.csv and score the rest."
             )
         failures.append(
-            {"model": row["model"], "case_id": row["case_id"], "sample": row["sample"], "stage": "score", "error": msg}
+            {
+                "model": row["model"],
+                "case_id": row["case_id"],
+                "sample": row["sample"],
+                "stage": "score",
+                "error": msg,
+            }
         )
 
     for row in samples.to_dict(orient="records"):
@@ -324,7 +356,7 @@ def _ensure_metrics(
                 fail(
                     row,
                     f"size mismatch: sample {path} is {gen.shape[0]}×{gen.shape[1]} px, reference is "
-                    f"{ref.shape[0]}×{ref.shape[1]} px; set resize = \"to_reference\" in [metrics] to resize samples",
+                    f'{ref.shape[0]}×{ref.shape[1]} px; set resize = "to_reference" in [metrics] to resize samples',
                 )
                 continue
             gen = resize_to(gen, ref.shape)
@@ -348,13 +380,20 @@ def _ensure_metrics(
                 for b in batch:
                     fail(b[0], str(exc))
                 continue
-            ids = pd.DataFrame([{"model": b[0]["model"], "case_id": b[0]["case_id"], "sample": b[0]["sample"]} for b in batch])
+            ids = pd.DataFrame(
+                [
+                    {"model": b[0]["model"], "case_id": b[0]["case_id"], "sample": b[0]["sample"]}
+                    for b in batch
+                ]
+            )
             for name in m.pixel:
                 frames.append(ids.assign(metric=name, value=np.asarray(values[name], dtype=np.float64)))
     frame = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object") for c in METRIC_SHARD_SCHEMA.names})
+        else pd.DataFrame(
+            {c: pd.Series(dtype="float64" if c == "value" else "object") for c in METRIC_SHARD_SCHEMA.names}
+        )
     )
     if failures:
         fail_frame = pd.DataFrame(failures, columns=list(rundir.FAILURES_COLUMNS))
@@ -393,7 +432,9 @@ def _aggregate(
     with (
         atomic_path(plan.out / rundir.SAMPLES) as samples_tmp,
         atomic_path(plan.out / rundir.PER_SAMPLE) as metrics_tmp,
-        pq.ParquetWriter(samples_tmp, SAMPLE_SHARD_SCHEMA.remove(SAMPLE_SHARD_SCHEMA.get_field_index("error"))) as sw,
+        pq.ParquetWriter(
+            samples_tmp, SAMPLE_SHARD_SCHEMA.remove(SAMPLE_SHARD_SCHEMA.get_field_index("error"))
+        ) as sw,
         pq.ParquetWriter(metrics_tmp, METRIC_SHARD_SCHEMA) as mw,
     ):
         for adapter in adapters:
@@ -417,7 +458,9 @@ def _aggregate(
                 frame = metrics.to_pandas()
                 means = frame.groupby(["metric", "case_id"], sort=False)["value"].mean().reset_index()
                 for metric, grp in means.groupby("metric", sort=False):
-                    per_case.setdefault((adapter.spec.name, metric), []).append(grp["value"].to_numpy(np.float64))
+                    per_case.setdefault((adapter.spec.name, metric), []).append(
+                        grp["value"].to_numpy(np.float64)
+                    )
     failures = (
         pd.concat(failure_frames, ignore_index=True)
         if failure_frames
@@ -488,7 +531,17 @@ def _write_parquet(table: pa.Table, dest: Path) -> None:
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("xray-audit", "torch", "torchmetrics", "numpy", "scipy", "pandas", "pyarrow", "pillow", "pydicom"):
+    for dist in (
+        "xray-audit",
+        "torch",
+        "torchmetrics",
+        "numpy",
+        "scipy",
+        "pandas",
+        "pyarrow",
+        "pillow",
+        "pydicom",
+    ):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -46,7 +46,9 @@ def measure(config: Path) -> tuple[float, float]:
         "import audit.metrics.pixel; t = time.perf_counter(); rc = main(['-q', 'run', sys.argv[1], '--no-report']); "
         "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(rc)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(config)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(config)], check=True, capture_output=True, text=True
+    )
     seconds, rss = out.stdout.split()[-2:]
     return float(seconds), float(rss)
 

@@ -16,7 +16,15 @@ def test_demo_end_to_end(tmp_path, caplog):
     assert main(["-q", "demo", "--out", str(out)]) == 0
     run = out / "run"
     assert (out / "demo.toml").is_file()
-    for name in ("run.json", "config.toml", "cases.parquet", "samples.parquet", "per_sample.parquet", "summary.csv", "report.html"):
+    for name in (
+        "run.json",
+        "config.toml",
+        "cases.parquet",
+        "samples.parquet",
+        "per_sample.parquet",
+        "summary.csv",
+        "report.html",
+    ):
         assert (run / name).is_file(), name
     assert f"report: {run / 'report.html'}" in caplog.text
 
@@ -44,13 +52,17 @@ def test_demo_end_to_end(tmp_path, caplog):
 
 def test_config_errors_exit_2_and_name_the_key(tmp_path, caplog):
     cfg = tmp_path / "s.toml"
-    cfg.write_text('[study]\nname = "x"\ncases = "c.csv"\noutput = "o"\nseeed = 1\n[[models]]\nname = "r"\nkind = "real"\n')
+    cfg.write_text(
+        '[study]\nname = "x"\ncases = "c.csv"\noutput = "o"\nseeed = 1\n[[models]]\nname = "r"\nkind = "real"\n'
+    )
     assert main(["-q", "run", str(cfg)]) == 2
     assert "'seeed'" in caplog.text and "s.toml" in caplog.text
 
 
 def test_missing_manifest_exits_1(tmp_path, caplog):
     cfg = tmp_path / "s.toml"
-    cfg.write_text('[study]\nname = "x"\ncases = "c.csv"\noutput = "o"\n[[models]]\nname = "r"\nkind = "real"\n')
+    cfg.write_text(
+        '[study]\nname = "x"\ncases = "c.csv"\noutput = "o"\n[[models]]\nname = "r"\nkind = "real"\n'
+    )
     assert main(["-q", "run", str(cfg)]) == 1
     assert "case manifest not found" in caplog.text

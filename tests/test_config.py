@@ -100,7 +100,12 @@ def test_degrade_spec_and_validation(tmp_path):
     blur = cfg.model("blur")
     assert isinstance(blur, DegradeSpec) and blur.level == 2.0 and blur.degradation == "blur"
     with pytest.raises(ConfigError, match="whole number"):
-        load_config(write(tmp_path, text.replace('degradation = "blur"\nlevel = 2', 'degradation = "shift"\nlevel = 1.5')))
+        load_config(
+            write(
+                tmp_path,
+                text.replace('degradation = "blur"\nlevel = 2', 'degradation = "shift"\nlevel = 1.5'),
+            )
+        )
 
 
 def test_dump_roundtrip_and_hash(tmp_path):

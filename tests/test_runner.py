@@ -27,7 +27,7 @@ def study(tmp: Path, manifest: Path, models: str, metrics: str = "", seed: int =
 [study]
 name = "t"
 cases = "{manifest}"
-output = "{tmp / 'run'}"
+output = "{tmp / "run"}"
 seed = {seed}
 samples_per_case = {samples}
 {models}
@@ -50,7 +50,9 @@ def folder(name: str, template: str) -> str:
     return f'\n[[models]]\nname = "{name}"\nkind = "folder"\npath = "{template}"\n'
 
 
-def write_generated(cohort: Path, out: Path, sigma: float = 2.0, skip: tuple[str, ...] = (), samples: int = 1) -> None:
+def write_generated(
+    cohort: Path, out: Path, sigma: float = 2.0, skip: tuple[str, ...] = (), samples: int = 1
+) -> None:
     frame = pd.read_csv(cohort, dtype=str)
     for cid, img in zip(frame.case_id, frame.image, strict=True):
         if cid in skip:
@@ -74,7 +76,15 @@ def test_run_directory_contract(tmp_path, cohort):
     cfg = load_config(study(tmp_path, cohort, folder("xreal", f"{gen}/{{case_id}}_0.png") + BLUR1 + REAL))
     result = run_study(cfg, RunOptions(progress=False, chunk_size=4))
     run = result.path
-    for name in ("run.json", "config.toml", "cases.parquet", "samples.parquet", "per_sample.parquet", "summary.csv", "report.html"):
+    for name in (
+        "run.json",
+        "config.toml",
+        "cases.parquet",
+        "samples.parquet",
+        "per_sample.parquet",
+        "summary.csv",
+        "report.html",
+    ):
         assert (run / name).is_file(), name
     assert not (run / "failures.csv").exists()
     out = read_outputs(run)
@@ -100,14 +110,23 @@ def test_run_directory_contract(tmp_path, cohort):
 def test_values_match_scikit_image_end_to_end(tmp_path, cohort):
     gen = tmp_path / "gen"
     write_generated(cohort, gen)
-    cfg = load_config(study(tmp_path, cohort, folder("xreal", f"{gen}/{{case_id}}_0.png"), 'pixel = ["mse", "ssim"]\npixel_range = 255.0'))
+    cfg = load_config(
+        study(
+            tmp_path,
+            cohort,
+            folder("xreal", f"{gen}/{{case_id}}_0.png"),
+            'pixel = ["mse", "ssim"]\npixel_range = 255.0',
+        )
+    )
     run_study(cfg, FAST)
     ps = pd.read_parquet(tmp_path / "run" / rundir.PER_SAMPLE).set_index(["case_id", "metric"])["value"]
     for cid in ("case-000", "case-005"):
         ref = read_image(cohort.parent / "img" / f"{cid}.png").pixels.astype(np.float64) * 255
         g = read_image(gen / f"{cid}_0.png").pixels.astype(np.float64) * 255
         assert ps[(cid, "mse")] == pytest.approx(mean_squared_error(ref, g), rel=1e-4)
-        ref_ssim = structural_similarity(ref, g, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+        ref_ssim = structural_similarity(
+            ref, g, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+        )
         assert ps[(cid, "ssim")] == pytest.approx(ref_ssim, abs=1e-3)
     summary = pd.read_csv(tmp_path / "run" / rundir.SUMMARY)
     assert summary.set_index("metric").loc["mse", "unit"].startswith("intensity")
@@ -130,7 +149,12 @@ def test_missing_folder_images_listed_then_keep_going(tmp_path, cohort):
     with pytest.raises(RunError) as err:
         run_study(cfg, FAST)
     msg = str(err.value)
-    assert "2 sample(s) cannot be found" in msg and "case-001" in msg and "case-004" in msg and "--keep-going" in msg
+    assert (
+        "2 sample(s) cannot be found" in msg
+        and "case-001" in msg
+        and "case-004" in msg
+        and "--keep-going" in msg
+    )
 
     result = run_study(cfg, RunOptions(progress=False, report=False, chunk_size=2, keep_going=True))
     assert result.n_failures == 2
@@ -166,7 +190,15 @@ def test_ms_ssim_too_small_is_a_clear_error(tmp_path):
 def test_samples_per_case_and_per_case_averaging(tmp_path, cohort):
     gen = tmp_path / "gen"
     write_generated(cohort, gen, samples=2)
-    cfg = load_config(study(tmp_path, cohort, folder("m", f"{gen}/{{case_id}}_{{sample}}.png") + NOISE, 'pixel = ["mae"]', samples=2))
+    cfg = load_config(
+        study(
+            tmp_path,
+            cohort,
+            folder("m", f"{gen}/{{case_id}}_{{sample}}.png") + NOISE,
+            'pixel = ["mae"]',
+            samples=2,
+        )
+    )
     run_study(cfg, FAST)
     out = read_outputs(tmp_path / "run")
     assert len(out["samples"]) == 2 * 6 * 2
@@ -191,7 +223,8 @@ def test_rerun_skips_finished_work_and_adding_a_model_computes_only_it(tmp_path,
     assert all(p.stat().st_mtime_ns == stamps[p] for p in parts)  # nothing old was recomputed
     second = read_outputs(tmp_path / "run")
     pd.testing.assert_frame_equal(
-        first["per_sample"], second["per_sample"][second["per_sample"].model == "blur-1"].reset_index(drop=True)
+        first["per_sample"],
+        second["per_sample"][second["per_sample"].model == "blur-1"].reset_index(drop=True),
     )
     # Changing the seed changes the noise model's key, so its shards are redone and stale ones pruned.
     cfg3 = load_config(study(tmp_path, cohort, BLUR1 + REAL + NOISE, seed=1))

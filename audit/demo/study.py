@@ -34,7 +34,14 @@ def demo_study_toml(manifest: Path, output: Path) -> str:
         'kind = "real"',
     ]
     for name, degradation, level in DEMO_DEGRADATIONS:
-        lines += ["", "[[models]]", f'name = "{name}"', 'kind = "degrade"', f'degradation = "{degradation}"', f"level = {level}"]
+        lines += [
+            "",
+            "[[models]]",
+            f'name = "{name}"',
+            'kind = "degrade"',
+            f'degradation = "{degradation}"',
+            f"level = {level}",
+        ]
     lines += [
         "",
         "[metrics]",
