@@ -17,6 +17,7 @@ import datetime as dt
 import importlib.metadata
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 
 from audit import __version__, images, rundir
 from audit.atomic import TMP_PREFIX, atomic_path, sha256_file, write_text
-from audit.cases import Case, load_manifest
+from audit.cases import PATH_COLUMNS, Case, Manifest, load_manifest
 from audit.config import StudyConfig, dump_toml, stable_hash
 from audit.models.base import ModelAdapter, SampleFailure, SampleRequest, derive_seed, safe_name
 from audit.registry import build_adapter
@@ -39,7 +40,7 @@ from audit.stats import bootstrap_mean_ci
 log = logging.getLogger(__name__)
 
 # Bump when the meaning of a shard changes, so stale shards are recomputed rather than trusted.
-SAMPLES_FORMAT = 1
+SAMPLES_FORMAT = 2
 METRICS_FORMAT = 1
 # Pixels per scoring batch: 32 images at 256², 2 at 1024²; bounds peak memory of SSIM's buffers.
 BATCH_PIXELS = 1 << 21
@@ -54,6 +55,8 @@ SAMPLE_SHARD_SCHEMA = pa.schema(
         ("sha256", pa.string()),
         ("kind", pa.string()),
         ("error", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
     ]
 )
 METRIC_SHARD_SCHEMA = pa.schema(
@@ -99,7 +102,9 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
 
     manifest = load_manifest(config.study.cases, check_pixels=False)
     cases = manifest.cases()
-    cases_hash = stable_hash(manifest.frame.astype(str).to_dict(orient="list"))
+    cases_hash = stable_hash(
+        {"manifest": manifest.frame.astype(str).to_dict(orient="list"), "files": _fingerprints(manifest)}
+    )
     write_text(out / rundir.CONFIG_TOML, dump_toml(config))
     _write_parquet(pa.Table.from_pandas(manifest.frame, preserve_index=False), out / rundir.CASES)
     timings["load_cases_s"] = time.perf_counter() - t
@@ -163,6 +168,18 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
         run_info["timings"]["report_s"] = round(timings["report_s"], 3)
         write_text(out / rundir.RUN_JSON, json.dumps(run_info, indent=2) + "\n")
     return RunResult(path=out, n_samples=n_samples, n_failures=len(failures), report=report)
+
+
+def _fingerprints(manifest: Manifest) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of every file the manifest names: a replaced reference invalidates all work."""
+    out = []
+    for column in PATH_COLUMNS:
+        if column in manifest.frame.columns:
+            for value in manifest.frame[column]:
+                if isinstance(value, str):
+                    st = os.stat(value)
+                    out.append((value, st.st_size, st.st_mtime_ns))
+    return out
 
 
 def _preflight(adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:
@@ -262,7 +279,13 @@ def _ensure_samples(
 ) -> pd.DataFrame:
     shard = plan.shard("samples", adapter, ci)
     if shard.exists():
-        return pq.read_table(shard).to_pandas()
+        frame = pq.read_table(shard).to_pandas()
+        if _samples_unchanged(frame):
+            return frame
+        # Images were replaced, deleted or (with --keep-going) have appeared since: redo the chunk.
+        metrics = plan.shard("metrics", adapter, ci)
+        metrics.unlink(missing_ok=True)
+        metrics.with_suffix(".failures.parquet").unlink(missing_ok=True)
     spec = adapter.spec
     sample_dir = plan.out / rundir.SAMPLES_DIR / safe_name(spec.name)
     requests = [
@@ -292,16 +315,39 @@ def _ensure_samples(
             "sha256": None,
             "kind": spec.kind,
             "error": None,
+            "size": None,
+            "mtime_ns": None,
         }
         if isinstance(res, SampleFailure):
             row["error"] = res.reason
         else:
-            row["path"] = str(Path(res).resolve())
-            row["sha256"] = sha256_file(res)
+            path = Path(res).resolve()
+            st = path.stat()
+            row.update(path=str(path), sha256=sha256_file(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=SAMPLE_SHARD_SCHEMA.names)
     _write_parquet(pa.Table.from_pandas(frame, schema=SAMPLE_SHARD_SCHEMA, preserve_index=False), shard)
     return frame
+
+
+def _samples_unchanged(frame: pd.DataFrame) -> bool:
+    """True when every recorded sample file is still the one that was recorded.
+
+    A stat per file; the content is re-hashed only when size or mtime moved, so a rerun over a
+    large folder stays cheap while a regenerated image is never scored with stale metrics.
+    """
+    if frame["error"].notna().any():
+        return False
+    for path, sha, size, mtime in zip(
+        frame["path"], frame["sha256"], frame["size"], frame["mtime_ns"], strict=True
+    ):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        if (st.st_size, st.st_mtime_ns) != (size, mtime) and sha256_file(path) != sha:
+            return False
+    return True
 
 
 def _ensure_metrics(
@@ -432,9 +478,7 @@ def _aggregate(
     with (
         atomic_path(plan.out / rundir.SAMPLES) as samples_tmp,
         atomic_path(plan.out / rundir.PER_SAMPLE) as metrics_tmp,
-        pq.ParquetWriter(
-            samples_tmp, SAMPLE_SHARD_SCHEMA.remove(SAMPLE_SHARD_SCHEMA.get_field_index("error"))
-        ) as sw,
+        pq.ParquetWriter(samples_tmp, pa.schema([SAMPLE_SHARD_SCHEMA.field(c) for c in sample_cols])) as sw,
         pq.ParquetWriter(metrics_tmp, METRIC_SHARD_SCHEMA) as mw,
     ):
         for adapter in adapters:

@@ -290,3 +290,34 @@ def test_sigkill_at_any_point_then_rerun_gives_same_results(tmp_path, cohort):
     pd.testing.assert_frame_equal(clean["per_sample"], resumed["per_sample"])
     pd.testing.assert_frame_equal(clean["summary"], resumed["summary"])
     assert not list((tmp_path / "run").rglob(".tmp-*"))
+
+
+def test_rerun_notices_replaced_appearing_and_changed_images(tmp_path, cohort):
+    """Resuming must never score stale files: replaced samples, new samples and replaced references."""
+    gen = tmp_path / "gen"
+    write_generated(cohort, gen, sigma=1.0, skip=("case-002",))
+    cfg = load_config(
+        study(tmp_path, cohort, folder("m", f"{gen}/{{case_id}}_0.png") + BLUR1, 'pixel = ["mse"]')
+    )
+    keep = RunOptions(progress=False, report=False, chunk_size=2, keep_going=True)
+    assert run_study(cfg, keep).n_failures == 1
+
+    def mse(model: str, case: str) -> float:
+        ps = pd.read_parquet(tmp_path / "run" / rundir.PER_SAMPLE)
+        return float(ps[(ps.model == model) & (ps.case_id == case)].value.iloc[0])
+
+    before = mse("m", "case-000")
+    # The user regenerates one image with heavier damage and adds the missing one.
+    write_generated(cohort, gen, sigma=4.0, skip=tuple(f"case-{i:03d}" for i in range(1, 6)))
+    write_generated(cohort, gen, sigma=1.0, skip=tuple(f"case-{i:03d}" for i in range(6) if i != 2))
+    result = run_study(cfg, keep)
+    assert result.n_failures == 0
+    assert mse("m", "case-000") > before
+    assert mse("m", "case-002") > 0
+
+    # Replacing a reference image invalidates every model's work on it.
+    blur_before = mse("blur-1", "case-003")
+    ref = cohort.parent / "img" / "case-003.png"
+    write_png(ref, np.clip(read_image(ref).pixels[::-1].copy() * 0.5, 0, 1), bit_depth=16)
+    run_study(cfg, keep)
+    assert mse("blur-1", "case-003") != blur_before
