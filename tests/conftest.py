@@ -9,6 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# The run directory contract, spelled out independently of audit.rundir on purpose.
+RUN_DIR_FILES = (
+    "run.json",
+    "config.toml",
+    "cases.parquet",
+    "samples.parquet",
+    "per_sample.parquet",
+    "summary.csv",
+    "report.html",
+)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_home(tmp_path_factory):

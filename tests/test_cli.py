@@ -7,6 +7,7 @@ import pandas as pd
 from audit import rundir
 from audit.cli import main
 from audit.demo.study import DEMO_DEGRADATIONS
+from tests.conftest import RUN_DIR_FILES
 
 
 def test_demo_end_to_end(tmp_path, caplog):
@@ -16,15 +17,7 @@ def test_demo_end_to_end(tmp_path, caplog):
     assert main(["-q", "demo", "--out", str(out)]) == 0
     run = out / "run"
     assert (out / "demo.toml").is_file()
-    for name in (
-        "run.json",
-        "config.toml",
-        "cases.parquet",
-        "samples.parquet",
-        "per_sample.parquet",
-        "summary.csv",
-        "report.html",
-    ):
+    for name in RUN_DIR_FILES:
         assert (run / name).is_file(), name
     assert f"report: {run / 'report.html'}" in caplog.text
 

@@ -17,7 +17,7 @@ from audit.config import load_config
 from audit.images import read_image, write_png
 from audit.models.degrade import degrade
 from audit.runner import RunError, RunOptions, run_study
-from tests.conftest import make_cohort
+from tests.conftest import RUN_DIR_FILES, make_cohort
 
 FAST = RunOptions(progress=False, report=False, chunk_size=2)
 
@@ -76,15 +76,7 @@ def test_run_directory_contract(tmp_path, cohort):
     cfg = load_config(study(tmp_path, cohort, folder("xreal", f"{gen}/{{case_id}}_0.png") + BLUR1 + REAL))
     result = run_study(cfg, RunOptions(progress=False, chunk_size=4))
     run = result.path
-    for name in (
-        "run.json",
-        "config.toml",
-        "cases.parquet",
-        "samples.parquet",
-        "per_sample.parquet",
-        "summary.csv",
-        "report.html",
-    ):
+    for name in RUN_DIR_FILES:
         assert (run / name).is_file(), name
     assert not (run / "failures.csv").exists()
     out = read_outputs(run)
