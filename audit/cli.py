@@ -49,6 +49,26 @@ def _parser() -> argparse.ArgumentParser:
         help="where the study config and run go (default: ./xray-audit-demo)",
     )
 
+    weights = sub.add_parser("weights", help="manage pretrained evaluator weights (verified by sha256)")
+    wsub = weights.add_subparsers(dest="weights_command", required=True, metavar="SUBCOMMAND")
+    wsub.add_parser("list", help="every known weights file with its local state")
+    fetch = wsub.add_parser("fetch", help="download and verify weights (needs internet)")
+    fetch.add_argument("name", metavar="NAME")
+    fetch.add_argument("--sha256", metavar="HEX", help="expected hash, for entries this release does not pin")
+    verify = wsub.add_parser("verify", help="re-hash local files against their pins")
+    verify.add_argument("name", nargs="?", metavar="NAME")
+    imp = wsub.add_parser("import", help="copy weights brought from another machine, verifying each")
+    imp.add_argument("source", type=Path, metavar="DIR")
+    imp.add_argument(
+        "--sha256",
+        action="append",
+        default=[],
+        metavar="NAME=HEX",
+        help="expected hash for an entry this release does not pin (repeatable)",
+    )
+    path = wsub.add_parser("path", help="print the verified local path of NAME")
+    path.add_argument("name", metavar="NAME")
+
     cases = sub.add_parser("cases", help="work with case manifests")
     cases_sub = cases.add_subparsers(dest="cases_command", required=True, metavar="SUBCOMMAND")
     validate = cases_sub.add_parser("validate", help="report every problem in a case manifest in one pass")
@@ -74,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args.out, progress)
         if args.command == "cases":
             return _validate(args.manifest, not args.headers_only, progress)
+        if args.command == "weights":
+            return _weights(args, progress)
     except KeyboardInterrupt:
         log.error("interrupted; rerun the same command to resume where it stopped")
         return 130
@@ -81,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         from audit.cases import ManifestError
         from audit.config import ConfigError
         from audit.runner import RunError
+        from audit.weights import WeightsError
 
-        if isinstance(exc, (ConfigError, ManifestError, RunError, FileNotFoundError)):
+        if isinstance(exc, (ConfigError, ManifestError, RunError, WeightsError, FileNotFoundError)):
             log.error("error: %s", exc)
             return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_PROBLEMS
         raise
@@ -118,6 +141,49 @@ def _demo(out: Path, progress: bool) -> int:
     config_path = write_demo_study(manifest, out)
     log.info("demo study config: %s", config_path.resolve())
     return _run(config_path, keep_going=False, report=True, progress=progress)
+
+
+def _weights(args: argparse.Namespace, progress: bool) -> int:
+    from audit import weights
+
+    cmd = args.weights_command
+    if cmd == "list":
+        print(f"weights dir: {weights.weights_dir()}")
+        for st in weights.statuses():
+            e = weights.entry(st.name)
+            pin = "pinned" if weights.expected_sha256(st.name) else "unpinned"
+            print(f"  {st.name:<30} {st.state:<9} {pin:<9} {e.filename}")
+        return EXIT_OK
+    if cmd == "fetch":
+        print(weights.fetch(args.name, sha256=args.sha256, progress=progress))
+        return EXIT_OK
+    if cmd == "verify":
+        names = (
+            [args.name]
+            if args.name
+            else [n for n in weights.MANIFEST if weights.status(n).state != "missing"]
+        )
+        bad = 0
+        for name in names:
+            st = weights.status(name)
+            print(f"{name}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
+            bad += st.state != "ok"
+        return EXIT_PROBLEMS if bad else EXIT_OK
+    if cmd == "import":
+        pins = {}
+        for item in args.sha256:
+            name, sep, hexdigest = item.partition("=")
+            if not sep:
+                raise weights.WeightsError(f"--sha256 takes NAME=HEX, got {item!r}")
+            pins[name] = hexdigest
+        imported, skipped = weights.import_dir(args.source, pins)
+        for name, dest in imported:
+            print(f"imported {name}: {dest}")
+        for reason in skipped:
+            print(f"skipped {reason}")
+        return EXIT_OK if imported else EXIT_PROBLEMS
+    print(weights.weights_path(args.name))
+    return EXIT_OK
 
 
 def _validate(manifest: Path, check_pixels: bool, progress: bool) -> int:
