@@ -7,14 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
+import sklearn.metrics as skm
 from PIL import Image
 from scipy.spatial.distance import dice as scipy_dice_dissimilarity
 
 from audit.cases import parse_labels
 from audit.images import read_mask
 from audit.metrics.functional import clinical as fc
-
-skm = pytest.importorskip("sklearn.metrics")
 
 CLASSES = ("Atelectasis", "Effusion", "Nodule", "Pneumothorax", "Cardiomegaly", "Mass")
 

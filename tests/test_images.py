@@ -15,8 +15,12 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image, PngImagePlugin
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 from audit.atomic import sha256_file
 from audit.images import (
@@ -32,11 +36,6 @@ from audit.images import (
     read_mask,
     write_png,
 )
-
-pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 try:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -363,7 +362,8 @@ def test_multipage_tiff_is_refused(tmp_path: Path) -> None:
 def test_min_is_white_tiff_is_inverted(
     tmp_path: Path, rng: np.random.Generator, dtype: type, top: int
 ) -> None:
-    tifffile = pytest.importorskip("tifffile")
+    import tifffile
+
     samples = rng.integers(0, top + 1, size=(6, 7)).astype(dtype)
     path = tmp_path / "miniswhite.tif"
     tifffile.imwrite(path, samples, photometric="miniswhite")

@@ -10,15 +10,14 @@ import warnings
 
 import numpy as np
 import pytest
+import pytorch_msssim
+import skimage.metrics as skm
+import sklearn.metrics as sklearn_metrics
 import torch
 from scipy.ndimage import gaussian_filter
 
 from audit.metrics.functional import pixel as fp
 from audit.metrics.pixel import PIXEL_METRICS, metric_unit, score_pixels
-
-pytorch_msssim = pytest.importorskip("pytorch_msssim")
-skm = pytest.importorskip("skimage.metrics")
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 FIVE = ("mse", "mae", "psnr", "ssim", "ms_ssim")
 ALL = tuple(PIXEL_METRICS)
