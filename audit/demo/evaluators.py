@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audit.atomic import sha256_bytes
-from audit.evaluators.base import WeightsHashError  # one error type for every evaluator
+from audit.evaluators.base import InputContract, WeightsHashError
 
 NODULE_CLASSES: tuple[str, ...] = ("Nodule",)
 STRUCTURES: tuple[str, ...] = ("lungs", "heart", "aorta")
@@ -65,10 +65,13 @@ _UNET_CHANNELS = (16, 32, 64, 128)
 
 
 def prepare(pixels_list: Sequence[np.ndarray], size: int) -> Tensor:
-    """float32 ``(N, 1, size, size)`` network input in ``[-1024, 1024]`` from canonical images."""
+    """float32 ``(N, 1, size, size)`` network input in ``[-1024, 1024]`` from canonical images.
+
+    Crop, resize and range mapping are the shared :class:`~audit.evaluators.base.InputContract`
+    pipeline; this adds the up-front [0, 1] check that the contract applies only after mapping.
+    """
     if len(pixels_list) == 0:
         raise ValueError("prepare() needs at least one image")
-    batch = []
     for i, pixels in enumerate(pixels_list):
         px = np.asarray(pixels)
         if px.ndim != 2:
@@ -77,19 +80,8 @@ def prepare(pixels_list: Sequence[np.ndarray], size: int) -> Tensor:
             raise ValueError(
                 f"image {i}: values must lie in [0, 1] (read images with audit.images.read_image)"
             )
-        h, w = px.shape
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        crop = torch.from_numpy(np.array(px[top : top + side, left : left + side], dtype=np.float32))
-        crop = crop[None, None]
-        if side != size:
-            crop = F.interpolate(
-                crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-            )
-        batch.append(crop)
-    x = torch.cat(batch).clamp_(0.0, 1.0)
-    lo, hi = VALUE_RANGE
-    return lo + x * (hi - lo)
+    contract = InputContract("demo-evaluator", channels=1, size=size, value_range=VALUE_RANGE)
+    return contract.prepare(pixels_list)
 
 
 def prepare_classifier_input(pixels_list: Sequence[np.ndarray]) -> Tensor:

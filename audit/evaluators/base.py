@@ -119,7 +119,7 @@ class InputContract:
             )
         if min(arr.shape) == 0:
             raise ContractError(f"{self.evaluator}: image {index} is empty, shape {arr.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        x = torch.from_numpy(np.array(arr, dtype=np.float32))  # a writable copy: image pixels are read-only
         h, w = x.shape
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2

@@ -125,16 +125,19 @@ def _per_image_columns(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).T
 
 
+def _per_image_error(kernel, preds: Tensor, target: Tensor, pixel_range: float) -> Tensor:
+    _check_pair(preds, target)
+    n = preds.shape[0]
+    p, t = _scaled(preds, pixel_range), _scaled(target, pixel_range)
+    return kernel(_per_image_columns(p), _per_image_columns(t), num_outputs=n).reshape(n).double()
+
+
 @torch.inference_mode()
 def mse(preds: Tensor, target: Tensor, pixel_range: float = 1.0) -> Tensor:
     """Mean squared error per image, on images scaled by ``pixel_range`` (unit: intensity²)."""
     from torchmetrics.functional import mean_squared_error
 
-    _check_pair(preds, target)
-    n = preds.shape[0]
-    p, t = _scaled(preds, pixel_range), _scaled(target, pixel_range)
-    out = mean_squared_error(_per_image_columns(p), _per_image_columns(t), num_outputs=n)
-    return out.reshape(n).double()
+    return _per_image_error(mean_squared_error, preds, target, pixel_range)
 
 
 @torch.inference_mode()
@@ -142,11 +145,7 @@ def mae(preds: Tensor, target: Tensor, pixel_range: float = 1.0) -> Tensor:
     """Mean absolute error per image, on images scaled by ``pixel_range`` (unit: intensity)."""
     from torchmetrics.functional import mean_absolute_error
 
-    _check_pair(preds, target)
-    n = preds.shape[0]
-    p, t = _scaled(preds, pixel_range), _scaled(target, pixel_range)
-    out = mean_absolute_error(_per_image_columns(p), _per_image_columns(t), num_outputs=n)
-    return out.reshape(n).double()
+    return _per_image_error(mean_absolute_error, preds, target, pixel_range)
 
 
 @torch.inference_mode()
