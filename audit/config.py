@@ -18,6 +18,10 @@ from typing import Any, Literal
 
 PIXEL_METRICS = ("mse", "mae", "psnr", "ssim", "ms_ssim", "overlap_precision", "overlap_recall", "overlap_f1")
 DEFAULT_PIXEL_METRICS = ("mse", "mae", "psnr", "ssim", "ms_ssim")
+# Config entries of [metrics].clinical and [metrics].distribution; each expands to the metric names in
+# audit.metrics.registry ("dice" to dice_* and dice_mask_*, "prdc" to precision/recall/density/coverage).
+CLINICAL_ENTRIES = ("pathology_auc", "pathology_f1", "dice")
+DISTRIBUTION_ENTRIES = ("fid", "fxd", "kid", "prdc")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\[\]-]*$")
 
 
@@ -43,6 +47,61 @@ class MetricsSection:
     overlap_threshold: float = 0.5
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
+    clinical: tuple[str, ...] = ()
+    distribution: tuple[str, ...] = ()
+    # "operating_point": 0.5 after xrv's op_norm (the classifier's calibrated threshold);
+    # "fit_on_real": per class, the F1-maximising threshold on the real reference images.
+    pathology_threshold: Literal["operating_point", "fit_on_real"] = "operating_point"
+    # Case columns to report every metric per value of, e.g. ["labels"] for FID per class.
+    group_by: tuple[str, ...] = ()
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    prdc_k: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class UserClassifierSection:
+    """A user's own pathology classifier (``classifier = "user"``): knees, hips and fractures need one.
+
+    ``format = "torchscript"`` loads the file with ``torch.jit.load``; ``"state_dict"`` builds
+    ``architecture`` (see :data:`audit.evaluators.user.ARCHITECTURES`) with ``len(labels)`` outputs.
+    The file is verified against ``sha256`` before loading. The input contract is the one the network
+    was trained with: centre-square crop, resize to ``size``, [0, 1] mapped onto ``value_range``,
+    grey repeated to ``channels``. ``output`` says whether the network ends in logits (a sigmoid is
+    applied once) or probabilities.
+    """
+
+    path: Path
+    sha256: str
+    labels: tuple[str, ...]
+    format: Literal["torchscript", "state_dict"] = "torchscript"
+    architecture: str = ""
+    size: int = 224
+    channels: int = 1
+    value_range: tuple[float, ...] = (0.0, 1.0)
+    output: Literal["logits", "probabilities"] = "logits"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorsSection:
+    """Which pretrained networks produce the clinical and distribution metrics.
+
+    ``xrv``/``inception``: torchxrayvision / torch-fidelity networks with verified weights from the
+    weights manager; ``demo``: the small networks shipped for the demo cohort (meaningless on other
+    data); ``auto``: the pretrained network when its verified weights are present, else the demo one
+    (meant for the demo: the report names the evaluator behind every number).
+    """
+
+    classifier: Literal["xrv", "demo", "auto", "user"] = "xrv"
+    classifier_weights: str = "densenet121-res224-all"
+    segmenter: Literal["xrv", "demo", "auto"] = "xrv"
+    features: Literal["inception", "demo", "auto"] = "inception"
+    device: str = "auto"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    batch_size: int = 16
+    # Shared feature cache; default <output>/cache/features (features are keyed by image content).
+    cache_dir: Path | None = None
+    user_classifier: UserClassifierSection | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +117,7 @@ class StudyConfig:
     study: StudySection
     models: tuple[ModelSpec, ...]
     metrics: MetricsSection
+    evaluators: EvaluatorsSection = EvaluatorsSection()
     source: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +125,7 @@ class StudyConfig:
             "study": _plain(dataclasses.asdict(self.study)),
             "models": [_plain(dataclasses.asdict(m)) for m in self.models],
             "metrics": _plain(dataclasses.asdict(self.metrics)),
+            "evaluators": _plain(dataclasses.asdict(self.evaluators)),
         }
 
     def hash(self) -> str:
@@ -139,6 +200,8 @@ def _coerce(value: Any, hint: Any, where: str, base_dir: Path | None) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item = args[0]
         return tuple(_coerce(v, item, f"{where}[{i}]", base_dir) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return parse_section(hint, value, where, base_dir)
     if hint is Path:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: expected a path string, got {value!r}")
@@ -182,11 +245,11 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
 
     where = str(source) if source else "<config>"
     base_dir = source.parent if source else Path.cwd()
-    unknown = sorted(set(raw) - {"study", "models", "metrics"})
+    unknown = sorted(set(raw) - {"study", "models", "metrics", "evaluators"})
     if unknown:
         raise ConfigError(
             f"{where}: unknown top-level key(s) {', '.join(repr(k) for k in unknown)}; "
-            "allowed are [study], [[models]], [metrics]"
+            "allowed are [study], [[models]], [metrics], [evaluators]"
         )
     if "study" not in raw:
         raise ConfigError(f"{where}: missing the [study] table")
@@ -195,6 +258,10 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
         raise ConfigError(f"{where}: [study].samples_per_case must be >= 1, got {study.samples_per_case}")
     metrics = parse_section(MetricsSection, raw.get("metrics", {}), f"{where}: [metrics]", base_dir)
     _check_metrics(metrics, where)
+    evaluators = parse_section(
+        EvaluatorsSection, raw.get("evaluators", {}), f"{where}: [evaluators]", base_dir
+    )
+    _check_evaluators(evaluators, where)
 
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list) or not models_raw:
@@ -221,7 +288,9 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{where}: duplicate model name(s) {', '.join(dupes)}; names must be unique")
-    return StudyConfig(study=study, models=tuple(models), metrics=metrics, source=source)
+    return StudyConfig(
+        study=study, models=tuple(models), metrics=metrics, evaluators=evaluators, source=source
+    )
 
 
 def _check_metrics(metrics: MetricsSection, where: str) -> None:
@@ -241,6 +310,84 @@ def _check_metrics(metrics: MetricsSection, where: str) -> None:
         raise ConfigError(f"{where}: [metrics].bootstrap_resamples must be >= 100 for a usable 95% CI")
     if not 0.5 < metrics.confidence < 1.0:
         raise ConfigError(f"{where}: [metrics].confidence must be in (0.5, 1), e.g. 0.95")
+    for key, known in (("clinical", CLINICAL_ENTRIES), ("distribution", DISTRIBUTION_ENTRIES)):
+        listed = getattr(metrics, key)
+        bad = [m for m in listed if m not in known]
+        if bad:
+            hint = ""
+            if key == "distribution" and set(bad) & {"precision", "recall", "density", "coverage"}:
+                hint = ' (precision, recall, density and coverage are computed together: list "prdc")'
+            if key == "clinical" and any(b.startswith("dice") for b in bad):
+                hint = ' (list "dice": it gives dice_lungs/heart/aorta/mean, and dice_mask_* where cases have an anatomy_mask)'
+            raise ConfigError(
+                f"{where}: [metrics].{key} has unknown entr(y/ies) {', '.join(map(repr, bad))}; "
+                f"known are {', '.join(known)}{hint}"
+            )
+        if len(set(listed)) != len(listed):
+            raise ConfigError(f"{where}: [metrics].{key} lists an entry twice")
+    if len(set(metrics.group_by)) != len(metrics.group_by):
+        raise ConfigError(f"{where}: [metrics].group_by lists a column twice")
+    if "case_id" in metrics.group_by:
+        raise ConfigError(
+            f"{where}: [metrics].group_by cannot be case_id (one case per group has no statistics)"
+        )
+    if metrics.kid_subsets < 1:
+        raise ConfigError(f"{where}: [metrics].kid_subsets must be >= 1 (100 is the usual choice)")
+    if metrics.kid_subset_size < 2:
+        raise ConfigError(f"{where}: [metrics].kid_subset_size must be >= 2 (1000 is the usual choice)")
+    if metrics.prdc_k < 1:
+        raise ConfigError(f"{where}: [metrics].prdc_k must be >= 1 (Naeem et al. use 5)")
+
+
+def _check_evaluators(evaluators: EvaluatorsSection, where: str) -> None:
+    if evaluators.batch_size < 1:
+        raise ConfigError(f"{where}: [evaluators].batch_size must be >= 1")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", evaluators.device):
+        raise ConfigError(
+            f'{where}: [evaluators].device must be "auto", "cpu", "cuda" or "cuda:N", '
+            f"got {evaluators.device!r}"
+        )
+    user = evaluators.user_classifier
+    if (evaluators.classifier == "user") != (user is not None):
+        raise ConfigError(
+            f'{where}: classifier = "user" and an [evaluators.user_classifier] table go together '
+            "(the table says which file, sha256, labels and input contract your network has)"
+        )
+    if user is not None:
+        loc = f"{where}: [evaluators.user_classifier]"
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", user.sha256):
+            raise ConfigError(f"{loc}.sha256 must be 64 hex digits (sha256sum FILE), got {user.sha256!r}")
+        if (
+            not user.labels
+            or len(set(user.labels)) != len(user.labels)
+            or any(not c or ":" in c for c in user.labels)
+        ):
+            raise ConfigError(
+                f"{loc}.labels must list the network's output classes in order, unique, without ':'"
+            )
+        if len(user.value_range) != 2 or not user.value_range[0] < user.value_range[1]:
+            raise ConfigError(
+                f"{loc}.value_range must be [lo, hi] with lo < hi, got {list(user.value_range)}"
+            )
+        if user.size < 8 or user.channels < 1:
+            raise ConfigError(f"{loc}: size must be >= 8 and channels >= 1")
+        if user.format == "state_dict":
+            from audit.evaluators.user import ARCHITECTURES
+
+            if user.architecture not in ARCHITECTURES:
+                raise ConfigError(
+                    f"{loc}.architecture must be one of {', '.join(sorted(ARCHITECTURES))} for a state dict, "
+                    f'got {user.architecture!r}; or save the network as TorchScript (format = "torchscript")'
+                )
+            if user.channels != 1:
+                raise ConfigError(f"{loc}: the registered architectures take channels = 1")
+        elif user.architecture:
+            raise ConfigError(f'{loc}.architecture is only used with format = "state_dict"')
+    if not evaluators.classifier_weights.startswith("densenet121-res224-"):
+        raise ConfigError(
+            f"{where}: [evaluators].classifier_weights must name a torchxrayvision DenseNet-121 "
+            f'(e.g. "densenet121-res224-all"; see `xray-audit weights list`), got {evaluators.classifier_weights!r}'
+        )
 
 
 def dump_toml(config: StudyConfig) -> str:
@@ -251,8 +398,18 @@ def dump_toml(config: StudyConfig) -> str:
     for m in d["models"]:
         lines += ["", "[[models]]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in m.items()]
-    lines += ["", "[metrics]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in d["metrics"].items()]
+    for section in ("metrics", "evaluators"):
+        lines += ["", f"[{section}]"]
+        # TOML has no null: an unset optional key is left out, which parses back to the same None.
+        lines += [
+            f"{k} = {_toml_value(v)}"
+            for k, v in d[section].items()
+            if v is not None and not isinstance(v, dict)
+        ]
+    for key, table in d["evaluators"].items():
+        if isinstance(table, dict):
+            lines += ["", f"[evaluators.{key}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
     return "\n".join(lines) + "\n"
 
 

@@ -55,3 +55,44 @@ def pixel_metrics():
     from audit.metrics.pixel import PIXEL_METRICS
 
     return PIXEL_METRICS
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricInfo:
+    """Registered metadata of one metric name (per-class names such as ``pathology_auc:Nodule``
+    share their metric's)."""
+
+    name: str
+    family: str  # "pixel" | "clinical" | "distribution"
+    higher_is_better: bool
+    aggregation: str  # "per_sample_mean" | "distribution"
+    unit: str
+    description: str
+
+
+def metric_info(name: str, pixel_range: float = 1.0) -> MetricInfo:
+    """Metadata of any built-in metric: pixel (audit.metrics.pixel), clinical
+    (audit.metrics.functional.clinical) and distribution (audit.metrics.functional.distribution)."""
+    from audit.metrics.functional.clinical import CLINICAL_METRICS
+    from audit.metrics.functional.distribution import DISTRIBUTION_METRICS
+
+    base = name.split(":", 1)[0]
+    if base in CLINICAL_METRICS:
+        c = CLINICAL_METRICS[base]
+        return MetricInfo(name, "clinical", c.higher_is_better, c.aggregation, c.unit, c.description)
+    if base in DISTRIBUTION_METRICS:
+        d = DISTRIBUTION_METRICS[base]
+        return MetricInfo(name, "distribution", d.higher_is_better, d.aggregation, "", d.description)
+    from audit.metrics.pixel import PIXEL_METRICS, metric_unit
+
+    if base in PIXEL_METRICS:
+        p = PIXEL_METRICS[base]
+        return MetricInfo(
+            name,
+            "pixel",
+            p.higher_is_better,
+            "per_sample_mean",
+            metric_unit(base, pixel_range),
+            p.description,
+        )
+    raise KeyError(f"unknown metric {name!r}")

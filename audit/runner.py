@@ -21,7 +21,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from audit import __version__, images, rundir
 from audit.atomic import TMP_PREFIX, atomic_path, sha256_file, write_text
 from audit.cases import PATH_COLUMNS, Case, Manifest, load_manifest
 from audit.config import StudyConfig, dump_toml, stable_hash
+from audit.evaluation import ALL_CASES, Evaluation, EvaluationError, entry_metrics
 from audit.models.base import ModelAdapter, SampleFailure, SampleRequest, derive_seed, safe_name
 from audit.registry import build_adapter
 from audit.stats import bootstrap_mean_ci
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the meaning of a shard changes, so stale shards are recomputed rather than trusted.
 SAMPLES_FORMAT = 2
-METRICS_FORMAT = 1
+METRICS_FORMAT = 2
 # Pixels per scoring batch: 32 images at 256², 2 at 1024²; bounds peak memory of SSIM's buffers.
 BATCH_PIXELS = 1 << 21
 
@@ -110,28 +111,37 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
     timings["load_cases_s"] = time.perf_counter() - t
 
     adapters = [build_adapter(spec, config.study) for spec in config.models]
+    evaluation = _prepare_evaluation(config, cases, list(manifest.frame.columns), options)
     if not options.keep_going:
         _preflight(adapters, cases)
 
     t = time.perf_counter()
-    plan = _Plan(config, options, out, cases_hash)
+    plan = _Plan(config, options, out, cases_hash, evaluation)
     _process(plan, adapters, cases, options)
     timings["samples_and_metrics_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     n_samples, failures, per_case = _aggregate(plan, adapters, len(cases))
+    timings["aggregate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    distribution_rows: list[dict] = []
+    evaluation_info: dict = {}
+    if evaluation is not None:
+        distribution_rows, evaluation_info = _distribution(plan, adapters, manifest, options)
+        timings["distribution_metrics_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     failures_path = out / rundir.FAILURES
     if len(failures):
         with atomic_path(failures_path) as tmp:
             failures.to_csv(tmp, index=False)
     else:
         failures_path.unlink(missing_ok=True)
-    summary = summarise(per_case, config)
+    summary = summarise(per_case, config, manifest.frame, distribution_rows, evaluation)
     with atomic_path(out / rundir.SUMMARY) as tmp:
         summary.to_csv(tmp, index=False)
     _prune_stale_parts(plan, adapters)
     _remove_orphan_temps(out, started)
-    timings["aggregate_s"] = time.perf_counter() - t
+    timings["summary_s"] = time.perf_counter() - t
 
     run_info = {
         "xray_audit_version": __version__,
@@ -153,8 +163,26 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
             "ci": f"{config.metrics.confidence:.0%} percentile bootstrap over cases, "
             f"{config.metrics.bootstrap_resamples} resamples; per-case value = mean over samples",
             "self_reference_models": [a.spec.name for a in adapters if a.self_reference],
+            "group_by": list(config.metrics.group_by),
         },
     }
+    if evaluation is not None:
+        run_info["evaluation"] = {
+            "evaluators": evaluation.describe(),
+            "metric_evaluators": _metric_evaluators(evaluation),
+            "unavailable": {
+                metric: reason
+                for entry, reason in evaluation.unavailable.items()
+                for metric in entry_metrics(entry)
+            },
+            "device": config.evaluators.device,
+            "dtype": config.evaluators.dtype,
+            "cache_dir": str(evaluation.cache_root),
+            **evaluation_info,
+        }
+        if evaluation.unavailable:
+            for entry, reason in evaluation.unavailable.items():
+                log.warning("not computed: %s: %s", ", ".join(entry_metrics(entry)), reason)
     # run.json goes first because the report reads it; it is rewritten with the report's timing.
     write_text(out / rundir.RUN_JSON, json.dumps(run_info, indent=2) + "\n")
     report = None
@@ -204,12 +232,49 @@ def _preflight(adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:
         )
 
 
+def _prepare_evaluation(
+    config: StudyConfig, cases: Sequence[Case], columns: list[str], options: RunOptions
+) -> Evaluation | None:
+    if not (config.metrics.clinical or config.metrics.distribution):
+        return None
+    try:
+        evaluation = Evaluation.prepare(config, cases, columns)
+    except EvaluationError as exc:
+        raise RunError(str(exc)) from None
+    if evaluation.unavailable and not options.keep_going:
+        lines = [
+            f"  - {', '.join(entry_metrics(entry))}: {reason}"
+            for entry, reason in evaluation.unavailable.items()
+        ]
+        raise RunError(
+            f"{len(evaluation.unavailable)} requested metric group(s) cannot be computed:\n"
+            + "\n".join(lines)
+            + "\nFix the cause above, or rerun with --keep-going to compute everything else; the metrics "
+            "that could not be computed are then listed in run.json and the report."
+        )
+    return evaluation
+
+
+def _metric_evaluators(evaluation: Evaluation) -> dict[str, str]:
+    from audit.evaluators.suite import ENTRY_ROLE
+
+    out = {}
+    for entry in (*evaluation.config.metrics.clinical, *evaluation.config.metrics.distribution):
+        role = ENTRY_ROLE[entry]
+        if entry in evaluation.unavailable or role not in evaluation.plans:
+            continue
+        for metric in entry_metrics(entry):
+            out[metric] = evaluation.plans[role].name
+    return out
+
+
 @dataclasses.dataclass
 class _Plan:
     config: StudyConfig
     options: RunOptions
     out: Path
     cases_hash: str
+    evaluation: Evaluation | None = None
 
     def samples_key(self, adapter: ModelAdapter) -> str:
         return stable_hash(
@@ -229,8 +294,14 @@ class _Plan:
                 "format": METRICS_FORMAT,
                 "samples": self.samples_key(adapter),
                 "metrics": self.config.to_dict()["metrics"],
+                "segmenter": self.evaluation.segmenter_key() if self.evaluation else None,
+                "dice": bool(self.evaluation and self.evaluation.wants("dice")),
             }
         )[:16]
+
+    def ref_shard(self, chunk: int) -> Path:
+        key = stable_hash({"cases": self.cases_hash, "chunk_size": self.options.chunk_size})[:16]
+        return self.out / rundir.PARTS_DIR / "references" / key / f"{chunk:05d}.parquet"
 
     def part_dir(self, stage: str, adapter: ModelAdapter) -> Path:
         key = self.samples_key(adapter) if stage == "samples" else self.metrics_key(adapter)
@@ -243,13 +314,30 @@ class _Plan:
 class _References:
     """Decodes each reference of the current chunk at most once and shares it across models."""
 
-    def __init__(self) -> None:
+    def __init__(self, shas: dict[str, str] | None = None) -> None:
         self._cache: dict[str, images.XrayImage] = {}
+        self.shas = shas or {}
 
     def __call__(self, case: Case) -> images.XrayImage:
         if case.case_id not in self._cache:
             self._cache[case.case_id] = images.read_image(case.image)
         return self._cache[case.case_id]
+
+    def item(self, case: Case) -> tuple[str, Callable[[], np.ndarray]]:
+        """(content sha256, pixel loader) of the reference, for the feature cache."""
+        return self.shas[case.case_id], lambda: self(case).pixels
+
+
+def _ensure_references(plan: _Plan, ci: int, chunk: Sequence[Case]) -> dict[str, str]:
+    """sha256 of each reference file of the chunk, hashed once and kept in a shard for resumes."""
+    shard = plan.ref_shard(ci)
+    if shard.exists():
+        frame = pq.read_table(shard).to_pandas()
+        return dict(zip(frame["case_id"], frame["sha256"], strict=True))
+    shas = {c.case_id: sha256_file(c.image) for c in chunk}
+    frame = pd.DataFrame({"case_id": list(shas), "sha256": list(shas.values())})
+    _write_parquet(pa.Table.from_pandas(frame, preserve_index=False), shard)
+    return shas
 
 
 def _process(
@@ -265,12 +353,11 @@ def _process(
     total = sum(len(cases) * a.samples_per_case() for a in adapters)
     with tqdm(total=total, desc="auditing", unit="sample", disable=not options.progress) as bar:
         for ci, chunk in enumerate(chunks):
-            refs = _References()
+            refs = _References(_ensure_references(plan, ci, chunk) if plan.evaluation else None)
             for adapter in adapters:
                 bar.set_postfix_str(adapter.spec.name, refresh=False)
                 samples = _ensure_samples(plan, adapter, ci, chunk, refs)
-                if not adapter.self_reference:
-                    _ensure_metrics(plan, adapter, ci, chunk, samples, refs)
+                _ensure_metrics(plan, adapter, ci, chunk, samples, refs)
                 bar.update(len(chunk) * adapter.samples_per_case())
 
 
@@ -364,11 +451,16 @@ def _ensure_metrics(
     from audit.metrics.pixel import score_pixels
 
     m = plan.config.metrics
+    evaluation = plan.evaluation
+    pixel = m.pixel if not adapter.self_reference else ()
     by_id = {c.case_id: c for c in chunk}
     pairs: list[tuple[dict, np.ndarray, np.ndarray]] = []
     failures: list[dict] = []
 
+    failed: set[tuple[str, int]] = set()
+
     def fail(row: dict, msg: str) -> None:
+        failed.add((row["case_id"], row["sample"]))
         if not plan.options.keep_going:
             raise RunError(
                 f"model {adapter.spec.name}, case {row['case_id']}, sample {row['sample']}: {msg}\n"
@@ -384,9 +476,13 @@ def _ensure_metrics(
             }
         )
 
+    rows_ok: list[dict] = []
     for row in samples.to_dict(orient="records"):
         if isinstance(row["error"], str):
             continue  # recorded as a generation failure already
+        rows_ok.append(row)
+        if not pixel:
+            continue
         path = Path(row["path"])
         # No re-hash here: a fresh sample was hashed when produced, a resumed one by _samples_unchanged.
         try:
@@ -416,7 +512,7 @@ def _ensure_metrics(
                 values = score_pixels(
                     np.stack([b[1] for b in batch]),
                     np.stack([b[2] for b in batch]),
-                    m.pixel,
+                    pixel,
                     pixel_range=m.pixel_range,
                     overlap_threshold=m.overlap_threshold,
                 )
@@ -430,8 +526,11 @@ def _ensure_metrics(
                     for b in batch
                 ]
             )
-            for name in m.pixel:
+            for name in pixel:
                 frames.append(ids.assign(metric=name, value=np.asarray(values[name], dtype=np.float64)))
+    rows_ok = [r for r in rows_ok if (r["case_id"], r["sample"]) not in failed]
+    if evaluation is not None and rows_ok:
+        frames += _evaluate_chunk(plan, evaluation, adapter, rows_ok, by_id, refs, fail)
     frame = (
         pd.concat(frames, ignore_index=True)
         if frames
@@ -449,6 +548,42 @@ def _ensure_metrics(
     _write_parquet(pa.Table.from_pandas(frame, schema=METRIC_SHARD_SCHEMA, preserve_index=False), shard)
 
 
+def _evaluate_chunk(
+    plan: _Plan,
+    evaluation: Evaluation,
+    adapter: ModelAdapter,
+    rows: list[dict],
+    by_id: dict[str, Case],
+    refs: _References,
+    fail: Callable[[dict, str], None],
+) -> list[pd.DataFrame]:
+    """Run the chunk's images through the evaluators (filling the feature cache) and score Dice.
+
+    Classifier and FID features are only cached here; their metrics need every sample and are
+    computed when the run aggregates.
+    """
+    from audit.evaluation import dice_rows
+
+    gen_items = [(row["sha256"], (lambda p=row["path"]: images.read_image(p).pixels)) for row in rows]
+    ref_items = [refs.item(by_id[row["case_id"]]) for row in rows]
+    try:
+        for role in ("classifier", "features"):
+            if role in evaluation.plans:
+                evaluation.outputs(role, gen_items)
+                evaluation.outputs(role, ref_items)
+        if not evaluation.wants("dice"):
+            return []
+        masks = [by_id[row["case_id"]].path("anatomy_mask") for row in rows]
+        return dice_rows(
+            evaluation, rows, gen_items, ref_items, masks, against_reference=not adapter.self_reference
+        )
+    except (images.ImageReadError, FileNotFoundError, EvaluationError) as exc:
+        # Decoding is lazy, so an unreadable file surfaces here; the chunk's pixel rows stand.
+        for row in rows:
+            fail(row, f"evaluators: {exc}")
+        return []
+
+
 def resize_to(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize with antialiasing (the `to_reference` policy), float32 in [0,1]."""
     import torch
@@ -462,7 +597,7 @@ def resize_to(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _aggregate(
     plan: _Plan, adapters: Sequence[ModelAdapter], n_cases: int
-) -> tuple[int, pd.DataFrame, dict[tuple[str, str], np.ndarray]]:
+) -> tuple[int, pd.DataFrame, dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]]:
     """Stream the shards into samples.parquet and per_sample.parquet, one shard in memory at a time.
 
     Returns the sample count, the failures, and per (model, metric) the per-case values (the mean
@@ -471,7 +606,7 @@ def _aggregate(
     n_chunks = (n_cases + plan.options.chunk_size - 1) // plan.options.chunk_size
     sample_cols = [*rundir.SAMPLES_COLUMNS, "kind"]
     failure_frames: list[pd.DataFrame] = []
-    per_case: dict[tuple[str, str], list[np.ndarray]] = {}
+    per_case: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
     n_samples = 0
     with (
         atomic_path(plan.out / rundir.SAMPLES) as samples_tmp,
@@ -488,8 +623,6 @@ def _aggregate(
                 ok = pa.Table.from_pandas(s[~failed][sample_cols], preserve_index=False)
                 sw.write_table(ok.cast(sw.schema))
                 n_samples += ok.num_rows
-                if adapter.self_reference:
-                    continue
                 shard = plan.shard("metrics", adapter, ci)
                 metrics = pq.read_table(shard)
                 mw.write_table(metrics)
@@ -501,55 +634,136 @@ def _aggregate(
                 means = frame.groupby(["metric", "case_id"], sort=False)["value"].mean().reset_index()
                 for metric, grp in means.groupby("metric", sort=False):
                     per_case.setdefault((adapter.spec.name, metric), []).append(
-                        grp["value"].to_numpy(np.float64)
+                        (grp["case_id"].to_numpy(str), grp["value"].to_numpy(np.float64))
                     )
     failures = (
         pd.concat(failure_frames, ignore_index=True)
         if failure_frames
         else pd.DataFrame(columns=list(rundir.FAILURES_COLUMNS))
     )
-    return n_samples, failures, {k: np.concatenate(v) for k, v in per_case.items()}
+    return (
+        n_samples,
+        failures,
+        {
+            k: (np.concatenate([ids for ids, _ in v]), np.concatenate([vals for _, vals in v]))
+            for k, v in per_case.items()
+        },
+    )
 
 
-def summarise(per_case: dict[tuple[str, str], np.ndarray], config: StudyConfig) -> pd.DataFrame:
-    """One row per (model, metric): mean over cases with a percentile-bootstrap CI over cases.
+def summarise(
+    per_case: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    config: StudyConfig,
+    cases: pd.DataFrame | None = None,
+    distribution_rows: Sequence[dict] = (),
+    evaluation: Evaluation | None = None,
+) -> pd.DataFrame:
+    """One row per (model, metric, group): mean over cases with a percentile-bootstrap CI over cases.
 
     Samples of one case are not independent, so they were averaged per case before resampling cases.
+    ``per_case`` maps (model, metric) to (case ids, per-case values). Rows over all cases have
+    group ""; with ``[metrics].group_by`` each column value adds rows with group "column=value".
+    Distribution metrics arrive as finished rows (their CIs need the whole set, see audit.evaluation).
     """
-    from audit.metrics.pixel import PIXEL_METRICS, metric_unit
+    from audit.evaluation import groups_of
+    from audit.registry import metric_info
 
     m = config.metrics
+    groups: list[tuple[str, np.ndarray]] = (
+        groups_of(cases, m.group_by) if cases is not None else [(ALL_CASES, np.array([], dtype=str))]
+    )
+    evaluators = _metric_evaluators(evaluation) if evaluation is not None else {}
     rows = []
-    for (model, metric), values in per_case.items():
-        values = values[~np.isnan(values)]
-        rng = np.random.default_rng(derive_seed(config.study.seed, model, f"bootstrap:{metric}", 0))
-        lo, hi = bootstrap_mean_ci(values, rng, m.bootstrap_resamples, m.confidence)
-        rows.append(
-            {
-                "model": model,
-                "metric": metric,
-                "value": float(values.mean()) if values.size else float("nan"),
-                "ci_low": lo,
-                "ci_high": hi,
-                "n": int(values.size),
-                "higher_is_better": bool(PIXEL_METRICS[metric].higher_is_better),
-                "unit": metric_unit(metric, m.pixel_range),
-            }
-        )
-    frame = pd.DataFrame(rows, columns=[*rundir.SUMMARY_COLUMNS, "unit"])
+    for (model, metric), (case_ids, all_values) in per_case.items():
+        for group, members in groups:
+            values = all_values if group == ALL_CASES else all_values[np.isin(case_ids, members)]
+            values = values[~np.isnan(values)]
+            seed_key = f"bootstrap:{metric}" if group == ALL_CASES else f"bootstrap:{metric}:{group}"
+            rng = np.random.default_rng(derive_seed(config.study.seed, model, seed_key, 0))
+            lo, hi = bootstrap_mean_ci(values, rng, m.bootstrap_resamples, m.confidence)
+            rows.append(
+                {
+                    "model": model,
+                    "metric": metric,
+                    "value": float(values.mean()) if values.size else float("nan"),
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n": int(values.size),
+                    "group": group,
+                    "evaluator": evaluators.get(metric, ""),
+                }
+            )
+    rows += list(distribution_rows)
+    columns = [*rundir.SUMMARY_COLUMNS, "unit", "group", "evaluator"]
+    for row in rows:
+        info = metric_info(row["metric"], m.pixel_range)
+        row["higher_is_better"] = info.higher_is_better
+        row["unit"] = info.unit
+    frame = pd.DataFrame(rows, columns=columns)
     if len(frame):
         model_order = {spec.name: i for i, spec in enumerate(config.models)}
-        metric_order = {name: i for i, name in enumerate(m.pixel)}
-        frame = frame.sort_values(
-            by=["model", "metric"], key=lambda s: s.map(model_order if s.name == "model" else metric_order)
-        ).reset_index(drop=True)
+        metric_order = {name: i for i, name in enumerate(_metric_order(config))}
+        group_order = {g: i for i, (g, _) in enumerate(groups)}
+        frame["_m"] = frame["model"].map(model_order)
+        frame["_g"] = frame["group"].map(group_order)
+        frame["_k"] = [
+            (metric_order.get(name.split(":", 1)[0], len(metric_order)), name) for name in frame["metric"]
+        ]
+        frame = frame.sort_values(by=["_g", "_m", "_k"], kind="stable").drop(columns=["_m", "_g", "_k"])
+        frame = frame.reset_index(drop=True)
     return frame
+
+
+def _metric_order(config: StudyConfig) -> list[str]:
+    names = list(config.metrics.pixel)
+    for entry in (*config.metrics.clinical, *config.metrics.distribution):
+        names += entry_metrics(entry)
+    return names
+
+
+def _distribution(
+    plan: _Plan, adapters: Sequence[ModelAdapter], manifest: Manifest, options: RunOptions
+) -> tuple[list[dict], dict]:
+    """Distribution metrics from the cached evaluator outputs of every sample (see audit.evaluation)."""
+    from tqdm.auto import tqdm
+
+    from audit.evaluation import distribution_metrics
+
+    evaluation = plan.evaluation
+    assert evaluation is not None
+    n_chunks = (len(manifest) + plan.options.chunk_size - 1) // plan.options.chunk_size
+    ref_shas: dict[str, str] = {}
+    for ci in range(n_chunks):
+        frame = pq.read_table(plan.ref_shard(ci)).to_pandas()
+        ref_shas.update(zip(frame["case_id"], frame["sha256"], strict=True))
+    samples = pd.read_parquet(
+        plan.out / rundir.SAMPLES, columns=["model", "case_id", "sample", "path", "sha256"]
+    )
+    models = [(a.spec.name, a.self_reference) for a in adapters]
+    seed = plan.config.study.seed
+    # Normally every output is cached by the chunk loop; this bar only moves if the cache was cleared.
+    with tqdm(
+        desc="evaluating (cache misses)", unit="image", disable=not options.progress, leave=False
+    ) as bar:
+        evaluation.progress = bar.update
+        try:
+            return distribution_metrics(
+                evaluation,
+                manifest.frame,
+                ref_shas,
+                samples,
+                models,
+                lambda model, key: derive_seed(seed, model, key, 0),
+            )
+        finally:
+            evaluation.progress = None
 
 
 def _prune_stale_parts(plan: _Plan, adapters: Sequence[ModelAdapter]) -> None:
     """Drop shards of earlier configs so parts/ reflects exactly this run."""
     keep = {plan.part_dir(stage, a) for a in adapters for stage in ("samples", "metrics")}
-    for stage in ("samples", "metrics"):
+    keep.add(plan.ref_shard(0).parent)
+    for stage in ("samples", "metrics", "references"):
         root = plan.out / rundir.PARTS_DIR / stage
         if root.is_dir():
             for d in root.iterdir():

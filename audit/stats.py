@@ -31,3 +31,74 @@ def bootstrap_mean_ci(
     method = "linear" if np.isfinite(means).all() else "inverted_cdf"
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha], method=method)
     return float(lo), float(hi)
+
+
+def percentile_ci(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates, ignoring NaN ones (resamples where the statistic
+    was undefined); (nan, nan) when fewer than half of the replicates are defined."""
+    x = np.asarray(samples, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    if x.size < max(2, np.asarray(samples).size // 2):
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(x, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def case_resample_weights(rng: np.random.Generator, n_cases: int, resamples: int) -> np.ndarray:
+    """(resamples, n_cases) counts: how often each case is drawn in each bootstrap resample.
+
+    Drawing n cases with replacement and counting is the same resample as materialising the drawn
+    cases, so statistics that accept per-row weights are computed without copying the data.
+    """
+    idx = rng.integers(0, n_cases, size=(resamples, n_cases))
+    out = np.zeros((resamples, n_cases), dtype=np.float64)
+    np.add.at(out, (np.arange(resamples)[:, None], idx), 1.0)
+    return out
+
+
+def weighted_auc(probs: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC per weight vector and class: (B, C) from probs (R, C), bool targets (R, C), weights (B, R).
+
+    With integer weights this is exactly the Mann-Whitney AUC of the data set in which row r appears
+    weights[b, r] times (ties count one half), i.e. of a bootstrap resample. NaN where the weighted
+    set has no positive or no negative.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(targets, dtype=bool)
+    w = np.asarray(weights, dtype=np.float64)
+    out = np.full((w.shape[0], p.shape[1]), np.nan)
+    for j in range(p.shape[1]):
+        order = np.argsort(p[:, j], kind="stable")
+        sp = p[order, j]
+        starts = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
+        pos = np.where(t[order, j], w[:, order], 0.0)
+        neg = w[:, order] - pos
+        gpos = np.add.reduceat(pos, starts, axis=1)
+        gneg = np.add.reduceat(neg, starts, axis=1)
+        below = np.cumsum(gneg, axis=1) - gneg  # negatives scoring strictly lower than the tie group
+        num = (gpos * (below + 0.5 * gneg)).sum(axis=1)
+        den = gpos.sum(axis=1) * gneg.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, j] = np.where(den > 0, num / den, np.nan)
+    return out
+
+
+def weighted_f1(
+    probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """F1 = 2TP / (n_predicted + n_positive) per weight vector and class, (B, C); predictions are
+    ``probs >= thresholds`` (NaN threshold: class not scored). NaN where there is no positive."""
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(targets, dtype=bool)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        pred = p >= thr[None, :]
+    tp = w @ (pred & t).astype(np.float64)
+    n_pred = w @ pred.astype(np.float64)
+    n_pos = w @ t.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(n_pos > 0, 2.0 * tp / (n_pred + n_pos), np.nan)
+    f1[:, np.isnan(thr)] = np.nan
+    return f1

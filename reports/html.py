@@ -2,8 +2,11 @@
 
 The page is built only from the files of the run directory (see :mod:`audit.rundir`), so it can be
 re-rendered at any time, on a machine without torch, and opened offline.  Sections: header, the
-per-model table with confidence intervals, one distribution plot per metric, an image grid
-(reference | condition | each model), failures, and provenance (config, versions, timings).
+results (paired image quality, clinical realism, anatomy-mask adherence, distribution metrics and
+per-class pathology, each its own table with confidence intervals and the evaluator that produced
+it; the metrics that could not be computed; results per ``[metrics].group_by`` group), one
+distribution plot per per-case metric, an image grid (reference | condition | each model), failures,
+and provenance (config, versions, timings, evaluators).
 """
 
 from __future__ import annotations
@@ -32,10 +35,26 @@ from audit.atomic import write_text
 
 log = logging.getLogger(__name__)
 
-# Structural similarity first, then error magnitudes, then mask overlap: the order papers use.
-METRIC_ORDER = (
-    "ms_ssim", "ssim", "psnr", "mse", "mae", "overlap_precision", "overlap_recall", "overlap_f1",
+# One results table per family. Pixel: structure, then error magnitudes, then mask overlap (the order
+# papers use); clinical: the XReal paper's Table I; distribution: Fréchet distances, KID, then the
+# Naeem et al. k-NN metrics.
+PIXEL_METRICS = (
+    "ms_ssim",
+    "ssim",
+    "psnr",
+    "mse",
+    "mae",
+    "overlap_precision",
+    "overlap_recall",
+    "overlap_f1",
 )
+PATHOLOGY_METRICS = ("pathology_auc", "pathology_f1")
+DICE_METRICS = ("dice_lungs", "dice_heart", "dice_aorta", "dice_mean")
+DICE_MASK_METRICS = ("dice_mask_lungs", "dice_mask_heart", "dice_mask_aorta", "dice_mask_mean")
+FRECHET_METRICS = ("fid", "fxd")
+PRDC_METRICS = ("precision", "recall", "density", "coverage")
+FEATURE_METRICS = (*FRECHET_METRICS, "kid", *PRDC_METRICS)
+METRIC_ORDER = (*PIXEL_METRICS, *PATHOLOGY_METRICS, *DICE_METRICS, *DICE_MASK_METRICS, *FEATURE_METRICS)
 METRIC_LABELS = {
     "ms_ssim": "MS-SSIM",
     "ssim": "SSIM",
@@ -45,9 +64,48 @@ METRIC_LABELS = {
     "overlap_precision": "overlap precision",
     "overlap_recall": "overlap recall",
     "overlap_f1": "overlap F1",
+    "pathology_auc": "AUC",
+    "pathology_f1": "F1",
+    "dice_lungs": "Dice lungs",
+    "dice_heart": "Dice heart",
+    "dice_aorta": "Dice aorta",
+    "dice_mean": "Dice mean",
+    "dice_mask_lungs": "mask Dice lungs",
+    "dice_mask_heart": "mask Dice heart",
+    "dice_mask_aorta": "mask Dice aorta",
+    "dice_mask_mean": "mask Dice mean",
+    "fid": "FID",
+    "fxd": "FXD",
+    "kid": "KID",
+    "precision": "precision",
+    "recall": "recall",
+    "density": "density",
+    "coverage": "coverage",
+}
+# (id, heading, metrics) of the results tables; metrics in none of them get an "other" table.
+RESULT_TABLES = (
+    ("paired", "Paired image quality", PIXEL_METRICS),
+    ("clinical", "Clinical realism", (*PATHOLOGY_METRICS, *DICE_METRICS)),
+    ("mask", "Adherence to the input anatomy mask", DICE_MASK_METRICS),
+    ("distribution", "Distribution", FEATURE_METRICS),
+)
+# Why the real row has no value: it would be compared with itself.
+_SELF_PAIRED = "not computed: real compared with itself is identical by construction"
+_SELF_DICE = "not computed: the real image's segmentation compared with itself has Dice 1 by construction"
+_SELF_SET = (
+    "not computed: the reference set compared with itself is degenerate (FID, FXD and KID are 0, "
+    "precision, recall and coverage 1 by construction)"
+)
+SELF_COMPARISON_REASONS = {
+    **dict.fromkeys(PIXEL_METRICS, _SELF_PAIRED),
+    **dict.fromkeys(DICE_METRICS, _SELF_DICE),
+    **dict.fromkeys(FEATURE_METRICS, _SELF_SET),
 }
 # Metrics that compare a sample with its own reference: meaningless for the real model itself.
-PAIRED_METRICS = frozenset(METRIC_ORDER)
+PAIRED_METRICS = frozenset(PIXEL_METRICS)
+# run.json "feature_metrics" has one record per config entry, and prdc covers four metric names.
+FEATURE_ENTRY = {"fid": "fid", "fxd": "fxd", "kid": "kid", **dict.fromkeys(PRDC_METRICS, "prdc")}
+ALL_CASES_KEY = "all cases"  # run.json's name for the summary rows with group ""
 THUMB_PX = 160
 FAILURE_ROWS = 50
 # Up to this many cases per model every point is drawn; above it only outliers, to keep the page light.
@@ -56,8 +114,16 @@ ALL_POINTS_MAX = 100
 HOVER_LABELS_MAX = 20_000
 MAX_ERROR_CHARS = 400
 GENERATOR_COLOURS = (
-    "#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3",
-    "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD",
+    "#4C72B0",
+    "#DD8452",
+    "#55A868",
+    "#C44E52",
+    "#8172B3",
+    "#937860",
+    "#DA8BC3",
+    "#8C8C8C",
+    "#CCB974",
+    "#64B5CD",
 )
 BASELINE_COLOUR = "#A0A0A0"
 REAL_COLOUR = "#333333"
@@ -108,14 +174,25 @@ class MetricColumn:
     name: str
     higher_is_better: bool | None
     unit: str
+    evaluator: str = ""  # the evaluator(s) that produced the column's numbers; "" for pixel metrics
+
+    @property
+    def base(self) -> str:
+        """``pathology_auc`` for ``pathology_auc:Nodule``."""
+        return self.name.split(":", 1)[0]
 
     @property
     def label(self) -> str:
+        if ":" in self.name:
+            return f"{METRIC_LABELS.get(self.base, self.base)} · {self.name.split(':', 1)[1]}"
         return METRIC_LABELS.get(self.name, self.name)
 
     @property
     def arrow(self) -> str:
         return {True: "↑", False: "↓", None: ""}[self.higher_is_better]
+
+
+SUMMARY_TEXT_COLUMNS = ("model", "metric", "group", "evaluator")
 
 
 def _require_columns(frame: pd.DataFrame, columns: Iterable[str], path: Path) -> None:
@@ -132,10 +209,14 @@ def load_run(run_dir: str | Path) -> RunFiles:
     run = rundir.require_run_dir(run_dir)
 
     summary_path = run / rundir.SUMMARY
-    summary = pd.read_csv(summary_path, keep_default_na=True)
+    # No NA parsing: a model named "NA" stays a name and an empty group means "all cases"; the numeric
+    # columns are converted below ("" and "nan" become NaN, "inf" stays infinite).
+    summary = pd.read_csv(summary_path, dtype=str, keep_default_na=False)
     _require_columns(summary, rundir.SUMMARY_COLUMNS, summary_path)
-    summary["model"] = summary["model"].astype(str)
-    summary["metric"] = summary["metric"].astype(str)
+    for col in SUMMARY_TEXT_COLUMNS:
+        if col not in summary.columns:  # runs from before clinical metrics: every row is over all cases
+            summary[col] = ""
+        summary[col] = summary[col].astype(str).str.strip()
     for col in ("value", "ci_low", "ci_high", "n"):
         summary[col] = pd.to_numeric(summary[col], errors="coerce")
 
@@ -189,6 +270,63 @@ def load_run(run_dir: str | Path) -> RunFiles:
     return RunFiles(run, summary, per_sample, samples, cases, config, config_text, info, failures)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _group_key(group: str) -> str:
+    return group or ALL_CASES_KEY
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationInfo:
+    """run.json's ``"evaluation"`` block; every part empty when the run has none (pixel metrics only)."""
+
+    evaluators: Mapping[str, Mapping[str, Any]]  # role -> {name, source, label, weights_sha256, ...}
+    metric_evaluators: Mapping[str, str]
+    unavailable: Mapping[str, str]  # metric -> why it was requested but not computed
+    pathology: Mapping[str, Any]
+    feature_metrics: Mapping[str, Any]  # model -> group key -> entry -> record
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> EvaluationInfo:
+        block = _mapping(info.get("evaluation"))
+        return cls(
+            evaluators={str(role): _mapping(d) for role, d in _mapping(block.get("evaluators")).items()},
+            metric_evaluators={str(k): str(v) for k, v in _mapping(block.get("metric_evaluators")).items()},
+            unavailable={str(k): str(v) for k, v in _mapping(block.get("unavailable")).items()},
+            pathology=_mapping(block.get("pathology")),
+            feature_metrics=_mapping(block.get("feature_metrics")),
+            raw=block,
+        )
+
+    def evaluator(self, name: str) -> Mapping[str, Any]:
+        for desc in self.evaluators.values():
+            if str(desc.get("name", "")) == name:
+                return desc
+        return {}
+
+    def feature_record(self, model: str, group: str, metric: str) -> Mapping[str, Any]:
+        entry = FEATURE_ENTRY.get(metric)
+        if entry is None:
+            return {}
+        return _mapping(_mapping(_mapping(self.feature_metrics.get(model)).get(_group_key(group))).get(entry))
+
+    def skipped(self, model: str, group: str, metric: str) -> Mapping[str, str]:
+        """{class: reason} of the classes ``metric`` (pathology_auc/_f1) could not score."""
+        per_model = _mapping(_mapping(self.pathology.get("skipped")).get(model))
+        return {
+            str(c): str(r)
+            for c, r in _mapping(_mapping(per_model.get(_group_key(group))).get(metric)).items()
+        }
+
+    @property
+    def classes(self) -> list[str]:
+        classes = self.pathology.get("classes")
+        return [str(c) for c in classes] if isinstance(classes, list) else []
+
+
 # ------------------------------------------------------------------------------------------------
 # Models and metrics
 # ------------------------------------------------------------------------------------------------
@@ -221,8 +359,11 @@ def order_models(run: RunFiles) -> list[ModelRow]:
     return generators + baselines + real
 
 
-def _metric_rank(name: str) -> tuple[int, str]:
-    return (METRIC_ORDER.index(name), "") if name in METRIC_ORDER else (len(METRIC_ORDER), name)
+def _metric_rank(name: str) -> tuple[int, int, str]:
+    """Documented order; a per-class ``metric:Class`` right after its macro metric."""
+    base, _, cls = name.partition(":")
+    index = METRIC_ORDER.index(base) if base in METRIC_ORDER else len(METRIC_ORDER)
+    return (index, 1 if cls else 0, name if index == len(METRIC_ORDER) else cls)
 
 
 def _as_bool(value: Any) -> bool | None:
@@ -241,7 +382,10 @@ def default_unit(metric: str, pixel_range: float) -> str:
     return {"psnr": "dB", "mse": f"{scale}²", "mae": scale}.get(metric, "")
 
 
-def metric_columns(run: RunFiles, pixel_range: float) -> list[MetricColumn]:
+def metric_columns(
+    run: RunFiles, pixel_range: float, evaluation: EvaluationInfo | None = None
+) -> list[MetricColumn]:
+    evaluation = evaluation or EvaluationInfo.from_info(run.info)
     summary = run.summary
     names = sorted(set(summary["metric"]) | set(pd.unique(run.per_sample["metric"])), key=_metric_rank)
     has_unit = "unit" in summary.columns
@@ -253,7 +397,20 @@ def metric_columns(run: RunFiles, pixel_range: float) -> list[MetricColumn]:
         if has_unit:
             units = [str(u) for u in rows["unit"] if isinstance(u, str) and u.strip()]
             unit = units[0] if units else ""
-        columns.append(MetricColumn(name, hib_values[0] if hib_values else None, unit or default_unit(name, pixel_range)))
+        evaluators = list(dict.fromkeys(e for e in rows["evaluator"] if e))
+        if not evaluators:
+            fallback = evaluation.metric_evaluators.get(name) or evaluation.metric_evaluators.get(
+                name.split(":")[0]
+            )
+            evaluators = [fallback] if fallback else []
+        columns.append(
+            MetricColumn(
+                name,
+                hib_values[0] if hib_values else None,
+                unit or default_unit(name, pixel_range),
+                ", ".join(evaluators),
+            )
+        )
     return columns
 
 
@@ -362,82 +519,281 @@ def _model_label(model: ModelRow) -> str:
     return out
 
 
-def render_table(
-    run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[MetricColumn], confidence: float
-) -> str:
-    summary = run.summary.drop_duplicates(["model", "metric"], keep="last").set_index(["model", "metric"])
-    # Bold marks the winner among the models under evaluation; baselines compete only when there is
-    # no generator at all (a demo run), and the real row never does.
-    contenders = [r for r in models if not r.is_real and not r.is_baseline] or [r for r in models if r.is_baseline]
-    best: dict[str, float] = {}
-    for m in metrics:
-        if m.higher_is_better is None:
-            continue
-        candidates = [
-            summary.at[(r.name, m.name), "value"] for r in contenders if (r.name, m.name) in summary.index
-        ]
-        candidates = [v for v in candidates if not pd.isna(v)]
-        if len(candidates) >= 2:
-            best[m.name] = max(candidates) if m.higher_is_better else min(candidates)
+@dataclasses.dataclass(frozen=True)
+class TableContext:
+    """What every results table needs besides its metrics."""
 
-    head = ['<th class="model-col">model</th>']
-    for m in metrics:
-        direction = {True: "higher is better", False: "lower is better", None: "direction unknown"}
-        unit = f'<div class="unit">{_e(m.unit)}</div>' if m.unit else ""
-        head.append(
-            f'<th data-metric="{_e(m.name)}" title="{_e(m.name)}: {direction[m.higher_is_better]}">'
-            f'{_e(m.label)} <span class="arrow">{m.arrow}</span>{unit}</th>'
+    run: RunFiles
+    models: Sequence[ModelRow]
+    evaluation: EvaluationInfo
+    confidence: float
+
+    @property
+    def contenders(self) -> list[ModelRow]:
+        # Bold marks the winner among the models under evaluation; baselines compete only when there is
+        # no generator at all (a demo run), and the real row never does.
+        models = self.models
+        return [r for r in models if not r.is_real and not r.is_baseline] or [
+            r for r in models if r.is_baseline
+        ]
+
+
+def _summary_index(summary: pd.DataFrame, group: str) -> pd.DataFrame:
+    """The rows of one group ("" = all cases), indexed by (model, metric)."""
+    rows = summary[summary["group"] == group]
+    return rows.drop_duplicates(["model", "metric"], keep="last").set_index(["model", "metric"])
+
+
+def _best_value(index: pd.DataFrame, contenders: Sequence[ModelRow], metric: MetricColumn) -> float | None:
+    if metric.higher_is_better is None:
+        return None
+    candidates = [
+        index.at[(r.name, metric.name), "value"] for r in contenders if (r.name, metric.name) in index.index
+    ]
+    candidates = [v for v in candidates if not pd.isna(v)]
+    if len(candidates) < 2:
+        return None
+    return max(candidates) if metric.higher_is_better else min(candidates)
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _int_or(value: Any, default: str = "?") -> str:
+    x = _finite(value)
+    return str(int(x)) if x is not None else default
+
+
+def _is_demo(desc: Mapping[str, Any]) -> bool:
+    return str(desc.get("source", "")) == "demo"
+
+
+def _metric_head(m: MetricColumn, evaluation: EvaluationInfo) -> str:
+    direction = {True: "higher is better", False: "lower is better", None: "direction unknown"}
+    unit = f'<div class="unit">{_e(m.unit)}</div>' if m.unit else ""
+    by = ""
+    if m.evaluator:
+        names = [n.strip() for n in m.evaluator.split(",") if n.strip()]
+        descs = [evaluation.evaluator(n) for n in names]
+        about = "; ".join(
+            f"{n}: {d.get('label')}" if d.get("label") else n for n, d in zip(names, descs, strict=True)
         )
-    body = []
-    for r in models:
-        cls = "real" if r.is_real else "baseline" if r.is_baseline else "generator"
-        cells = [f'<th scope="row">{_model_label(r)}</th>']
-        for m in metrics:
-            key = (r.name, m.name)
-            if key not in summary.index or pd.isna(summary.at[key, "value"]):
-                why = (
-                    "not computed: real compared with itself is identical by construction"
-                    if r.is_real and m.name in PAIRED_METRICS
-                    else "no value"
-                )
-                cells.append(f'<td class="na" title="{_e(why)}">—</td>')
-                continue
-            row = summary.loc[key]
-            main, ci = format_estimate(row["value"], row["ci_low"], row["ci_high"])
-            n = row["n"]
-            n_text = "" if pd.isna(n) else f"n={int(n)}"
-            full = [_precise(row[c]) for c in ("value", "ci_low", "ci_high")]
-            tip = f"{r.name} · {m.name}: mean {full[0]}; {confidence:.0%} CI [{full[1]}, {full[2]}]" + (
-                f"; {n_text} cases" if n_text else ""
-            )
-            is_best = m.name in best and r in contenders and row["value"] == best[m.name]
-            value_html = f"<strong>{_e(main)}</strong>" if is_best else _e(main)
-            cells.append(
-                f'<td class="{"best" if is_best else ""}" title="{_e(tip)}">'
-                f'<span class="v">{value_html}</span> <span class="ci">{_e(ci)}</span>'
-                f'<span class="n">{_e(n_text)}</span></td>'
-            )
-        body.append(f'<tr class="{cls}" data-model="{_e(r.name)}">{"".join(cells)}</tr>')
+        demo = ' <span class="demo-flag">demo</span>' if any(_is_demo(d) for d in descs) else ""
+        by = f'<div class="by" title="{_e("evaluator " + about)}">by {_e(m.evaluator)}{demo}</div>'
     return (
-        '<table class="summary"><thead><tr>' + "".join(head) + "</tr></thead><tbody>"
-        + "".join(body) + "</tbody></table>"
+        f'<th data-metric="{_e(m.name)}" title="{_e(m.name)}: {direction[m.higher_is_better]}">'
+        f'{_e(m.label)} <span class="arrow">{m.arrow}</span>{unit}{by}</th>'
     )
 
 
-def _table_notes(
-    run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[MetricColumn], metrics_cfg: Mapping[str, Any]
+def _rank_warning(metric: MetricColumn, record: Mapping[str, Any]) -> str:
+    n_real, n_gen = _finite(record.get("n_real")), _finite(record.get("n_gen"))
+    sizes = [int(x) for x in (n_real, n_gen) if x is not None]
+    n = str(min(sizes)) if sizes else "?"
+    return (
+        f"N={n} ≤ D={_int_or(record.get('dim'))}: the covariance is rank-deficient; "
+        f"{metric.label} is biased upwards and not comparable across N"
+    )
+
+
+def _na_reason(ctx: TableContext, model: ModelRow, metric: str, group: str) -> str:
+    """Why a cell has no value, for its tooltip."""
+    base = metric.split(":", 1)[0]
+    if model.is_real and metric in SELF_COMPARISON_REASONS:
+        return SELF_COMPARISON_REASONS[metric]
+    unavailable = ctx.evaluation.unavailable.get(metric) or ctx.evaluation.unavailable.get(base)
+    if unavailable:
+        return f"not computed: {unavailable}"
+    record = ctx.evaluation.feature_record(model.name, group, metric)
+    if "error" in record:
+        return f"not computed: {record['error']}"
+    if base in PATHOLOGY_METRICS:
+        skipped = ctx.evaluation.skipped(model.name, group, base)
+        if ":" in metric:
+            cls = metric.split(":", 1)[1]
+            if cls in skipped:
+                return f"class skipped: {skipped[cls]}"
+        elif skipped:
+            return "every class skipped: " + "; ".join(f"{c}: {r}" for c, r in skipped.items())
+    return "no value"
+
+
+def _estimate_cell(
+    ctx: TableContext,
+    model: ModelRow,
+    metric: MetricColumn,
+    group: str,
+    index: pd.DataFrame,
+    best: float | None,
 ) -> str:
-    confidence = float(metrics_cfg.get("confidence", 0.95))
+    key = (model.name, metric.name)
+    if key not in index.index or pd.isna(index.at[key, "value"]):
+        return f'<td class="na" title="{_e(_na_reason(ctx, model, metric.name, group))}">—</td>'
+    row = index.loc[key]
+    value = row["value"]
+    main, ci = format_estimate(value, row["ci_low"], row["ci_high"])
+    n = row["n"]
+    n_text = "" if pd.isna(n) else f"n={int(n)}"
+    record = ctx.evaluation.feature_record(model.name, group, metric.name)
+    full = [_precise(row[c]) for c in ("value", "ci_low", "ci_high")]
+    if metric.name in FEATURE_METRICS:
+        tip = f"{model.name} · {metric.name}: {full[0]} (one value for the whole set: no bootstrap CI)"
+        if n_text:
+            tip += f"; {int(n)} generated samples"
+            if _finite(record.get("n_real")) is not None:
+                tip += f" vs {_int_or(record.get('n_real'))} real images"
+    else:
+        tip = f"{model.name} · {metric.name}: mean {full[0]}; {ctx.confidence:.0%} CI [{full[1]}, {full[2]}]"
+        tip += f"; {n_text} cases" if n_text else ""
+    if group:
+        tip += f"; group {group}"
+    flag = ""
+    if metric.name in FRECHET_METRICS and record.get("rank_deficient") is True:
+        warning = _rank_warning(metric, record)
+        flag = f' <span class="flag" title="{_e(warning)}">⚠</span>'
+        tip += f"; ⚠ {warning}"
+    spread = ""
+    std = _finite(record.get("std")) if metric.name == "kid" else None
+    if std is not None:
+        about = (
+            f"std over {_int_or(record.get('subsets'))} random subsets of "
+            f"{_int_or(record.get('subset_size'))} samples per set"
+        )
+        std_text = format_number(std, _decimals(std, math.nan, math.nan))
+        spread = f' <span class="pm" title="{_e(about)}">± {_e(std_text)}</span>'
+        tip += f"; {about}: {_precise(std)}"
+    is_best = best is not None and model in ctx.contenders and value == best
+    value_html = f"<strong>{_e(main)}</strong>" if is_best else _e(main)
+    return (
+        f'<td class="{"best" if is_best else ""}" title="{_e(tip)}">'
+        f'<span class="v">{value_html}</span>{flag} <span class="ci">{_e(ci)}</span>{spread}'
+        f'<span class="n">{_e(n_text)}</span></td>'
+    )
+
+
+def _summary_table(
+    ctx: TableContext, metrics: Sequence[MetricColumn], bands: Sequence[tuple[str, str]] = (("", ""),)
+) -> str:
+    """Rows = models, columns = metrics; one band of rows per (group, band title) ("" = no title)."""
+    head = ['<th class="model-col">model</th>'] + [_metric_head(m, ctx.evaluation) for m in metrics]
+    body = []
+    for group, title in bands:
+        index = _summary_index(ctx.run.summary, group)
+        best = {m.name: _best_value(index, ctx.contenders, m) for m in metrics}
+        if title:
+            body.append(f'<tr class="band"><th colspan="{len(metrics) + 1}">{_e(title)}</th></tr>')
+        for r in ctx.models:
+            cls = "real" if r.is_real else "baseline" if r.is_baseline else "generator"
+            cells = [f'<th scope="row">{_model_label(r)}</th>']
+            cells += [_estimate_cell(ctx, r, m, group, index, best[m.name]) for m in metrics]
+            group_attr = f' data-group="{_e(group)}"' if group else ""
+            body.append(f'<tr class="{cls}" data-model="{_e(r.name)}"{group_attr}>{"".join(cells)}</tr>')
+    return (
+        '<table class="summary"><thead><tr>'
+        + "".join(head)
+        + "</tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table>"
+    )
+
+
+def render_table(
+    run: RunFiles,
+    models: Sequence[ModelRow],
+    metrics: Sequence[MetricColumn],
+    confidence: float,
+    *,
+    group: str = "",
+    evaluation: EvaluationInfo | None = None,
+) -> str:
+    """One results table (rows = models) over the summary rows of ``group`` ("" = all cases)."""
+    ctx = TableContext(run, models, evaluation or EvaluationInfo.from_info(run.info), confidence)
+    return _summary_table(ctx, metrics, ((group, ""),))
+
+
+def _class_order(evaluation: EvaluationInfo, names: Iterable[str]) -> list[str]:
+    known = evaluation.classes
+    present = {n.split(":", 1)[1] for n in names}
+    return [c for c in known if c in present] + sorted(present - set(known))
+
+
+def render_per_class(ctx: TableContext, base: str, columns: Sequence[MetricColumn]) -> str:
+    """Per-class ``base:<Class>`` values: rows = classes, columns = models (many classes stay readable)."""
+    by_class = {m.name.split(":", 1)[1]: m for m in columns}
+    index = _summary_index(ctx.run.summary, "")
+    head = '<th class="model-col">class</th>' + "".join(f"<th>{_model_label(m)}</th>" for m in ctx.models)
+    body = []
+    for cls in _class_order(ctx.evaluation, [m.name for m in columns]):
+        metric = by_class[cls]
+        best = _best_value(index, ctx.contenders, metric)
+        cells = "".join(_estimate_cell(ctx, r, metric, "", index, best) for r in ctx.models)
+        body.append(
+            f'<tr class="generator" data-class="{_e(cls)}"><th scope="row">{_e(cls)}</th>{cells}</tr>'
+        )
+    label = METRIC_LABELS.get(base, base)
+    arrow = columns[0].arrow if columns else ""
+    by = (
+        f' <span class="sub">by {_e(columns[0].evaluator)}</span>' if columns and columns[0].evaluator else ""
+    )
+    return (
+        f'<h4 data-metric="{_e(base)}">{_e(label)} per class <span class="arrow">{arrow}</span>{by}</h4>'
+        '<div class="table-wrap"><table class="summary per-class"><thead><tr>'
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table></div>"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Notes, callouts, evaluators
+# ------------------------------------------------------------------------------------------------
+
+
+def _general_notes(ctx: TableContext, metrics_cfg: Mapping[str, Any], names: set[str]) -> str:
     resamples = metrics_cfg.get("bootstrap_resamples")
-    pixel_range = float(metrics_cfg.get("pixel_range", 1.0))
-    names = {m.name for m in metrics}
     notes = [
         "↑ higher is better, ↓ lower is better. Each cell is the mean over cases with its "
-        f"{confidence:.0%} percentile-bootstrap confidence interval"
+        f"{ctx.confidence:.0%} percentile-bootstrap confidence interval"
         + (f" ({_e(resamples)} resamples)" if resamples is not None else "")
-        + "; n is the number of cases. The best value per column among the evaluated models "
-        "(not the sanity baselines or the real row) is in bold. Hover a cell for full precision."
+        + "; n is the number of cases"
+        + (
+            " (generated samples for the distribution metrics, which have no CI)"
+            if names & set(FEATURE_METRICS)
+            else ""
+        )
+        + ". The best value per column among the evaluated models "
+        "(not the sanity baselines or the real row) is in bold. Hover a cell for full precision, "
+        "or a — for why it has no value."
     ]
+    if any(m.is_real for m in ctx.models):
+        text = (
+            "<b>real</b> is the reference set itself, shown last as the upper bound. Paired metrics of "
+            "the real images against themselves are identical by construction and are not computed "
+            "(shown as —), as in Table I of the XReal paper."
+        )
+        if names & {*DICE_METRICS, *FEATURE_METRICS}:
+            text += (
+                " The same holds for Dice against the reference's segmentation and for the distribution "
+                "metrics (the reference set against itself)."
+            )
+        if names & {*PATHOLOGY_METRICS, *DICE_MASK_METRICS}:
+            text += (
+                " Its pathology AUC/F1 (the classifier on the real images) and mask Dice are the ceiling "
+                "the evaluators allow (“Real Images” in XReal's Table I)."
+            )
+        notes.append(text)
+    return "".join(f"<p>{n}</p>" for n in notes)
+
+
+def _paired_notes(metrics_cfg: Mapping[str, Any], names: set[str]) -> str:
+    pixel_range = float(metrics_cfg.get("pixel_range", 1.0))
+    notes = []
     if names & {"mse", "mae", "psnr"}:
         notes.append(
             f"Pixel errors are computed on intensities scaled to [0, {pixel_range:g}] "
@@ -445,31 +801,279 @@ def _table_notes(
             f"MAE in {_e(default_unit('mae', pixel_range))}, PSNR in dB."
         )
     if metrics_cfg.get("resize") == "to_reference":
-        notes.append("Samples were resized to the reference size before comparison (<code>resize = \"to_reference\"</code>).")
+        notes.append(
+            'Samples were resized to the reference size before comparison (<code>resize = "to_reference"</code>).'
+        )
     if any(n.startswith("overlap_") for n in names) and "overlap_threshold" in metrics_cfg:
         notes.append(
             f"Overlap metrics binarise at threshold {_e(metrics_cfg['overlap_threshold'])} "
             "(<code>[metrics] overlap_threshold</code>)."
         )
-    if any(m.is_real for m in models):
+    return "".join(f"<p>{n}</p>" for n in notes)
+
+
+def _clinical_notes(ctx: TableContext, names: set[str]) -> str:
+    ev = ctx.evaluation
+    notes = []
+    if names & set(PATHOLOGY_METRICS):
+        classes = ev.classes or _class_order(
+            ev, (n for n in ctx.run.summary["metric"] if n.startswith("pathology_auc:"))
+        )
+        if classes:
+            shown = ", ".join(classes)
+            notes.append(
+                "AUC and F1 score the classifier's outputs on each model's images against the case "
+                "labels; the columns are the unweighted (macro) mean over the "
+                f"{len(classes)} class(es) scored: {_e(shown)}."
+                + (" With one class the macro value is that class's value." if len(classes) == 1 else "")
+            )
+        policy = str(ev.pathology.get("threshold_policy") or "")
+        thresholds = _mapping(ev.pathology.get("thresholds"))
+        if policy or thresholds:
+            thr = ", ".join(
+                f"{c} {_precise(v)}" if _finite(v) is not None else f"{c} {v}" for c, v in thresholds.items()
+            )
+            notes.append(
+                f"F1 threshold policy: {_e(policy or 'not recorded')}"
+                + (f". Thresholds: {_e(thr)}." if thr else ".")
+            )
+    if names & set(DICE_METRICS):
         notes.append(
-            "<b>real</b> is the reference set itself, shown last as the upper bound. Paired metrics of "
-            "the real images against themselves are identical by construction and are not computed "
-            "(shown as —), as in Table I of the XReal paper."
+            "Dice compares the segmenter's lungs/heart/aorta masks on each generated image with its masks on "
+            "that case's reference image (mean over the structures for “Dice mean”)."
         )
     out = "".join(f"<p>{n}</p>" for n in notes)
-    if any(m.is_baseline for m in models):
-        out += (
-            '<div class="callout baseline-note"><b>Sanity baselines.</b> Rows marked '
-            '<span class="badge baseline">sanity baseline</span> are not generative models: they are '
-            "deterministic, known degradations of the reference images (kind <code>degrade</code>). "
-            "They calibrate the metrics: more damage (a higher level) should rank worse. A generator "
-            "that scores below a mild degradation is far from the references; a metric that does not "
-            "get worse as the level rises is broken or insensitive to that damage."
-            + _monotonicity(run, models, metrics)
-            + "</div>"
+    return out + _skipped_block(ctx)
+
+
+def _skipped_block(ctx: TableContext) -> str:
+    """Every (group, metric, class) the classifier could not score, with the models it applies to."""
+    skipped = _mapping(ctx.evaluation.pathology.get("skipped"))
+    entries: dict[tuple[str, str, str, str], list[str]] = {}
+    for model, per_group in skipped.items():
+        for group, per_metric in _mapping(per_group).items():
+            for metric, per_class in _mapping(per_metric).items():
+                for cls, reason in _mapping(per_class).items():
+                    entries.setdefault((str(group), str(metric), str(cls), str(reason)), []).append(
+                        str(model)
+                    )
+    if not entries:
+        return ""
+    n_models = len({str(m) for m in skipped})
+    order = {name: i for i, name in enumerate(m.name for m in ctx.models)}
+
+    def group_rank(group: str) -> tuple[int, str]:
+        return (0, "") if group == ALL_CASES_KEY else (1, group)
+
+    rows = []
+    for (group, metric, cls, reason), models in sorted(
+        entries.items(), key=lambda kv: (group_rank(kv[0][0]), kv[0][1], kv[0][2], kv[0][3])
+    ):
+        models = sorted(models, key=lambda m: (order.get(m, len(order)), m))
+        who = f"all {len(models)} models" if len(models) == n_models and n_models > 1 else ", ".join(models)
+        rows.append(
+            f"<tr><td>{_e(group)}</td><td>{_e(METRIC_LABELS.get(metric, metric))}</td><td>{_e(cls)}</td>"
+            f"<td>{_e(reason)}</td><td>{_e(who)}</td></tr>"
         )
-    return out
+    return (
+        '<div class="callout skipped"><b>Skipped pathology classes.</b> A class with only one label value '
+        "among the cases (all positive or all negative) has no AUC or F1; it is left out of the macro mean "
+        "for that model and group:"
+        '<table class="plain skipped"><thead><tr><th>group</th><th>metric</th><th>class</th><th>reason</th>'
+        f"<th>models</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _mask_notes(names: set[str]) -> str:
+    if not names:
+        return ""
+    return (
+        "<p>Mask Dice compares the segmenter's masks on each generated image with the case's input anatomy "
+        "mask (cases without one are left out): does the image follow its condition? For real it is the "
+        "segmenter's own agreement with the masks, the best a model can reach with this evaluator.</p>"
+    )
+
+
+def _distribution_notes(ctx: TableContext, metrics: Sequence[MetricColumn]) -> str:
+    ev = ctx.evaluation
+    names = {m.name for m in metrics}
+    by_name = {m.name: m for m in metrics}
+    notes = [
+        (
+            "One number per model: all its generated images against all reference images, in an "
+            "evaluator's feature space, so there are no per-case values and no bootstrap CI; n is the "
+            "number of generated samples."
+        )
+    ]
+    which = [
+        f"{label} {_e(by_name[m].evaluator)}"
+        for m, label in (
+            ("fid", "FID"),
+            ("fxd", "FXD"),
+            ("kid", "KID"),
+            ("precision", "precision/recall/density/coverage"),
+        )
+        if m in by_name and by_name[m].evaluator
+    ]
+    if which:
+        notes.append("Feature extractors: " + "; ".join(which) + " (see Evaluators below).")
+    records = [
+        (model, rec)
+        for model, per_group in ev.feature_metrics.items()
+        for rec in [_mapping(_mapping(per_group).get(ALL_CASES_KEY))]
+    ]
+    rank = sorted(
+        {
+            (
+                FEATURE_ENTRY[m],
+                _int_or(min((_finite(r.get("n_real")) or 0), (_finite(r.get("n_gen")) or 0))),
+                _int_or(r.get("dim")),
+            )
+            for m in FRECHET_METRICS
+            if m in names
+            for _, rec in records
+            for r in [_mapping(rec.get(m))]
+            if r.get("rank_deficient") is True
+        }
+    )
+    if rank:
+        cases = "; ".join(f"{m.upper()}: N={n} ≤ D={d}" for m, n, d in rank)
+        notes.append(
+            '<span class="warn-note">⚠ Rank-deficient covariance</span> '
+            f"(cells marked ⚠; {_e(cases)}). "
+            "With no more samples than feature dimensions the sample covariance is singular: the Fréchet "
+            "distance is biased upwards and depends on N, so compare it only between models with the same N, "
+            "never with published values. Use more samples than dimensions (ideally many times more)."
+        )
+    if "kid" in names:
+        kids = [_mapping(rec.get("kid")) for _, rec in records]
+        kids = [k for k in kids if "std" in k]
+        if kids:
+            subsets = sorted({_int_or(k.get("subsets")) for k in kids})
+            sizes = sorted({_int_or(k.get("subset_size")) for k in kids})
+            text = (
+                f"KID is the mean ± std over {_e('/'.join(subsets))} random subsets of "
+                f"{_e('/'.join(sizes))} samples per set"
+            )
+            clamped = [k for k in kids if k.get("clamped") is True]
+            if clamped:
+                requested = sorted({_int_or(k.get("requested_subset_size")) for k in clamped})
+                text += (
+                    f"; the requested subset size {_e('/'.join(requested))} "
+                    "(<code>[metrics] kid_subset_size</code>) was clamped to the size of the smaller set"
+                )
+                whole = [
+                    k
+                    for k in clamped
+                    if _finite(k.get("subset_size")) is not None
+                    and _finite(k.get("subset_size"))
+                    >= min(_finite(k.get("n_real")) or 0, _finite(k.get("n_gen")) or 0)
+                ]
+                if whole:
+                    text += (
+                        ", so every subset is the whole set and the std (≈ 0) is not an uncertainty estimate"
+                    )
+            text += ". KID is unbiased and can be slightly negative when the two sets match."
+            notes.append(text)
+    if names & set(PRDC_METRICS):
+        ks = sorted({_int_or(_mapping(rec.get("prdc")).get("k")) for _, rec in records if "prdc" in rec})
+        notes.append(
+            "Precision, recall, density and coverage (Naeem et al. 2020)"
+            + (f" use k = {_e('/'.join(ks))} nearest neighbours" if ks else "")
+            + "; density can exceed 1 (samples crowding the real modes), about 1 means a matched density."
+        )
+    errors = sorted(
+        {
+            f"{model}: {rec_name}"
+            for model, rec in records
+            for rec_name, r in rec.items()
+            if "error" in _mapping(r)
+        }
+    )
+    if errors:
+        notes.append(f"Not computed (hover the — for the reason): {_e(', '.join(errors))}.")
+    return "".join(f"<p>{n}</p>" for n in notes)
+
+
+def render_unavailable(evaluation: EvaluationInfo) -> str:
+    """The requested metrics that were not computed, grouped by reason: impossible to overlook."""
+    if not evaluation.unavailable:
+        return ""
+    by_reason: dict[str, list[str]] = {}
+    for metric, reason in evaluation.unavailable.items():
+        by_reason.setdefault(reason, []).append(metric)
+    items = "".join(
+        f"<li><b>{_e(', '.join(METRIC_LABELS.get(m, m) for m in metrics))}</b> "
+        f'<span class="sub">({_e(", ".join(metrics))})</span>: {_e(reason)}</li>'
+        for reason, metrics in by_reason.items()
+    )
+    n = len(evaluation.unavailable)
+    return (
+        '<div class="callout warn unavailable" id="unavailable">'
+        f"<b>⚠ {n} requested metric(s) not computed.</b> "
+        "They are missing from the tables below:"
+        f'<ul class="reasons">{items}</ul></div>'
+    )
+
+
+def render_demo_warning(evaluation: EvaluationInfo) -> str:
+    demo = [d for d in evaluation.evaluators.values() if _is_demo(d)]
+    if not demo:
+        return ""
+    items = "".join(
+        f"<li><b>{_e(d.get('name', '?'))}</b> ({_e(d.get('role', ''))})"
+        + (f": {_e(d.get('note'))}" if d.get("note") else "")
+        + "</li>"
+        for d in demo
+    )
+    return (
+        '<div class="callout warn demo-evaluators"><b>⚠ Demo evaluators.</b> Some numbers come from small '
+        "networks trained on the synthetic demo cohort, not from published chest X-ray models: they are only "
+        "meaningful on the demo cohort and not comparable with published values."
+        f'<ul class="reasons">{items}</ul></div>'
+    )
+
+
+def render_evaluators(evaluation: EvaluationInfo) -> str:
+    if not evaluation.evaluators:
+        return ""
+    produced: dict[str, list[str]] = {}
+    for metric, name in evaluation.metric_evaluators.items():
+        produced.setdefault(name, []).append(METRIC_LABELS.get(metric, metric))
+    rows = []
+    for role, d in evaluation.evaluators.items():
+        name = str(d.get("name", ""))
+        sha = str(d.get("weights_sha256") or "")
+        weights = _e(d.get("weights") or "—")
+        if sha:
+            weights += f'<div class="sub" title="sha256 {_e(sha)}">sha256 <code>{_e(sha[:12])}</code></div>'
+        source = _e(d.get("source", ""))
+        if _is_demo(d):
+            source = f'<span class="demo-flag">{source}</span>'
+        note = str(d.get("note") or "")
+        rows.append(
+            f'<tr data-evaluator="{_e(name)}"><td>{_e(d.get("role", role))}</td><td><b>{_e(name)}</b>'
+            f'<div class="sub">{_e(", ".join(produced.get(name, [])))}</div></td>'
+            f"<td>{_e(d.get('label', ''))}</td><td>{source}</td><td>{weights}</td>"
+            f"<td><code>{_e(d.get('preprocessing', ''))}</code></td>"
+            f'<td class="{"warn" if note and _is_demo(d) else ""}">{_e(note)}</td></tr>'
+        )
+    raw = evaluation.raw
+    extra = ", ".join(
+        f"{k} <code>{_e(raw[k])}</code>"
+        for k in ("device", "dtype", "cache_dir")
+        if raw.get(k) not in (None, "")
+    )
+    return (
+        '<h3 id="evaluators">Evaluators</h3><p class="small">The networks behind the clinical and '
+        "distribution metrics; each column header above names the one that produced it.</p>"
+        '<div class="table-wrap"><table class="plain evaluators"><thead><tr><th>role</th>'
+        "<th>name · metrics</th>"
+        "<th>what</th><th>source</th><th>weights</th><th>preprocessing</th><th>note</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></div>"
+        + (f'<p class="small">{extra}</p>' if extra else "")
+    )
 
 
 def _monotonicity(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[MetricColumn]) -> str:
@@ -482,7 +1086,7 @@ def _monotonicity(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[M
             except (TypeError, ValueError):
                 continue
             by_kind.setdefault(str(m.params["degradation"]), []).append((level, m.name))
-    summary = run.summary.drop_duplicates(["model", "metric"], keep="last").set_index(["model", "metric"])["value"]
+    summary = _summary_index(run.summary, "")["value"]
     lines = []
     for degradation, levels in sorted(by_kind.items()):
         if len(levels) < 2:
@@ -497,20 +1101,165 @@ def _monotonicity(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[M
             if len(series) < 2:
                 continue
             sign = 1.0 if metric.higher_is_better else -1.0
-            wrong = [
-                (a, b) for (a, va), (b, vb) in itertools.pairwise(series) if sign * (vb - va) > 0
-            ]
+            wrong = [(a, b) for (a, va), (b, vb) in itertools.pairwise(series) if sign * (vb - va) > 0]
             if wrong:
-                bad.append(
-                    f"{metric.label} improves from level {wrong[0][0]:g} to {wrong[0][1]:g}"
-                )
+                bad.append(f"{metric.label} improves from level {wrong[0][0]:g} to {wrong[0][1]:g}")
             else:
                 good.append(metric.label)
         if good:
-            lines.append(f'<li class="ok">✓ {_e(degradation)}: {_e(", ".join(good))} worsen with the level</li>')
+            lines.append(
+                f'<li class="ok">✓ {_e(degradation)}: {_e(", ".join(good))} worsen with the level</li>'
+            )
         for text in bad:
             lines.append(f'<li class="warn">⚠ {_e(degradation)}: {_e(text)}</li>')
     return f'<ul class="checks">{"".join(lines)}</ul>' if lines else ""
+
+
+def _baseline_callout(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[MetricColumn]) -> str:
+    if not any(m.is_baseline for m in models):
+        return ""
+    return (
+        '<div class="callout baseline-note"><b>Sanity baselines.</b> Rows marked '
+        '<span class="badge baseline">sanity baseline</span> are not generative models: they are '
+        "deterministic, known degradations of the reference images (kind <code>degrade</code>). "
+        "They calibrate the metrics: more damage (a higher level) should rank worse. A generator "
+        "that scores below a mild degradation is far from the references; a metric that does not "
+        "get worse as the level rises is broken or insensitive to that damage."
+        + _monotonicity(run, models, metrics)
+        + "</div>"
+    )
+
+
+def _split_tables(metrics: Sequence[MetricColumn]) -> list[tuple[str, str, list[MetricColumn]]]:
+    """(id, heading, columns) of the non-empty results tables; per-class metrics are not in them."""
+    placed: set[str] = set()
+    out = []
+    for table_id, heading, names in RESULT_TABLES:
+        columns = [m for m in metrics if m.name in names]
+        placed.update(m.name for m in columns)
+        if columns:
+            out.append((table_id, heading, columns))
+    other = [m for m in metrics if m.name not in placed and ":" not in m.name]
+    if other:
+        out.append(("other", "Other metrics", other))
+    return out
+
+
+TABLE_INTROS = {
+    "paired": "Each generated sample against its own reference image, per case, then averaged over cases.",
+    "clinical": "Does a clinical network see the same findings and anatomy in the generated image as in the "
+    "real one? Pathology classification against the case labels (AUC, F1) and anatomy segmentation against "
+    "that of the reference (Dice).",
+    "mask": "Anatomy segmentation of each generated image against the case's input anatomy mask.",
+    "distribution": "The set of generated images against the set of reference images.",
+    "other": "Metrics this version of the report does not group.",
+}
+
+
+def render_results(ctx: TableContext, metrics: Sequence[MetricColumn], metrics_cfg: Mapping[str, Any]) -> str:
+    """The results section's body: callouts, one table per family, per-class pathology, notes, evaluators."""
+    ev = ctx.evaluation
+    parts = [render_unavailable(ev), render_demo_warning(ev)]
+    tables = _split_tables(metrics)
+    for table_id, heading, columns in tables:
+        names = {m.name for m in columns}
+        if table_id == "paired":
+            notes = _paired_notes(metrics_cfg, names)
+        elif table_id == "clinical":
+            notes = _clinical_notes(ctx, names)
+        elif table_id == "mask":
+            notes = _mask_notes(names)
+        elif table_id == "distribution":
+            notes = _distribution_notes(ctx, columns)
+        else:
+            notes = ""
+        parts.append(
+            f'<div class="result-table" data-table="{table_id}" id="results-{table_id}">'
+            f'<h3>{_e(heading)}</h3><p class="small">{TABLE_INTROS[table_id]}</p>'
+            f'<div class="table-wrap">{_summary_table(ctx, columns)}</div>'
+            f'<div class="notes">{notes}</div></div>'
+        )
+    per_class = [m for m in metrics if ":" in m.name and m.base in PATHOLOGY_METRICS]
+    classes = _class_order(ev, (m.name for m in per_class))
+    if len(classes) > 1:
+        blocks = [
+            render_per_class(ctx, base, [m for m in per_class if m.base == base])
+            for base in PATHOLOGY_METRICS
+            if any(m.base == base for m in per_class)
+        ]
+        parts.append(
+            '<div class="result-table" data-table="per-class" id="results-per-class">'
+            "<h3>Pathology per class</h3>"
+            '<p class="small">Rows are classes, columns models; a — is a class that could not be scored '
+            "(hover for why).</p>" + "".join(blocks) + "</div>"
+        )
+    main = [m for _, _, columns in tables for m in columns]
+    names = {m.name for m in main}
+    parts.append(
+        f'<div class="notes">{_general_notes(ctx, metrics_cfg, names)}'
+        f"{_baseline_callout(ctx.run, ctx.models, main)}</div>"
+    )
+    parts.append(render_evaluators(ev))
+    return "".join(parts)
+
+
+def _group_columns(run: RunFiles, groups: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """[(column, [group labels])], columns in ``[metrics].group_by`` order, values as the summary has them."""
+    policies = _mapping(run.info.get("policies"))
+    declared = (
+        [str(c) for c in policies.get("group_by", []) or []]
+        if isinstance(policies.get("group_by"), list)
+        else []
+    )
+    by_column: dict[str, list[str]] = {c: [] for c in declared}
+    for g in groups:
+        by_column.setdefault(g.split("=", 1)[0], []).append(g)
+    return [(c, values) for c, values in by_column.items() if values]
+
+
+def render_groups(ctx: TableContext, metrics: Sequence[MetricColumn]) -> str:
+    """Per ``group_by`` column: the same tables as above, one band of model rows per group value."""
+    summary = ctx.run.summary
+    groups = [g for g in pd.unique(summary["group"]) if g]
+    if not groups:
+        return ""
+    parts = [
+        (
+            '<p class="small">The tables above restricted to the cases of each group '
+            "(<code>[metrics].group_by</code>); per-class pathology is shown for all cases only. A group "
+            "with few cases has wide intervals, and its distribution metrics use only that group's "
+            "images.</p>"
+        )
+    ]
+    for column, values in _group_columns(ctx.run, groups):
+        present = summary[summary["group"].isin(values)]
+        # Set-level rows count generated samples, not cases: leave them out of the case count.
+        per_case = present[~present["metric"].isin(FEATURE_METRICS)]
+        counts = per_case.groupby("group")["n"].max()
+        bands = [
+            (
+                g,
+                f"{column} = {g.split('=', 1)[1] if '=' in g else g}"
+                + (f" · {int(counts[g])} cases" if g in counts and not pd.isna(counts[g]) else ""),
+            )
+            for g in values
+        ]
+        tables = []
+        for table_id, heading, columns in _split_tables(metrics):
+            columns = [m for m in columns if m.name in set(present["metric"])]
+            if columns:
+                tables.append(
+                    f'<div class="result-table" data-table="{table_id}" data-group-column="{_e(column)}">'
+                    f'<h4>{_e(heading)}</h4><div class="table-wrap">'
+                    f"{_summary_table(ctx, columns, bands)}</div></div>"
+                )
+        parts.append(
+            f'<details class="group-column" data-group-column="{_e(column)}" open>'
+            f'<summary>by {_e(column)} <span class="sub">({len(values)} group(s))</span></summary>'
+            + "".join(tables)
+            + "</details>"
+        )
+    return "".join(parts)
 
 
 def _model_colours(models: Sequence[ModelRow]) -> dict[str, str]:
@@ -531,7 +1280,9 @@ def render_distributions(run: RunFiles, models: Sequence[ModelRow], metrics: Seq
     """One box plot per metric of the per-case values (samples of a case averaged first)."""
     if run.per_sample.empty:
         return "<p>No per-sample values were recorded.</p>"
-    per_case = run.per_sample.groupby(["metric", "model", "case_id"], sort=False, observed=True)["value"].mean()
+    per_case = run.per_sample.groupby(["metric", "model", "case_id"], sort=False, observed=True)[
+        "value"
+    ].mean()
     groups = {key: grp for key, grp in per_case.groupby(level=["metric", "model"], sort=False)}
     colours = _model_colours(models)
     parts = []
@@ -593,7 +1344,11 @@ def render_distributions(run: RunFiles, models: Sequence[ModelRow], metrics: Seq
             full_html=False,
             include_plotlyjs=False,
             div_id=f"dist-{i}",
-            config={"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["select2d", "lasso2d"]},
+            config={
+                "displaylogo": False,
+                "responsive": True,
+                "modeBarButtonsToRemove": ["select2d", "lasso2d"],
+            },
         )
         note = f'<p class="small">Not drawn: {_e("; ".join(dropped))}.</p>' if dropped else ""
         parts.append(f'<figure class="plot" data-metric="{_e(metric.name)}">{div}{note}</figure>')
@@ -642,7 +1397,9 @@ def _thumbnail(pixels: np.ndarray, size: int) -> np.ndarray:
 def _mask_thumbnail(mask: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     """bool (H, W, C) mask resized (nearest) to PIL ``target`` (w, h): float (h, w, C)."""
     channels = [
-        np.asarray(Image.fromarray(mask[..., c].astype(np.uint8) * 255).resize(target, Image.Resampling.NEAREST))
+        np.asarray(
+            Image.fromarray(mask[..., c].astype(np.uint8) * 255).resize(target, Image.Resampling.NEAREST)
+        )
         > 127
         for c in range(mask.shape[2])
     ]
@@ -694,13 +1451,19 @@ def _read_thumb(path: str | None, size: int) -> tuple[np.ndarray | None, str]:
 
 def _condition_cell(case: Mapping[str, Any], reference: np.ndarray | None, size: int) -> tuple[str, str]:
     """(cell html, caption) for the condition column."""
-    for column, caption in (("anatomy_mask", "anatomy mask"), ("control", "control"), ("pathology_mask", "pathology mask")):
+    for column, caption in (
+        ("anatomy_mask", "anatomy mask"),
+        ("control", "control"),
+        ("pathology_mask", "pathology mask"),
+    ):
         path = _present_path(case.get(column))
         if path is None:
             continue
         if column == "control":
             thumb, why = _read_thumb(path, size)
-            return (_img(thumb, f"control for {case['case_id']}") if thumb is not None else _placeholder(why)), caption
+            return (
+                _img(thumb, f"control for {case['case_id']}") if thumb is not None else _placeholder(why)
+            ), caption
         try:
             mask = images.read_mask(path)
         except FileNotFoundError:
@@ -772,12 +1535,19 @@ def render_grid(run: RunFiles, models: Sequence[ModelRow], k: int, size: int = T
             if path is not None and not Path(path).is_absolute():
                 path = str(run.run_dir / path)  # suite-generated samples may be recorded run-relative
             thumb, why = _read_thumb(path, size)
-            cell = _img(thumb, f"{m.name} · {case_id} · sample {entry[1]}") if thumb is not None else _placeholder(why)
+            cell = (
+                _img(thumb, f"{m.name} · {case_id} · sample {entry[1]}")
+                if thumb is not None
+                else _placeholder(why)
+            )
             cells.append(f"<td>{cell}</td>")
         rows.append(f'<tr data-case="{_e(case_id)}">{"".join(cells)}</tr>')
     return (
-        '<div class="grid-wrap"><table class="grid"><thead><tr>' + head + "</tr></thead><tbody>"
-        + "".join(rows) + "</tbody></table></div>"
+        '<div class="grid-wrap"><table class="grid"><thead><tr>'
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></div>"
     )
 
 
@@ -793,9 +1563,9 @@ def render_failures(failures: pd.DataFrame | None, count: int) -> str:
         return f"<p>{count} failure(s) recorded in {_e(rundir.RUN_JSON)}, but {_e(rundir.FAILURES)} is missing.</p>"
     shown = failures.head(FAILURE_ROWS)
     rows = "".join(
-        "<tr>" + "".join(
-            f"<td>{_e(str(getattr(r, c))[:MAX_ERROR_CHARS])}</td>" for c in rundir.FAILURES_COLUMNS
-        ) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{_e(str(getattr(r, c))[:MAX_ERROR_CHARS])}</td>" for c in rundir.FAILURES_COLUMNS)
+        + "</tr>"
         for r in shown.itertuples(index=False)
     )
     more = (
@@ -818,20 +1588,30 @@ def render_provenance(run: RunFiles) -> str:
     info = run.info
     versions = info.get("versions") if isinstance(info.get("versions"), Mapping) else {}
     timings = info.get("timings") if isinstance(info.get("timings"), Mapping) else {}
-    shown = {"versions", "timings"}
+    # The evaluation block is long and rendered in the results; here it is kept whole, folded away.
+    shown = {"versions", "timings", "evaluation"}
     other = {
         k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in info.items() if k not in shown
     }
     config = (
-        f"<pre>{_e(run.config_text)}</pre>" if run.config_text else f"<p>{_e(rundir.CONFIG_TOML)} is missing.</p>"
+        f"<pre>{_e(run.config_text)}</pre>"
+        if run.config_text
+        else f"<p>{_e(rundir.CONFIG_TOML)} is missing.</p>"
     )
+    evaluation = ""
+    if isinstance(info.get("evaluation"), Mapping):
+        evaluation = (
+            '<details class="evaluation-json">'
+            f"<summary>Evaluation ({_e(rundir.RUN_JSON)} “evaluation”)</summary>"
+            f"<pre>{_e(json.dumps(info['evaluation'], indent=2))}</pre></details>"
+        )
     return (
         f"<h3>Study config ({_e(rundir.CONFIG_TOML)})</h3>{config}"
         f'<div class="cols"><div><h3>Versions</h3>{_kv_table(versions)}</div>'
         f"<div><h3>Timings</h3>{_kv_table(timings, _format_seconds)}</div>"
         f"<div><h3>Run</h3>{_kv_table(other)}"
         f'<p class="small">Run directory: <code>{_e(run.run_dir.resolve())}</code><br>'
-        f"Report by xray-audit {_e(__version__)}.</p></div></div>"
+        f"Report by xray-audit {_e(__version__)}.</p></div></div>" + evaluation
     )
 
 
@@ -894,7 +1674,37 @@ table.plain th, table.plain td { padding: 4px 10px; border-bottom: 1px solid var
 table.failures td:last-child { white-space: pre-wrap; word-break: break-word; max-width: 700px;
   font-family: ui-monospace, monospace; font-size: 11.5px; }
 .cols { display: flex; flex-wrap: wrap; gap: 8px 48px; }
+h4 { font-size: 13px; margin: 14px 0 4px; }
+.result-table { margin: 8px 0 22px; } .result-table > p.small { margin: 0 0 4px; max-width: 1100px; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+table.summary .by { font-weight: 400; color: var(--muted); font-size: 10.5px; margin-top: 1px;
+  white-space: normal; overflow-wrap: anywhere; }
+table.summary .flag { color: #b3261e; font-weight: 700; cursor: help; }
+table.summary .pm { color: var(--muted); font-size: 12px; }
+table.summary tr.band th { text-align: left; background: #eef0f5; font-size: 12.5px; padding: 5px 12px; }
+table.per-class thead th { text-align: right; }
+.demo-flag { display: inline-block; font-size: 10px; font-weight: 600; padding: 0 5px; border-radius: 8px;
+  background: #fbe3df; color: #8a2b1d; }
+.callout.warn { border-left-color: #c4412f; background: #fdf2f0; }
+.callout ul.reasons { margin: 6px 0 0; padding-left: 18px; } .callout ul.reasons li { margin: 3px 0; }
+.callout table.plain { margin-top: 6px; background: white; }
+.warn-note { color: #a5371d; font-weight: 600; }
+table.evaluators td { max-width: 360px; white-space: normal; } table.evaluators td.warn { color: #a5371d; }
+table.evaluators code { white-space: normal; word-break: break-word; }
+details.evaluation-json summary { cursor: pointer; font-weight: 600; margin: 14px 0 6px; }
+details.group-column > summary { cursor: pointer; font-size: 15px; font-weight: 600; margin: 18px 0 6px; }
 """
+
+
+def _unplotted_note(table_metrics: Sequence[MetricColumn], plot_metrics: Sequence[MetricColumn]) -> str:
+    plotted = {m.name for m in plot_metrics}
+    missing = [m.label for m in table_metrics if m.name not in plotted and ":" not in m.name]
+    if not missing:
+        return ""
+    return (
+        f" No plot for {_e(', '.join(missing))}: no per-case values "
+        "(distribution metrics have one value per model)."
+    )
 
 
 def _plotly_script() -> str:
@@ -912,10 +1722,16 @@ def render_html_report(run_dir: str | Path, grid_cases: int = 4) -> str:
     pixel_range = float(metrics_cfg.get("pixel_range", 1.0))
     confidence = float(metrics_cfg.get("confidence", 0.95))
     models = order_models(run)
-    metrics = metric_columns(run, pixel_range)
-    # The table shows what summary.csv aggregated; plots also show metrics only per_sample has.
+    evaluation = EvaluationInfo.from_info(run.info)
+    metrics = metric_columns(run, pixel_range, evaluation)
+    # The tables show what summary.csv aggregated; plots show every metric with per-case values
+    # (distribution-level metrics have none: one value per model).
     summarised = set(run.summary["metric"])
     table_metrics = [m for m in metrics if m.name in summarised]
+    per_case = set(pd.unique(run.per_sample["metric"]))
+    plot_metrics = [m for m in metrics if m.name in per_case]
+    ctx = TableContext(run, models, evaluation, confidence)
+    groups_html = render_groups(ctx, table_metrics)
 
     name = str(study.get("name") or run.run_dir.resolve().name)
     info = run.info
@@ -925,9 +1741,7 @@ def render_html_report(run_dir: str | Path, grid_cases: int = 4) -> str:
     n_failures = len(run.failures) if run.failures is not None else int(info.get("n_failures") or 0)
     config_hash = str(info.get("config_hash") or "")
     date = _format_time(info.get("finished") or info.get("started"))
-    model_list = ", ".join(
-        f"{_e(m.name)} <span class=\"sub\">({_e(m.kind)})</span>" for m in models
-    )
+    model_list = ", ".join(f'{_e(m.name)} <span class="sub">({_e(m.kind)})</span>' for m in models)
     meta = [
         f"<span>date <b>{_e(date)}</b></span>",
         f'<span title="{_e(config_hash)}">config <b><code>{_e(config_hash[:12] or "—")}</code></b></span>',
@@ -942,17 +1756,18 @@ def render_html_report(run_dir: str | Path, grid_cases: int = 4) -> str:
 <h1>{_e(name)} <span class="sub" style="font-size:14px">xray-audit report</span></h1>
 <div class="meta">{"".join(meta)}</div>
 <div class="meta"><span>models: {model_list}</span></div>
-<nav><a href="#results">Results</a><a href="#distributions">Distributions</a><a href="#images">Images</a>
+<nav><a href="#results">Results</a>{'<a href="#groups">Results by group</a>' if groups_html else ""}
+<a href="#distributions">Distributions</a><a href="#images">Images</a>
 <a href="#failures">Failures ({n_failures})</a><a href="#provenance">Provenance</a></nav>
 </header>
 <section id="results"><h2>Results per model</h2>
-{render_table(run, models, table_metrics, confidence)}
-<div class="notes">{_table_notes(run, models, table_metrics, metrics_cfg)}</div>
+{render_results(ctx, table_metrics, metrics_cfg)}
 </section>
+{f'<section id="groups"><h2>Results by group</h2>{groups_html}</section>' if groups_html else ""}
 <section id="distributions"><h2>Per-case distributions</h2>
 <p class="small">One point per case (samples of a case averaged); the box spans the quartiles, the solid line is the
-median and the dashed line the mean.</p>
-{render_distributions(run, models, metrics)}
+median and the dashed line the mean.{_unplotted_note(table_metrics, plot_metrics)}</p>
+{render_distributions(run, models, plot_metrics)}
 </section>
 <section id="images"><h2>Image grid</h2>
 <p class="small">Reference | condition | sample 0 of each model, for {grid_cases} case(s) chosen deterministically
@@ -963,7 +1778,7 @@ median and the dashed line the mean.</p>
 <section id="provenance"><h2>Provenance</h2>{render_provenance(run)}</section>
 """
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(name)} · xray-audit report</title><style>{CSS}</style>"
         f"{_plotly_script()}</head><body>{body}</body></html>\n"

@@ -21,15 +21,44 @@ def test_demo_end_to_end(tmp_path, caplog):
         assert (run / name).is_file(), name
     assert f"report: {run / 'report.html'}" in caplog.text
 
-    summary = pd.read_csv(run / rundir.SUMMARY)
-    assert set(summary.model) == {name for name, _, _ in DEMO_DEGRADATIONS}
+    summary = pd.read_csv(run / rundir.SUMMARY, keep_default_na=False, na_values=[""])
+    assert set(summary.model) == {name for name, _, _ in DEMO_DEGRADATIONS} | {"real"}
     assert (summary.n == 48).all()
     v = summary.set_index(["model", "metric"])["value"]
+    # Every column of the demo is filled (offline: by the demo evaluators), for every generator...
+    clinical = [
+        "pathology_auc",
+        "pathology_auc:Nodule",
+        "pathology_f1",
+        "pathology_f1:Nodule",
+        "dice_lungs",
+        "dice_heart",
+        "dice_aorta",
+        "dice_mean",
+        "dice_mask_lungs",
+        "dice_mask_heart",
+        "dice_mask_aorta",
+        "dice_mask_mean",
+        "fid",
+        "fxd",
+        "kid",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+    ]
+    for name, _, _ in DEMO_DEGRADATIONS:
+        for metric in ("mse", "mae", "psnr", "ssim", "ms_ssim", *clinical):
+            assert pd.notna(v[(name, metric)]), (name, metric)
+    # ...and the real row carries the upper bounds that are not degenerate.
+    real = set(summary.loc[summary.model == "real", "metric"])
+    assert real == {m for m in clinical if m.startswith(("pathology_", "dice_mask_"))}
+    assert v[("real", "pathology_auc")] > 0.85  # the demo classifier's held-out AUC is 0.908
     # The demo exists to show that metrics rank known damage: more damage must score worse.
     for mild, severe in (("blur-1", "blur-3"), ("noise-0.02", "noise-0.08")):
-        for metric in ("ssim", "ms_ssim", "psnr"):
+        for metric in ("ssim", "ms_ssim", "psnr", "dice_mean", "pathology_auc"):
             assert v[(mild, metric)] > v[(severe, metric)], (mild, metric)
-        for metric in ("mse", "mae"):
+        for metric in ("mse", "mae", "fid", "fxd", "kid"):
             assert v[(mild, metric)] < v[(severe, metric)], (mild, metric)
     samples = pd.read_parquet(run / rundir.SAMPLES)
     assert len(samples) == 48 * (len(DEMO_DEGRADATIONS) + 1)

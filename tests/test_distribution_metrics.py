@@ -71,6 +71,7 @@ def test_frechet_matches_pytorch_fid_sqrtm(n1, n2, d, shift, scale):
 def test_frechet_matches_torchmetrics_compute_fid():
     import torch
     import torchmetrics.image.fid as fid_mod
+
     rng = np.random.default_rng(5)
     real, gen = _features(rng, 600, 24), _features(rng, 500, 24, shift=0.2, scale=0.8)
     got = frechet_distance(FeatureStats.from_features(real), FeatureStats.from_features(gen)).value
@@ -264,6 +265,7 @@ def test_kid_matches_numpy_reference_on_same_subsets():
 def test_kid_matches_torchmetrics():
     import torch
     import torchmetrics.image.kid as kid_mod
+
     rng = np.random.default_rng(13)
     real, gen = _features(rng, 80, 12), _features(rng, 70, 12, scale=1.4)
     # Same subsets through torchmetrics' kernel and estimator.
@@ -359,6 +361,7 @@ def test_prdc_matches_cdist_reference(n, m, d, k):
 
 def test_prdc_matches_authors_package(capsys):
     import prdc as prdc_pkg  # the authors' reference package (test extra)
+
     rng = np.random.default_rng(17)
     real, gen = _features(rng, 200, 16), _features(rng, 150, 16, shift=0.3)
     want = prdc_pkg.compute_prdc(real_features=real, fake_features=gen, nearest_k=5)

@@ -45,13 +45,26 @@ def _toml(models: list[dict], pixel_range: float) -> str:
     def value(v: object) -> str:
         return json.dumps(v) if isinstance(v, str) else repr(v)
 
-    lines = ["[study]", 'name = "Synthetic study"', 'cases = "/data/cases.csv"', 'output = "/out"', "seed = 7",
-             "samples_per_case = 1"]
+    lines = [
+        "[study]",
+        'name = "Synthetic study"',
+        'cases = "/data/cases.csv"',
+        'output = "/out"',
+        "seed = 7",
+        "samples_per_case = 1",
+    ]
     for m in models:
         lines += ["", "[[models]]"] + [f"{k} = {value(v)}" for k, v in m.items()]
-    lines += ["", "[metrics]", 'pixel = ["ssim", "psnr", "mse", "mae", "overlap_f1"]',
-              f"pixel_range = {pixel_range!r}", 'resize = "none"', "overlap_threshold = 0.5",
-              "bootstrap_resamples = 1000", "confidence = 0.95"]
+    lines += [
+        "",
+        "[metrics]",
+        'pixel = ["ssim", "psnr", "mse", "mae", "overlap_f1"]',
+        f"pixel_range = {pixel_range!r}",
+        'resize = "none"',
+        "overlap_threshold = 0.5",
+        "bootstrap_resamples = 1000",
+        "confidence = 0.95",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -82,23 +95,46 @@ def make_run(
         mask[20:40, 30:44, 1] = True  # "heart"
         mask_path = data / f"{case_id}_anat.png"
         write_png(mask_path, mask.astype(np.float32))
-        case_rows.append({
-            "case_id": case_id, "image": str(ref_path), "anatomy_mask": str(mask_path),
-            "prompt": f"frontal chest x-ray, case {i}", "group": "ab"[i % 2] if groups else None,
-        })
+        case_rows.append(
+            {
+                "case_id": case_id,
+                "image": str(ref_path),
+                "anatomy_mask": str(mask_path),
+                "prompt": f"frontal chest x-ray, case {i}",
+                "group": "ab"[i % 2] if groups else None,
+            }
+        )
         for m in models:
             if m["kind"] == "real":
                 path = ref_path
             else:
-                path = data / m["name"].replace("<", "_").replace(">", "_").replace("/", "_") / f"{case_id}.png"
+                path = (
+                    data / m["name"].replace("<", "_").replace(">", "_").replace("/", "_") / f"{case_id}.png"
+                )
                 write_png(path, rng.random(IMG_SHAPE).astype(np.float32))
-            sample_rows.append({"model": m["name"], "case_id": case_id, "sample": 0, "seed": 7, "path": str(path),
-                                "sha256": "0" * 64, "kind": m["kind"]})
+            sample_rows.append(
+                {
+                    "model": m["name"],
+                    "case_id": case_id,
+                    "sample": 0,
+                    "seed": 7,
+                    "path": str(path),
+                    "sha256": "0" * 64,
+                    "kind": m["kind"],
+                }
+            )
             for metric in METRICS:
                 if m["kind"] == "real" and metric in PAIRED:
                     continue
-                per_sample_rows.append({"model": m["name"], "case_id": case_id, "sample": 0, "metric": metric,
-                                        "value": float(rng.random())})
+                per_sample_rows.append(
+                    {
+                        "model": m["name"],
+                        "case_id": case_id,
+                        "sample": 0,
+                        "metric": metric,
+                        "value": float(rng.random()),
+                    }
+                )
     cases = pd.DataFrame(case_rows)
     if not groups:
         cases = cases.drop(columns="group")
@@ -109,22 +145,50 @@ def make_run(
     # Hand-picked summary: gen_b best on ssim/psnr, gen_a best on mse/mae; blur-3 worse than blur-1
     # except psnr, which "improves" with damage so the sanity check must flag it.
     table = {
-        "gen_a": {"ssim": (0.912, 0.905, 0.918), "psnr": (28.41, 27.93, 28.96), "mse": (93.2, 88.1, 99.0),
-                  "mae": (6.1, 5.8, 6.5), "overlap_f1": (0.81, 0.78, 0.84)},
-        "gen_b": {"ssim": (0.951, 0.944, 0.957), "psnr": (30.12, 29.5, 30.7), "mse": (120.5, 110.0, 131.0),
-                  "mae": (7.9, 7.5, 8.3), "overlap_f1": (0.77, 0.74, 0.8)},
-        "blur-1": {"ssim": (0.97, 0.96, 0.98), "psnr": (25.0, 24.5, 25.5), "mse": (140.0, 130.0, 150.0),
-                   "mae": (9.0, 8.5, 9.5), "overlap_f1": (0.9, 0.88, 0.92)},
-        "blur-3": {"ssim": (0.80, 0.78, 0.82), "psnr": (26.0, 25.5, 26.5), "mse": (300.0, 280.0, 320.0),
-                   "mae": (15.0, 14.0, 16.0), "overlap_f1": (0.7, 0.68, 0.72)},
+        "gen_a": {
+            "ssim": (0.912, 0.905, 0.918),
+            "psnr": (28.41, 27.93, 28.96),
+            "mse": (93.2, 88.1, 99.0),
+            "mae": (6.1, 5.8, 6.5),
+            "overlap_f1": (0.81, 0.78, 0.84),
+        },
+        "gen_b": {
+            "ssim": (0.951, 0.944, 0.957),
+            "psnr": (30.12, 29.5, 30.7),
+            "mse": (120.5, 110.0, 131.0),
+            "mae": (7.9, 7.5, 8.3),
+            "overlap_f1": (0.77, 0.74, 0.8),
+        },
+        "blur-1": {
+            "ssim": (0.97, 0.96, 0.98),
+            "psnr": (25.0, 24.5, 25.5),
+            "mse": (140.0, 130.0, 150.0),
+            "mae": (9.0, 8.5, 9.5),
+            "overlap_f1": (0.9, 0.88, 0.92),
+        },
+        "blur-3": {
+            "ssim": (0.80, 0.78, 0.82),
+            "psnr": (26.0, 25.5, 26.5),
+            "mse": (300.0, 280.0, 320.0),
+            "mae": (15.0, 14.0, 16.0),
+            "overlap_f1": (0.7, 0.68, 0.72),
+        },
         "real": {"overlap_f1": (0.95, 0.93, 0.97), "ssim": (float("nan"),) * 3},
     }
     if extra_model is not None:
         table[extra_model] = {"ssim": (0.5, 0.4, 0.6)}
     rows = [
-        {"model": model, "metric": metric, "value": v, "ci_low": lo, "ci_high": hi, "n": n_cases,
-         "higher_is_better": METRICS[metric]}
-        for model, metrics in table.items() for metric, (v, lo, hi) in metrics.items()
+        {
+            "model": model,
+            "metric": metric,
+            "value": v,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": n_cases,
+            "higher_is_better": METRICS[metric],
+        }
+        for model, metrics in table.items()
+        for metric, (v, lo, hi) in metrics.items()
     ]
     pd.DataFrame(rows).to_csv(run / rundir.SUMMARY, index=False)
 
@@ -140,10 +204,18 @@ def make_run(
     }
     (run / rundir.RUN_JSON).write_text(json.dumps(info), encoding="utf-8")
     if n_failures:
-        pd.DataFrame([
-            {"model": "gen_a", "case_id": f"x{i:03d}", "sample": 0, "stage": "generate", "error": f"boom {i}"}
-            for i in range(n_failures)
-        ]).to_csv(run / rundir.FAILURES, index=False)
+        pd.DataFrame(
+            [
+                {
+                    "model": "gen_a",
+                    "case_id": f"x{i:03d}",
+                    "sample": 0,
+                    "stage": "generate",
+                    "error": f"boom {i}",
+                }
+                for i in range(n_failures)
+            ]
+        ).to_csv(run / rundir.FAILURES, index=False)
     return run
 
 
@@ -159,7 +231,9 @@ def _summary_rows(page: str) -> list[str]:
 
 def _row(page: str, model: str) -> str:
     table = re.search(r'<table class="summary">.*?</table>', page, flags=re.DOTALL).group(0)
-    return re.search(rf'<tr class="[a-z]+" data-model="{re.escape(model)}">.*?</tr>', table, flags=re.DOTALL).group(0)
+    return re.search(
+        rf'<tr class="[a-z]+" data-model="{re.escape(model)}">.*?</tr>', table, flags=re.DOTALL
+    ).group(0)
 
 
 def _cell(page: str, model: str, metric_index: int) -> str:
@@ -355,7 +429,10 @@ def test_grid_cases_spread_over_groups() -> None:
     samples = pd.DataFrame({"model": ["m"] * 5, "case_id": ["a", "b", "c", "d", "e"]})
     assert choose_grid_cases(cases, samples, ["m"], 4) == ["a", "c", "e", "b"]
     # cases with a sample from every model come first
-    assert choose_grid_cases(cases.drop(columns="group"), samples[samples.case_id != "a"], ["m"], 2) == ["b", "c"]
+    assert choose_grid_cases(cases.drop(columns="group"), samples[samples.case_id != "a"], ["m"], 2) == [
+        "b",
+        "c",
+    ]
     assert choose_grid_cases(cases, samples, ["m"], 0) == []
 
 
@@ -364,8 +441,12 @@ def test_not_a_run_dir_and_bad_columns(tmp_path: Path) -> None:
     (run / rundir.SUMMARY).unlink()
     with pytest.raises(FileNotFoundError, match="summary.csv"):
         render_html_report(run)
-    pd.DataFrame({"model": ["a"], "metric": ["ssim"], "value": [0.5]}).to_csv(run / rundir.SUMMARY, index=False)
-    with pytest.raises(ValueError, match=r"summary\.csv: missing column\(s\) ci_low, ci_high, n, higher_is_better"):
+    pd.DataFrame({"model": ["a"], "metric": ["ssim"], "value": [0.5]}).to_csv(
+        run / rundir.SUMMARY, index=False
+    )
+    with pytest.raises(
+        ValueError, match=r"summary\.csv: missing column\(s\) ci_low, ci_high, n, higher_is_better"
+    ):
         render_html_report(run)
 
 

@@ -35,3 +35,75 @@ def test_deterministic_and_degenerate_inputs():
     assert bootstrap_mean_ci(np.full(5, 2.0), np.random.default_rng(0)) == (2.0, 2.0)
     lo, hi = bootstrap_mean_ci(np.array([1.0, np.inf, 3.0]), np.random.default_rng(0))
     assert hi == np.inf and not np.isnan(lo)
+
+
+# --- case-resampling bootstrap of distribution-level classification metrics ----------------------
+
+
+def _materialised(probs, targets, counts, row_case):
+    """The bootstrap resample as data: every row of case c repeated counts[c] times."""
+    reps = counts[row_case].astype(int)
+    return np.repeat(probs, reps, axis=0), np.repeat(targets, reps, axis=0)
+
+
+def test_weighted_auc_equals_sklearn_on_materialised_resamples():
+    from sklearn.metrics import roc_auc_score
+
+    from audit.stats import case_resample_weights, weighted_auc
+
+    rng = np.random.default_rng(0)
+    n_cases, per_case = 30, 2
+    row_case = np.repeat(np.arange(n_cases), per_case)
+    # Rounded probabilities: ties between positives and negatives must count one half.
+    probs = np.round(rng.uniform(size=(n_cases * per_case, 3)), 1)
+    labels = rng.uniform(size=(n_cases, 3)) < [0.5, 0.2, 0.0]  # class 3 never positive
+    targets = labels[row_case]
+    counts = case_resample_weights(np.random.default_rng(1), n_cases, 50)
+    got = weighted_auc(probs, targets, counts[:, row_case])
+    for b in range(50):
+        p, t = _materialised(probs, targets, counts[b], row_case)
+        for j in range(3):
+            if t[:, j].all() or not t[:, j].any():
+                assert np.isnan(got[b, j])
+            else:
+                assert got[b, j] == pytest.approx(roc_auc_score(t[:, j], p[:, j]), abs=1e-12)
+
+
+def test_weighted_f1_equals_sklearn_on_materialised_resamples():
+    from sklearn.metrics import f1_score
+
+    from audit.stats import case_resample_weights, weighted_f1
+
+    rng = np.random.default_rng(2)
+    n_cases = 25
+    row_case = np.arange(n_cases)
+    probs = rng.uniform(size=(n_cases, 2))
+    targets = rng.uniform(size=(n_cases, 2)) < 0.4
+    thresholds = np.array([0.5, np.nan])  # the second class has no threshold: not scored
+    counts = case_resample_weights(np.random.default_rng(3), n_cases, 40)
+    got = weighted_f1(probs, targets, thresholds, counts)
+    assert np.isnan(got[:, 1]).all()
+    for b in range(40):
+        p, t = _materialised(probs, targets, counts[b], row_case)
+        if t[:, 0].any():
+            assert got[b, 0] == pytest.approx(f1_score(t[:, 0], p[:, 0] >= 0.5), abs=1e-12)
+        else:
+            assert np.isnan(got[b, 0])
+
+
+def test_case_resample_weights_are_multinomial_counts():
+    from audit.stats import case_resample_weights
+
+    w = case_resample_weights(np.random.default_rng(0), 7, 2000)
+    assert w.shape == (2000, 7) and (w.sum(axis=1) == 7).all()
+    # Each case is drawn Binomial(7, 1/7) times: mean 1.
+    assert w.mean() == pytest.approx(1.0, abs=0.03)
+
+
+def test_percentile_ci_ignores_undefined_replicates():
+    from audit.stats import percentile_ci
+
+    x = np.r_[np.linspace(0, 1, 101), [np.nan] * 10]
+    lo, hi = percentile_ci(x, 0.9)
+    assert (lo, hi) == pytest.approx(np.quantile(np.linspace(0, 1, 101), [0.05, 0.95]))
+    assert np.isnan(percentile_ci(np.r_[[0.5] * 3, [np.nan] * 10], 0.9)).all()

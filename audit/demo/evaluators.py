@@ -155,6 +155,19 @@ class AnatomySegmenter(nn.Module):
         self.merge = nn.ModuleList([_conv_block(2 * c[i], c[i]) for i in range(3)])
         self.head = nn.Conv2d(c[0], len(STRUCTURES), 1)
 
+    def encoder_features(self, x: Tensor) -> Tensor:
+        """``(N, 2 * 128)``: global mean and max of the U-Net's deepest encoder level.
+
+        A generic image descriptor the segmenter learnt without pathology labels; the demo uses it
+        in place of Inception-v3 for FID/KID when Inception's verified weights are absent.
+        """
+        h = x / VALUE_RANGE[1]
+        for level, block in enumerate(self.down):
+            if level:
+                h = F.max_pool2d(h, 2)
+            h = block(h)
+        return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+
     def forward(self, x: Tensor) -> Tensor:
         skips = []
         h = x / VALUE_RANGE[1]

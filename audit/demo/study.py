@@ -47,6 +47,15 @@ def demo_study_toml(manifest: Path, output: Path) -> str:
         "[metrics]",
         'pixel = ["mse", "mae", "psnr", "ssim", "ms_ssim", "overlap_precision", "overlap_recall", "overlap_f1"]',
         "pixel_range = 1.0",
+        'clinical = ["pathology_auc", "pathology_f1", "dice"]',
+        'distribution = ["fid", "fxd", "kid", "prdc"]',
+        "",
+        "# auto: torchxrayvision / Inception-v3 when their verified weights are present (see",
+        "# `xray-audit weights list`), else the small evaluators trained on the demo cohort.",
+        "[evaluators]",
+        'classifier = "auto"',
+        'segmenter = "auto"',
+        'features = "auto"',
         "",
     ]
     return "\n".join(lines)

@@ -25,6 +25,8 @@ import numpy as np
 from audit.atomic import atomic_path
 
 __all__ = [
+    "DISTRIBUTION_METRICS",
+    "DistributionMetric",
     "FeatureStats",
     "FrechetResult",
     "KidResult",
@@ -35,6 +37,69 @@ __all__ = [
     "poly_mmd2",
     "prdc",
 ]
+
+
+@dataclass(frozen=True)
+class DistributionMetric:
+    """Metadata of a metric over a whole feature set (one value per model and group, no per-image value)."""
+
+    name: str
+    higher_is_better: bool
+    features: str  # which evaluator's features: "features" (FID extractor) or "classifier"
+    description: str
+    aggregation: str = "distribution"
+
+
+DISTRIBUTION_METRICS: dict[str, DistributionMetric] = {
+    m.name: m
+    for m in (
+        DistributionMetric(
+            "fid",
+            False,
+            "features",
+            "Fréchet distance between Gaussians fitted to Inception-v3 pool features of the real references "
+            "and the generated samples (Heusel et al. 2017); biased upwards when N <= feature dimension.",
+        ),
+        DistributionMetric(
+            "fxd",
+            False,
+            "classifier",
+            "Fréchet distance on the X-ray classifier's pooled features: an X-ray-specific FID.",
+        ),
+        DistributionMetric(
+            "kid",
+            False,
+            "features",
+            "Kernel Inception Distance (Bińkowski et al. 2018): unbiased polynomial-kernel MMD², mean over "
+            "random subsets of size min(kid_subset_size, N).",
+        ),
+        DistributionMetric(
+            "precision",
+            True,
+            "classifier",
+            "Fraction of generated samples inside the k-NN ball of some real sample (Naeem et al. 2020).",
+        ),
+        DistributionMetric(
+            "recall",
+            True,
+            "classifier",
+            "Fraction of real samples inside the k-NN ball of some generated sample (Naeem et al. 2020).",
+        ),
+        DistributionMetric(
+            "density",
+            True,
+            "classifier",
+            "Mean count of real k-NN balls holding each generated sample, over k; about 1 for matching "
+            "distributions, above 1 when samples crowd dense real regions (Naeem et al. 2020).",
+        ),
+        DistributionMetric(
+            "coverage",
+            True,
+            "classifier",
+            "Fraction of real samples whose k-NN ball holds some generated sample (Naeem et al. 2020).",
+        ),
+    )
+}
 
 _STATS_FORMAT = "xray-audit-feature-stats-v1"
 # from_features upcasts float32 rows to float64 in blocks of about this many elements (32 MiB), so a
