@@ -76,6 +76,7 @@ class Evaluation:
     targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # case_id -> (C,) bool
     _backends: dict[Role, Backend] = dataclasses.field(default_factory=dict)
     _caches: dict[Role, FeatureCache] = dataclasses.field(default_factory=dict)
+    _masks: dict[tuple[str, str, int], np.ndarray] = dataclasses.field(default_factory=dict)
     progress: Callable[[int], None] | None = None
 
     @classmethod
@@ -161,12 +162,29 @@ class Evaluation:
 
     def cache(self, role: Role) -> FeatureCache:
         if role not in self._caches:
-            self._caches[role] = FeatureCache(self.cache_root, self.plans[role].key)
+            key = self.plans[role].key
+            # Roles served by one network share its cache (and its entries).
+            shared = [c for c in self._caches.values() if c.key == key]
+            self._caches[role] = shared[0] if shared else FeatureCache(self.cache_root, key)
         return self._caches[role]
+
+    def mask_in_frame(self, case_id: str, path: Path, frame: int) -> np.ndarray:
+        """A case's input anatomy mask in the segmenter's frame, computed once per chunk of cases."""
+        key = (case_id, str(path), frame)
+        if key not in self._masks:
+            self._masks[key] = _mask_in_frame(case_id, path, frame)
+        return self._masks[key]
+
+    def new_chunk(self) -> None:
+        self._masks.clear()
 
     def backend(self, role: Role) -> Backend:
         if role not in self._backends:
             ev = self.config.evaluators
+            for other, backend in self._backends.items():
+                if self.plans[other].key == self.plans[role].key:
+                    self._backends[role] = backend  # one network, two roles (demo segmenter + features)
+                    return backend
             log.debug("loading evaluator %s", self.plans[role].name)
             if self.plans[role].source == "user":
                 self._backends[role] = load_user_backend(self.plans[role], ev)
@@ -243,7 +261,9 @@ def dice_rows(
     with_mask = [i for i, p in enumerate(anatomy_masks) if p is not None]
     if with_mask:
         frame = evaluation.frame()
-        target = np.stack([_mask_in_frame(rows[i], anatomy_masks[i], frame) for i in with_mask])
+        target = np.stack(
+            [evaluation.mask_in_frame(rows[i]["case_id"], anatomy_masks[i], frame) for i in with_mask]
+        )
         values = fc.dice_structures(pred[with_mask], target, against_mask=True)
         values["dice_mask_mean"] = fc.dice_mean(values)
         sub = ids.iloc[with_mask].reset_index(drop=True)
@@ -251,12 +271,12 @@ def dice_rows(
     return frames
 
 
-def _mask_in_frame(row: Mapping[str, Any], path: Path | None, frame: int) -> np.ndarray:
+def _mask_in_frame(case_id: str, path: Path | None, frame: int) -> np.ndarray:
     assert path is not None
     mask = images.read_mask(path)
     if mask.ndim != 3 or mask.shape[-1] != len(fc.ANATOMY_STRUCTURES):
         raise EvaluationError(
-            f"case {row['case_id']}: anatomy_mask {path} has {mask.shape[-1] if mask.ndim == 3 else 1} "
+            f"case {case_id}: anatomy_mask {path} has {mask.shape[-1] if mask.ndim == 3 else 1} "
             "channel(s); dice_mask_* needs an RGB mask with R = lungs, G = heart, B = aorta. Fix the mask, "
             "or drop the anatomy_mask value of cases whose mask is not of that form"
         )

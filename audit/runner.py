@@ -354,6 +354,8 @@ def _process(
     with tqdm(total=total, desc="auditing", unit="sample", disable=not options.progress) as bar:
         for ci, chunk in enumerate(chunks):
             refs = _References(_ensure_references(plan, ci, chunk) if plan.evaluation else None)
+            if plan.evaluation is not None:
+                plan.evaluation.new_chunk()
             for adapter in adapters:
                 bar.set_postfix_str(adapter.spec.name, refresh=False)
                 samples = _ensure_samples(plan, adapter, ci, chunk, refs)

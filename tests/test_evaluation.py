@@ -133,7 +133,7 @@ def test_pathology_metrics_match_scikit_learn(finished):
     assert r.value == pytest.approx(roc_auc_score(y, real), abs=1e-12)
     info = json.loads((run / rundir.RUN_JSON).read_text())["evaluation"]
     assert "sigmoid" in info["pathology"]["threshold_policy"]
-    assert info["metric_evaluators"]["fid"] == "demo-segmenter-encoder"
+    assert info["metric_evaluators"]["fid"] == "demo-anatomy-segmenter"  # its encoder features
     assert info["unavailable"] == {}
 
 
@@ -251,8 +251,9 @@ def test_adding_a_model_evaluates_only_its_images(finished, tmp_path, monkeypatc
         out="more",
     )
     run_study(load_config(cfg), RunOptions(progress=False, report=False))
-    # Three evaluators (classifier, segmenter, encoder), each on the new model's images only.
-    assert sum(seen) == 3 * N_CASES
+    # Two networks (classifier; U-Net giving masks and FID features in one pass), each on the new
+    # model's images only.
+    assert sum(seen) == 2 * N_CASES
 
 
 def test_missing_weights_stop_the_run_naming_file_and_fix(small_demo, tmp_path):

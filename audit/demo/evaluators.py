@@ -169,6 +169,10 @@ class AnatomySegmenter(nn.Module):
         return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_features(x)[0]
+
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and :meth:`encoder_features` from one pass (the suite caches both at once)."""
         skips = []
         h = x / VALUE_RANGE[1]
         for level, block in enumerate(self.down):
@@ -176,9 +180,10 @@ class AnatomySegmenter(nn.Module):
                 h = F.max_pool2d(h, 2)
             h = block(h)
             skips.append(h)
+        features = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
         for level in reversed(range(3)):
             h = self.merge[level](torch.cat([skips[level], self.up[level](h)], dim=1))
-        return self.head(h)
+        return self.head(h), features
 
 
 def init_weights(model: nn.Module, generator: torch.Generator) -> None:

@@ -244,10 +244,11 @@ def _demo_plan(role: Role, note: str) -> EvaluatorPlan:
         file, size, name = demo.SEGMENTER_FILE, demo.SEGMENTER_SIZE, "demo-anatomy-segmenter"
         label = f"demo lungs/heart/aorta U-Net trained on a separate demo cohort; masks at {size} px"
     else:
-        file, size, name = demo.SEGMENTER_FILE, demo.SEGMENTER_SIZE, "demo-segmenter-encoder"
+        # The same network and cache entries as the demo segmenter: one pass gives masks and features.
+        file, size, name = demo.SEGMENTER_FILE, demo.SEGMENTER_SIZE, "demo-anatomy-segmenter"
         label = (
-            "demo U-Net encoder features (256-d, mean and max of the deepest level), standing in for "
-            "Inception-v3: not comparable with published FID values"
+            "demo anatomy U-Net's encoder features (256-d, mean and max of the deepest level), standing "
+            "in for Inception-v3: not comparable with published FID values"
         )
     sha = manifest["files"][file]["sha256"]
     preprocessing = f"demo;{demo.PREPROCESSING};{size}px;{OUTPUT_VERSION}"
@@ -398,7 +399,7 @@ class _DemoBackend:
             self.calibration = "sigmoid"
         else:
             self.net = demo.load_anatomy_segmenter(self.device)
-            self.frame = demo.SEGMENTER_SIZE if plan.role == "segmenter" else 0
+            self.frame = demo.SEGMENTER_SIZE
         self.net = self.net.to(dtype=self.dtype)
 
     def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -412,14 +413,13 @@ class _DemoBackend:
                     probs = torch.sigmoid(self.net(x).float()).cpu().numpy()
                     feats = self.net.features(x).float().cpu().numpy()
                     out += [{"probs": probs[i], "features": feats[i]} for i in range(len(batch))]
-                elif self.plan.role == "segmenter":
-                    x = demo.prepare_segmenter_input(batch).to(self.device, self.dtype)
-                    masks = (self.net(x).float() > 0).cpu().numpy()
-                    out += [{"masks": masks[i]} for i in range(len(batch))]
                 else:
+                    # Segmenter and FID stand-in share one cache key, so both outputs are stored.
                     x = demo.prepare_segmenter_input(batch).to(self.device, self.dtype)
-                    feats = self.net.encoder_features(x).float().cpu().numpy()
-                    out += [{"features": feats[i]} for i in range(len(batch))]
+                    logits, feats = self.net.forward_with_features(x)
+                    masks = (logits.float() > 0).cpu().numpy()
+                    feats = feats.float().cpu().numpy()
+                    out += [{"masks": masks[i], "features": feats[i]} for i in range(len(batch))]
         return out
 
 
