@@ -38,7 +38,7 @@ from audit.evaluators.suite import (
     mask_to_frame,
     resolve_evaluators,
 )
-from audit.feature_cache import FeatureCache, compute_with_cache, default_cache_root
+from audit.feature_cache import EvaluatorKey, FeatureCache, compute_with_cache, default_cache_root
 from audit.metrics.functional import clinical as fc
 from audit.metrics.functional import distribution as fd
 
@@ -169,10 +169,23 @@ class Evaluation:
         return self._caches[role]
 
     def mask_in_frame(self, case_id: str, path: Path, frame: int) -> np.ndarray:
-        """A case's input anatomy mask in the segmenter's frame, computed once per chunk of cases."""
+        """A case's input anatomy mask in the segmenter's frame: once per chunk, and cached by content
+        like evaluator outputs, so a warm run never resizes (nor imports torch for) a mask."""
         key = (case_id, str(path), frame)
         if key not in self._masks:
-            self._masks[key] = _mask_in_frame(case_id, path, frame)
+            from audit.atomic import sha256_file
+            from audit.evaluators.suite import PIPELINE_VERSION
+
+            cache = FeatureCache(
+                self.cache_root,
+                EvaluatorKey("anatomy-mask-frame", "none", f"{PIPELINE_VERSION};rgb-mask;{frame}px;>0.5;v1"),
+            )
+            sha = sha256_file(path)
+            stored = cache.get(sha)
+            if stored is None:
+                stored = {"masks": _mask_in_frame(case_id, path, frame)}
+                cache.put(sha, stored)
+            self._masks[key] = stored["masks"]
         return self._masks[key]
 
     def new_chunk(self) -> None:
@@ -209,7 +222,7 @@ class Evaluation:
         """Side of the segmenter's square mask frame (loads nothing)."""
         plan = self.plans["segmenter"]
         if plan.source == "demo":
-            from audit.demo.evaluators import SEGMENTER_SIZE
+            from audit.demo.spec import SEGMENTER_SIZE
 
             return SEGMENTER_SIZE
         return 512
@@ -224,7 +237,7 @@ def plan_classes(plan: EvaluatorPlan, config: StudyConfig | None = None) -> tupl
         assert config is not None and config.evaluators.user_classifier is not None
         return tuple(config.evaluators.user_classifier.labels)
     if plan.source == "demo":
-        from audit.demo.evaluators import NODULE_CLASSES
+        from audit.demo.spec import NODULE_CLASSES
 
         return NODULE_CLASSES
     import torchxrayvision as xrv

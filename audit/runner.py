@@ -450,11 +450,11 @@ def _ensure_metrics(
     shard = plan.shard("metrics", adapter, ci)
     if shard.exists():
         return
-    from audit.metrics.pixel import score_pixels
-
     m = plan.config.metrics
     evaluation = plan.evaluation
     pixel = m.pixel if not adapter.self_reference else ()
+    if pixel:
+        from audit.metrics.pixel import score_pixels  # imports torch: only when pixel metrics are asked for
     by_id = {c.case_id: c for c in chunk}
     pairs: list[tuple[dict, np.ndarray, np.ndarray]] = []
     failures: list[dict] = []

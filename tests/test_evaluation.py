@@ -443,3 +443,32 @@ def test_user_classifier_config_is_checked(tmp_path):
     assert cfg.evaluators.user_classifier.path == tmp_path / "m.pt"
     again = parse_config(__import__("tomllib").loads(dump_toml(cfg)))
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_cache_keys_use_the_contracts_pipeline_version():
+    from audit.evaluators.base import InputContract
+    from audit.evaluators.suite import PIPELINE_VERSION
+
+    assert (
+        InputContract("x", channels=1, size=8, value_range=(0.0, 1.0)).preprocessing_version
+        == PIPELINE_VERSION
+    )
+
+
+def test_warm_run_without_pixel_metrics_never_imports_torch(finished, tmp_path):
+    """With every evaluator output cached, a run (even into a new output dir) needs no network."""
+    import subprocess
+    import sys
+
+    run, manifest = finished
+    cfg = study(tmp_path, manifest, metrics='group_by = ["labels"]', cache=run.parent / "cache", out="warm")
+    cfg.write_text(cfg.read_text().replace('pixel = ["psnr"]', "pixel = []"))
+    code = (
+        "import sys\nfrom audit.cli import main\n"
+        f"assert main(['-q', 'run', {str(cfg)!r}, '--no-report']) == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+    a = _summary(run).query("metric != 'psnr'").reset_index(drop=True).drop(columns="unit")
+    pd.testing.assert_frame_equal(a, _summary(tmp_path / "warm").drop(columns="unit"))

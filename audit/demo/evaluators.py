@@ -30,11 +30,8 @@ Weights are float32 state dicts under ``audit/demo/weights`` with their sha256 i
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
-from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,20 +39,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audit.atomic import sha256_bytes
+from audit.demo.spec import (  # noqa: F401 - re-exported: torch-free constants live in spec
+    CLASSIFIER_FILE,
+    CLASSIFIER_SIZE,
+    CLASSIFIER_STRIDE,
+    FEATURE_DIM,
+    NODULE_CLASSES,
+    PREPROCESSING,
+    SEGMENTER_FILE,
+    SEGMENTER_SIZE,
+    STRUCTURES,
+    VALUE_RANGE,
+    WEIGHTS_MANIFEST,
+    read_manifest,
+    weights_dir,
+)
 from audit.evaluators.base import InputContract, WeightsHashError
-
-NODULE_CLASSES: tuple[str, ...] = ("Nodule",)
-STRUCTURES: tuple[str, ...] = ("lungs", "heart", "aorta")
-CLASSIFIER_SIZE = 256
-SEGMENTER_SIZE = 128
-FEATURE_DIM = 128
-CLASSIFIER_STRIDE = 8  # input pixels per evidence cell
-VALUE_RANGE: tuple[float, float] = (-1024.0, 1024.0)
-PREPROCESSING = "center-crop, bilinear antialias resize, x*2048-1024"
-
-WEIGHTS_MANIFEST = "weights.json"
-CLASSIFIER_FILE = "nodule_classifier.pt"
-SEGMENTER_FILE = "anatomy_segmenter.pt"
 
 _TRUNK_CHANNELS = (16, 32, 48, 64)
 _UNET_CHANNELS = (16, 32, 64, 128)
@@ -199,24 +198,6 @@ def init_weights(model: nn.Module, generator: torch.Generator) -> None:
 
 
 # --------------------------------------------------------------------------------------------- loading
-
-
-def weights_dir() -> Traversable:
-    """Where the shipped weights and ``weights.json`` live (package data of :mod:`audit.demo`)."""
-    return resources.files("audit.demo") / "weights"
-
-
-def read_manifest(directory: Traversable | None = None) -> dict[str, Any]:
-    directory = directory if directory is not None else weights_dir()
-    path = directory / WEIGHTS_MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(
-            f"{path}: cannot read the demo evaluators' weights manifest ({exc}); reinstall xray-audit "
-            "or regenerate the weights with `python -m audit.demo.train_evaluators`"
-        ) from exc
-    return manifest
 
 
 def read_verified_state(name: str, directory: Traversable | None = None) -> dict[str, Tensor]:

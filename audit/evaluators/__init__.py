@@ -1,18 +1,15 @@
 """Pretrained evaluator networks behind one interface (see :mod:`audit.evaluators.base`).
 
-Submodules import their network libraries (torchxrayvision, torch-fidelity) on import, so import the
-one you need: :mod:`.classifier`, :mod:`.segmenter`, :mod:`.inception`, :mod:`.user`.
+Submodules import their network libraries (torch, torchxrayvision, torch-fidelity) on import, so
+import the one you need: :mod:`.classifier`, :mod:`.segmenter`, :mod:`.inception`, :mod:`.user`.
+The names below are loaded on first access, so that :mod:`.suite` (which only resolves which
+evaluator to use) and a run whose outputs are all cached never import torch.
 """
 
-from audit.evaluators.base import (
-    ContractError,
-    Evaluator,
-    InputContract,
-    WeightsHashError,
-    load_verified,
-    resolve_device,
-    resolve_dtype,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "ContractError",
@@ -23,3 +20,9 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("audit.evaluators.base"), name)
+    raise AttributeError(f"module 'audit.evaluators' has no attribute {name!r}")

@@ -139,11 +139,7 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
         return Unavailable(role, str(exc))
     sha = weights.sha256_file(path)
     if role == "classifier":
-        from audit.evaluators.base import InputContract
-
-        contract = InputContract(
-            evaluator="xrv-densenet121", channels=1, size=224, value_range=(-1024.0, 1024.0)
-        )
+        contract = _Contract(channels=1, size=224, value_range=(-1024.0, 1024.0))
         return EvaluatorPlan(
             role,
             "xrv",
@@ -154,11 +150,7 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
             note="auto: verified weights present" if choice == "auto" else "",
         )
     if role == "segmenter":
-        from audit.evaluators.base import InputContract
-
-        contract = InputContract(
-            evaluator="xrv-pspnet-chestx-det", channels=1, size=512, value_range=(-1024.0, 1024.0)
-        )
+        contract = _Contract(channels=1, size=512, value_range=(-1024.0, 1024.0))
         return EvaluatorPlan(
             role,
             "xrv",
@@ -168,11 +160,7 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
             path,
             note="auto: verified weights present" if choice == "auto" else "",
         )
-    from audit.evaluators.base import InputContract
-
-    contract = InputContract(
-        evaluator="inception-v3-fid", channels=3, size=299, value_range=(0.0, 255.0), integer=True
-    )
+    contract = _Contract(channels=3, size=299, value_range=(0.0, 255.0), integer=True)
     return EvaluatorPlan(
         role,
         "inception",
@@ -207,7 +195,7 @@ def _user_plan(evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
     lo, hi = user.value_range
     what = f"{user.format}" + (f" {user.architecture}" if user.architecture else "")
     preprocessing = (
-        f"center-square/bilinear-antialias/affine-v1;{user.channels}ch;{user.size}px;[{lo:g},{hi:g}]float;"
+        f"{PIPELINE_VERSION};{user.channels}ch;{user.size}px;[{lo:g},{hi:g}]float;"
         f"{user.output};{OUTPUT_VERSION}"
     )
     return EvaluatorPlan(
@@ -221,6 +209,22 @@ def _user_plan(evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
     )
 
 
+# InputContract.preprocessing_version (audit.evaluators.base imports torch, which resolving must not);
+# a test keeps the two equal.
+PIPELINE_VERSION = "center-square/bilinear-antialias/affine-v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Contract:
+    """The fields of an evaluator's InputContract that key its cached outputs."""
+
+    channels: int
+    size: int
+    value_range: tuple[float, float]
+    integer: bool = False
+    preprocessing_version: str = PIPELINE_VERSION
+
+
 def _preprocessing(contract: Any) -> str:
     lo, hi = contract.value_range
     kind = "uint8" if contract.integer else "float"
@@ -231,7 +235,7 @@ def _preprocessing(contract: Any) -> str:
 
 
 def _demo_plan(role: Role, note: str) -> EvaluatorPlan:
-    from audit.demo import evaluators as demo
+    from audit.demo import spec as demo
 
     manifest = demo.read_manifest()
     if role == "classifier":
