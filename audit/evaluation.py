@@ -77,6 +77,7 @@ class Evaluation:
     _backends: dict[Role, Backend] = dataclasses.field(default_factory=dict)
     _caches: dict[Role, FeatureCache] = dataclasses.field(default_factory=dict)
     _masks: dict[tuple[str, str, int], np.ndarray] = dataclasses.field(default_factory=dict)
+    _chunk_outputs: dict[tuple[Role, str], dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     progress: Callable[[int], None] | None = None
 
     @classmethod
@@ -190,6 +191,7 @@ class Evaluation:
 
     def new_chunk(self) -> None:
         self._masks.clear()
+        self._chunk_outputs.clear()
 
     def backend(self, role: Role) -> Backend:
         if role not in self._backends:
@@ -205,6 +207,16 @@ class Evaluation:
                 self._backends[role] = load_backend(self.plans[role], ev.device, ev.dtype, ev.batch_size)
         return self._backends[role]
 
+    def chunk_outputs(
+        self, role: Role, items: Sequence[tuple[str, Callable[[], np.ndarray]]]
+    ) -> list[dict[str, np.ndarray]]:
+        """:meth:`outputs`, remembered until the next chunk: references are shared by every model."""
+        todo = [(sha, load) for sha, load in items if (role, sha) not in self._chunk_outputs]
+        if todo:
+            for (sha, _), out in zip(todo, self.outputs(role, todo), strict=True):
+                self._chunk_outputs[(role, sha)] = out
+        return [self._chunk_outputs[(role, sha)] for sha, _ in items]
+
     def outputs(
         self, role: Role, items: Sequence[tuple[str, Callable[[], np.ndarray]]]
     ) -> list[dict[str, np.ndarray]]:
@@ -217,6 +229,13 @@ class Evaluation:
             return out
 
         return compute_with_cache(self.cache(role), items, compute, self.config.evaluators.batch_size)
+
+    def ensure(self, role: Role, items: Sequence[tuple[str, Callable[[], np.ndarray]]]) -> None:
+        """Compute and cache the outputs of images the cache lacks, without reading the ones it has."""
+        cache = self.cache(role)
+        missing = set(cache.missing([sha for sha, _ in items]))
+        if missing:
+            self.outputs(role, [(sha, load) for sha, load in items if sha in missing])
 
     def frame(self) -> int:
         """Side of the segmenter's square mask frame (loads nothing)."""
@@ -266,7 +285,7 @@ def dice_rows(
     ids = pd.DataFrame([{"model": r["model"], "case_id": r["case_id"], "sample": r["sample"]} for r in rows])
     frames = []
     if against_reference:
-        ref = evaluation.outputs("segmenter", ref_items)
+        ref = evaluation.chunk_outputs("segmenter", ref_items)
         target = np.stack([r["masks"] for r in ref])
         values = fc.dice_structures(pred, target)
         values["dice_mean"] = fc.dice_mean(values)

@@ -151,6 +151,20 @@ class FeatureCache:
             self._discard(path, opened)
             return None
 
+    def missing(self, shas: Sequence[str]) -> list[str]:
+        """The shas without an entry file, each once, in first-seen order (no entry is decoded).
+
+        A damaged entry counts as present here; :meth:`get` discards and recomputes it when read.
+        """
+        out: list[str] = []
+        seen: set[str] = set()
+        for sha in shas:
+            if sha not in seen:
+                seen.add(sha)
+                if not self.path(sha).exists():
+                    out.append(sha)
+        return out
+
     def get_many(self, shas: Sequence[str]) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
         """``(hits, misses)``: hits by sha256; misses in first-seen order, each listed once."""
         hits: dict[str, dict[str, np.ndarray]] = {}

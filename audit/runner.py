@@ -569,10 +569,13 @@ def _evaluate_chunk(
     gen_items = [(row["sha256"], (lambda p=row["path"]: images.read_image(p).pixels)) for row in rows]
     ref_items = [refs.item(by_id[row["case_id"]]) for row in rows]
     try:
+        # Only fill the cache here (existence checks, no decoding): these outputs are read once, when
+        # the run aggregates. References are shared by every model of the chunk, so this is cheap after
+        # the first model.
         for role in ("classifier", "features"):
             if role in evaluation.plans:
-                evaluation.outputs(role, gen_items)
-                evaluation.outputs(role, ref_items)
+                evaluation.ensure(role, gen_items)
+                evaluation.ensure(role, ref_items)
         if not evaluation.wants("dice"):
             return []
         masks = [by_id[row["case_id"]].path("anatomy_mask") for row in rows]

@@ -388,3 +388,13 @@ def test_registry():
     assert fc.clinical_metric(fc.class_metric_name("pathology_auc", "Nodule")) is reg["pathology_auc"]
     with pytest.raises(ValueError, match="unknown clinical metric"):
         fc.clinical_metric("dice_liver")
+
+
+def test_average_ranks_match_scipy_rankdata():
+    from scipy.stats import rankdata
+
+    from audit.metrics.functional.clinical import _average_ranks
+
+    rng = np.random.default_rng(4)
+    p = np.round(rng.uniform(size=(200, 4)), 1)  # heavy ties
+    np.testing.assert_array_equal(_average_ranks(p), rankdata(p, axis=0, method="average"))

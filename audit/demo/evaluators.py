@@ -139,6 +139,12 @@ class NoduleClassifier(nn.Module):
         """``(N, len(NODULE_CLASSES))`` logits: the strongest cell of the evidence map."""
         return self.evidence_map(x).amax(dim=(2, 3))
 
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and :meth:`features` from one pass of the trunk."""
+        fmap = self.feature_map(x)
+        logits = self.evidence(fmap).amax(dim=(2, 3))
+        return logits, torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=1)
+
 
 class AnatomySegmenter(nn.Module):
     """U-Net: ``(N, 1, 128, 128)`` in ``[-1024, 1024]`` to ``(N, 3, 128, 128)`` logits (lungs, heart, aorta)."""

@@ -414,8 +414,9 @@ class _DemoBackend:
                 batch = list(images[start : start + self.batch_size])
                 if self.plan.role == "classifier":
                     x = demo.prepare_classifier_input(batch).to(self.device, self.dtype)
-                    probs = torch.sigmoid(self.net(x).float()).cpu().numpy()
-                    feats = self.net.features(x).float().cpu().numpy()
+                    logits, feats = self.net.forward_with_features(x)
+                    probs = torch.sigmoid(logits.float()).cpu().numpy()
+                    feats = feats.float().cpu().numpy()
                     out += [{"probs": probs[i], "features": feats[i]} for i in range(len(batch))]
                 else:
                     # Segmenter and FID stand-in share one cache key, so both outputs are stored.

@@ -26,9 +26,6 @@ from typing import Literal
 
 import numpy as np
 
-# scipy.stats is imported inside pathology_auc: it takes about a second to import, which the Dice
-# kernels and the CLI do not need.
-
 __all__ = [
     "ANATOMY_STRUCTURES",
     "CLINICAL_METRICS",
@@ -345,12 +342,11 @@ def pathology_auc(
     classes = _check_classes(classes)
     p = _check_probs(probs, classes, "probs")
     t = _check_targets(targets, p.shape, "targets")
-    from scipy.stats import rankdata
 
     n = p.shape[0]
     n_pos = t.sum(axis=0)
     n_neg = n - n_pos
-    ranks = rankdata(p, axis=0, method="average") if n else p
+    ranks = _average_ranks(p) if n else p
     rank_sum_pos = np.where(t, ranks, 0.0).sum(axis=0)
     per_class: dict[str, float] = {}
     skipped: dict[str, str] = {}
@@ -374,6 +370,20 @@ def pathology_auc(
         n_cases=n,
         n_positive={c: int(n_pos[j]) for j, c in enumerate(classes)},
     )
+
+
+def _average_ranks(p: np.ndarray) -> np.ndarray:
+    """1-based ranks per column, ties sharing their average rank (scipy.stats.rankdata "average";
+    numpy here because importing scipy.stats costs a warm run more than all its metrics)."""
+    ranks = np.empty_like(p, dtype=np.float64)
+    for j in range(p.shape[1]):
+        order = np.argsort(p[:, j], kind="stable")
+        sp = p[order, j]
+        starts = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
+        ends = np.r_[starts[1:], sp.size]  # exclusive
+        average = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+        ranks[order, j] = np.repeat(average, ends - starts)
+    return ranks
 
 
 def _resolve_thresholds(
