@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 ALL_CASES = ""  # the ``group`` of summary rows over every case
 MISSING_GROUP = "(missing)"
 PRDC_METRICS = ("precision", "recall", "density", "coverage")
+# What the distribution stage reads of each role's cached outputs (not the masks).
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {"classifier": ("probs", "features"), "features": ("features",)}
 
 
 class EvaluationError(RuntimeError):
@@ -218,7 +220,10 @@ class Evaluation:
         return [self._chunk_outputs[(role, sha)] for sha, _ in items]
 
     def outputs(
-        self, role: Role, items: Sequence[tuple[str, Callable[[], np.ndarray]]]
+        self,
+        role: Role,
+        items: Sequence[tuple[str, Callable[[], np.ndarray]]],
+        names: Sequence[str] | None = None,
     ) -> list[dict[str, np.ndarray]]:
         """Outputs of ``role`` for ``(sha256, load_pixels)`` items; only cache misses are decoded and run."""
 
@@ -228,7 +233,9 @@ class Evaluation:
                 self.progress(len(loaders))
             return out
 
-        return compute_with_cache(self.cache(role), items, compute, self.config.evaluators.batch_size)
+        return compute_with_cache(
+            self.cache(role), items, compute, self.config.evaluators.batch_size, names=names
+        )
 
     def ensure(self, role: Role, items: Sequence[tuple[str, Callable[[], np.ndarray]]]) -> None:
         """Compute and cache the outputs of images the cache lacks, without reading the ones it has."""
@@ -372,7 +379,7 @@ def distribution_metrics(
 
     def real_outputs(role: Role) -> list[dict[str, np.ndarray]]:
         if role not in real_out:
-            real_out[role] = evaluation.outputs(role, real.items)
+            real_out[role] = evaluation.outputs(role, real.items, names=STAGE_OUTPUTS[role])
         return real_out[role]
 
     thresholds, policy = _thresholds(evaluation, real, real_outputs)
@@ -400,7 +407,7 @@ def distribution_metrics(
             if is_real:
                 return real_outputs(role)
             if role not in outputs:
-                outputs[role] = evaluation.outputs(role, gen.items)
+                outputs[role] = evaluation.outputs(role, gen.items, names=STAGE_OUTPUTS[role])
             return outputs[role]
 
         for group, group_cases in groups:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -105,7 +106,7 @@ class EvaluatorKey:
     def fields(self) -> dict[str, Any]:
         return {"format": CACHE_FORMAT, **dataclasses.asdict(self)}
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """16 hex digits of the sha256 of the key's canonical JSON (64 bits: no accidental clash)."""
         return stable_hash(self.fields())[:16]
@@ -135,7 +136,7 @@ class FeatureCache:
         check_sha256(sha256)
         return self.dir / sha256[:2] / f"{sha256}.npz"
 
-    def get(self, sha256: str) -> dict[str, np.ndarray] | None:
+    def get(self, sha256: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray] | None:
         """The stored outputs, or None when absent. A damaged entry is removed and reads as absent."""
         path = self.path(sha256)
         try:
@@ -145,7 +146,7 @@ class FeatureCache:
         except FileNotFoundError:
             return None
         try:
-            return self._decode(blob, sha256)
+            return self._decode(blob, sha256, names)
         except _LOAD_ERRORS as exc:
             log.warning("feature cache: discarding damaged entry %s (%s); it will be recomputed", path, exc)
             self._discard(path, opened)
@@ -165,7 +166,9 @@ class FeatureCache:
                     out.append(sha)
         return out
 
-    def get_many(self, shas: Sequence[str]) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+    def get_many(
+        self, shas: Sequence[str], names: Sequence[str] | None = None
+    ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
         """``(hits, misses)``: hits by sha256; misses in first-seen order, each listed once."""
         hits: dict[str, dict[str, np.ndarray]] = {}
         misses: list[str] = []
@@ -174,7 +177,7 @@ class FeatureCache:
             if sha in seen:
                 continue
             seen.add(sha)
-            found = self.get(sha)
+            found = self.get(sha, names)
             if found is None:
                 misses.append(sha)
             else:
@@ -210,10 +213,15 @@ class FeatureCache:
     def _entry_id(self, sha256: str) -> str:
         return f"{CACHE_FORMAT}:{self.key.hash}:{sha256}"
 
-    def _decode(self, blob: bytes, sha256: str) -> dict[str, np.ndarray]:
+    def _decode(self, blob: bytes, sha256: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            # Reading every member here makes zipfile verify each CRC before anything is returned.
-            stored = {name: npz[name] for name in npz.files}
+            # Reading a member makes zipfile verify its CRC before anything is returned. With ``names``
+            # only those outputs are read (a 3 x 512 x 512 mask need not be inflated to get features);
+            # an entry lacking one of them is treated as damaged.
+            wanted = npz.files
+            if names is not None:
+                wanted = [_ENTRY] + [m for n in names for m in (n, _PACKED + n, _SHAPE + n) if m in npz.files]
+            stored = {name: npz[name] for name in wanted}
         entry = stored.pop(_ENTRY, None)
         if entry is None or entry.shape != () or str(entry) != self._entry_id(sha256):
             raise ValueError(f"entry records {entry!r}, expected {self._entry_id(sha256)!r}")
@@ -232,6 +240,8 @@ class FeatureCache:
                 out[name] = arr
         if not out:
             raise ValueError("entry holds no outputs")
+        if names is not None and set(names) - set(out):
+            raise ValueError(f"entry lacks output(s) {sorted(set(names) - set(out))}")
         return out
 
     def _discard(self, path: Path, opened: os.stat_result) -> None:
@@ -314,13 +324,15 @@ def compute_with_cache(
     items: Sequence[tuple[str, Any]],
     compute: Callable[[list[Any]], Sequence[Mapping[str, Any]]],
     batch_size: int,
+    names: Sequence[str] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Outputs for every ``(sha256, payload)`` in ``items``, in input order.
 
     ``compute`` receives batches of at most ``batch_size`` payloads of images the cache lacks
     (each sha256 once, however often it repeats in ``items``) and returns one outputs mapping per
     payload. Each batch is stored as soon as it is computed, so a killed run keeps its progress.
-    Repeated sha256s share one outputs dict. All outputs are held in memory; callers with large
+    Repeated sha256s share one outputs dict. ``names`` limits what is read from cached entries
+    (freshly computed ones are returned whole). All outputs are held in memory; callers with large
     masks call this per chunk of images.
     """
     if batch_size < 1:
@@ -329,7 +341,7 @@ def compute_with_cache(
     for sha, payload in items:
         check_sha256(sha)
         payloads.setdefault(sha, payload)
-    results, misses = cache.get_many(list(payloads))
+    results, misses = cache.get_many(list(payloads), names)
     for start in range(0, len(misses), batch_size):
         batch = misses[start : start + batch_size]
         outputs = list(compute([payloads[sha] for sha in batch]))

@@ -476,3 +476,19 @@ def test_state_dict_plus_architecture_round_trip(tmp_path):
     with pytest.raises(ValueError, match="unknown architecture"):
         build_architecture("vit-h14", 3)
     assert os.fspath(path)  # the file stays where the test put it
+
+
+def test_saturated_images_pass_the_range_check_after_resizing():
+    """Antialiased resizing rounds a saturated 1.0 to 1.0000001; that must not fail the contract."""
+    for contract in (
+        XRV_CLASSIFIER_CONTRACT,
+        InputContract("x", channels=1, size=224, value_range=(0.0, 1.0)),
+    ):
+        for img in (np.ones((256, 256), np.float32), np.zeros((300, 256), np.float32)):
+            batch = contract.prepare([img])
+            contract.check(batch)
+            lo, hi = contract.value_range
+            assert float(batch.max()) in (lo, hi) and float(batch.min()) in (lo, hi)
+    # An image outside [0, 1] still fails after the same resize.
+    with pytest.raises(ContractError, match="expected values"):
+        XRV_CLASSIFIER_CONTRACT.check(XRV_CLASSIFIER_CONTRACT.prepare([np.full((256, 256), 1.5, np.float32)]))

@@ -349,3 +349,18 @@ def test_default_cache_root(tmp_path, monkeypatch):
     assert default_cache_root(None) == tmp_path / "home" / "features"
     assert default_cache_root() == tmp_path / "home" / "features"
     assert default_cache_root(tmp_path / "run") == tmp_path / "run" / "cache" / "features"
+
+
+def test_get_reads_only_the_named_outputs(tmp_path):
+    from audit.feature_cache import EvaluatorKey, FeatureCache
+
+    cache = FeatureCache(tmp_path, EvaluatorKey("u-net", "none", "v1"))
+    sha = hashlib.sha256(b"img").hexdigest()
+    masks = np.random.default_rng(0).random((3, 64, 64)) > 0.5
+    feats = np.arange(4, dtype=np.float32)
+    cache.put(sha, {"masks": masks, "features": feats})
+    got = cache.get(sha, names=["features"])
+    assert set(got) == {"features"}
+    np.testing.assert_array_equal(got["features"], feats)
+    whole = cache.get(sha)
+    np.testing.assert_array_equal(whole["masks"], masks)

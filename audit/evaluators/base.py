@@ -125,9 +125,14 @@ class InputContract:
         top, left = (h - side) // 2, (w - side) // 2
         x = x[top : top + side, left : left + side][None, None]
         if side != self.size:
+            lo, hi = x.min(), x.max()
             x = F.interpolate(
                 x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
             )
+            # The filter weights are non-negative and sum to 1 only up to rounding: a saturated 1.0 can
+            # come out as 1.0000001 and fail the range check. Clamping to the image's own range removes
+            # that rounding and nothing else, so a truly out-of-range image still fails the check.
+            x = x.clamp_(lo, hi)
         return x[0, 0]
 
     def prepare(self, images: Sequence[np.ndarray]) -> Tensor:
@@ -156,7 +161,7 @@ class InputContract:
         got_lo, got_hi = float(batch.min()), float(batch.max())
         if not (got_lo >= lo and got_hi <= hi):  # written this way so NaN fails too
             raise ContractError(
-                f"{where}: expected values in [{lo:g}, {hi:g}], got [{got_lo:g}, {got_hi:g}]. "
+                f"{where}: expected values in [{lo:g}, {hi:g}], got [{got_lo:.9g}, {got_hi:.9g}]. "
                 "Fix: pass float images in [0, 1] (H x W), as audit.images.read_image returns them."
             )
         if self.integer and not bool(torch.all(batch == torch.round(batch))):
