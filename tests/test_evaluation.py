@@ -445,14 +445,21 @@ def test_user_classifier_config_is_checked(tmp_path):
     assert again.to_dict() == cfg.to_dict()
 
 
-def test_cache_keys_use_the_contracts_pipeline_version():
+def test_cache_keys_use_the_networks_own_input_contracts():
+    from audit.evaluators import suite
     from audit.evaluators.base import InputContract
-    from audit.evaluators.suite import PIPELINE_VERSION
+    from audit.evaluators.classifier import XRV_CLASSIFIER_CONTRACT
+    from audit.evaluators.inception import INCEPTION_CONTRACT
+    from audit.evaluators.segmenter import PSPNET_CONTRACT
 
-    assert (
-        InputContract("x", channels=1, size=8, value_range=(0.0, 1.0)).preprocessing_version
-        == PIPELINE_VERSION
-    )
+    default = InputContract("x", channels=1, size=8, value_range=(0.0, 1.0))
+    assert default.preprocessing_version == suite.PIPELINE_VERSION
+    for copy, real in (
+        (suite.XRV_CLASSIFIER_INPUT, XRV_CLASSIFIER_CONTRACT),
+        (suite.PSPNET_INPUT, PSPNET_CONTRACT),
+        (suite.INCEPTION_INPUT, INCEPTION_CONTRACT),
+    ):
+        assert suite._preprocessing(copy) == suite._preprocessing(real)
 
 
 def test_warm_run_without_pixel_metrics_never_imports_torch(finished, tmp_path):

@@ -139,7 +139,7 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
         return Unavailable(role, str(exc))
     sha = weights.sha256_file(path)
     if role == "classifier":
-        contract = _Contract(channels=1, size=224, value_range=(-1024.0, 1024.0))
+        contract = XRV_CLASSIFIER_INPUT
         return EvaluatorPlan(
             role,
             "xrv",
@@ -150,7 +150,7 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
             note="auto: verified weights present" if choice == "auto" else "",
         )
     if role == "segmenter":
-        contract = _Contract(channels=1, size=512, value_range=(-1024.0, 1024.0))
+        contract = PSPNET_INPUT
         return EvaluatorPlan(
             role,
             "xrv",
@@ -160,7 +160,7 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
             path,
             note="auto: verified weights present" if choice == "auto" else "",
         )
-    contract = _Contract(channels=3, size=299, value_range=(0.0, 255.0), integer=True)
+    contract = INCEPTION_INPUT
     return EvaluatorPlan(
         role,
         "inception",
@@ -223,6 +223,13 @@ class _Contract:
     value_range: tuple[float, float]
     integer: bool = False
     preprocessing_version: str = PIPELINE_VERSION
+
+
+# Copies of the fields of the networks' InputContracts that key their cached outputs (a test keeps
+# them equal to the contracts in audit.evaluators.classifier / .segmenter / .inception).
+XRV_CLASSIFIER_INPUT = _Contract(channels=1, size=224, value_range=(-1024.0, 1024.0))
+PSPNET_INPUT = _Contract(channels=1, size=512, value_range=(-1024.0, 1024.0))
+INCEPTION_INPUT = _Contract(channels=3, size=299, value_range=(0.0, 255.0), integer=True)
 
 
 def _preprocessing(contract: Any) -> str:
