@@ -35,6 +35,7 @@ from audit.evaluators.suite import (
     Unavailable,
     load_backend,
     load_user_backend,
+    mask_frame,
     mask_to_frame,
     resolve_evaluators,
 )
@@ -79,6 +80,7 @@ class Evaluation:
     _backends: dict[Role, Backend] = dataclasses.field(default_factory=dict)
     _caches: dict[Role, FeatureCache] = dataclasses.field(default_factory=dict)
     _masks: dict[tuple[str, str, int], np.ndarray] = dataclasses.field(default_factory=dict)
+    _mask_caches: dict[EvaluatorKey, FeatureCache] = dataclasses.field(default_factory=dict)
     _chunk_outputs: dict[tuple[Role, str], dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     progress: Callable[[int], None] | None = None
 
@@ -179,10 +181,12 @@ class Evaluation:
             from audit.atomic import sha256_file
             from audit.evaluators.suite import PIPELINE_VERSION
 
-            cache = FeatureCache(
-                self.cache_root,
-                EvaluatorKey("anatomy-mask-frame", "none", f"{PIPELINE_VERSION};rgb-mask;{frame}px;>0.5;v1"),
+            mask_key = EvaluatorKey(
+                "anatomy-mask-frame", "none", f"{PIPELINE_VERSION};rgb-mask;{frame}px;>0.5;v1"
             )
+            if mask_key not in self._mask_caches:
+                self._mask_caches[mask_key] = FeatureCache(self.cache_root, mask_key)
+            cache = self._mask_caches[mask_key]
             sha = sha256_file(path)
             stored = cache.get(sha)
             if stored is None:
@@ -246,12 +250,7 @@ class Evaluation:
 
     def frame(self) -> int:
         """Side of the segmenter's square mask frame (loads nothing)."""
-        plan = self.plans["segmenter"]
-        if plan.source == "demo":
-            from audit.demo.spec import SEGMENTER_SIZE
-
-            return SEGMENTER_SIZE
-        return 512
+        return mask_frame(self.plans["segmenter"])
 
     def describe(self) -> dict[str, Any]:
         return {role: plan.describe() for role, plan in self.plans.items()}
@@ -442,11 +441,8 @@ def distribution_metrics(
 
 def _features(outputs: list[dict[str, np.ndarray]], mask: np.ndarray) -> np.ndarray:
     picked = [o["features"] for o, keep in zip(outputs, mask, strict=True) if keep]
-    if not picked:
-        return (
-            np.zeros((0, outputs[0]["features"].shape[0]), dtype=np.float32) if outputs else np.zeros((0, 1))
-        )
-    return np.stack(picked)
+    # An empty group keeps its width, so the kernels report "too few samples", not a shape error.
+    return np.stack(picked) if picked else np.zeros((0, outputs[0]["features"].shape[0]), np.float32)
 
 
 def _thresholds(

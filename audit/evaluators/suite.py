@@ -18,7 +18,7 @@ actually has to be evaluated; a rerun whose outputs are all in the feature cache
 Every backend maps canonical images (float ``(H, W)`` in ``[0, 1]``) to one output dict per image:
 
 * classifier: ``probs`` float32 (C,) in :attr:`Backend.classes` order, ``features`` float32 (D,)
-* segmenter:  ``masks`` bool (3, F, F) in the network's centre-square frame of side F = :attr:`Backend.frame`
+* segmenter:  ``masks`` bool (3, F, F) in the network's centre-square frame of side F (:func:`mask_frame`)
 * features:   ``features`` float32 (D,)
 """
 
@@ -137,7 +137,8 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
                 "so the demo evaluator was used; its numbers are only meaningful on the demo cohort",
             )
         return Unavailable(role, str(exc))
-    sha = weights.sha256_file(path)
+    sha = weights.expected_sha256(name)  # weights_path just verified the file against it
+    assert sha is not None
     if role == "classifier":
         contract = XRV_CLASSIFIER_INPUT
         return EvaluatorPlan(
@@ -273,7 +274,6 @@ class Backend(Protocol):
     plan: EvaluatorPlan
     classes: tuple[str, ...]  # classifier output classes (empty for other roles)
     calibration: str  # classifier: "sigmoid" or "sigmoid+op_norm"
-    frame: int  # segmenter: side of the square mask frame (0 for other roles)
 
     def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]: ...
 
@@ -303,7 +303,6 @@ class _UserBackend:
         self.batch_size = evaluators.batch_size
         self.classes = tuple(user.labels)
         self.calibration = "sigmoid" if user.output == "logits" else "probabilities"
-        self.frame = 0
         self.output = user.output
         lo, hi = user.value_range
         contract = InputContract(
@@ -349,7 +348,6 @@ class _PretrainedBackend:
         self.batch_size = batch_size
         self.classes: tuple[str, ...] = ()
         self.calibration = ""
-        self.frame = 0
         assert plan.weights_path is not None
         sha = plan.key.weights_sha256
         if plan.role == "classifier":
@@ -369,10 +367,9 @@ class _PretrainedBackend:
             self.classes = tuple(self.net.pathologies[i] for i in self.keep)
             self.calibration = self.net.calibration
         elif plan.role == "segmenter":
-            from audit.evaluators.segmenter import PSPNET_CONTRACT, AnatomySegmenter
+            from audit.evaluators.segmenter import AnatomySegmenter
 
             self.net = AnatomySegmenter.from_file(plan.weights_path, sha, device=device, dtype=dtype)
-            self.frame = PSPNET_CONTRACT.size
         else:
             from audit.evaluators.inception import InceptionFeatures
 
@@ -401,7 +398,6 @@ class _DemoBackend:
         self.dtype = resolve_dtype(dtype)
         self.classes: tuple[str, ...] = ()
         self.calibration = ""
-        self.frame = 0
         self._torch = torch
         self._demo = demo
         if plan.role == "classifier":
@@ -410,7 +406,6 @@ class _DemoBackend:
             self.calibration = "sigmoid"
         else:
             self.net = demo.load_anatomy_segmenter(self.device)
-            self.frame = demo.SEGMENTER_SIZE
         self.net = self.net.to(dtype=self.dtype)
 
     def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -433,6 +428,15 @@ class _DemoBackend:
                     feats = feats.float().cpu().numpy()
                     out += [{"masks": masks[i], "features": feats[i]} for i in range(len(batch))]
         return out
+
+
+def mask_frame(plan: EvaluatorPlan) -> int:
+    """Side of the square frame a segmenter plan's masks come in (known without loading it)."""
+    if plan.source == "demo":
+        from audit.demo.spec import SEGMENTER_SIZE
+
+        return SEGMENTER_SIZE
+    return PSPNET_INPUT.size
 
 
 def mask_to_frame(mask: np.ndarray, frame: int) -> np.ndarray:

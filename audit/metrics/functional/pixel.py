@@ -163,6 +163,18 @@ def psnr(preds: Tensor, target: Tensor, pixel_range: float = 1.0) -> Tensor:
     return out.double()
 
 
+def _ssim_window(pixel_range: float) -> dict[str, object]:
+    """The window and constants SSIM and MS-SSIM share (torchmetrics keyword arguments)."""
+    return {
+        "gaussian_kernel": True,
+        "sigma": SSIM_SIGMA,
+        "kernel_size": SSIM_KERNEL_SIZE,
+        "data_range": float(pixel_range),
+        "k1": SSIM_K1,
+        "k2": SSIM_K2,
+    }
+
+
 @torch.inference_mode()
 def ssim(preds: Tensor, target: Tensor, pixel_range: float = 1.0) -> Tensor:
     """SSIM per image: gaussian window (sigma 1.5, 11 px), K1 0.01, K2 0.03, ``data_range=pixel_range``.
@@ -176,17 +188,7 @@ def ssim(preds: Tensor, target: Tensor, pixel_range: float = 1.0) -> Tensor:
     _check_pair(preds, target)
     check_ssim_size(preds.shape[-2], preds.shape[-1])
     p, t = _scaled(preds, pixel_range), _scaled(target, pixel_range)
-    out = structural_similarity_index_measure(
-        p,
-        t,
-        gaussian_kernel=True,
-        sigma=SSIM_SIGMA,
-        kernel_size=SSIM_KERNEL_SIZE,
-        data_range=float(pixel_range),
-        k1=SSIM_K1,
-        k2=SSIM_K2,
-        reduction="none",
-    )
+    out = structural_similarity_index_measure(p, t, **_ssim_window(pixel_range), reduction="none")
     return out.double()
 
 
@@ -204,12 +206,7 @@ def ms_ssim(preds: Tensor, target: Tensor, pixel_range: float = 1.0) -> Tensor:
     out = multiscale_structural_similarity_index_measure(
         p,
         t,
-        gaussian_kernel=True,
-        sigma=SSIM_SIGMA,
-        kernel_size=SSIM_KERNEL_SIZE,
-        data_range=float(pixel_range),
-        k1=SSIM_K1,
-        k2=SSIM_K2,
+        **_ssim_window(pixel_range),
         betas=MS_SSIM_BETAS,
         # torchmetrics' default: relu clips negative per-scale terms to 0, so that fractional powers of
         # negative numbers cannot give NaN (pytorch-msssim, the reference implementation, does the same).
