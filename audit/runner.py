@@ -242,12 +242,13 @@ def _prepare_evaluation(
     except EvaluationError as exc:
         raise RunError(str(exc)) from None
     if evaluation.unavailable and not options.keep_going:
-        lines = [
-            f"  - {', '.join(entry_metrics(entry))}: {reason}"
-            for entry, reason in evaluation.unavailable.items()
-        ]
+        by_reason: dict[str, list[str]] = {}
+        for entry, reason in evaluation.unavailable.items():
+            by_reason.setdefault(reason, []).extend(entry_metrics(entry))
+        # Metrics that fail for one reason (e.g. one missing weights file) are listed together.
+        lines = [f"  - {', '.join(metrics)}: {reason}" for reason, metrics in by_reason.items()]
         raise RunError(
-            f"{len(evaluation.unavailable)} requested metric group(s) cannot be computed:\n"
+            f"{sum(len(m) for m in by_reason.values())} requested metric(s) cannot be computed:\n"
             + "\n".join(lines)
             + "\nFix the cause above, or rerun with --keep-going to compute everything else; the metrics "
             "that could not be computed are then listed in run.json and the report."
