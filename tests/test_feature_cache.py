@@ -8,7 +8,7 @@ import multiprocessing as mp
 import os
 import struct
 import time
-import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,9 @@ import pytest
 
 from audit.atomic import TMP_PREFIX
 from audit.feature_cache import (
+    ENTRY_SUFFIX,
     KEY_JSON,
+    MAGIC,
     EvaluatorKey,
     FeatureCache,
     FeatureCacheError,
@@ -91,8 +93,7 @@ def test_bool_masks_are_stored_packed(tmp_path):
     rng = np.random.default_rng(0)
     masks = rng.random((3, 256, 256)) > 0.5  # incompressible bits: only packing can shrink it
     cache.put(sha(0), {"masks": masks})
-    with zipfile.ZipFile(cache.path(sha(0))) as zf:
-        stored = sum(info.file_size for info in zf.infolist())
+    stored = cache.path(sha(0)).stat().st_size
     assert stored < masks.nbytes / 7
     np.testing.assert_array_equal(cache.get(sha(0))["masks"], masks)
 
@@ -102,7 +103,7 @@ def test_layout_and_key_json(tmp_path):
     assert not tmp_path.joinpath(KEY.dirname).exists()  # reading never creates files
     cache.put(sha(5), outputs_for(5))
     path = cache.path(sha(5))
-    assert path == tmp_path / KEY.dirname / sha(5)[:2] / f"{sha(5)}.npz"
+    assert path == tmp_path / KEY.dirname / sha(5)[:2] / f"{sha(5)}{ENTRY_SUFFIX}"
     assert path.is_file()
     recorded = json.loads((cache.dir / KEY_JSON).read_text())
     assert recorded["evaluator"] == KEY.evaluator
@@ -167,9 +168,29 @@ def test_invalid_sha256_and_outputs_are_rejected(tmp_path):
     assert entry_files(tmp_path) == []
 
 
+def _header(blob: bytes) -> tuple[dict, int]:
+    _, length, _ = struct.unpack_from("<8sII", blob, 0)
+    return json.loads(blob[16 : 16 + length]), 16 + length
+
+
+def _array_offset(blob: bytes, name: str) -> int:
+    meta, data_start = _header(blob)
+    spec = next(s for s in meta["arrays"] if s[0] == name)
+    return data_start + spec[4]
+
+
+def _forged(blob: bytes, edit) -> bytes:
+    """The entry with its header edited by ``edit(spec)`` per array, re-checksummed (valid framing)."""
+    meta, data_start = _header(blob)
+    for spec in meta["arrays"]:
+        edit(spec)
+    header = json.dumps(meta).encode()
+    return struct.pack("<8sII", MAGIC, len(header), zlib.crc32(header)) + header + blob[data_start:]
+
+
 @pytest.mark.parametrize(
     "damage",
-    ["truncate", "garbage", "empty", "flip_byte", "wrong_entry", "object_array"],
+    ["truncate", "garbage", "empty", "flip_byte", "flip_header", "wrong_entry", "object_array", "bad_codec"],
 )
 def test_damaged_entry_is_a_miss_removed_and_recomputed(tmp_path, damage):
     cache = FeatureCache(tmp_path, KEY)
@@ -183,22 +204,23 @@ def test_damaged_entry_is_a_miss_removed_and_recomputed(tmp_path, damage):
     elif damage == "empty":
         path.write_bytes(b"")
     elif damage == "flip_byte":
-        # Flip a byte inside the stored data of the features array: only the zip CRC catches it.
-        with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo("features.npy")
-        name_len, extra_len = struct.unpack("<HH", blob[info.header_offset + 26 : info.header_offset + 30])
+        # Flip a byte inside the stored data of the features array: only its crc32 catches it.
         data = bytearray(blob)
-        data[info.header_offset + 30 + name_len + extra_len + info.compress_size // 2] ^= 0xFF
+        data[_array_offset(blob, "features") + 5] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "flip_header":
+        data = bytearray(blob)
+        data[blob.index(b'"entry"') + 3] ^= 0x01
         path.write_bytes(bytes(data))
     elif damage == "wrong_entry":
         # A valid entry copied into another image's slot must not be served for it.
         cache.put(sha(2), outputs_for(2))
         path.write_bytes(cache.path(sha(2)).read_bytes())
     elif damage == "object_array":
-        with open(path, "wb") as fh:
-            np.savez(
-                fh, __entry__=np.array(f"1:{KEY.hash}:{sha(1)}"), probs=np.array([1, None], dtype=object)
-            )
+        # A well-formed entry that claims an object dtype must never reach np.frombuffer.
+        path.write_bytes(_forged(blob, lambda spec: spec[1] == "<f4" and spec.__setitem__(1, "|O")))
+    elif damage == "bad_codec":
+        path.write_bytes(_forged(blob, lambda spec: spec.__setitem__(3, "lzma")))
 
     assert cache.get(sha(1)) is None
     assert not path.exists()
@@ -339,7 +361,7 @@ def test_concurrent_writers_leave_only_valid_entries(tmp_path):
     cache = FeatureCache(tmp_path, KEY)
     files = entry_files(tmp_path)
     assert len(files) == 50
-    assert all(p.suffix == ".npz" for p in files)
+    assert all(p.suffix == ENTRY_SUFFIX for p in files)
     for i in range(50):
         assert_same(cache.get(sha(i)), outputs_for(i, size=64))
 
@@ -364,3 +386,20 @@ def test_get_reads_only_the_named_outputs(tmp_path):
     np.testing.assert_array_equal(got["features"], feats)
     whole = cache.get(sha)
     np.testing.assert_array_equal(whole["masks"], masks)
+
+
+def test_entries_are_compact_and_reads_are_private_copies(tmp_path):
+    cache = FeatureCache(tmp_path, KEY)
+    masks = np.zeros((3, 512, 512), dtype=bool)
+    masks[:, 100:300, 50:200] = True  # a segmentation: large uniform regions compress well
+    features = np.asfortranarray(np.arange(12, dtype=">f8").reshape(3, 4))  # non-native, non-C order
+    cache.put(sha(3), {"masks": masks, "features": features})
+    assert cache.path(sha(3)).stat().st_size < 4096  # 96 KiB packed, zlib does the rest
+    got = cache.get(sha(3))
+    np.testing.assert_array_equal(got["masks"], masks)
+    np.testing.assert_array_equal(got["features"], features)
+    assert got["features"].dtype == np.dtype(">f8")
+    got["features"][0, 0] = -1.0  # writable, and the cache is not changed through it
+    assert cache.get(sha(3))["features"][0, 0] == 0.0
+    only = cache.get(sha(3), names=["features"])
+    assert set(only) == {"features"}
