@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -38,6 +39,27 @@ def _parser() -> argparse.ArgumentParser:
         default=64,
         metavar="N",
         help="cases per resumable unit of work (default 64); smaller loses less work when interrupted",
+    )
+
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="do only shard I of N (0-based; chunk k goes to shard k %% N), then stop before aggregating; "
+        "finish with `xray-audit merge RUN_DIR` once all N are done. `auto`: from RANK/WORLD_SIZE "
+        "(accelerate launch, torchrun)",
+    )
+
+    merge = sub.add_parser("merge", help="finish a run whose work was split with --shard i/n")
+    merge.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    merge.add_argument(
+        "--out", type=Path, metavar="DIR", help="merged run directory (default: the first RUN_DIR)"
+    )
+    merge.add_argument("--no-report", action="store_true", help="skip writing report.html")
+    merge.add_argument(
+        "--chunk-size",
+        type=int,
+        metavar="N",
+        help="the --chunk-size the shards ran with (default: read from their shard records, else 64)",
     )
 
     demo = sub.add_parser("demo", help="build the embedded demo cohort and audit it")
@@ -89,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.quiet
     try:
         if args.command == "run":
-            return _run(args.config, args.keep_going, not args.no_report, progress, args.chunk_size)
+            shard = _parse_shard(args.shard) if args.shard else None
+            return _run(args.config, args.keep_going, not args.no_report, progress, args.chunk_size, shard)
+        if args.command == "merge":
+            return _merge(args.run_dirs, args.out, not args.no_report, progress, args.chunk_size)
         if args.command == "demo":
             return _demo(args.out, progress)
         if args.command == "cases":
@@ -112,7 +137,32 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-def _run(config_path: Path, keep_going: bool, report: bool, progress: bool, chunk_size: int = 64) -> int:
+def _parse_shard(text: str) -> tuple[int, int]:
+    from audit.config import ConfigError
+
+    if text == "auto":
+        # Set by `accelerate launch` and torchrun: one process per GPU, each taking its own shard.
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None:
+            raise ConfigError(
+                "--shard auto takes the shard from RANK and WORLD_SIZE, which `accelerate launch` and "
+                "torchrun set; outside them give --shard I/N"
+            )
+        return int(rank), int(world)
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise ConfigError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return int(index), int(count)
+
+
+def _run(
+    config_path: Path,
+    keep_going: bool,
+    report: bool,
+    progress: bool,
+    chunk_size: int = 64,
+    shard: tuple[int, int] | None = None,
+) -> int:
     from audit.config import ConfigError, load_config
     from audit.runner import RunOptions, run_study
 
@@ -120,8 +170,51 @@ def _run(config_path: Path, keep_going: bool, report: bool, progress: bool, chun
     if chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     result = run_study(
-        config, RunOptions(keep_going=keep_going, progress=progress, report=report, chunk_size=chunk_size)
+        config,
+        RunOptions(
+            keep_going=keep_going, progress=progress, report=report, chunk_size=chunk_size, shard=shard
+        ),
     )
+    if shard is not None:
+        log.info(
+            "shard %d/%d done (%d samples); when all %d shards are done: xray-audit merge %s%s",
+            *shard,
+            result.n_samples,
+            shard[1],
+            result.path.resolve(),
+            "" if chunk_size == 64 else f" --chunk-size {chunk_size}",
+        )
+        return EXIT_OK
+    return _finished(result)
+
+
+def _merge(
+    run_dirs: list[Path], out: Path | None, report: bool, progress: bool, chunk_size: int | None
+) -> int:
+    import json
+
+    from audit.config import ConfigError
+    from audit.merge import merge_runs
+    from audit.runner import RunOptions
+
+    if chunk_size is None:
+        sizes = {
+            json.loads(p.read_text())["chunk_size"]
+            for d in run_dirs
+            for p in (d / "parts" / "shards").glob("shard-*.json")
+        }
+        if len(sizes) > 1:
+            raise ConfigError(
+                f"the shards ran with different --chunk-size values {sorted(sizes)}; rerun them alike"
+            )
+        chunk_size = sizes.pop() if sizes else 64
+    if chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
+    result = merge_runs(run_dirs, RunOptions(progress=progress, report=report, chunk_size=chunk_size), out)
+    return _finished(result)
+
+
+def _finished(result) -> int:  # type: ignore[no-untyped-def]
     log.info("run directory: %s", result.path.resolve())
     if result.n_failures:
         log.warning(

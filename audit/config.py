@@ -195,6 +195,15 @@ def _coerce(value: Any, hint: Any, where: str, base_dir: Path | None) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is dict:
+        # Free-form tables (a user callable's options): keys are strings, values TOML scalars or
+        # lists of them. Their names are checked against the callable's signature, not here.
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, e.g. {{ steps = 20 }}, got {value!r}")
+        for k, v in value.items():
+            if isinstance(v, Mapping):
+                raise ConfigError(f"{where}.{k}: nested tables are not supported here")
+        return dict(value)
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -282,8 +291,10 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
                 f"{loc}: model name {spec.name!r} may contain only letters, digits and ._=+,[]- "
                 "and must start with a letter or digit"
             )
+        spec = kinds[kind].resolve(spec, base_dir)
         kinds[kind].validate(spec, study, loc)
-        models.append(spec)
+        # A sweep turns one [[models]] table into the model plus one row per axis value.
+        models.extend(kinds[kind].expand(spec))
     names = [m.name for m in models]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -397,7 +408,7 @@ def dump_toml(config: StudyConfig) -> str:
     lines += [f"{k} = {_toml_value(v)}" for k, v in d["study"].items()]
     for m in d["models"]:
         lines += ["", "[[models]]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in m.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in m.items() if v is not None]
     for section in ("metrics", "evaluators"):
         lines += ["", f"[{section}]"]
         # TOML has no null: an unset optional key is left out, which parses back to the same None.
@@ -422,4 +433,6 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {v!r} to TOML")

@@ -7,12 +7,27 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 from audit.config import ModelSpec, StudySection
 from audit.models.base import ModelAdapter
 from audit.models.degrade import DegradeAdapter, DegradeSpec, validate_degrade
+from audit.models.diffusion import (
+    ControlNetAdapter,
+    ControlNetSpec,
+    Img2ImgAdapter,
+    Img2ImgSpec,
+    InpaintAdapter,
+    InpaintSpec,
+    Text2ImgAdapter,
+    Text2ImgSpec,
+    expand_diffusers,
+    resolve_diffusers,
+    validate_diffusers,
+)
 from audit.models.folder import FolderAdapter, FolderSpec, validate_folder
 from audit.models.real import RealAdapter, validate_real
+from audit.models.user_callable import PythonAdapter, PythonSpec, validate_python
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +37,10 @@ class ModelKind:
     adapter: type[ModelAdapter]
     validate: Callable[[ModelSpec, StudySection, str], None]
     description: str
+    # Resolve relative local paths against the config file's directory (hub ids stay as they are).
+    resolve: Callable[[ModelSpec, Path], ModelSpec] = lambda spec, base_dir: spec
+    # One spec in, the model rows it stands for out (a robustness sweep adds one row per axis value).
+    expand: Callable[[ModelSpec], list[ModelSpec]] = lambda spec: [spec]
 
 
 MODEL_KINDS: dict[str, ModelKind] = {
@@ -37,6 +56,35 @@ MODEL_KINDS: dict[str, ModelKind] = {
             DegradeAdapter,
             validate_degrade,
             "deterministic damage of the reference (sanity baseline)",
+        ),
+        *(
+            ModelKind(
+                name, spec, adapter, validate_diffusers, description, resolve_diffusers, expand_diffusers
+            )
+            for name, spec, adapter, description in (
+                ("diffusers-text2img", Text2ImgSpec, Text2ImgAdapter, "text-to-image diffusers pipeline"),
+                (
+                    "diffusers-controlnet",
+                    ControlNetSpec,
+                    ControlNetAdapter,
+                    "base pipeline + ControlNet(s) on case conditions",
+                ),
+                (
+                    "diffusers-img2img",
+                    Img2ImgSpec,
+                    Img2ImgAdapter,
+                    "SDEdit from a condition image (t0 = strength)",
+                ),
+                (
+                    "diffusers-inpaint",
+                    InpaintSpec,
+                    InpaintAdapter,
+                    "pathology infusion into the reference inside pathology_mask",
+                ),
+            )
+        ),
+        ModelKind(
+            "python", PythonSpec, PythonAdapter, validate_python, "a user callable package.module:function"
         ),
     )
 }

@@ -34,6 +34,20 @@ SAMPLES_DIR = "samples"
 PARTS_DIR = "parts"
 
 SAMPLES_COLUMNS = ("model", "case_id", "sample", "seed", "path", "sha256")
+# After SAMPLES_COLUMNS and `kind` in samples.parquet: how a generated sample was made (null for
+# models that do not generate). `weights` is a revision or a hash of the weights; `seconds` is the
+# sample's share of its batch's wall time.
+GENERATION_COLUMNS = (
+    "steps",
+    "guidance",
+    "strength",
+    "scheduler",
+    "dtype",
+    "weights",
+    "prompt",
+    "perturbation",
+    "seconds",
+)
 PER_SAMPLE_COLUMNS = ("model", "case_id", "sample", "metric", "value")
 SUMMARY_COLUMNS = ("model", "metric", "value", "ci_low", "ci_high", "n", "higher_is_better")
 FAILURES_COLUMNS = ("model", "case_id", "sample", "stage", "error")

@@ -34,14 +34,21 @@ from audit.atomic import TMP_PREFIX, atomic_path, sha256_file, write_text
 from audit.cases import PATH_COLUMNS, Case, Manifest, load_manifest
 from audit.config import StudyConfig, dump_toml, stable_hash
 from audit.evaluation import ALL_CASES, Evaluation, EvaluationError, entry_metrics
-from audit.models.base import ModelAdapter, SampleFailure, SampleRequest, derive_seed, safe_name
+from audit.models.base import (
+    ModelAdapter,
+    ModelLoadError,
+    SampleFailure,
+    SampleRequest,
+    derive_seed,
+    safe_name,
+)
 from audit.registry import build_adapter
 from audit.stats import bootstrap_mean_ci
 
 log = logging.getLogger(__name__)
 
 # Bump when the meaning of a shard changes, so stale shards are recomputed rather than trusted.
-SAMPLES_FORMAT = 2
+SAMPLES_FORMAT = 3
 METRICS_FORMAT = 2
 # Pixels per scoring batch: 32 images at 256², 2 at 1024²; bounds peak memory of SSIM's buffers.
 BATCH_PIXELS = 1 << 21
@@ -58,6 +65,15 @@ SAMPLE_SHARD_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("size", pa.int64()),
         ("mtime_ns", pa.int64()),
+        ("steps", pa.int64()),
+        ("guidance", pa.float64()),
+        ("strength", pa.float64()),
+        ("scheduler", pa.string()),
+        ("dtype", pa.string()),
+        ("weights", pa.string()),
+        ("prompt", pa.string()),
+        ("perturbation", pa.string()),
+        ("seconds", pa.float64()),
     ]
 )
 METRIC_SHARD_SCHEMA = pa.schema(
@@ -84,6 +100,11 @@ class RunOptions:
     progress: bool = True
     chunk_size: int = 64
     report: bool = True
+    # (i, n): this process does chunks ci with ci % n == i, then stops before aggregation;
+    # `xray-audit merge` finishes the run once every shard is done.
+    shard: tuple[int, int] | None = None
+    # merge: every chunk of every model must already be done; nothing is generated or scored.
+    require_complete: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +138,12 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
 
     t = time.perf_counter()
     plan = _Plan(config, options, out, cases_hash, evaluation)
+    if options.require_complete:
+        _check_complete(plan, adapters, cases)
     _process(plan, adapters, cases, options)
     timings["samples_and_metrics_s"] = time.perf_counter() - t
+    if options.shard is not None:
+        return _finish_shard(plan, adapters, cases, timings)
 
     t = time.perf_counter()
     n_samples, failures, per_case = _aggregate(plan, adapters, len(cases))
@@ -166,6 +191,9 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
             "group_by": list(config.metrics.group_by),
         },
     }
+    generation = _generation_info(plan, adapters, len(cases))
+    if generation:
+        run_info["generation"] = generation
     if evaluation is not None:
         run_info["evaluation"] = {
             "evaluators": evaluation.describe(),
@@ -198,6 +226,95 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
     return RunResult(path=out, n_samples=n_samples, n_failures=len(failures), report=report)
 
 
+def _check_complete(plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:
+    """Every (model, chunk) has its samples and metrics shards, each holding exactly the chunk's
+    samples once; otherwise a RunError lists what is missing and which shard should have made it."""
+    size = plan.options.chunk_size
+    problems: list[str] = []
+    for ci in range((len(cases) + size - 1) // size):
+        chunk = cases[ci * size : (ci + 1) * size]
+        for adapter in adapters:
+            expected = sorted((c.case_id, s) for c in chunk for s in range(adapter.samples_per_case()))
+            where = f"model {adapter.spec.name}, chunk {ci} (cases {chunk[0].case_id} .. {chunk[-1].case_id})"
+            samples = plan.shard("samples", adapter, ci)
+            if not samples.exists() or not plan.shard("metrics", adapter, ci).exists():
+                problems.append(f"{where}: not done")
+                continue
+            frame = pq.read_table(samples, columns=["case_id", "sample"]).to_pandas()
+            got = sorted(zip(frame["case_id"], frame["sample"].astype(int), strict=True))
+            if got != expected:
+                dupes = len(got) - len(set(got))
+                missing = len(set(expected) - set(got))
+                problems.append(
+                    f"{where}: {missing} sample(s) missing, {dupes} duplicated, "
+                    f"{len(set(got) - set(expected))} not in the manifest"
+                )
+    if problems:
+        head = "\n".join(f"  - {p}" for p in problems[:100])
+        more = f"\n  … and {len(problems) - 100} more" if len(problems) > 100 else ""
+        raise RunError(
+            f"{plan.out}: {len(problems)} part(s) of the run are not done:\n{head}{more}\n"
+            f"With --shard i/n, chunk k belongs to shard k % n (chunk size {size}). Run the missing "
+            "shards (same config, same --chunk-size), then merge again."
+        )
+
+
+def _finish_shard(
+    plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case], timings: dict[str, float]
+) -> RunResult:
+    index, count = plan.options.shard  # type: ignore[misc]
+    size = plan.options.chunk_size
+    chunks = [ci for ci in range((len(cases) + size - 1) // size) if ci % count == index]
+    n_samples = n_failures = 0
+    for adapter in adapters:
+        for ci in chunks:
+            frame = pq.read_table(plan.shard("samples", adapter, ci), columns=["error"]).to_pandas()
+            n_failures += int(frame["error"].notna().sum())
+            n_samples += int(frame["error"].isna().sum())
+    record = {
+        "shard": [index, count],
+        "chunk_size": size,
+        "chunks": chunks,
+        "config_hash": plan.config.hash(),
+        "cases_hash": plan.cases_hash,
+        "samples": n_samples,
+        "failures": n_failures,
+        "finished": dt.datetime.now(dt.UTC).isoformat(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "generation": {a.spec.name: a.stats() for a in adapters if a.loads_model},
+    }
+    write_text(
+        plan.out / rundir.PARTS_DIR / "shards" / f"shard-{index}-of-{count}.json",
+        json.dumps(record, indent=2),
+    )
+    return RunResult(path=plan.out, n_samples=n_samples, n_failures=n_failures, report=None)
+
+
+def _generation_info(plan: _Plan, adapters: Sequence[ModelAdapter], n_cases: int) -> dict[str, dict]:
+    """Per generating model: throughput over all its samples (resumed ones included, from their
+    recorded seconds) and what this process measured (load time, peak GPU memory)."""
+    n_chunks = (n_cases + plan.options.chunk_size - 1) // plan.options.chunk_size
+    out: dict[str, dict] = {}
+    for adapter in adapters:
+        if not adapter.loads_model:
+            continue
+        frames = [
+            pq.read_table(plan.shard("samples", adapter, ci), columns=["error", "seconds"]).to_pandas()
+            for ci in range(n_chunks)
+        ]
+        frame = pd.concat(frames, ignore_index=True)
+        ok = frame[frame["error"].isna()]
+        seconds = float(ok["seconds"].sum())
+        out[adapter.spec.name] = {
+            "samples": len(ok),
+            "failed": int(frame["error"].notna().sum()),
+            "generation_seconds": round(seconds, 3),
+            "images_per_s": round(len(ok) / seconds, 4) if seconds > 0 else None,
+            "this_process": adapter.stats(),
+        }
+    return out
+
+
 def _fingerprints(manifest: Manifest) -> list[tuple[str, int, int]]:
     """(path, size, mtime) of every file the manifest names: a replaced reference invalidates all work."""
     out = []
@@ -213,21 +330,31 @@ def _fingerprints(manifest: Manifest) -> list[tuple[str, int, int]]:
 def _preflight(adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:
     missing: list[str] = []
     hints: list[str] = []
+    broken: list[str] = []
     for adapter in adapters:
-        found = adapter.preflight(cases)
+        try:
+            found = adapter.preflight(cases)
+        except ModelLoadError as exc:
+            broken.append(f"  - model {adapter.spec.name}: {exc}")
+            continue
         missing += [
             f"{adapter.spec.name} / {case.case_id} / sample {sample}: {reason}"
             for case, sample, reason in found
         ]
-        if found and len(found) == len(cases) * adapter.samples_per_case():
+        if found and adapter.spec.kind == "folder" and len(found) == len(cases) * adapter.samples_per_case():
             hints.append(f"none of model {adapter.spec.name}'s samples exist: check its path template")
+    if broken:
+        raise RunError(
+            f"{len(broken)} model(s) cannot run:\n" + "\n".join(broken) + "\nFix the model config, or rerun "
+            "with --keep-going to record their samples as failed and score the other models."
+        )
     if missing:
         head = "\n".join(f"  - {m}" for m in missing[:200])
         more = f"\n  … and {len(missing) - 200} more" if len(missing) > 200 else ""
         raise RunError(
-            f"{len(missing)} sample(s) cannot be found:\n{head}{more}\n"
+            f"{len(missing)} sample(s) cannot be produced:\n{head}{more}\n"
             + "".join(f"Hint: {h}.\n" for h in hints)
-            + "Fix the paths in the study config, or rerun with --keep-going to record them in failures.csv "
+            + "Fix the paths in the study config or the case manifest, or rerun with --keep-going to record them in failures.csv "
             "and score the rest."
         )
 
@@ -351,9 +478,32 @@ def _process(
 
     size = options.chunk_size
     chunks = [cases[i : i + size] for i in range(0, len(cases), size)]
-    total = sum(len(cases) * a.samples_per_case() for a in adapters)
+    mine = set(range(len(chunks)))
+    if options.shard is not None:
+        index, count = options.shard
+        mine = {ci for ci in mine if ci % count == index}
+    # Networks are loaded once and freed before the next model, so their samples are all generated
+    # first, model by model; scoring then runs chunk by chunk over every model.
+    for adapter in adapters:
+        if not adapter.loads_model:
+            continue
+        n = sum(len(chunks[ci]) for ci in mine) * adapter.samples_per_case()
+        with tqdm(
+            total=n, desc=f"generating {adapter.spec.name}", unit="img", disable=not options.progress
+        ) as bar:
+            try:
+                for ci, chunk in enumerate(chunks):
+                    if ci not in mine:
+                        continue
+                    _ensure_samples(plan, adapter, ci, chunk, _References())
+                    bar.update(len(chunk) * adapter.samples_per_case())
+            finally:
+                adapter.release()
+    total = sum(len(chunks[ci]) * a.samples_per_case() for a in adapters for ci in mine)
     with tqdm(total=total, desc="auditing", unit="sample", disable=not options.progress) as bar:
         for ci, chunk in enumerate(chunks):
+            if ci not in mine:
+                continue
             refs = _References(_ensure_references(plan, ci, chunk) if plan.evaluation else None)
             if plan.evaluation is not None:
                 plan.evaluation.new_chunk()
@@ -370,8 +520,13 @@ def _ensure_samples(
     shard = plan.shard("samples", adapter, ci)
     if shard.exists():
         frame = pq.read_table(shard).to_pandas()
-        if _samples_unchanged(frame):
+        if _samples_unchanged(frame, keep_failures=adapter.generates):
             return frame
+        if plan.options.require_complete:
+            raise RunError(
+                f"model {adapter.spec.name}, chunk {ci}: sample files changed or vanished since they were "
+                f"recorded in {shard}; merge scores nothing anew. Rerun that shard, then merge again."
+            )
         # Images were replaced, deleted or (with --keep-going) have appeared since: redo the chunk.
         metrics = plan.shard("metrics", adapter, ci)
         metrics.unlink(missing_ok=True)
@@ -382,55 +537,118 @@ def _ensure_samples(
         SampleRequest(
             case=case,
             sample=s,
-            seed=derive_seed(plan.config.study.seed, spec.name, case.case_id, s),
+            seed=derive_seed(plan.config.study.seed, adapter.seed_name(), case.case_id, s),
             dest=sample_dir / f"{safe_name(case.case_id)}_s{s}.png",
         )
         for case in chunk
         for s in range(adapter.samples_per_case())
     ]
-    try:
-        results = adapter.produce(requests, refs)
-    except images.ImageReadError as exc:
-        if not plan.options.keep_going:
-            raise RunError(f"model {spec.name}: {exc}") from None
-        results = [SampleFailure(str(exc))] * len(requests)
-    rows = []
-    for req, res in zip(requests, results, strict=True):
-        row = {
-            "model": spec.name,
-            "case_id": req.case.case_id,
-            "sample": req.sample,
-            "seed": req.seed,
-            "path": None,
-            "sha256": None,
-            "kind": spec.kind,
-            "error": None,
-            "size": None,
-            "mtime_ns": None,
-        }
-        if isinstance(res, SampleFailure):
-            row["error"] = res.reason
+    journal = _Journal(shard.with_suffix(".journal")) if adapter.generates else None
+    rows: dict[tuple[str, int], dict] = {}
+    pending = []
+    for req in requests:
+        done = journal.get(req) if journal is not None else None
+        if done is not None:
+            rows[(req.case.case_id, req.sample)] = done
         else:
-            path = Path(res).resolve()
-            st = path.stat()
-            row.update(path=str(path), sha256=sha256_file(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=SAMPLE_SHARD_SCHEMA.names)
+            pending.append(req)
+    step = max(1, adapter.batch_size())
+    for start in range(0, len(pending), step):
+        batch = pending[start : start + step]
+        t = time.perf_counter()
+        try:
+            results = adapter.produce(batch, refs)
+        except (images.ImageReadError, ModelLoadError) as exc:
+            if not plan.options.keep_going:
+                raise RunError(f"model {spec.name}: {exc}") from None
+            results = [SampleFailure(str(exc))] * len(batch)
+        seconds = (time.perf_counter() - t) / len(batch)
+        for req, res in zip(batch, results, strict=True):
+            row = _sample_row(spec, req, res)
+            if adapter.loads_model and not isinstance(res, SampleFailure):
+                row.update(adapter.sample_info(req), seconds=seconds)
+            rows[(req.case.case_id, req.sample)] = row
+            if journal is not None:
+                journal.put(req, row)
+    frame = pd.DataFrame(
+        [rows[(r.case.case_id, r.sample)] for r in requests], columns=SAMPLE_SHARD_SCHEMA.names
+    )
     _write_parquet(pa.Table.from_pandas(frame, schema=SAMPLE_SHARD_SCHEMA, preserve_index=False), shard)
+    if journal is not None:
+        journal.clear()
     return frame
 
 
-def _samples_unchanged(frame: pd.DataFrame) -> bool:
+def _sample_row(spec, req: SampleRequest, res: Path | SampleFailure) -> dict:  # type: ignore[no-untyped-def]
+    row = dict.fromkeys(SAMPLE_SHARD_SCHEMA.names)
+    row.update(model=spec.name, case_id=req.case.case_id, sample=req.sample, seed=req.seed, kind=spec.kind)
+    if isinstance(res, SampleFailure):
+        row["error"] = res.reason
+    else:
+        path = Path(res).resolve()
+        st = path.stat()
+        row.update(path=str(path), sha256=sha256_file(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return row
+
+
+class _Journal:
+    """Finished samples of a chunk that is still being generated, one small JSON file per sample.
+
+    Generation is the expensive step, so a killed run must not redo finished samples: each is
+    recorded as soon as its batch is done (atomic write) and reused on resume when its file still
+    has the recorded sha256 (a half-written image never gets a record, as PNGs are renamed into
+    place). The chunk's samples shard replaces the journal once the chunk is complete.
+    """
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = dir
+
+    def _file(self, req: SampleRequest) -> Path:
+        return self.dir / f"{safe_name(req.case.case_id)}_s{req.sample}.json"
+
+    def get(self, req: SampleRequest) -> dict | None:
+        try:
+            row = json.loads(self._file(req).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if row.get("case_id") != req.case.case_id or row.get("seed") != req.seed:
+            return None
+        if row.get("error") is None:
+            try:
+                if sha256_file(row["path"]) != row["sha256"]:
+                    return None
+            except (OSError, KeyError, TypeError):
+                return None
+            st = os.stat(row["path"])
+            row.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        return row
+
+    def put(self, req: SampleRequest, row: dict) -> None:
+        write_text(self._file(req), json.dumps(row, default=_json_default))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot record {value!r} in the generation journal")
+
+
+def _samples_unchanged(frame: pd.DataFrame, keep_failures: bool = False) -> bool:
     """True when every recorded sample file is still the one that was recorded.
 
     A stat per file; the content is re-hashed only when size or mtime moved, so a rerun over a
-    large folder stays cheap while a regenerated image is never scored with stale metrics.
+    large folder stays cheap while a regenerated image is never scored with stale metrics. Failed
+    samples make the chunk stale (a missing file may have appeared since) unless ``keep_failures``:
+    a generator's failure is a deterministic function of its seed, so it is kept, not regenerated.
     """
-    if frame["error"].notna().any():
+    failed = frame["error"].notna()
+    if failed.any() and not keep_failures:
         return False
-    for path, sha, size, mtime in zip(
-        frame["path"], frame["sha256"], frame["size"], frame["mtime_ns"], strict=True
-    ):
+    ok = frame[~failed]
+    for path, sha, size, mtime in zip(ok["path"], ok["sha256"], ok["size"], ok["mtime_ns"], strict=True):
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -610,7 +828,7 @@ def _aggregate(
     over a case's samples) that the summary needs: one float per case, so memory stays small.
     """
     n_chunks = (n_cases + plan.options.chunk_size - 1) // plan.options.chunk_size
-    sample_cols = [*rundir.SAMPLES_COLUMNS, "kind"]
+    sample_cols = [*rundir.SAMPLES_COLUMNS, "kind", *rundir.GENERATION_COLUMNS]
     failure_frames: list[pd.DataFrame] = []
     per_case: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
     n_samples = 0

@@ -142,7 +142,7 @@ def test_missing_folder_images_listed_then_keep_going(tmp_path, cohort):
         run_study(cfg, FAST)
     msg = str(err.value)
     assert (
-        "2 sample(s) cannot be found" in msg
+        "2 sample(s) cannot be produced" in msg
         and "case-001" in msg
         and "case-004" in msg
         and "--keep-going" in msg

@@ -8,7 +8,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from audit.cases import Case
 from audit.config import ModelSpec, StudySection
@@ -47,6 +47,10 @@ class SampleFailure:
     reason: str
 
 
+class ModelLoadError(RuntimeError):
+    """A model cannot be loaded or run at all (missing weights, no GPU, bad callable): every sample fails."""
+
+
 class ModelAdapter(abc.ABC):
     """One configured model. ``produce`` returns, per request, the path of the sample image or a failure."""
 
@@ -54,6 +58,9 @@ class ModelAdapter(abc.ABC):
     self_reference: ClassVar[bool] = False
     # True when the adapter writes new images (so the runner gives it destinations under samples/).
     generates: ClassVar[bool] = False
+    # True when the adapter loads a network: the runner generates all its samples in one pass (load
+    # once, free before the next model) before any scoring, and journals each finished batch.
+    loads_model: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, study: StudySection):
         self.spec = spec
@@ -65,6 +72,25 @@ class ModelAdapter(abc.ABC):
     def preflight(self, cases: Sequence[Case]) -> list[tuple[Case, int, str]]:
         """Cheap checks before any work; returns (case, sample, reason) for every request that cannot succeed."""
         return []
+
+    def seed_name(self) -> str:
+        """The model name that seeds derive from (a sweep row shares its base model's seeds)."""
+        return self.spec.name
+
+    def batch_size(self) -> int:
+        """Requests per :meth:`produce` call; the runner records progress after each call."""
+        return 1 << 30
+
+    def sample_info(self, request: SampleRequest) -> dict[str, Any]:
+        """Generation parameters of a just-produced sample, for samples.parquet (see GENERATION_COLUMNS)."""
+        return {}
+
+    def release(self) -> None:
+        """Free the network (and its GPU memory) once the runner is done with this model."""
+
+    def stats(self) -> dict[str, Any]:
+        """Throughput and memory of this process's generation, for run.json; empty when nothing ran."""
+        return {}
 
     @abc.abstractmethod
     def produce(
