@@ -6,7 +6,7 @@ import pandas as pd
 
 from audit import rundir
 from audit.cli import main
-from audit.demo.study import DEMO_DEGRADATIONS
+from audit.demo.study import DEMO_DEGRADATIONS, DEMO_GENERATORS
 from tests.conftest import RUN_DIR_FILES
 
 
@@ -22,7 +22,8 @@ def test_demo_end_to_end(tmp_path, caplog):
     assert f"report: {run / 'report.html'}" in caplog.text
 
     summary = pd.read_csv(run / rundir.SUMMARY, keep_default_na=False, na_values=[""])
-    assert set(summary.model) == {name for name, _, _ in DEMO_DEGRADATIONS} | {"real"}
+    generators = [name for name, _ in DEMO_GENERATORS]
+    assert set(summary.model) == {name for name, _, _ in DEMO_DEGRADATIONS} | {"real", *generators}
     assert (summary.n == 48).all()
     v = summary.set_index(["model", "metric"])["value"]
     # Every column of the demo is filled (offline: by the demo evaluators), for every generator...
@@ -47,7 +48,7 @@ def test_demo_end_to_end(tmp_path, caplog):
         "density",
         "coverage",
     ]
-    for name, _, _ in DEMO_DEGRADATIONS:
+    for name in [name for name, _, _ in DEMO_DEGRADATIONS] + generators:
         for metric in ("mse", "mae", "psnr", "ssim", "ms_ssim", *clinical):
             assert pd.notna(v[(name, metric)]), (name, metric)
     # ...and the real row carries the upper bounds that are not degenerate.
@@ -60,8 +61,15 @@ def test_demo_end_to_end(tmp_path, caplog):
             assert v[(mild, metric)] > v[(severe, metric)], (mild, metric)
         for metric in ("mse", "mae", "fid", "fxd", "kid"):
             assert v[(mild, metric)] < v[(severe, metric)], (mild, metric)
+    # The trained generators are real models: mask-conditioned diffusion beats unconditional noise.
+    for name in generators:
+        assert v[(name, "ssim")] > 0.3 and v[(name, "dice_mean")] > 0.5, name
     samples = pd.read_parquet(run / rundir.SAMPLES)
-    assert len(samples) == 48 * (len(DEMO_DEGRADATIONS) + 1)
+    assert len(samples) == 48 * (len(DEMO_DEGRADATIONS) + len(DEMO_GENERATORS) + 1)
+    gen = samples[samples.model.isin(generators)]
+    assert gen["weights"].str.startswith("python:audit.demo.generators:").all() and gen["seconds"].gt(0).all()
+    info = json_of(run / rundir.RUN_JSON)["generation"]
+    assert set(info) == set(generators) and all(info[g]["samples"] == 48 for g in generators)
     cases = pd.read_parquet(run / rundir.CASES)
     assert (cases.labels == "Nodule").sum() == 24
 
@@ -70,6 +78,12 @@ def test_demo_end_to_end(tmp_path, caplog):
     stamps = [p.stat().st_mtime_ns for p in parts]
     assert main(["-q", "demo", "--out", str(out)]) == 0
     assert [p.stat().st_mtime_ns for p in parts] == stamps
+
+
+def json_of(path):
+    import json
+
+    return json.loads(path.read_text())
 
 
 def test_config_errors_exit_2_and_name_the_key(tmp_path, caplog):

@@ -423,3 +423,80 @@ def test_sweep_adds_one_model_row_per_axis_value(tmp_path, cases, tiny):
     # The run directory's config lists the expanded rows, and parses back to the same models.
     again = load_config(tmp_path / "run" / "config.toml")
     assert {m.name for m in again.models} == names
+
+
+KIND_MODELS = {
+    "diffusers-text2img": lambda t: model("m", "diffusers-text2img", t["sd"], batch_size=3),
+    "diffusers-controlnet": lambda t: model(
+        "m", "diffusers-controlnet", t["sd"], batch_size=3, controlnet=str(t["cn"]), condition="control"
+    ),
+    "diffusers-img2img": lambda t: model(
+        "m", "diffusers-img2img", t["sd"], batch_size=3, condition="anatomy_mask", encoding="binary"
+    ),
+    "diffusers-inpaint": lambda t: model("m", "diffusers-inpaint", t["inpaint"], batch_size=3),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_MODELS))
+def test_every_kind_is_batch_and_shard_independent(tmp_path, cases, tiny, kind):
+    import dataclasses
+
+    from audit.merge import merge_runs
+
+    models = KIND_MODELS[kind](tiny)
+    whole = run(tmp_path / "whole", cases, models)  # batches of 3 in chunks of 4 cases
+    # Batches of 1, chunks of 2, two shards merged: every sample must come out the same.
+    cfg = load_config(study(tmp_path / "sharded", cases, models.replace("batch_size = 3", "batch_size = 1")))
+    opts = dataclasses.replace(FAST, chunk_size=2)
+    for i in range(2):
+        run_study(cfg, dataclasses.replace(opts, shard=(i, 2)))
+    merge_runs([cfg.study.output], opts)
+    sharded = pd.read_parquet(cfg.study.output / rundir.SAMPLES)
+    pw, ps = pixels(whole), pixels(sharded)
+    assert pw.keys() == ps.keys() and len(pw) == N_CASES
+    for key in pw:
+        # float32 rounding of a batched matmul may move a value across one 8-bit step, never more.
+        assert np.abs(pw[key] - ps[key]).max() <= 1 / 255 + 1e-7, key
+    assert whole["seed"].tolist() == sharded["seed"].tolist()
+
+
+def test_nan_pipeline_output_is_recorded_as_a_failure(tmp_path, cases, tiny):
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    broken = tmp_path / "sd-nan"
+    shutil.copytree(tiny["sd"], broken)
+    vae = AutoencoderKL.from_pretrained(broken / "vae")
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.fill_(float("nan"))
+    vae.save_pretrained(broken / "vae", safe_serialization=True)
+    result = run_study(load_config(study(tmp_path, cases, model("nan", "diffusers-text2img", broken))), FAST)
+    assert (result.n_samples, result.n_failures) == (0, N_CASES)
+    failures = pd.read_csv(tmp_path / "run" / rundir.FAILURES)
+    assert failures["error"].str.startswith("output contains NaN").all()
+    assert (
+        not (tmp_path / "run" / rundir.PER_SAMPLE).exists()
+        or pd.read_parquet(tmp_path / "run" / rundir.PER_SAMPLE).query("model == 'nan'").empty
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_real_checkpoint_generates_on_gpu(tmp_path, cases):
+    """Set XRAY_AUDIT_SD_PATH to a local Stable Diffusion pipeline directory (e.g. an SD 1.5 fine-tune)."""
+    import os
+
+    import torch
+
+    path = os.environ.get("XRAY_AUDIT_SD_PATH")
+    if not path or not torch.cuda.is_available():
+        pytest.skip("needs XRAY_AUDIT_SD_PATH and a CUDA device")
+    models = model(
+        "real-sd", "diffusers-text2img", path, batch_size=4, steps=20, height=512, width=512, dtype="fp16"
+    )
+    samples = run(tmp_path, cases, models)
+    assert samples["error"].isna().all() if "error" in samples else True
+    info = json.loads((tmp_path / "run" / rundir.RUN_JSON).read_text())["generation"]["real-sd"]
+    assert info["this_process"]["peak_gpu_memory_mb"] > 0

@@ -18,10 +18,21 @@ DEMO_DEGRADATIONS = (
 )
 
 
+# (name, callable): the small diffusion models trained on the demo cohort (audit.demo.generators),
+# mirroring the knee-radiograph paper's comparison: conditional training, conditional sampling
+# (SDEdit) and a plain U-Net regressor baseline. Real generators, run through the `python` kind.
+DEMO_GENERATORS = (
+    ("cond-ddpm", "audit.demo.generators:conditional_ddpm"),
+    ("sdedit", "audit.demo.generators:sdedit"),
+    ("unet-regressor", "audit.demo.generators:unet_regressor"),
+)
+
+
 def demo_study_toml(manifest: Path, output: Path) -> str:
     lines = [
-        "# Demo study written by `xray-audit demo`. The degrade models are sanity baselines:",
-        "# deterministic damage of the reference, not generative models.",
+        "# Demo study written by `xray-audit demo`. cond-ddpm, sdedit and unet-regressor are small",
+        "# models trained on the demo cohort (python -m audit.demo.train_generators); the degrade",
+        "# models are sanity baselines: deterministic damage of the reference, not generative models.",
         "[study]",
         'name = "demo"',
         f"cases = {_q(manifest)}",
@@ -33,6 +44,16 @@ def demo_study_toml(manifest: Path, output: Path) -> str:
         'name = "real"',
         'kind = "real"',
     ]
+    for name, target in DEMO_GENERATORS:
+        lines += [
+            "",
+            "[[models]]",
+            f'name = "{name}"',
+            'kind = "python"',
+            f'callable = "{target}"',
+            "batch_size = 16",
+            'device = "cpu"',
+        ]
     for name, degradation, level in DEMO_DEGRADATIONS:
         lines += [
             "",
