@@ -1,0 +1,288 @@
+"""The rating app (Streamlit). Started by ``xray-audit reader-study serve STUDY_DIR``.
+
+It reads the study directory named by ``$XRAY_AUDIT_STUDY_DIR``: ``study.json``, ``images/`` and
+the database. It never opens ``key.parquet``, so nothing it can send names a model, a case or a
+source file: items are opaque random ids, images are bytes re-made by
+:func:`reader_study.rendering.view` (IHDR/IDAT/IEND only) and served under Streamlit's
+content-hash media URLs.
+
+A session shows nothing but the login until a valid token is entered. After that every query is
+scoped to that reader, and the database itself refuses ratings for items outside the reader's
+queue. There are no admin actions here; they are CLI-only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+import streamlit as st
+from PIL import Image
+
+from audit.atomic import sha256_bytes
+from reader_study import study
+from reader_study.criteria import CONFIDENCE_ANCHORS, TURING, TURING_QUESTION
+from reader_study.rendering import ZOOMS, view
+from reader_study.store import Answer, QueueEntry, Response, Store, StoreError
+
+STUDY_ENV = "XRAY_AUDIT_STUDY_DIR"
+MAX_DISPLAY = 1024
+_VIEW_DEFAULTS = {"view_level": 0.5, "view_width": 1.0, "view_zoom": 1.0, "view_cx": 0.5, "view_cy": 0.5}
+
+
+@st.cache_resource
+def _open(study_dir: str) -> tuple[Path, study.StudyInfo, Store]:
+    root, info = study.load(study_dir)
+    store = Store(study.database_url(root, info))
+    store.check_schema()
+    return root, info, store
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _pixels(path: str, sha256: str) -> np.ndarray:
+    data = Path(path).read_bytes()
+    if sha256_bytes(data) != sha256:
+        raise StoreError("an image of this study changed on disk after the study was created")
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+def _reset_view() -> None:
+    st.session_state.update(_VIEW_DEFAULTS)
+
+
+def _go(position: int) -> None:
+    st.session_state.position = position
+    st.session_state.submission = str(uuid.uuid4())
+    st.session_state.shown_at = time.monotonic()
+
+
+def _sign_out() -> None:
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+
+
+def _login(store: Store, info: study.StudyInfo) -> None:
+    st.title(info.title)
+    with st.form("login", clear_on_submit=True):
+        token = st.text_input("Access token", type="password", help="The token the study lead gave you.")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        who = store.authenticate(token or "")
+        if who is None:
+            time.sleep(0.5)  # slows guessing; tokens are 192-bit anyway
+            st.error("Unknown token. Check it with your study lead.")
+            return
+        st.session_state.reader_id, st.session_state.reader_name = who
+        st.session_state.position = None
+        st.rerun()
+
+
+def _first_unrated(queue: list[QueueEntry], after: int = -1) -> int | None:
+    open_ = [e.position for e in queue if not e.done and e.available_after is None]
+    later = [p for p in open_ if p > after]
+    return (later or open_ or [None])[0]
+
+
+def _viewer(root: Path, entry: QueueEntry, store: Store, info: study.StudyInfo) -> None:
+    for key, value in _VIEW_DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    with st.sidebar:
+        st.subheader("View")
+        st.slider("Brightness (window level)", 0.0, 1.0, step=0.01, key="view_level")
+        st.slider("Contrast (window width)", 0.05, 1.0, step=0.01, key="view_width")
+        st.select_slider("Zoom", options=list(ZOOMS), format_func=lambda z: f"{z:g}×", key="view_zoom")
+        if st.session_state.view_zoom > 1:
+            st.slider("Pan left-right", 0.0, 1.0, step=0.01, key="view_cx")
+            st.slider("Pan up-down", 0.0, 1.0, step=0.01, key="view_cy")
+        st.button("Reset view", on_click=_reset_view)
+    sha = store.image_sha256(entry.item_id)
+    if sha is None:
+        st.error("This item is missing from the study database.")
+        return
+    pixels = _pixels(str(study.image_path(root, entry.item_id)), sha)
+    png = view(
+        pixels,
+        level=st.session_state.view_level,
+        width=st.session_state.view_width,
+        zoom=st.session_state.view_zoom,
+        cx=st.session_state.view_cx,
+        cy=st.session_state.view_cy,
+        out_size=min(MAX_DISPLAY, info.image_size),
+    )
+    st.image(png, output_format="PNG", width="stretch")
+
+
+def _index(options: list[Any], value: Any) -> int | None:
+    return options.index(value) if value in options else None
+
+
+def _form(entry: QueueEntry, info: study.StudyInfo, previous: Response | None, store: Store) -> None:
+    reader_id = st.session_state.reader_id
+    answers_before = previous.answers if previous else {}
+    scores = [1, 2, 3, 4, 5]
+    # Radio state follows its key, not its form: keys shared by every item would pre-select this
+    # item's answers on the next one and hide the stored answers when the reader goes back.
+    form = f"rate-{entry.position}-{st.session_state.submission}"
+    with st.form(form):
+        chosen: dict[str, int | None] = {}
+        for c in info.criteria:
+            before = answers_before.get(c.name)
+            chosen[c.name] = st.radio(
+                f"**{c.question}**",
+                scores,
+                index=_index(scores, before.score if before else None),
+                horizontal=True,
+                captions=list(c.anchors),
+                key=f"{form}-c-{c.name}",
+            )
+        verdict = confidence = None
+        if info.turing:
+            before = answers_before.get(TURING)
+            verdict = st.radio(
+                f"**{TURING_QUESTION}**",
+                ["real", "synthetic"],
+                index=_index(["real", "synthetic"], before.turing_answer if before else None),
+                horizontal=True,
+                key=f"{form}-c-turing",
+            )
+            confidence = st.radio(
+                "How sure are you?",
+                scores,
+                index=_index(scores, before.confidence if before else None),
+                horizontal=True,
+                captions=list(CONFIDENCE_ANCHORS),
+                key=f"{form}-c-confidence",
+            )
+        comment = None
+        if info.comment:
+            comment = st.text_area("Comment (optional)", value=(previous.comment if previous else "") or "")
+        flagged = st.checkbox("Unreadable / flag this image", value=bool(previous and previous.flagged))
+        reason = st.text_input(
+            "Reason for the flag", value=(previous.flag_reason if previous else "") or "", max_chars=500
+        )
+        submitted = st.form_submit_button("Submit", type="primary")
+    if not submitted:
+        return
+    missing = [c.question for c in info.criteria if chosen[c.name] is None]
+    if info.turing and (verdict is None or confidence is None):
+        missing.append(TURING_QUESTION)
+    if flagged and not reason.strip():
+        st.error("Give a reason for the flag, or untick it.")
+        return
+    if missing and not flagged:
+        st.error("Please answer: " + "; ".join(missing) + " (or flag the image as unreadable).")
+        return
+    answers = [Answer(name, score=score) for name, score in chosen.items() if score is not None]
+    if info.turing and verdict is not None and confidence is not None:
+        answers.append(Answer(TURING, turing_answer=verdict, confidence=confidence))
+    try:
+        store.submit(
+            reader_id,
+            entry.item_id,
+            entry.read_number,
+            st.session_state.submission,
+            answers,
+            flagged=flagged,
+            flag_reason=reason if flagged else None,
+            comment=comment,
+            seconds=time.monotonic() - st.session_state.shown_at,
+        )
+    except StoreError as exc:
+        st.error(str(exc))
+        return
+    except sa.exc.OperationalError:
+        st.error(
+            "The ratings database is busy or unreachable; this answer was NOT saved. Press Submit again."
+        )
+        return
+    st.session_state.saved = True
+    queue = store.queue(reader_id)
+    nxt = _first_unrated(queue, after=entry.position)
+    _go(entry.position if nxt is None else nxt)
+    st.rerun()
+
+
+def _reader_page(root: Path, info: study.StudyInfo, store: Store) -> None:
+    reader_id = st.session_state.reader_id
+    queue = store.queue(reader_id)
+    available = [e for e in queue if e.available_after is None]
+    done = sum(e.done for e in queue)
+    total = len(queue)
+    with st.sidebar:
+        st.caption(f"Signed in as **{st.session_state.reader_name}**")
+        st.button("Sign out", on_click=_sign_out)
+    st.progress(done / total if total else 1.0, text=f"{done} of {total} rated · {total - done} left")
+    if st.session_state.pop("saved", False):
+        st.toast("Saved")
+    if st.session_state.get("position") is None:
+        first = _first_unrated(queue)
+        _go(first if first is not None else (available[-1].position if available else 0))
+    waiting = [e for e in queue if e.available_after is not None]
+    if not available:
+        st.info("No items are available to you yet.")
+        return
+    positions = [e.position for e in available]
+    pos = st.session_state.position if st.session_state.position in positions else positions[0]
+    entry = next(e for e in available if e.position == pos)
+    i = positions.index(pos)
+
+    nav = st.columns([1, 1, 1, 3])
+    if nav[0].button("◀ Previous", disabled=i == 0, width="stretch"):
+        _go(positions[i - 1])
+        st.rerun()
+    if nav[1].button("Next ▶", disabled=i == len(positions) - 1, width="stretch"):
+        _go(positions[i + 1])
+        st.rerun()
+    first = _first_unrated(queue)
+    if nav[2].button("First unrated", disabled=first is None or first == pos, width="stretch"):
+        _go(first)  # type: ignore[arg-type]
+        st.rerun()
+    status = "rated, you can change your answers" if entry.done else "not rated yet"
+    label = " · practice item" if entry.calibration else ""
+    nav[3].markdown(f"Item **{i + 1}** of {len(positions)}{label} · {status}")
+
+    if first is None and done == total:
+        st.success("All items are rated. Thank you! You can still go back and change an answer.")
+    elif first is None and waiting:
+        when = min(e.available_after for e in waiting if e.available_after)  # type: ignore[type-var]
+        st.info(
+            f"{len(waiting)} repeat item(s) become available after "
+            f"{when.strftime('%Y-%m-%d %H:%M UTC') if when.year < 9999 else 'you finish the first reads'}."
+        )
+
+    left, right = st.columns([3, 2])
+    with left:
+        _viewer(root, entry, store, info)
+    with right:
+        if info.show_prompt and entry.prompt:
+            st.info(f"Intended finding: {entry.prompt}")
+        _form(entry, info, store.response(reader_id, entry.item_id, entry.read_number), store)
+
+
+def main() -> None:
+    study_dir = os.environ.get(STUDY_ENV)
+    st.set_page_config(page_title="Reader study", layout="wide", menu_items={})
+    if not study_dir:
+        st.error(
+            f"No study configured: start the app with `xray-audit reader-study serve STUDY_DIR` ({STUDY_ENV})."
+        )
+        return
+    try:
+        root, info, store = _open(study_dir)
+    except (study.StudyError, StoreError) as exc:
+        st.error(str(exc))
+        return
+    if "reader_id" not in st.session_state:
+        _login(store, info)
+        return
+    _reader_page(root, info, store)
+
+
+if __name__ == "__main__":  # `streamlit run` and AppTest run the script as __main__
+    main()

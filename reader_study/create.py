@@ -1,0 +1,340 @@
+"""``xray-audit reader-study create``: turn a run directory into a blinded reader study.
+
+The whole study directory is built next to its destination and renamed into place at the end, so
+an interrupted ``create`` leaves nothing half made (with a PostgreSQL database, the tables it had
+written stay and the error says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from audit import rundir
+from audit.atomic import sha256_bytes, write_bytes
+from audit.images import ImageReadError, encode_png, read_image
+from reader_study import assignment, rendering, study
+from reader_study.criteria import Criterion
+from reader_study.store import Store, new_token, sqlite_url
+
+log = logging.getLogger(__name__)
+
+REAL = "real"
+MAX_DEFAULT_PER_MODEL = 50
+_WASHOUT = re.compile(r"^(\d+)d$")
+
+
+class CreateError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateOptions:
+    readers: tuple[str, ...]
+    criteria: tuple[Criterion, ...]
+    models: tuple[str, ...] | None = None  # None: every generated model of the run
+    per_model: int | None = None  # None: as many as keep cases disjoint, at most 50
+    real: int | None = None  # None: same as per_model
+    turing: bool = False
+    comment: bool = False
+    show_prompt: bool = False
+    seed: int = 0
+    size: int = 512
+    calibration: int = 0
+    reread_percent: float = 0.0
+    washout: str | None = None  # "YYYY-MM-DD" (UTC) or "Nd" (days after the reader's first read)
+    database: str | None = None  # None: ratings.sqlite in the study directory
+    title: str = "Reader study"
+
+
+@dataclasses.dataclass(frozen=True)
+class CreatedStudy:
+    path: Path
+    tokens: dict[str, str]  # reader -> token: shown once, stored only hashed
+    n_items: int
+    case_reuse: int
+
+
+def _check_options(o: CreateOptions) -> None:
+    names = list(o.readers)
+    if not names:
+        raise CreateError("--readers needs at least one name, e.g. --readers alice,bob")
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9._@-]{1,100}", n)]
+    if bad:
+        raise CreateError(f"reader names may use letters, digits and ._@- only: {bad}")
+    if len(set(names)) != len(names):
+        raise CreateError(f"a reader is listed twice in --readers: {names}")
+    if not o.criteria and not o.turing:
+        raise CreateError("nothing to ask: give --criteria, --criteria-file or --turing")
+    for flag, value in (("--per-model", o.per_model), ("--real", o.real)):
+        if value is not None and value < 0:
+            raise CreateError(f"{flag} must be >= 0, got {value}")
+    if not 64 <= o.size <= 4096:
+        raise CreateError(f"--size must be between 64 and 4096 pixels, got {o.size}")
+    if o.calibration < 0:
+        raise CreateError(f"--calibration must be >= 0, got {o.calibration}")
+    if not 0 <= o.reread_percent <= 100:
+        raise CreateError(f"--reread is a percentage 0-100, got {o.reread_percent}")
+    if o.reread_percent > 0 and o.washout is None:
+        raise CreateError(
+            "--reread needs --washout: a date (2026-12-31, UTC) or days after the first read (14d)"
+        )
+    if o.washout is not None:
+        _parse_washout(o.washout)
+
+
+def _parse_washout(text: str) -> tuple[str | None, int | None]:
+    if m := _WASHOUT.match(text):
+        return None, int(m.group(1))
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise CreateError(
+            f"--washout must be a date YYYY-MM-DD (UTC) or a number of days like 14d, got {text!r}"
+        )
+    return day.isoformat().replace("+00:00", "Z"), None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    stratum: str  # "real" or a model name
+    case_id: str
+    sample: int | None
+    path: str
+    sha256: str | None  # recorded by the run, checked before use
+
+
+def _sources(run: Path, models: Sequence[str] | None) -> tuple[dict[str, list[_Source]], pd.DataFrame]:
+    cases = pd.read_parquet(run / rundir.CASES)
+    samples = pd.read_parquet(run / rundir.SAMPLES)
+    failed: set[tuple[str, str, int]] = set()
+    if (run / rundir.FAILURES).exists():
+        f = pd.read_csv(run / rundir.FAILURES, dtype={"case_id": str})
+        failed = {(m, c, int(s)) for m, c, s in zip(f.model, f.case_id, f["sample"]) if pd.notna(s)}
+    generated = [m for m in dict.fromkeys(samples.model) if m != REAL]
+    if models is None:
+        chosen = generated
+    else:
+        unknown = [m for m in models if m not in generated]
+        if unknown:
+            raise CreateError(
+                f"--models: {unknown} not in {run / rundir.SAMPLES}; its models are: {', '.join(generated)}"
+            )
+        chosen = list(models)
+    out: dict[str, list[_Source]] = {
+        REAL: [_Source(REAL, str(c), None, str(p), None) for c, p in zip(cases.case_id, cases.image)]
+    }
+    for model in chosen:
+        rows = samples[samples.model == model]
+        out[model] = [
+            _Source(model, str(r.case_id), int(r.sample), str(r.path), str(r.sha256))
+            for r in rows.itertuples()
+            if isinstance(r.path, str) and (model, str(r.case_id), int(r.sample)) not in failed
+        ]
+    return out, cases
+
+
+def _read_source(src: _Source) -> tuple[np.ndarray, str]:
+    path = Path(src.path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CreateError(
+            f"{path}: cannot read the {src.stratum} image of case {src.case_id} ({exc.strerror}); "
+            "the run directory refers to it: restore the file or rerun `xray-audit run`"
+        ) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if src.sha256 is not None and digest != src.sha256:
+        raise CreateError(
+            f"{path}: the file changed after the run recorded it (sha256 {digest[:12]}… != {src.sha256[:12]}…); "
+            "rerun `xray-audit run` so that ratings refer to the images that were scored"
+        )
+    try:
+        return read_image(path).pixels, digest
+    except ImageReadError as exc:
+        raise CreateError(str(exc)) from exc
+
+
+def create_study(
+    run_dir: str | Path, out: str | Path, options: CreateOptions, progress: bool = True
+) -> CreatedStudy:
+    _check_options(options)
+    run = rundir.require_run_dir(run_dir)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise CreateError(
+            f"{out} already exists and is not empty; a study is created once (its tokens and ratings "
+            "would be lost): choose a new --out"
+        )
+    sources, cases = _sources(run, options.models)
+    strata = list(sources)
+    rng = np.random.default_rng([options.seed, 0x5EED])
+
+    by_case = {s: {} for s in strata}  # stratum -> case -> [sources]
+    for s in strata:
+        for src in sources[s]:
+            by_case[s].setdefault(src.case_id, []).append(src)
+    n_cases_min = min((len(v) for v in by_case.values()), default=0)
+    per_model = options.per_model
+    if per_model is None:
+        # As many as keep cases disjoint: the calibration items and a fixed --real take cases too.
+        spare = len(cases) - options.calibration - (options.real or 0)
+        sharing = len(strata) - (options.real is not None)
+        per_model = max(1, min(MAX_DEFAULT_PER_MODEL, spare // max(1, sharing)))
+    n_real = per_model if options.real is None else options.real
+    counts = {s: (n_real if s == REAL else per_model) for s in strata}
+    calib = {
+        s: options.calibration // len(strata) + (i < options.calibration % len(strata))
+        for i, s in enumerate(strata)
+    }
+    wanted = {s: counts[s] + calib[s] for s in strata}
+    short = {s: len(by_case[s]) for s in strata if wanted[s] > len(by_case[s])}
+    if short:
+        raise CreateError(
+            "not enough usable images: "
+            + "; ".join(f"{s} has {n} case(s), {wanted[s]} asked" for s, n in short.items())
+            + f" (lower --per-model/--real/--calibration; the smallest stratum has {n_cases_min})"
+        )
+    chosen, reuse = assignment.select_cases({s: list(by_case[s]) for s in strata}, wanted, rng)
+    if reuse > 1:
+        log.warning(
+            "%d cases cannot give every stratum its own cases: a case appears in up to %d strata, so a reader "
+            "may see the real image and a sample of the same case (lower --per-model/--real to avoid it)",
+            len(cases),
+            reuse,
+        )
+
+    picks: list[tuple[_Source, bool]] = []
+    for s in strata:
+        for j, case in enumerate(chosen[s]):
+            options_for_case = by_case[s][case]
+            src = options_for_case[int(rng.integers(len(options_for_case)))]
+            picks.append((src, j >= counts[s]))  # the last calib[s] cases are calibration items
+
+    prompts = _prompts(cases) if options.show_prompt else {}
+    final = out.resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    store: Store | None = None
+    try:
+        (tmp / study.IMAGES_DIR).mkdir()
+        key_rows, item_rows = [], []
+        used_ids: set[str] = set()
+        bar = tqdm(picks, desc="re-encoding images", unit="img", disable=not progress)
+        for src, is_calibration in bar:
+            pixels, digest = _read_source(src)
+            png = encode_png(rendering.normalise(pixels, options.size), bit_depth=8)
+            item = secrets.token_hex(8)
+            while item in used_ids:
+                item = secrets.token_hex(8)
+            used_ids.add(item)
+            write_bytes(tmp / study.IMAGES_DIR / f"{item}.png", png)
+            key_rows.append(
+                {"item": item, "model": src.stratum, "case_id": src.case_id, "sample": src.sample,
+                     "source_path": src.path, "source_sha256": digest, "calibration": is_calibration}
+            )  # fmt: skip
+            item_rows.append(
+                {"id": item, "image_sha256": sha256_bytes(png), "prompt": prompts.get(src.case_id)}
+            )
+        key = pd.DataFrame(key_rows, columns=list(study.KEY_COLUMNS))
+        key["sample"] = key["sample"].astype("Int64")
+
+        url = options.database or sqlite_url(tmp / study.DB_FILE)
+        store = Store(url)
+        store.create_schema()
+        store.add_items(item_rows)
+        tokens = {}
+        available_after, washout_days = _parse_washout(options.washout) if options.washout else (None, None)
+        main = key[~key.calibration]
+        main_strata = {s: list(g.item) for s, g in main.groupby("model", sort=True)}
+        calib_strata = {s: list(g.item) for s, g in key[key.calibration].groupby("model", sort=True)}
+        calibration_order = assignment.balanced_order(
+            calib_strata, np.random.default_rng([options.seed, 0xCA1])
+        )
+        for name in options.readers:
+            token = new_token()
+            reader_id = store.add_reader(name, token)
+            tokens[name] = token
+            r_rng = np.random.default_rng(
+                [options.seed, int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)]
+            )
+            order = assignment.balanced_order(main_strata, r_rng)
+            rows = [{"item_id": i, "read_number": 1, "calibration": True} for i in calibration_order]
+            rows += [{"item_id": i, "read_number": 1, "calibration": False} for i in order]
+            if options.reread_percent > 0:
+                picked = assignment.pick_rereads(main_strata, options.reread_percent / 100.0, r_rng)
+                groups = {s: [i for i in main_strata[s] if i in set(picked)] for s in main_strata}
+                rows += [
+                    {"item_id": i, "read_number": 2, "calibration": False, "available_after": available_after,
+                         "washout_days": washout_days}
+                    for i in assignment.balanced_order(groups, r_rng)
+                ]  # fmt: skip
+            store.add_assignments(
+                [
+                    {
+                        "reader_id": reader_id,
+                        "position": pos,
+                        "available_after": None,
+                        "washout_days": None,
+                        **row,
+                    }
+                    for pos, row in enumerate(rows)
+                ]
+            )
+        store.close()
+        store = None
+        key.to_parquet(tmp / study.KEY, index=False)
+        info = study.StudyInfo(
+            title=options.title,
+            criteria=options.criteria,
+            turing=options.turing,
+            comment=options.comment,
+            show_prompt=options.show_prompt,
+            image_size=options.size,
+            database=options.database or study.DB_FILE,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            seed=options.seed,
+            readers=options.readers,
+            n_items=int((~key.calibration).sum()),
+            n_calibration=int(key.calibration.sum()),
+            case_reuse=reuse,
+        )
+        study.save(tmp, info)
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        tmp.rename(final)
+    except BaseException:
+        if store is not None:
+            store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if options.database:
+            log.error(
+                "the study tables written to %s so far are incomplete: drop them before retrying",
+                options.database,
+            )
+        raise
+    return CreatedStudy(final, tokens, len(key), reuse)
+
+
+def _prompts(cases: pd.DataFrame) -> dict[str, str]:
+    """What a reader is told about each case: its prompt, else its labels. Taken from the case, not
+    from the sample, so a model's prompt variant (a sweep) cannot tell its images apart."""
+    out = {}
+    for col in ("prompt", "labels"):
+        if col in cases.columns:
+            for case, value in zip(cases.case_id, cases[col]):
+                if str(case) not in out and isinstance(value, str) and value.strip():
+                    out[str(case)] = value.strip()
+    return out

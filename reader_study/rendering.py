@@ -1,0 +1,69 @@
+"""Pixels for readers: one re-encoding for every study image, and the window/level/zoom view.
+
+Every image, real or generated, goes through :func:`normalise` when the study is created: centre
+crop to a square, resample to ``size`` x ``size`` (Lanczos on float32), 8-bit greyscale PNG written by
+:func:`audit.images.encode_png`, which emits only ``IHDR``, ``IDAT`` and ``IEND``. Bit depth,
+dimensions, format and metadata are therefore the same for every item whatever its source.
+
+:func:`view` makes what the browser receives from a stored image: a window (level = centre,
+width, both in ``[0, 1]`` of the display range) and a zoomed crop around a chosen centre, again
+through ``encode_png``. The browser never gets the stored file itself, only these bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from audit.images import encode_png
+
+ZOOMS = (1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def _resample(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
+    return np.asarray(img.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+
+
+def normalise(pixels: np.ndarray, size: int) -> np.ndarray:
+    """``(H, W)`` floats in [0, 1] to the study's common ``(size, size)`` uint8 form."""
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a greyscale (H, W) image, got shape {pixels.shape}")
+    h, w = pixels.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = pixels[top : top + side, left : left + side]
+    out = _resample(square, (size, size)) if side != size else square.astype(np.float32)
+    return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def window(pixels: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Linear window: ``level - width/2`` maps to black, ``level + width/2`` to white."""
+    if not 0 < width <= 2:
+        raise ValueError(f"window width must be in (0, 2], got {width}")
+    low = level - width / 2.0
+    return np.clip((pixels - low) / width, 0.0, 1.0)
+
+
+def crop(pixels: np.ndarray, zoom: float, cx: float, cy: float) -> np.ndarray:
+    """The ``1/zoom`` part of the image centred as near ``(cx, cy)`` (fractions) as the edges allow."""
+    if zoom < 1:
+        raise ValueError(f"zoom must be >= 1, got {zoom}")
+    h, w = pixels.shape
+    ch, cw = max(1, round(h / zoom)), max(1, round(w / zoom))
+    top = int(np.clip(round(cy * h - ch / 2), 0, h - ch))
+    left = int(np.clip(round(cx * w - cw / 2), 0, w - cw))
+    return pixels[top : top + ch, left : left + cw]
+
+
+def view(
+    stored: np.ndarray, *, level: float = 0.5, width: float = 1.0, zoom: float = 1.0,
+    cx: float = 0.5, cy: float = 0.5, out_size: int | None = None,
+) -> bytes:  # fmt: skip
+    """PNG bytes of ``stored`` (uint8) as the reader asked to see it, ``out_size`` pixels square."""
+    pixels = stored.astype(np.float32) / 255.0
+    part = crop(pixels, zoom, cx, cy)
+    size = out_size or stored.shape[0]
+    if part.shape != (size, size):
+        part = _resample(part, (size, size))
+    return encode_png(window(np.clip(part, 0.0, 1.0), level, width), bit_depth=8)

@@ -1,0 +1,636 @@
+"""Durable storage of a reader study: readers, items, per-reader queues, ratings and the audit trail.
+
+One SQLAlchemy Core schema serves SQLite (the default, a file in the study directory) and
+PostgreSQL (a ``postgresql+psycopg://`` URL, for multi-site studies).
+
+Guarantees, enforced by the database rather than by the app:
+
+* ``ratings``: ``UNIQUE(reader_id, item_id, criterion, read_number)``, ``CHECK(score BETWEEN 1
+  AND 5)``, ``CHECK(confidence BETWEEN 1 AND 5)``, and a foreign key to the reader's own
+  assignment, so nobody can rate an item that is not in their queue.
+* ``submissions``: one row per submit, keyed by a client-made UUID (``UNIQUE``). A double click
+  or a rerun repeats the UUID and changes nothing.
+* ``audit_log``: append-only (triggers reject ``UPDATE`` and ``DELETE`` on both backends); every
+  created or changed answer is a row with who, what, old, new and when (UTC, ISO 8601).
+* SQLite connections run in WAL mode with a busy timeout and foreign keys on, and write
+  transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that later needs the write
+  lock fails at once with "database is locked" whatever the timeout, an immediate one waits.
+
+Tokens are never stored: ``readers.token_sha256`` holds the SHA-256 of a 192-bit random token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+SCORE_MIN, SCORE_MAX = 1, 5
+TURING_ANSWERS = ("real", "synthetic")
+_RETRIES = 5
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "study_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+readers = sa.Table(
+    "readers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("token_issued_at", sa.String(32), nullable=False),
+)
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("image_sha256", sa.String(64), nullable=False),
+    # What the reader is told about the case (its prompt or intended finding), identical for the
+    # real image and every model's sample of that case; NULL when the study does not show it.
+    sa.Column("prompt", sa.Text),
+)
+
+assignments = sa.Table(
+    "assignments",
+    metadata,
+    sa.Column("reader_id", sa.Integer, sa.ForeignKey("readers.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.String(32), sa.ForeignKey("items.id"), nullable=False),
+    sa.Column("read_number", sa.Integer, nullable=False),
+    sa.Column("calibration", sa.Boolean, nullable=False),
+    # Re-reads: shown from this UTC time on, or this many days after the reader's first read.
+    sa.Column("available_after", sa.String(32)),
+    sa.Column("washout_days", sa.Integer),
+    sa.UniqueConstraint("reader_id", "item_id", "read_number", name="uq_assignment"),
+    sa.CheckConstraint("read_number >= 1", name="ck_assignment_read_number"),
+)
+
+_assignment_fk = sa.ForeignKeyConstraint(
+    ["reader_id", "item_id", "read_number"],
+    ["assignments.reader_id", "assignments.item_id", "assignments.read_number"],
+)
+
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("reader_id", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.String(32), primary_key=True),
+    sa.Column("read_number", sa.Integer, primary_key=True),
+    sa.Column("flagged", sa.Boolean, nullable=False),
+    sa.Column("flag_reason", sa.Text),
+    sa.Column("comment", sa.Text),
+    sa.Column("seconds", sa.Float),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+    _assignment_fk,
+)
+
+ratings = sa.Table(
+    "ratings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("reader_id", sa.Integer, nullable=False),
+    sa.Column("item_id", sa.String(32), nullable=False),
+    sa.Column("criterion", sa.String(64), nullable=False),
+    sa.Column("read_number", sa.Integer, nullable=False),
+    sa.Column("score", sa.Integer),
+    sa.Column("turing_answer", sa.String(16)),
+    sa.Column("confidence", sa.Integer),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+    sa.UniqueConstraint("reader_id", "item_id", "criterion", "read_number", name="uq_rating"),
+    sa.CheckConstraint(f"score BETWEEN {SCORE_MIN} AND {SCORE_MAX}", name="ck_rating_score"),
+    sa.CheckConstraint(f"confidence BETWEEN {SCORE_MIN} AND {SCORE_MAX}", name="ck_rating_confidence"),
+    sa.CheckConstraint(
+        "turing_answer IS NULL OR turing_answer IN ('real', 'synthetic')", name="ck_rating_turing"
+    ),
+    sa.CheckConstraint("score IS NOT NULL OR turing_answer IS NOT NULL", name="ck_rating_has_answer"),
+    sa.ForeignKeyConstraint(
+        ["reader_id", "item_id", "read_number"],
+        ["assignments.reader_id", "assignments.item_id", "assignments.read_number"],
+    ),
+)
+
+submissions = sa.Table(
+    "submissions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("reader_id", sa.Integer, nullable=False),
+    sa.Column("item_id", sa.String(32), nullable=False),
+    sa.Column("read_number", sa.Integer, nullable=False),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["reader_id", "item_id", "read_number"],
+        ["assignments.reader_id", "assignments.item_id", "assignments.read_number"],
+    ),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("reader_id", sa.Integer),
+    sa.Column("item_id", sa.String(32)),
+    sa.Column("read_number", sa.Integer),
+    sa.Column("field", sa.String(64)),
+    sa.Column("old", sa.Text),
+    sa.Column("new", sa.Text),
+    sa.Column("submission_id", sa.String(36)),
+)
+
+_APPEND_ONLY_SQLITE = [
+    sa.DDL(
+        f"CREATE TRIGGER audit_log_no_{op.lower()} BEFORE {op} ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
+    ).execute_if(dialect="sqlite")
+    for op in ("UPDATE", "DELETE")
+]
+_APPEND_ONLY_POSTGRES = [
+    sa.DDL(
+        "CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$"
+    ).execute_if(dialect="postgresql"),
+    sa.DDL(
+        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+        "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
+    ).execute_if(dialect="postgresql"),
+]
+for _ddl in (*_APPEND_ONLY_SQLITE, *_APPEND_ONLY_POSTGRES):
+    event.listen(audit_log, "after_create", _ddl)
+
+
+class StoreError(RuntimeError):
+    """A request the study's database cannot honour (unknown item, bad answer, wrong schema)."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the per-connection settings this module's guarantees rely on."""
+    if url.startswith("postgresql://"):
+        # psycopg 3 is the maintained driver; SQLAlchemy's bare scheme means psycopg2.
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise StoreError(
+            f"the database driver for {url.split(':', 1)[0]} is not installed ({exc.name}); "
+            "for PostgreSQL: pip install 'xray-audit[postgres]'"
+        ) from exc
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Autocommit at the driver level, so that the BEGIN below is the only one issued.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """One criterion's answer: a 1-5 score, or for the Turing question a verdict and confidence."""
+
+    criterion: str
+    score: int | None = None
+    turing_answer: str | None = None
+    confidence: int | None = None
+
+    def validate(self) -> None:
+        for name, value in (("score", self.score), ("confidence", self.confidence)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not SCORE_MIN <= value <= SCORE_MAX
+            ):
+                raise StoreError(f"{self.criterion}: {name} must be an integer 1-5, got {value!r}")
+        if self.turing_answer is not None and self.turing_answer not in TURING_ANSWERS:
+            raise StoreError(
+                f"{self.criterion}: answer must be 'real' or 'synthetic', got {self.turing_answer!r}"
+            )
+        if self.score is None and self.turing_answer is None:
+            raise StoreError(f"{self.criterion}: no answer given")
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueEntry:
+    position: int
+    item_id: str
+    read_number: int
+    calibration: bool
+    prompt: str | None
+    available_after: datetime | None  # None: available now
+    done: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    flagged: bool
+    flag_reason: str | None
+    comment: str | None
+    answers: dict[str, Answer]
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitResult:
+    created: bool  # False: this submission id was already stored (a double click), nothing changed
+    changes: int  # audit rows written
+
+
+class Store:
+    """All reads and writes of one study's database. Every method runs in its own transaction."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- creation -------------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        with self.engine.begin() as conn:
+            existing = sa.inspect(conn).get_table_names()
+            if "study_meta" in existing:
+                raise StoreError(
+                    f"{self.engine.url.render_as_string(hide_password=True)} already holds a reader "
+                    "study; give a new database (or drop the old one) to create another"
+                )
+            metadata.create_all(conn)
+            conn.execute(meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    def check_schema(self) -> None:
+        try:
+            with self._read() as conn:
+                row = conn.execute(
+                    sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                ).first()
+        except sa.exc.OperationalError as exc:
+            raise StoreError(f"cannot open the study database: {exc.orig}") from exc
+        except sa.exc.ProgrammingError as exc:
+            raise StoreError(f"the database holds no reader study ({exc.orig})") from exc
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(
+                f"the study database has schema version {row[0] if row else 'none'}, this xray-audit "
+                f"reads version {SCHEMA_VERSION}"
+            )
+
+    def add_items(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(items.insert(), [dict(r) for r in rows])
+
+    def add_reader(self, name: str, token: str) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                readers.insert().values(name=name, token_sha256=hash_token(token), token_issued_at=utc_now())
+            )
+            reader_id = int(result.inserted_primary_key[0])
+            self._log(conn, actor="admin", action="add_reader", reader_id=reader_id)
+            return reader_id
+
+    def add_assignments(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(assignments.insert(), [dict(r) for r in rows])
+
+    def reissue_token(self, name: str, token: str) -> None:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                readers.update()
+                .where(readers.c.name == name)
+                .values(token_sha256=hash_token(token), token_issued_at=utc_now())
+            )
+            if result.rowcount != 1:
+                raise StoreError(f"no reader named {name!r} in this study (see `reader-study status`)")
+            reader_id = conn.execute(sa.select(readers.c.id).where(readers.c.name == name)).scalar_one()
+            self._log(conn, actor="admin", action="reissue_token", reader_id=reader_id)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def _read(self) -> Any:
+        return self.engine.connect().execution_options(sqlite_begin="DEFERRED")
+
+    def authenticate(self, token: str) -> tuple[int, str] | None:
+        """The reader a token belongs to, or None. Compares digests in constant time."""
+        if not token or len(token) > 200:
+            return None
+        digest = hash_token(token.strip())
+        with self._read() as conn:
+            rows = conn.execute(sa.select(readers.c.id, readers.c.name, readers.c.token_sha256)).all()
+        found = None
+        for reader_id, name, stored in rows:
+            if hmac.compare_digest(stored, digest):
+                found = (int(reader_id), str(name))
+        return found
+
+    def queue(self, reader_id: int, now: datetime | None = None) -> list[QueueEntry]:
+        """The reader's items in order, with whether each is rated and when it becomes available."""
+        now = now or datetime.now(UTC)
+        a, r, i = assignments, responses, items
+        first = sa.alias(responses, "first_read")
+        query = (
+            sa.select(
+                a.c.position,
+                a.c.item_id,
+                a.c.read_number,
+                a.c.calibration,
+                a.c.available_after,
+                a.c.washout_days,
+                i.c.prompt,
+                r.c.created_at.label("done_at"),
+                first.c.created_at.label("first_done_at"),
+            )
+            .join(i, i.c.id == a.c.item_id)
+            .outerjoin(
+                r,
+                (r.c.reader_id == a.c.reader_id)
+                & (r.c.item_id == a.c.item_id)
+                & (r.c.read_number == a.c.read_number),
+            )
+            .outerjoin(
+                first,
+                (first.c.reader_id == a.c.reader_id)
+                & (first.c.item_id == a.c.item_id)
+                & (first.c.read_number == 1),
+            )
+            .where(a.c.reader_id == reader_id)
+            .order_by(a.c.position)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        out = []
+        for row in rows:
+            after = parse_utc(row.available_after) if row.available_after else None
+            if row.washout_days is not None:
+                first_at = parse_utc(row.first_done_at) if row.first_done_at else None
+                # Not yet read the first time: not available until then plus the washout.
+                relative = (
+                    (first_at + timedelta(days=row.washout_days))
+                    if first_at
+                    else datetime.max.replace(tzinfo=UTC)
+                )
+                after = max(after, relative) if after else relative
+            if after is not None and after <= now:
+                after = None
+            out.append(
+                QueueEntry(
+                    position=int(row.position),
+                    item_id=row.item_id,
+                    read_number=int(row.read_number),
+                    calibration=bool(row.calibration),
+                    prompt=row.prompt,
+                    available_after=after,
+                    done=row.done_at is not None,
+                )
+            )
+        return out
+
+    def response(self, reader_id: int, item_id: str, read_number: int) -> Response | None:
+        with self._read() as conn:
+            head = conn.execute(
+                sa.select(responses).where(
+                    (responses.c.reader_id == reader_id)
+                    & (responses.c.item_id == item_id)
+                    & (responses.c.read_number == read_number)
+                )
+            ).first()
+            if head is None:
+                return None
+            rows = conn.execute(
+                sa.select(ratings).where(
+                    (ratings.c.reader_id == reader_id)
+                    & (ratings.c.item_id == item_id)
+                    & (ratings.c.read_number == read_number)
+                )
+            ).all()
+        answers = {
+            row.criterion: Answer(row.criterion, row.score, row.turing_answer, row.confidence) for row in rows
+        }
+        return Response(bool(head.flagged), head.flag_reason, head.comment, answers)
+
+    def image_sha256(self, item_id: str) -> str | None:
+        with self._read() as conn:
+            return conn.execute(sa.select(items.c.image_sha256).where(items.c.id == item_id)).scalar()
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        reader_id: int,
+        item_id: str,
+        read_number: int,
+        submission_id: str,
+        answers: Sequence[Answer],
+        *,
+        flagged: bool = False,
+        flag_reason: str | None = None,
+        comment: str | None = None,
+        seconds: float | None = None,
+    ) -> SubmitResult:
+        """Store one submit of one item. Idempotent in ``submission_id``; changes are audited."""
+        for answer in answers:
+            answer.validate()
+        if len({a.criterion for a in answers}) != len(answers):
+            raise StoreError("an answer is given twice for the same criterion")
+        if flagged and not (flag_reason or "").strip():
+            raise StoreError("a flagged image needs a reason")
+        if not flagged and not answers:
+            raise StoreError("nothing to submit: answer the questions or flag the image")
+        for attempt in range(_RETRIES):
+            try:
+                with self.engine.begin() as conn:
+                    return self._submit(
+                        conn, reader_id, item_id, read_number, submission_id, answers,
+                        flagged, (flag_reason or "").strip() or None, (comment or "").strip() or None, seconds,
+                    )  # fmt: skip
+            except sa.exc.IntegrityError:
+                # PostgreSQL under READ COMMITTED: a concurrent submit of the same answer slot won
+                # the insert race. Retry; the second pass sees its row (or its submission id).
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _submit(
+        self,
+        conn: Connection,
+        reader_id: int,
+        item_id: str,
+        read_number: int,
+        submission_id: str,
+        answers: Sequence[Answer],
+        flagged: bool,
+        flag_reason: str | None,
+        comment: str | None,
+        seconds: float | None,
+    ) -> SubmitResult:
+        if conn.execute(sa.select(submissions.c.id).where(submissions.c.id == submission_id)).first():
+            return SubmitResult(created=False, changes=0)
+        assigned = conn.execute(
+            sa.select(assignments.c.position).where(
+                (assignments.c.reader_id == reader_id)
+                & (assignments.c.item_id == item_id)
+                & (assignments.c.read_number == read_number)
+            )
+        ).first()
+        if assigned is None:
+            raise StoreError("this item is not in your queue")
+        now = utc_now()
+        conn.execute(
+            submissions.insert().values(
+                id=submission_id, reader_id=reader_id, item_id=item_id, read_number=read_number, at=now
+            )
+        )
+        key = {"reader_id": reader_id, "item_id": item_id, "read_number": read_number}
+
+        # Inserts are collected and sent as one batch per table: under SQLite every statement is
+        # time spent holding the database's single write lock.
+        audit_rows: list[dict[str, Any]] = []
+        new_ratings: list[dict[str, Any]] = []
+
+        def log(action: str, field: str, old: Any, new: Any) -> None:
+            audit_rows.append(
+                _audit_row(
+                    actor=f"reader:{reader_id}", action=action, field=field, old=old, new=new,
+                    submission_id=submission_id, **key,
+                )
+            )  # fmt: skip
+
+        where = (
+            (responses.c.reader_id == reader_id)
+            & (responses.c.item_id == item_id)
+            & (responses.c.read_number == read_number)
+        )
+        head = conn.execute(sa.select(responses).where(where)).first()
+        fields = {"flagged": flagged, "flag_reason": flag_reason, "comment": comment}
+        changed: dict[str, Any] = {}
+        if head is None:
+            conn.execute(
+                responses.insert().values(**key, **fields, seconds=seconds, created_at=now, updated_at=now)
+            )
+            for name, value in fields.items():
+                if value not in (None, False):
+                    log("create", name, None, value)
+        else:
+            changed = {n: v for n, v in fields.items() if getattr(head, n) != v}
+            for name, value in changed.items():
+                log("update", name, getattr(head, name), value)
+
+        existing = {
+            row.criterion: row
+            for row in conn.execute(
+                sa.select(ratings).where(
+                    (ratings.c.reader_id == reader_id)
+                    & (ratings.c.item_id == item_id)
+                    & (ratings.c.read_number == read_number)
+                )
+            )
+        }
+        for answer in answers:
+            values = {
+                "score": answer.score,
+                "turing_answer": answer.turing_answer,
+                "confidence": answer.confidence,
+            }
+            row = existing.get(answer.criterion)
+            if row is None:
+                new_ratings.append(
+                    {**key, "criterion": answer.criterion, **values, "created_at": now, "updated_at": now}
+                )
+                log("create", answer.criterion, None, _describe(values))
+            else:
+                old = {n: getattr(row, n) for n in values}
+                if old != values:
+                    conn.execute(
+                        ratings.update().where(ratings.c.id == row.id).values(**values, updated_at=now)
+                    )
+                    log("update", answer.criterion, _describe(old), _describe(values))
+        if new_ratings:
+            conn.execute(ratings.insert(), new_ratings)
+        if head is not None:
+            # Every stored submit adds its time, also one that only changed a score (or nothing):
+            # `seconds` is the reader's time on the item summed over visits.
+            update: dict[str, Any] = dict(changed)
+            if seconds is not None:
+                update["seconds"] = (head.seconds or 0.0) + seconds
+            if audit_rows:
+                update["updated_at"] = now
+            if update:
+                conn.execute(responses.update().where(where).values(**update))
+        if audit_rows:
+            conn.execute(audit_log.insert(), audit_rows)
+        return SubmitResult(created=True, changes=len(audit_rows))
+
+    @staticmethod
+    def _log(conn: Connection, **values: Any) -> None:
+        conn.execute(audit_log.insert().values(**_audit_row(**values)))
+
+    # --- admin ----------------------------------------------------------------------------------
+
+    def table(self, table: sa.Table) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(sa.select(table))]
+
+
+def _audit_row(**values: Any) -> dict[str, Any]:
+    """A full audit_log row (every column present, so that rows can be inserted as one batch)."""
+    row = {c.name: None for c in audit_log.columns if c.name != "id"}
+    row.update(values, at=utc_now())
+    for name in ("old", "new"):
+        if row[name] is not None:
+            row[name] = str(row[name])
+    return row
+
+
+def _describe(values: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in values.items() if v is not None)

@@ -1,0 +1,105 @@
+"""The study directory: what ``reader-study create`` writes and the app, ``status`` and ``export`` read.
+
+Layout of ``STUDY_DIR/``::
+
+    study.json       what the app needs: title, criteria, options, database URL. No model names.
+    key.parquet      item -> model, case_id, sample, source path and sha256, calibration.
+                     The unblinding key: read only by ``export``, never by the app.
+    images/<item>.png  every image re-encoded alike (see reader_study.rendering); names are the
+                     opaque random item ids
+    ratings.sqlite   the database (unless ``--database`` named a PostgreSQL URL)
+
+Torch-free, like everything under ``reader_study``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from audit.atomic import write_text
+from reader_study.criteria import Criterion
+
+STUDY_JSON = "study.json"
+KEY = "key.parquet"
+IMAGES_DIR = "images"
+DB_FILE = "ratings.sqlite"
+EXPORT_STEM = "ratings"
+STUDY_FORMAT = 1
+ITEM_ID = re.compile(r"^[0-9a-f]{16}$")
+KEY_COLUMNS = ("item", "model", "case_id", "sample", "source_path", "source_sha256", "calibration")
+
+
+class StudyError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyInfo:
+    title: str
+    criteria: tuple[Criterion, ...]
+    turing: bool
+    comment: bool
+    show_prompt: bool
+    image_size: int
+    database: str  # a SQLAlchemy URL, or a file name relative to the study directory
+    created_at: str
+    seed: int
+    readers: tuple[str, ...]
+    n_items: int
+    n_calibration: int
+    case_reuse: int
+    format: int = STUDY_FORMAT
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["criteria"] = [c.to_dict() for c in self.criteria]
+        data["readers"] = list(self.readers)
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyInfo:
+        data = dict(data)
+        data["criteria"] = tuple(Criterion.from_dict(c) for c in data["criteria"])
+        data["readers"] = tuple(data["readers"])
+        return cls(**data)
+
+
+def database_url(study_dir: Path, info: StudyInfo) -> str:
+    if "://" in info.database:
+        return info.database
+    return f"sqlite:///{(study_dir / info.database).resolve()}"
+
+
+def load(study_dir: str | Path) -> tuple[Path, StudyInfo]:
+    """The study directory and its ``study.json``, or a clear error."""
+    root = Path(study_dir)
+    path = root / STUDY_JSON
+    if not path.is_file():
+        raise StudyError(
+            f"{root} is not a reader study directory (no {STUDY_JSON}); create one with "
+            "`xray-audit reader-study create RUN_DIR --out STUDY_DIR --readers NAME,...`"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != STUDY_FORMAT:
+            raise StudyError(
+                f"{path}: study format {data.get('format')!r}; this xray-audit reads {STUDY_FORMAT}"
+            )
+        return root, StudyInfo.from_dict(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StudyError(f"{path}: unreadable study description ({exc}); was it edited by hand?") from exc
+
+
+def save(study_dir: Path, info: StudyInfo) -> None:
+    write_text(study_dir / STUDY_JSON, info.to_json())
+
+
+def image_path(study_dir: Path, item_id: str) -> Path:
+    # Item ids come from the database, but a path is built from them: refuse anything else.
+    if not ITEM_ID.match(item_id):
+        raise StudyError(f"invalid item id {item_id!r}")
+    return study_dir / IMAGES_DIR / f"{item_id}.png"

@@ -1,0 +1,104 @@
+"""Small finished run directories and reader studies for the reader-study tests (no torch, ~0.2 s).
+
+The run holds real PNGs of different sizes and bit depths per source (real: 16-bit 96x80,
+generated: 8-bit 64x64 and 16-bit 48x48) with PNG text chunks, so that tests can check that the
+study's re-encoding hides every one of these differences.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, PngImagePlugin
+
+from audit import rundir
+from audit.atomic import sha256_file
+from reader_study.create import CreatedStudy, CreateOptions, create_study
+from reader_study.criteria import resolve
+
+MODELS = ("model-alpha", "model-beta")
+# Distinctive strings a leak check can look for in pages and bytes.
+LEAKY_TEXT = "SECRET-MODEL-NAME"
+
+
+def _png(path: Path, pixels: np.ndarray, bits: int, text: str) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", text)
+    info.add_itxt("Comment", text)
+    info.add(b"zTXt", b"Title\x00\x00" + zlib.compress(text.encode()))
+    if bits == 16:
+        im = Image.fromarray((pixels * 65535).astype(np.uint16))
+    else:
+        im = Image.fromarray((pixels * 255).astype(np.uint8), mode="L")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, pnginfo=info, exif=Image.Exif())
+
+
+def make_run(root: Path, n_cases: int = 12, models: tuple[str, ...] = MODELS, samples: int = 1) -> Path:
+    """A finished run directory at ``root/run`` with ``n_cases`` real cases and the given models."""
+    rng = np.random.default_rng(0)
+    run = root / "run"
+    run.mkdir(parents=True)
+    case_rows, sample_rows = [], []
+    for i in range(n_cases):
+        case = f"case-{i:03d}"
+        real = root / "data" / f"{case}.png"
+        _png(real, rng.random((96, 80)), 16, f"{LEAKY_TEXT} real {case}")
+        case_rows.append(
+            {
+                "case_id": case,
+                "image": str(real),
+                "prompt": f"chest x-ray, finding {i % 3}",
+                "labels": "Nodule",
+            }
+        )
+        sample_rows.append(
+            {
+                "model": "real",
+                "case_id": case,
+                "sample": 0,
+                "seed": 0,
+                "path": str(real),
+                "sha256": sha256_file(real),
+            }
+        )
+        for j, model in enumerate(models):
+            for s in range(samples):
+                path = run / "samples" / model / f"{case}_s{s}.png"
+                size = 64 if j % 2 == 0 else 48
+                _png(path, rng.random((size, size)), 8 if j % 2 == 0 else 16, f"{LEAKY_TEXT} {model}")
+                sample_rows.append(
+                    {"model": model, "case_id": case, "sample": s, "seed": i * 10 + s, "path": str(path),
+                     "sha256": sha256_file(path)}
+                )  # fmt: skip
+    pd.DataFrame(case_rows).to_parquet(run / rundir.CASES, index=False)
+    pd.DataFrame(sample_rows).to_parquet(run / rundir.SAMPLES, index=False)
+    pd.DataFrame(columns=list(rundir.PER_SAMPLE_COLUMNS)).to_parquet(run / rundir.PER_SAMPLE, index=False)
+    pd.DataFrame(columns=list(rundir.SUMMARY_COLUMNS)).to_csv(run / rundir.SUMMARY, index=False)
+    (run / rundir.RUN_JSON).write_text(json.dumps({"study": "fixture"}))
+    return run
+
+
+def make_study(
+    root: Path,
+    readers: tuple[str, ...] = ("alice", "bob"),
+    *,
+    n_cases: int = 12,
+    database: str | None = None,
+    **options: object,
+) -> CreatedStudy:
+    """A run plus a study created from it at ``root/study``; ``options`` go to CreateOptions."""
+    run = make_run(root, n_cases=n_cases)
+    criteria = options.pop("criteria", None)
+    opts = CreateOptions(
+        readers=readers,
+        criteria=resolve(criteria if isinstance(criteria, str) or criteria is None else None, None),  # type: ignore[arg-type]
+        database=database,
+        size=int(options.pop("size", 64)),  # type: ignore[call-overload]
+        **options,  # type: ignore[arg-type]
+    )
+    return create_study(run, root / "study", opts, progress=False)

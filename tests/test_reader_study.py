@@ -1,0 +1,1072 @@
+"""Tests of the reader-study library without a browser: which items a study shows and in what order,
+study creation and its blinding, the pixels readers see, the ratings database (SQLite, and a real
+PostgreSQL when ``pgserver`` is installed), the unblinding export and the CLI.
+
+The app is tested in test_reader_study_app.py (Streamlit AppTest) and test_reader_study_e2e.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import logging
+import math
+import re
+import sqlite3
+import struct
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from audit.cli import main as cli_main
+from reader_study import admin, assignment, rendering, study
+from reader_study.create import CreateError, CreateOptions, create_study
+from reader_study.criteria import FLAG, TURING, resolve
+from reader_study.store import (
+    Answer,
+    Store,
+    StoreError,
+    assignments,
+    audit_log,
+    items,
+    ratings,
+    readers,
+    responses,
+    sqlite_url,
+    submissions,
+)
+from tests.reader_study_fixtures import LEAKY_TEXT, MODELS, make_run, make_study
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CRITERIA = ("anatomy", "pathology", "quality")
+
+
+def rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, body) of every chunk, parsed by hand with each CRC checked."""
+    assert data[:8] == PNG_SIGNATURE
+    out, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind!r}"
+        out.append((kind, body))
+        pos += 12 + length
+    return out
+
+
+def ihdr(data: bytes) -> tuple[int, ...]:
+    """(width, height, bit depth, colour type, compression, filter, interlace)."""
+    kind, body = png_chunks(data)[0]
+    assert kind == b"IHDR"
+    return struct.unpack(">IIBBBBB", body)
+
+
+def decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+def decode_source(path: str | Path) -> np.ndarray:
+    """A source PNG as floats in [0, 1], decoded with PIL (not with audit.images)."""
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+        full = 65535.0 if im.mode.startswith("I") else 255.0
+    return arr.astype(np.float64) / full
+
+
+def open_study_store(path: Path) -> Store:
+    root, info = study.load(path)
+    return Store(study.database_url(root, info))
+
+
+# --- assignment ---------------------------------------------------------------------------------
+
+
+def test_select_cases_is_a_function_of_the_seed():
+    avail = {s: [f"c{i:02d}" for i in range(30)] for s in ("real", "a", "b")}
+    counts = {"real": 6, "a": 6, "b": 6}
+    first = assignment.select_cases(avail, counts, rng(7))
+    assert first == assignment.select_cases(avail, counts, rng(7))
+    assert first[0] != assignment.select_cases(avail, counts, rng(8))[0]
+
+
+def test_select_cases_disjoint_while_cases_suffice():
+    r = rng(0)
+    for trial in range(200):
+        cases = [f"c{i:02d}" for i in range(int(r.integers(4, 40)))]
+        strata = ["real", *(f"m{j}" for j in range(int(r.integers(1, 5))))]
+        # Models may lack a few cases (failed samples); the real stratum has them all.
+        missing = {
+            s: set() if s == "real" else set(r.choice(cases, size=int(r.integers(0, 3)), replace=False))
+            for s in strata
+        }
+        avail = {s: [c for c in cases if c not in missing[s]] for s in strata}
+        budget = len(cases) - max(len(m) for m in missing.values())
+        total = int(r.integers(0, budget + 1))
+        counts = dict(zip(strata, (int(n) for n in r.multinomial(total, [1 / len(strata)] * len(strata)))))
+        chosen, reuse = assignment.select_cases(avail, counts, rng(trial))
+        for s in strata:
+            assert len(chosen[s]) == counts[s]
+            assert set(chosen[s]) <= set(avail[s])
+        everything = [c for s in strata for c in chosen[s]]
+        assert len(everything) == len(set(everything)), (avail, counts, chosen)
+        assert reuse == (1 if total else 0)
+
+
+def test_select_cases_reuses_as_little_as_possible():
+    r = rng(1)
+    for trial in range(200):
+        cases = [f"c{i:02d}" for i in range(int(r.integers(2, 12)))]
+        strata = ["real", *(f"m{j}" for j in range(int(r.integers(1, 6))))]
+        counts = {s: int(r.integers(1, len(cases) + 1)) for s in strata}
+        total = sum(counts.values())
+        chosen, reuse = assignment.select_cases({s: cases for s in strata}, counts, rng(trial))
+        uses = Counter(c for s in strata for c in chosen[s])
+        for s in strata:
+            assert len(chosen[s]) == len(set(chosen[s])) == counts[s]  # a stratum never repeats a case
+        assert reuse == max(uses.values())
+        assert reuse == math.ceil(total / len(cases)), (counts, chosen)
+
+
+def test_select_cases_refuses_more_than_a_stratum_has():
+    with pytest.raises(ValueError, match="m0: 4 items asked"):
+        assignment.select_cases(
+            {"real": ["a", "b", "c"], "m0": ["a", "b", "c"]}, {"real": 1, "m0": 4}, rng(0)
+        )
+
+
+def _strata(sizes: list[int]) -> dict[str, list[tuple[int, int]]]:
+    return {f"s{i:02d}": [(i, k) for k in range(n)] for i, n in enumerate(sizes)}
+
+
+def test_balanced_order_is_a_function_of_the_seed():
+    strata = _strata([8, 8, 8])
+    first = assignment.balanced_order(strata, rng(3))
+    assert sorted(first) == sorted(x for v in strata.values() for x in v)
+    assert first == assignment.balanced_order(strata, rng(3))
+    assert first != assignment.balanced_order(strata, rng(4))
+
+
+@pytest.mark.parametrize("n_strata", [2, 3, 5])
+def test_balanced_order_equal_strata_come_in_shuffled_blocks(n_strata):
+    strata = _strata([7] * n_strata)
+    block_orders, item_orders = set(), set()
+    for seed in range(60):
+        order = assignment.balanced_order(strata, rng(seed))
+        assert len(order) == 7 * n_strata
+        for start in range(0, len(order), n_strata):
+            assert sorted(s for s, _ in order[start : start + n_strata]) == list(range(n_strata))
+        block_orders.add(tuple(s for s, _ in order[:n_strata]))
+        item_orders.add(tuple(k for s, k in order if s == 0))
+    # The blocks are shuffled and every stratum's own items too.
+    assert len(block_orders) == math.factorial(n_strata) if n_strata <= 3 else len(block_orders) > 20
+    assert len(item_orders) > 50
+
+
+def _prefix_deviation(order: list[tuple[int, int]], sizes: list[int]) -> tuple[float, float]:
+    """(most ahead, most behind) any stratum is of its proportional share, over all prefixes."""
+    total, taken = sum(sizes), [0] * len(sizes)
+    ahead = behind = 0.0
+    for m, (s, _) in enumerate(order, 1):
+        taken[s] += 1
+        for i, n in enumerate(sizes):
+            excess = (taken[i] * total - m * n) / total
+            ahead, behind = max(ahead, excess), max(behind, -excess)
+    return ahead, behind
+
+
+def test_balanced_order_unequal_strata_stay_within_two_items_of_their_share():
+    # One large stratum among many small ones is the hard case (jittered sort keys drift by 3).
+    configs = [[30, 5], [10, 3, 7], [50, 1, 1], [50, 1, 1, 1, 1], [30, 5, 5, 5, 5], [10] + [1] * 7]
+    configs += [[40] * 5 + [1] * 7, [30, 30, 30, 30] + [1] * 10]
+    r = rng(5)
+    for _ in range(150):
+        configs.append([int(n) for n in r.integers(1, 40, size=int(r.integers(2, 9)))])
+    for trial, sizes in enumerate(configs):
+        for seed in range(3):
+            order = assignment.balanced_order(_strata(sizes), rng(1000 * trial + seed))
+            assert sorted(order) == sorted(x for v in _strata(sizes).values() for x in v)
+            ahead, behind = _prefix_deviation(order, sizes)
+            assert ahead < 1, (sizes, ahead)  # never a whole item ahead of its share
+            assert behind <= 2, (sizes, behind)
+
+
+def test_balanced_order_skips_empty_strata():
+    assert assignment.balanced_order({"a": [], "b": []}, rng(0)) == []
+    assert sorted(assignment.balanced_order({"a": [], "b": [1, 2]}, rng(0))) == [1, 2]
+
+
+def test_pick_rereads_takes_a_share_of_every_stratum():
+    strata = {"real": list(range(30)), "a": list(range(100, 110)), "b": [200, 201, 202], "c": [300]}
+    for fraction in (0.1, 0.25, 0.5):
+        picked = assignment.pick_rereads(strata, fraction, rng(1))
+        assert len(picked) == len(set(picked))
+        for members in strata.values():
+            k = sum(p in members for p in picked)
+            share = fraction * len(members)
+            assert k >= 1
+            assert abs(k - share) <= 0.5 or (k == 1 and share < 1), (fraction, len(members), k)
+        assert picked == assignment.pick_rereads(strata, fraction, rng(1))
+    assert assignment.pick_rereads(strata, 0.0, rng(1)) == []
+    assert sorted(assignment.pick_rereads(strata, 1.0, rng(1))) == sorted(
+        x for v in strata.values() for x in v
+    )
+    assert assignment.pick_rereads(strata, 0.5, rng(1)) != assignment.pick_rereads(strata, 0.5, rng(2))
+
+
+# --- create -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def created(tmp_path_factory):
+    """One study to look at (read-only): Turing question, prompts, calibration and re-reads."""
+    root = tmp_path_factory.mktemp("created")
+    return make_study(
+        root, turing=True, show_prompt=True, per_model=3, calibration=3, reread_percent=50, washout="0d"
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run to create studies from (read-only)."""
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+def _options(**kw: Any) -> CreateOptions:
+    base: dict[str, Any] = {"readers": ("alice", "bob"), "criteria": resolve(None, None), "size": 64}
+    return CreateOptions(**{**base, **kw})
+
+
+def _sequences(study_dir: Path) -> dict[str, list[tuple]]:
+    """Each reader's session as (model, case_id, sample, read_number, calibration)."""
+    key = pd.read_parquet(study_dir / study.KEY).set_index("item")
+    store = open_study_store(study_dir)
+    try:
+        names = {r["id"]: r["name"] for r in store.table(readers)}
+        out: dict[str, list[tuple]] = {}
+        for row in sorted(store.table(assignments), key=lambda r: (r["reader_id"], r["position"])):
+            k = key.loc[row["item_id"]]
+            out.setdefault(names[row["reader_id"]], []).append(
+                (k.model, k.case_id, k["sample"], row["read_number"], bool(row["calibration"]))
+            )
+        return out
+    finally:
+        store.close()
+
+
+def test_item_ids_are_random_hex_unrelated_to_the_source(run_dir, tmp_path):
+    a = create_study(run_dir, tmp_path / "a", _options(seed=3), progress=False)
+    b = create_study(run_dir, tmp_path / "b", _options(seed=3), progress=False)
+    key_a, key_b = (pd.read_parquet(s.path / study.KEY) for s in (a, b))
+    for key in (key_a, key_b):
+        assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in key.item)
+        assert key.item.is_unique
+    # Same seed: the same images in the same order, but under fresh ids (not derived from them).
+    assert _sequences(a.path) == _sequences(b.path)
+    assert list(key_a.model) == list(key_b.model) and list(key_a.case_id) == list(key_b.case_id)
+    assert not set(key_a.item) & set(key_b.item)
+    c = create_study(run_dir, tmp_path / "c", _options(seed=4), progress=False)
+    assert _sequences(c.path) != _sequences(a.path)
+    assert {(m, cs) for m, cs in zip(key_a.model, key_a.case_id)} != {
+        (m, cs) for m, cs in zip(*(pd.read_parquet(c.path / study.KEY)[k] for k in ("model", "case_id")))
+    }
+
+
+def test_every_image_is_encoded_alike_with_no_metadata(created):
+    key = pd.read_parquet(created.path / study.KEY)
+    files = sorted((created.path / study.IMAGES_DIR).iterdir())
+    assert sorted(f.name for f in files) == sorted(f"{i}.png" for i in key.item)
+    headers = set()
+    for f in files:
+        data = f.read_bytes()
+        assert [kind for kind, _ in png_chunks(data)] == [b"IHDR", b"IDAT", b"IEND"], f.name
+        headers.add(ihdr(data))
+    # 64x64, 8-bit, greyscale (colour type 0), no interlace, for real and both models alike.
+    assert headers == {(64, 64, 8, 0, 0, 0, 0)}
+    assert set(key.model) == {"real", *MODELS}
+
+
+def test_nothing_but_the_key_names_a_model_or_a_case(created):
+    run = created.path.parent / "run"
+    needles = [m.encode() for m in MODELS] + [b"case-0", LEAKY_TEXT.encode(), str(run).encode(), b"samples/"]
+    checked = []
+    for path in sorted(created.path.rglob("*")):
+        if path.is_file() and path.name != study.KEY:
+            data = path.read_bytes()
+            checked.append(path.name)
+            for needle in needles:
+                assert needle not in data, f"{path} contains {needle!r}"
+    assert study.STUDY_JSON in checked and study.DB_FILE in checked and len(checked) > 10
+    # The key does hold them (so the needles are the right ones to look for).
+    key = pd.read_parquet(created.path / study.KEY)
+    assert set(key.model) >= set(MODELS) and key.case_id.str.startswith("case-0").all()
+
+
+def test_key_maps_every_item_back_to_its_source(created):
+    run = created.path.parent / "run"
+    key = pd.read_parquet(created.path / study.KEY)
+    samples = pd.read_parquet(run / "samples.parquet")
+    cases = pd.read_parquet(run / "cases.parquet").set_index("case_id")
+    store = open_study_store(created.path)
+    try:
+        stored_sha = {r["id"]: r["image_sha256"] for r in store.table(items)}
+    finally:
+        store.close()
+    assert set(stored_sha) == set(key.item)
+    for row in key.itertuples():
+        if row.model == "real":
+            assert row.source_path == cases.loc[row.case_id, "image"] and pd.isna(row.sample)
+        else:
+            match = samples[(samples.model == row.model) & (samples.case_id == row.case_id)]
+            assert row.source_path == match.path[match["sample"] == row.sample].item()
+        assert hashlib.sha256(Path(row.source_path).read_bytes()).hexdigest() == row.source_sha256
+        png = (created.path / study.IMAGES_DIR / f"{row.item}.png").read_bytes()
+        assert hashlib.sha256(png).hexdigest() == stored_sha[row.item]
+        expected = rendering.normalise(decode_source(row.source_path), 64)
+        np.testing.assert_array_equal(decode(png), expected)
+
+
+def test_calibration_first_rereads_last(created):
+    key = pd.read_parquet(created.path / study.KEY)
+    calibration = set(key.item[key.calibration])
+    main = key[~key.calibration]
+    assert len(calibration) == 3 and len(main) == 9  # 3 per stratum, 3 strata
+    store = open_study_store(created.path)
+    try:
+        for name in ("alice", "bob"):
+            reader_id = next(r["id"] for r in store.table(readers) if r["name"] == name)
+            queue = store.queue(reader_id)
+            assert [e.position for e in queue] == list(range(len(queue)))
+            assert {e.item_id for e in queue[:3]} == calibration
+            assert all(e.calibration and e.read_number == 1 for e in queue[:3])
+            first = [e for e in queue[3:] if e.read_number == 1]
+            rereads = queue[3 + len(first) :]
+            assert sorted(e.item_id for e in first) == sorted(main.item)
+            assert not any(e.calibration for e in queue[3:])
+            assert rereads and all(e.read_number == 2 for e in rereads)
+            assert len({e.item_id for e in rereads}) == len(rereads)
+            by_model = Counter(main.set_index("item").model[[e.item_id for e in rereads]])
+            assert set(by_model) == set(main.model)  # every stratum, half of 3 each
+            assert all(abs(n - 1.5) <= 0.5 for n in by_model.values())
+            # Washout "0d": hidden until the first read of the same item.
+            assert all(e.available_after is not None for e in rereads)
+    finally:
+        store.close()
+
+
+def test_tokens_are_stored_only_hashed(created):
+    store = open_study_store(created.path)
+    try:
+        rows = {r["name"]: r for r in store.table(readers)}
+        assert set(rows) == set(created.tokens) == {"alice", "bob"}
+        for name, token in created.tokens.items():
+            assert len(token) >= 32  # 192 bits
+            assert rows[name]["token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
+            assert store.authenticate(token) == (rows[name]["id"], name)
+    finally:
+        store.close()
+    for path in created.path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for token in created.tokens.values():
+                assert token.encode() not in data, path
+
+
+def test_create_errors(run_dir, tmp_path):
+    def fails(match: str, out: Path | None = None, **kw: Any) -> None:
+        target = out or tmp_path / "study"
+        with pytest.raises(CreateError, match=match):
+            create_study(run_dir, target, _options(**kw), progress=False)
+        assert not (target / study.STUDY_JSON).exists()
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep")
+    fails("already exists and is not empty", out=busy)
+    assert (busy / "notes.txt").read_text() == "keep"
+    fails(r"--models: \['model-gamma'\] not in .*model-alpha, model-beta", models=("model-gamma",))
+    fails("not enough usable images: real has 12 case", per_model=13)
+    fails("--washout must be a date", washout="two weeks", reread_percent=10)
+    fails("--washout must be a date", washout="2026-13-01", reread_percent=10)
+    fails("--reread needs --washout", reread_percent=10)
+    fails("a reader is listed twice", readers=("alice", "bob", "alice"))
+    fails("letters, digits", readers=("alice smith",))
+    fails("--reread is a percentage", reread_percent=150, washout="1d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]  # nothing half made
+
+
+def test_create_into_an_existing_empty_directory(run_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    made = create_study(run_dir, tmp_path / "empty", _options(per_model=2), progress=False)
+    assert (made.path / study.STUDY_JSON).is_file() and made.n_items == 6
+
+
+@pytest.mark.parametrize(
+    "kw, per_model",
+    # 12 cases, 3 strata: calibration items and a fixed --real leave fewer cases for the models.
+    [({}, 4), ({"calibration": 3}, 3), ({"real": 6}, 3), ({"real": 2, "calibration": 2}, 4)],
+)
+def test_default_per_model_keeps_cases_disjoint(run_dir, tmp_path, kw, per_model):
+    made = create_study(run_dir, tmp_path / "study", _options(**kw), progress=False)
+    key = pd.read_parquet(made.path / study.KEY)
+    assert made.case_reuse == 1 and key.case_id.is_unique
+    main = key[~key.calibration]
+    assert Counter(main.model) == {"real": kw.get("real", per_model), **dict.fromkeys(MODELS, per_model)}
+    assert key.calibration.sum() == kw.get("calibration", 0)
+
+
+def test_create_refuses_a_sample_changed_after_the_run(tmp_path):
+    run = make_run(tmp_path)
+    changed = sorted((run / "samples" / "model-alpha").glob("*.png"))
+    for path in changed:
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
+    with pytest.raises(CreateError, match="changed after the run recorded it") as err:
+        create_study(run, tmp_path / "study", _options(), progress=False)
+    assert any(str(p) in str(err.value) for p in changed), err.value
+    assert not (tmp_path / "study").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".study")]
+
+
+@pytest.mark.parametrize("interrupt", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_interrupted_create_leaves_no_study(run_dir, tmp_path, monkeypatch, interrupt):
+    calls = []
+
+    def add_assignments(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:  # after the first reader's queue is written
+            raise interrupt
+        return real(self, rows)
+
+    real = Store.add_assignments
+    monkeypatch.setattr(Store, "add_assignments", add_assignments)
+    with pytest.raises(type(interrupt)):
+        create_study(run_dir, tmp_path / "study", _options(), progress=False)
+    assert len(calls) == 2
+    assert list(tmp_path.iterdir()) == []  # neither the study nor its temporary directory
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def _linear_exact(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.3.2 LINEAR_EXACT VOI LUT with output range [0, 1]."""
+    y = (x - center) / width + 0.5
+    return np.where(x <= center - width / 2, 0.0, np.where(x > center + width / 2, 1.0, y))
+
+
+def test_window_is_the_linear_exact_voi_lut():
+    x = np.array([0.0, 0.1, 0.125, 0.25, 0.3, 0.5, 0.75, 0.9, 1.0])
+    # By hand: level 0.25, width 0.5 maps [0, 0.5] onto [0, 1].
+    np.testing.assert_allclose(
+        rendering.window(x, 0.25, 0.5), [0.0, 0.2, 0.25, 0.5, 0.6, 1.0, 1.0, 1.0, 1.0], atol=1e-12
+    )
+    np.testing.assert_allclose(rendering.window(x, 0.5, 1.0), x, atol=1e-12)
+    for level, width in [(0.5, 1.0), (0.25, 0.5), (0.7, 0.2), (0.1, 1.6), (0.5, 2.0)]:
+        np.testing.assert_allclose(
+            rendering.window(x, level, width), _linear_exact(x, level, width), atol=1e-12
+        )
+    for width in (0.0, -0.1, 2.5):
+        with pytest.raises(ValueError, match="window width"):
+            rendering.window(x, 0.5, width)
+
+
+def test_crop_stays_inside_the_image():
+    img = np.arange(100.0).reshape(10, 10)
+    np.testing.assert_array_equal(rendering.crop(img, 1.0, 0.5, 0.5), img)
+    np.testing.assert_array_equal(rendering.crop(img, 2.0, 0.5, 0.5), img[2:7, 2:7])
+    np.testing.assert_array_equal(rendering.crop(img, 2.0, 0.0, 0.0), img[:5, :5])
+    np.testing.assert_array_equal(rendering.crop(img, 2.0, 1.0, 1.0), img[5:, 5:])
+    np.testing.assert_array_equal(rendering.crop(img, 2.0, 1.0, 0.0), img[:5, 5:])
+    np.testing.assert_array_equal(rendering.crop(img, 4.0, 0.9, 0.2), img[1:3, 8:10])  # round(2.5) = 2
+    wide = np.arange(60.0).reshape(6, 10)
+    np.testing.assert_array_equal(rendering.crop(wide, 2.0, 0.0, 1.0), wide[3:6, 0:5])
+    assert rendering.crop(img, 40.0, 0.5, 0.5).shape == (1, 1)
+    with pytest.raises(ValueError, match="zoom"):
+        rendering.crop(img, 0.5, 0.5, 0.5)
+
+
+def test_normalise_centre_crops_a_non_square_image():
+    tall = np.full((9, 6), 0.9)
+    tall[1:7] = np.linspace(0, 1, 36).reshape(6, 6)  # (9 - 6) // 2 = 1 row off the top
+    np.testing.assert_array_equal(rendering.normalise(tall, 6), np.rint(tall[1:7] * 255).astype(np.uint8))
+    wide = np.full((8, 12), 1.0)
+    wide[:, 2:10] = np.linspace(0, 0.5, 64).reshape(8, 8)
+    out = rendering.normalise(wide, 8)
+    assert out.dtype == np.uint8 and out.shape == (8, 8)
+    np.testing.assert_array_equal(out, np.rint(wide[:, 2:10] * 255).astype(np.uint8))
+    # Resampled: a constant crop stays constant, out-of-range values are clipped.
+    np.testing.assert_array_equal(rendering.normalise(np.full((30, 50), 0.4), 16), np.full((16, 16), 102))
+    assert rendering.normalise(np.full((5, 7), 1.7), 5).max() == 255
+    with pytest.raises(ValueError, match="greyscale"):
+        rendering.normalise(np.zeros((4, 4, 3)), 4)
+
+
+def test_view_is_the_windowed_zoomed_stored_image():
+    stored = rng(0).integers(0, 256, size=(32, 32), dtype=np.uint8)
+    x = stored / 255.0
+    # Zoom 1, no resampling: exactly the window of the stored pixels.
+    data = rendering.view(stored, level=0.4, width=0.5)
+    assert [k for k, _ in png_chunks(data)] == [b"IHDR", b"IDAT", b"IEND"]
+    assert ihdr(data)[:4] == (32, 32, 8, 0)
+    # Each output is the exact windowed value, rounded (ties may go either way in float32).
+    assert np.abs(decode(data) - _linear_exact(x, 0.4, 0.5) * 255).max() <= 0.5 + 1e-3
+    np.testing.assert_array_equal(decode(rendering.view(stored)), stored)
+    # Zoom 2 at the bottom-right corner, shown at the crop's own size.
+    data = rendering.view(stored, zoom=2.0, cx=1.0, cy=1.0, out_size=16)
+    np.testing.assert_array_equal(decode(data), stored[16:, 16:])
+    # Zoom 2 enlarged to 32: a Lanczos resample of that crop (PIL as the reference), then windowed.
+    ref = Image.fromarray(x[8:24, 8:24].astype(np.float32), mode="F").resize(
+        (32, 32), Image.Resampling.LANCZOS
+    )
+    expected = np.rint(_linear_exact(np.clip(np.asarray(ref), 0, 1), 0.5, 0.8) * 255)
+    got = decode(rendering.view(stored, zoom=2.0, width=0.8))
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+# --- store --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    pgserver = pytest.importorskip("pgserver", reason="PostgreSQL tests need pgserver (pip install pgserver)")
+    pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg (pip install 'psycopg[binary]')")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+def _new_pg_database(server: Any) -> str:
+    import psycopg
+
+    name = f"rs_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server.get_uri(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "ratings.sqlite")
+    return _new_pg_database(request.getfixturevalue("pg_server"))
+
+
+FUTURE = "2999-01-01T00:00:00Z"
+ITEMS = [f"{i:016x}" for i in (0xA0, 0xA1, 0xA2, 0xA3)]
+
+
+class Tiny:
+    """A hand-built study database: alice reads items 0, 1, 3 then re-reads 0 (washout 0 days),
+    1 (from a date far ahead) and 3 (14 days after her first read); bob reads items 1 and 2."""
+
+    def __init__(self, url: str):
+        self.store = Store(url)
+        self.store.create_schema()
+        self.store.add_items([{"id": i, "image_sha256": "0" * 64, "prompt": None} for i in ITEMS])
+        self.tokens = {"alice": "alice-token-" + "x" * 20, "bob": "bob-token-" + "y" * 22}
+        self.alice = self.store.add_reader("alice", self.tokens["alice"])
+        self.bob = self.store.add_reader("bob", self.tokens["bob"])
+        i0, i1, i2, i3 = ITEMS
+        rows = [
+            (self.alice, i0, 1, None, None),
+            (self.alice, i1, 1, None, None),
+            (self.alice, i3, 1, None, None),
+            (self.alice, i0, 2, None, 0),
+            (self.alice, i1, 2, FUTURE, None),
+            (self.alice, i3, 2, None, 14),
+            (self.bob, i1, 1, None, None),
+            (self.bob, i2, 1, None, None),
+        ]
+        position: Counter[int] = Counter()
+        asg = []
+        for reader, item, read, after, days in rows:
+            asg.append(
+                {"reader_id": reader, "position": position[reader], "item_id": item, "read_number": read,
+                 "calibration": False, "available_after": after, "washout_days": days}
+            )  # fmt: skip
+            position[reader] += 1
+        self.store.add_assignments(asg)
+
+    def submit(self, reader: int, item: str, read: int = 1, sid: str | None = None, **kw: Any) -> Any:
+        answers = kw.pop("answers", [Answer("anatomy", score=3)])
+        return self.store.submit(reader, item, read, sid or str(uuid.uuid4()), answers, **kw)
+
+    def rows(self, table: sa.Table) -> list[dict[str, Any]]:
+        return self.store.table(table)
+
+
+@pytest.fixture
+def tiny(db_url) -> Iterator[Tiny]:
+    t = Tiny(db_url)
+    yield t
+    t.store.close()
+
+
+def test_sqlite_connections_are_configured(tmp_path):
+    t = Tiny(sqlite_url(tmp_path / "db.sqlite"))
+    try:
+        # Three distinct pooled connections (read transactions: a write one would take the lock).
+        conns = [t.store.engine.connect().execution_options(sqlite_begin="DEFERRED") for _ in range(3)]
+        for conn in conns:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        for conn in conns:
+            conn.close()
+        plain = sqlite3.connect(tmp_path / "db.sqlite", timeout=0)
+        assert plain.execute("PRAGMA foreign_keys").fetchone()[0] == 0  # per connection: not inherited
+        # A write transaction takes the lock at BEGIN (IMMEDIATE), so a second writer waits for it.
+        with t.store.engine.begin() as conn:
+            conn.execute(sa.select(readers.c.id)).all()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                plain.execute("BEGIN IMMEDIATE")
+        plain.execute("BEGIN IMMEDIATE")
+        plain.rollback()
+        plain.close()
+    finally:
+        t.store.close()
+
+
+def test_database_constraints_hold_against_raw_inserts(tiny):
+    i0, i1, i2, _ = ITEMS
+    now = "2026-01-01T00:00:00Z"
+    good = {"reader_id": tiny.alice, "item_id": i0, "criterion": "anatomy", "read_number": 1, "score": 3,
+            "turing_answer": None, "confidence": None, "created_at": now, "updated_at": now}  # fmt: skip
+    with tiny.store.engine.begin() as conn:
+        conn.execute(ratings.insert().values(**good))
+    bad = [
+        {"criterion": "quality", "score": 0},
+        {"criterion": "quality", "score": 6},
+        {"criterion": TURING, "score": None, "turing_answer": "real", "confidence": 0},
+        {"criterion": TURING, "score": None, "turing_answer": "maybe", "confidence": 3},
+        {"criterion": "quality", "score": None},  # no answer at all
+        {},  # duplicate (reader, item, criterion, read_number)
+        {"criterion": "quality", "item_id": i2},  # bob's item, not in alice's queue
+        {"criterion": "quality", "read_number": 3},  # no such read
+    ]
+    for change in bad:
+        with pytest.raises(sa.exc.IntegrityError), tiny.store.engine.begin() as conn:
+            conn.execute(ratings.insert().values(**{**good, **change}))
+    assert [(r["criterion"], r["score"]) for r in tiny.rows(ratings)] == [("anatomy", 3)]
+    # The same bounds let the extremes through.
+    with tiny.store.engine.begin() as conn:
+        conn.execute(ratings.insert().values(**{**good, "criterion": "quality", "score": 5}))
+        conn.execute(ratings.insert().values(**{**good, "criterion": "pathology", "score": 1}))
+    sub = {"id": "s-1", "reader_id": tiny.alice, "item_id": i1, "read_number": 1, "at": now}
+    with tiny.store.engine.begin() as conn:
+        conn.execute(submissions.insert().values(**sub))
+    with pytest.raises(sa.exc.IntegrityError), tiny.store.engine.begin() as conn:
+        conn.execute(submissions.insert().values(**sub))
+
+
+def test_submit_is_idempotent_in_its_submission_id(tiny):
+    i0 = ITEMS[0]
+    sid = str(uuid.uuid4())
+    first = tiny.submit(tiny.alice, i0, sid=sid, answers=[Answer("anatomy", score=2)], seconds=4.0)
+    assert first.created and first.changes == 1
+    audit_before = len(tiny.rows(audit_log))
+    again = tiny.submit(tiny.alice, i0, sid=sid, answers=[Answer("anatomy", score=5)], seconds=9.0)
+    assert not again.created and again.changes == 0
+    assert [(r["criterion"], r["score"]) for r in tiny.rows(ratings)] == [("anatomy", 2)]
+    assert len(tiny.rows(submissions)) == 1
+    assert len(tiny.rows(audit_log)) == audit_before
+    assert [r["seconds"] for r in tiny.rows(responses)] == [4.0]
+
+
+def test_back_edit_keeps_the_old_value_in_the_audit_log(tiny):
+    i0 = ITEMS[0]
+    tiny.submit(tiny.alice, i0, answers=[Answer("anatomy", score=3), Answer("quality", score=4)], seconds=2.0)
+    before = tiny.rows(responses)[0]
+    edit = tiny.submit(
+        tiny.alice, i0, answers=[Answer("anatomy", score=5), Answer("quality", score=4)], seconds=3.0
+    )
+    assert edit.created and edit.changes == 1  # quality is unchanged
+    assert {r["criterion"]: r["score"] for r in tiny.rows(ratings)} == {"anatomy": 5, "quality": 4}
+    trail = [(r["action"], r["field"], r["old"], r["new"], r["actor"]) for r in tiny.rows(audit_log)]
+    actor = f"reader:{tiny.alice}"
+    assert ("create", "anatomy", None, "score=3", actor) in trail
+    assert ("update", "anatomy", "score=3", "score=5", actor) in trail
+    assert [t for t in trail if t[1] == "quality"] == [("create", "quality", None, "score=4", actor)]
+    after = tiny.rows(responses)[0]
+    assert after["seconds"] == 5.0  # time on the item, summed over both visits
+    assert after["updated_at"] > before["updated_at"] and after["created_at"] == before["created_at"]
+    assert tiny.store.response(tiny.alice, i0, 1).answers["anatomy"].score == 5
+    # Flag with a reason, then take the flag back: both changes are audited.
+    tiny.submit(tiny.alice, i0, answers=[], flagged=True, flag_reason="  motion  ")
+    assert tiny.store.response(tiny.alice, i0, 1).flag_reason == "motion"
+    tiny.submit(tiny.alice, i0, answers=[Answer("anatomy", score=5)])
+    trail = [(r["field"], r["old"], r["new"]) for r in tiny.rows(audit_log) if r["action"] == "update"]
+    assert ("flagged", "False", "True") in trail and ("flagged", "True", "False") in trail
+    assert ("flag_reason", "motion", None) in trail
+
+
+def test_audit_log_is_append_only(tiny):
+    tiny.submit(tiny.alice, ITEMS[0])
+    before = tiny.rows(audit_log)
+    assert before
+    for statement in (
+        audit_log.update().values(actor="someone else"),
+        audit_log.delete(),
+        audit_log.delete().where(audit_log.c.id == before[0]["id"]),
+    ):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), tiny.store.engine.begin() as conn:
+            conn.execute(statement)
+    assert tiny.rows(audit_log) == before
+
+
+def test_a_reader_only_reaches_their_own_queue(tiny):
+    i0, i1, i2, _ = ITEMS
+    with pytest.raises(StoreError, match="not in your queue"):
+        tiny.submit(tiny.alice, i2)  # bob's item
+    with pytest.raises(StoreError, match="not in your queue"):
+        tiny.submit(tiny.alice, i0, read=3)
+    with pytest.raises(StoreError, match="not in your queue"):
+        tiny.submit(tiny.bob, i0)
+    assert tiny.rows(submissions) == [] and tiny.rows(ratings) == []
+    tiny.submit(tiny.bob, i1, answers=[Answer("anatomy", score=1)])
+    assert tiny.store.response(tiny.alice, i1, 1) is None
+    tiny.submit(tiny.alice, i1, answers=[Answer("anatomy", score=4)])
+    assert tiny.store.response(tiny.alice, i1, 1).answers == {"anatomy": Answer("anatomy", score=4)}
+    assert tiny.store.response(tiny.bob, i1, 1).answers == {"anatomy": Answer("anatomy", score=1)}
+    assert {e.item_id for e in tiny.store.queue(tiny.bob)} == {i1, i2}
+
+
+def test_submit_validates_answers(tiny):
+    i0 = ITEMS[0]
+    for answers, kw, match in [
+        ([Answer("anatomy", score=0)], {}, "integer 1-5"),
+        ([Answer("anatomy", score=6)], {}, "integer 1-5"),
+        ([Answer("anatomy", score=True)], {}, "integer 1-5"),
+        ([Answer("anatomy", score=2.5)], {}, "integer 1-5"),  # type: ignore[arg-type]
+        ([Answer(TURING, turing_answer="maybe", confidence=3)], {}, "'real' or 'synthetic'"),
+        ([Answer(TURING, turing_answer="real", confidence=9)], {}, "confidence must be"),
+        ([Answer("anatomy")], {}, "no answer"),
+        ([Answer("anatomy", score=2), Answer("anatomy", score=3)], {}, "twice"),
+        ([], {}, "nothing to submit"),
+        ([], {"flagged": True, "flag_reason": "   "}, "needs a reason"),
+    ]:
+        with pytest.raises(StoreError, match=match):
+            tiny.submit(tiny.alice, i0, answers=answers, **kw)
+    assert tiny.rows(responses) == [] and tiny.rows(submissions) == []
+
+
+def test_authenticate(tiny, monkeypatch):
+    assert tiny.store.authenticate(tiny.tokens["alice"]) == (tiny.alice, "alice")
+    assert tiny.store.authenticate(f"  {tiny.tokens['bob']}\n") == (tiny.bob, "bob")
+    for wrong in ("", "   ", "nope", tiny.tokens["alice"][:-1], tiny.tokens["alice"] + "x", "a" * 201):
+        assert tiny.store.authenticate(wrong) is None
+    # Every stored digest is compared (no early exit on a match), each in constant time.
+    calls = []
+    real = hmac.compare_digest
+
+    def compare_digest(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", compare_digest)
+    assert tiny.store.authenticate(tiny.tokens["alice"]) == (tiny.alice, "alice")
+    assert tiny.store.authenticate("wrong") is None
+    assert len(calls) == 4
+
+
+def test_washout_hides_rereads_until_due(tiny):
+    i0, i1, _, i3 = ITEMS
+    queue = {(e.item_id, e.read_number): e for e in tiny.store.queue(tiny.alice)}
+    assert all(queue[(i, 1)].available_after is None for i in (i0, i1, i3))
+    assert queue[(i1, 2)].available_after == datetime(2999, 1, 1, tzinfo=UTC)
+    assert queue[(i0, 2)].available_after is not None  # "0d": not before the first read
+    assert queue[(i3, 2)].available_after is not None
+    tiny.submit(tiny.alice, i0)
+    tiny.submit(tiny.alice, i3)
+    first_read = datetime.fromisoformat(
+        next(r["created_at"] for r in tiny.rows(responses) if r["item_id"] == i3)
+    )
+    queue = {(e.item_id, e.read_number): e for e in tiny.store.queue(tiny.alice)}
+    assert queue[(i0, 2)].available_after is None  # right after the first read
+    assert queue[(i1, 2)].available_after is not None  # the date is still ahead
+    assert queue[(i3, 2)].available_after == first_read + timedelta(days=14)
+    later = {
+        (e.item_id, e.read_number): e
+        for e in tiny.store.queue(tiny.alice, now=first_read + timedelta(days=15))
+    }
+    assert later[(i3, 2)].available_after is None
+    far = {
+        (e.item_id, e.read_number): e
+        for e in tiny.store.queue(tiny.alice, now=datetime(2999, 1, 2, tzinfo=UTC))
+    }
+    assert far[(i1, 2)].available_after is None
+    # A re-read is answered apart from the first read of the same item.
+    tiny.submit(tiny.alice, i0, read=2, answers=[Answer("anatomy", score=5)])
+    scores = {(r["item_id"], r["read_number"]): r["score"] for r in tiny.rows(ratings)}
+    assert scores[(i0, 1)] == 3 and scores[(i0, 2)] == 5
+
+
+def test_reissue_retires_the_old_token(tiny):
+    old = tiny.tokens["bob"]
+    tiny.store.reissue_token("bob", "a-brand-new-token-for-bob-123456")
+    assert tiny.store.authenticate(old) is None
+    assert tiny.store.authenticate("a-brand-new-token-for-bob-123456") == (tiny.bob, "bob")
+    assert tiny.store.authenticate(tiny.tokens["alice"]) == (tiny.alice, "alice")
+    assert any(r["action"] == "reissue_token" and r["reader_id"] == tiny.bob for r in tiny.rows(audit_log))
+    with pytest.raises(StoreError, match="no reader named 'carol'"):
+        tiny.store.reissue_token("carol", "whatever-token-000000000000000")
+
+
+def test_schema_is_created_once_and_checked(db_url):
+    store = Store(db_url)
+    try:
+        with pytest.raises(StoreError):
+            store.check_schema()  # empty database
+        store.create_schema()
+        store.check_schema()
+        with pytest.raises(StoreError, match="already holds a reader study"):
+            store.create_schema()
+    finally:
+        store.close()
+
+
+# --- admin: status and export -------------------------------------------------------------------
+
+
+EXPECTED_COLUMNS = [
+    "reader", "item", "model", "case_id", "sample", "criterion", "score", "turing_answer", "confidence",
+    "comment", "created_at", "read_number", "calibration", "flagged", "flag_reason", "seconds", "updated_at",
+]  # fmt: skip
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rated_study(request, tmp_path):
+    """A study with answers from alice (every first read, two flags, one re-read) and bob (two items),
+    and the answers as the test gave them: {(reader, item, read): (answers, flagged, reason, comment)}."""
+    database = None if request.param == "sqlite" else _new_pg_database(request.getfixturevalue("pg_server"))
+    made = make_study(
+        tmp_path, turing=True, comment=True, per_model=2, calibration=2, reread_percent=50, washout="0d",
+        database=database,
+    )  # fmt: skip
+    given: dict[tuple[str, str, int], tuple[list[Answer], bool, str | None, str | None]] = {}
+    _, _, store = admin.open_store(made.path)
+    try:
+        ids = {r["name"]: r["id"] for r in store.table(readers)}
+        alice = [e for e in store.queue(ids["alice"]) if e.read_number == 1]
+        for n, entry in enumerate(alice):
+            answers = [Answer(c, score=1 + (n + j) % 5) for j, c in enumerate(CRITERIA)]
+            answers.append(Answer(TURING, turing_answer=("real", "synthetic")[n % 2], confidence=1 + n % 5))
+            flagged, reason, comment = False, None, f"note {n}" if n % 3 == 0 else None
+            if n == 1:
+                answers, flagged, reason = [], True, "blurry"  # flagged instead of rated
+            if n == 2:
+                flagged, reason = True, "cropped"  # flagged and rated
+            given[("alice", entry.item_id, 1)] = (answers, flagged, reason, comment)
+        reread = next(e for e in store.queue(ids["alice"]) if e.read_number == 2)
+        given[("alice", reread.item_id, 2)] = ([Answer("anatomy", score=5)], False, None, None)
+        for entry in store.queue(ids["bob"])[:2]:
+            given[("bob", entry.item_id, 1)] = ([Answer("quality", score=2)], False, None, None)
+        for (reader, item, read), (answers, flagged, reason, comment) in given.items():
+            store.submit(ids[reader], item, read, str(uuid.uuid4()), answers, flagged=flagged,
+                         flag_reason=reason, comment=comment, seconds=1.5)  # fmt: skip
+    finally:
+        store.close()
+    return made, given, request.param
+
+
+def test_export_is_the_right_unblinding_join(rated_study):
+    made, given, backend = rated_study
+    frame = admin.export_frame(made.path)
+    assert list(frame.columns) == EXPECTED_COLUMNS
+    key = pd.read_parquet(made.path / study.KEY).set_index("item")
+    expected = set()
+    for (reader, item, read), (answers, flagged, reason, comment) in given.items():
+        k = key.loc[item]
+        sample = None if pd.isna(k["sample"]) else int(k["sample"])
+        for a in answers or [Answer(FLAG)]:
+            expected.add(
+                (reader, item, k.model, k.case_id, sample, a.criterion, a.score, a.turing_answer, a.confidence,
+                 comment, read, bool(k.calibration), flagged, reason)
+            )  # fmt: skip
+
+    def plain(v: Any) -> Any:
+        return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
+
+    got = {
+        tuple(plain(v) for v in row)
+        for row in frame[[c for c in EXPECTED_COLUMNS if c not in ("created_at", "seconds", "updated_at")]]
+        .astype(object)
+        .itertuples(index=False)
+    }
+    assert got == expected
+    assert len(frame) == len(expected)
+    assert frame.created_at.notna().all() and frame.updated_at.notna().all()
+    assert (frame.seconds == 1.5).all()
+    flag_only = frame[frame.criterion == FLAG]
+    assert len(flag_only) == 1 and flag_only.flag_reason.item() == "blurry" and flag_only.score.isna().all()
+    assert frame.calibration.any() and (frame.read_number == 2).any()
+    if backend == "postgresql":
+        assert not (made.path / study.DB_FILE).exists()
+        assert study.load(made.path)[1].database.startswith("postgresql")
+
+    paths = admin.export(made.path)
+    assert sorted(p.name for p in paths) == ["ratings.csv", "ratings.parquet"]
+
+    def nulls_as_none(f: pd.DataFrame) -> pd.DataFrame:
+        f = f.astype(object)
+        return f.where(f.notna(), None)
+
+    pd.testing.assert_frame_equal(
+        nulls_as_none(pd.read_parquet(made.path / "ratings.parquet")), nulls_as_none(frame)
+    )
+    csv = pd.read_csv(made.path / "ratings.csv", dtype={"case_id": str, "item": str})
+    assert list(csv.columns) == EXPECTED_COLUMNS and len(csv) == len(frame)
+    assert list(csv.item) == list(frame.item) and list(csv.model) == list(frame.model)
+    assert csv.score.fillna(-1).astype(int).tolist() == frame.score.fillna(-1).astype(int).tolist()
+    single = admin.export(made.path, made.path.parent / "out" / "x.parquet")
+    assert single == [made.path.parent / "out" / "x.parquet"] and single[0].is_file()
+    with pytest.raises(study.StudyError, match=r"\.csv or \.parquet"):
+        admin.export(made.path, made.path.parent / "x.txt")
+
+
+def test_status_counts(rated_study):
+    made, given, _ = rated_study
+    progress, flagged = admin.status(made.path)
+    by_name = {r.reader: r for r in progress}
+    assert set(by_name) == {"alice", "bob"}
+    _, _, store = admin.open_store(made.path)
+    try:
+        ids = {r["name"]: r["id"] for r in store.table(readers)}
+        rows = store.table(assignments)
+    finally:
+        store.close()
+    for name, reader_id in ids.items():
+        mine = [row for row in rows if row["reader_id"] == reader_id]
+        answered = [k for k in given if k[0] == name]
+        first_done = {item for (_, item, read) in answered if read == 1}
+        r = by_name[name]
+        assert r.done == len(answered)
+        assert r.total == len(mine)
+        assert r.flagged == sum(given[k][1] for k in answered)
+        assert r.median_seconds == 1.5
+        # A re-read waits (washout 0 days) until the first read of its item.
+        assert r.rereads_waiting == sum(
+            row["read_number"] == 2 and row["item_id"] not in first_done for row in mine
+        )
+    assert by_name["alice"].rereads_waiting == 0 and by_name["bob"].rereads_waiting > 0
+    assert sorted(zip(flagged.reader, flagged.reason)) == [("alice", "blurry"), ("alice", "cropped")]
+    assert set(flagged.item) <= {i for (_, i, _) in given}
+
+
+def test_export_of_a_study_without_answers(tmp_path):
+    made = make_study(tmp_path, per_model=1)
+    frame = admin.export_frame(made.path)
+    assert list(frame.columns) == EXPECTED_COLUMNS and len(frame) == 0
+    progress, flagged = admin.status(made.path)
+    assert [(r.reader, r.done, r.total, r.flagged) for r in progress] == [
+        ("alice", 0, 3, 0),
+        ("bob", 0, 3, 0),
+    ]
+    assert len(flagged) == 0
+
+
+def test_export_needs_the_key(tmp_path):
+    made = make_study(tmp_path, per_model=1)
+    (made.path / study.KEY).unlink()
+    with pytest.raises(study.StudyError, match="key.parquet is missing"):
+        admin.export_frame(made.path)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_create_status_export_reissue(tmp_path, capsys):
+    run = make_run(tmp_path)
+    out = tmp_path / "cli-study"
+    argv = ["-q", "reader-study", "create", str(run), "--out", str(out), "--readers", "alice,bob",
+            "--per-model", "2", "--size", "64", "--turing", "--calibration", "1"]  # fmt: skip
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    tokens = dict(re.findall(r"^  ([a-z]+): (\S+)$", printed, re.MULTILINE))
+    assert set(tokens) == {"alice", "bob"} and tokens["alice"] != tokens["bob"]
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert not any(t.encode() in path.read_bytes() for t in tokens.values()), path
+    store = open_study_store(out)
+    try:
+        alice, _ = store.authenticate(tokens["alice"])
+        assert store.authenticate(tokens["bob"])[1] == "bob"
+        entry = store.queue(alice)[0]
+        store.submit(alice, entry.item_id, 1, str(uuid.uuid4()), [], flagged=True, flag_reason="dark")
+    finally:
+        store.close()
+
+    assert cli_main(["reader-study", "status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in printed.splitlines()[1:3]}
+    assert rows["alice"][1:5] == ["1", "7", "0", "1"]  # done, total (1 + 3 x 2), waiting, flagged
+    assert rows["bob"][1:5] == ["0", "7", "0", "0"]
+    assert f"{entry.item_id} (read 1) by alice" in printed and "dark" in printed
+    assert "model-alpha" not in printed  # status stays blinded
+
+    assert cli_main(["reader-study", "export", str(out)]) == 0
+    assert capsys.readouterr().out.split() == [str(out / "ratings.csv"), str(out / "ratings.parquet")]
+    assert pd.read_parquet(out / "ratings.parquet").criterion.tolist() == [FLAG]
+
+    assert cli_main(["reader-study", "reissue", str(out), "--reader", "bob"]) == 0
+    new = capsys.readouterr().out.splitlines()[-1].strip()
+    store = open_study_store(out)
+    try:
+        assert store.authenticate(tokens["bob"]) is None
+        assert store.authenticate(new)[1] == "bob"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["create", "{run}", "--out", "{busy}", "--readers", "alice"], "already exists and is not empty"),
+        (
+            ["create", "{run}", "--out", "{new}", "--readers", "alice", "--reread", "10"],
+            "--reread needs --washout",
+        ),
+        (["create", "{run}", "--out", "{new}", "--readers", "alice", "--models", "nope"], "--models"),
+        (
+            ["create", "{run}", "--out", "{new}", "--readers", "alice", "--criteria", "beauty"],
+            "unknown criterion",
+        ),
+        (
+            ["create", "{run}", "--out", "{new}", "--readers", "alice", "--per-model", "99"],
+            "not enough usable",
+        ),
+        (["status", "{new}"], "is not a reader study directory"),
+        (["export", "{study}", "--out", "{new}/x.txt"], r"\.csv or \.parquet"),
+        (["reissue", "{study}", "--reader", "carol"], "no reader named 'carol'"),
+    ],
+)
+def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, caplog, args, message):
+    places = {"run": run_dir, "busy": tmp_path / "busy", "new": tmp_path / "new", "study": tmp_path / "study"}
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    create_study(run_dir, tmp_path / "study", _options(per_model=1), progress=False)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        rc = cli_main(["-q", "reader-study", *(a.format(**places) for a in args)])
+    assert rc != 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith("error: ") and re.search(message, errors[0])
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "new" / study.STUDY_JSON).exists()

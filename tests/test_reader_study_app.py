@@ -1,0 +1,311 @@
+"""The rating app's flows, driven in-process by Streamlit's AppTest (no server, no browser).
+
+Sign-in, rating, validation, going back to change an answer, resuming in a new session, flagging
+and signing out, each checked against what the study database holds afterwards. What only a real
+browser shows (concurrency, double clicks, the bytes on the wire) is in test_reader_study_e2e.py.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.testing.v1 import AppTest
+
+from reader_study import study
+from reader_study.criteria import BUILTIN, DEFAULT_CRITERIA, TURING, TURING_QUESTION
+from reader_study.serve import APP
+from reader_study.store import Answer, Store, audit_log, ratings, readers, responses
+from tests.reader_study_fixtures import LEAKY_TEXT, MODELS, make_study
+
+STUDY_ENV = "XRAY_AUDIT_STUDY_DIR"
+CONFIDENCE_QUESTION = "How sure are you?"
+N_ITEMS = 6  # 2 real + 2 per model
+
+
+class Study:
+    """A fresh study for one test, with direct access to its database."""
+
+    def __init__(self, root: Path):
+        self.made = make_study(root, turing=True, per_model=2)
+        self.path = self.made.path
+        root_, info = study.load(self.path)
+        self.store = Store(study.database_url(root_, info))
+        self.ids = {r["name"]: r["id"] for r in self.store.table(readers)}
+
+    def queue(self, reader: str = "alice") -> list[Any]:
+        return self.store.queue(self.ids[reader])
+
+    def rows(self, table: Any) -> list[dict[str, Any]]:
+        return self.store.table(table)
+
+
+@pytest.fixture
+def media(monkeypatch) -> list[bytes]:
+    """Every file the app hands to Streamlit's media store: what a browser would download."""
+    sent: list[bytes] = []
+    real = MemoryMediaFileStorage.load_and_get_id
+
+    def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+        sent.append(bytes(path_or_data))
+        return real(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", load_and_get_id)
+    return sent
+
+
+@pytest.fixture
+def rs(tmp_path, monkeypatch) -> Iterator[Study]:
+    # The app caches the opened study (and its database engine) per process: start clean.
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    s = Study(tmp_path)
+    monkeypatch.setenv(STUDY_ENV, str(s.path))
+    yield s
+    s.store.close()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def open_app() -> AppTest:
+    return AppTest.from_file(str(APP), default_timeout=30).run()
+
+
+def button(at: AppTest, label: str) -> Any:
+    found = [b for b in at.button if b.label == label]
+    assert len(found) == 1, [b.label for b in at.button]
+    return found[0]
+
+
+def sign_in(at: AppTest, token: str) -> AppTest:
+    [box] = [t for t in at.text_input if t.label == "Access token"]
+    box.input(token)
+    return button(at, "Sign in").click().run()
+
+
+def radio(at: AppTest, label: str) -> Any:
+    [found] = [r for r in at.radio if r.label == label]
+    return found
+
+
+def answer(
+    at: AppTest, scores: dict[str, int], verdict: str | None = "real", confidence: int | None = 4
+) -> None:
+    for name, score in scores.items():
+        radio(at, f"**{BUILTIN[name].question}**").set_value(score)
+    if verdict is not None:
+        radio(at, f"**{TURING_QUESTION}**").set_value(verdict)
+    if confidence is not None:
+        radio(at, CONFIDENCE_QUESTION).set_value(confidence)
+
+
+def submit(at: AppTest) -> AppTest:
+    return button(at, "Submit").click().run()
+
+
+def progress_text(at: AppTest) -> str:
+    [bar] = at.get("progress")
+    return bar.proto.text
+
+
+def item_line(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("Item **"))
+
+
+def chunk_types(png: bytes) -> list[bytes]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    out, pos = [], 8
+    while pos < len(png):
+        length = struct.unpack(">I", png[pos : pos + 4])[0]
+        out.append(png[pos + 4 : pos + 8])
+        pos += 12 + length
+    return out
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def page_text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + errors(at)
+    parts += [w.label for w in (*at.radio, *at.button, *at.text_input, *at.checkbox)]
+    return "\n".join(parts)
+
+
+ALL = {name: 3 for name in DEFAULT_CRITERIA}
+
+
+def test_sign_in(rs, media):
+    at = open_app()
+    assert not at.exception
+    assert not at.get("image") and not at.radio
+    at = sign_in(at, "not-a-token")
+    assert errors(at) == ["Unknown token. Check it with your study lead."]
+    assert not at.get("image") and not at.radio and not media
+    at = sign_in(at, rs.made.tokens["alice"])
+    assert not errors(at) and not at.exception
+    assert item_line(at).startswith(f"Item **1** of {N_ITEMS}") and "not rated yet" in item_line(at)
+    assert progress_text(at) == f"0 of {N_ITEMS} rated · {N_ITEMS} left"
+    assert [r.label for r in at.radio] == [
+        *(f"**{BUILTIN[n].question}**" for n in DEFAULT_CRITERIA),
+        f"**{TURING_QUESTION}**",
+        CONFIDENCE_QUESTION,
+    ]
+    assert all(r.value is None for r in at.radio)  # nothing pre-selected
+    assert len(at.get("image")) == 1
+    # The image sent is the stored image of the reader's first item, re-rendered (no metadata).
+    first = rs.queue()[0].item_id
+    with Image.open(study.image_path(rs.path, first)) as im:
+        stored = np.asarray(im)
+    [png] = media
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), stored)
+    assert chunk_types(png) == [b"IHDR", b"IDAT", b"IEND"]
+    assert first not in at.get("image")[0].value[0]
+    assert "alice" in page_text(at)
+
+
+def test_sign_in_works_without_the_key(rs):
+    (rs.path / study.KEY).unlink()  # the app must never need the unblinding key
+    at = sign_in(open_app(), rs.made.tokens["bob"])
+    assert not errors(at) and not at.exception and at.radio
+
+
+def test_rate_stores_every_answer_and_moves_on(rs):
+    at = sign_in(open_app(), rs.made.tokens["alice"])
+    first, second = rs.queue()[0], rs.queue()[1]
+    answer(at, {"anatomy": 2, "pathology": 4, "quality": 5}, verdict="synthetic", confidence=3)
+    at = submit(at)
+    assert not errors(at) and not at.exception
+    stored = {(r["item_id"], r["criterion"]): r for r in rs.rows(ratings)}
+    assert {k: (r["score"], r["turing_answer"], r["confidence"]) for k, r in stored.items()} == {
+        (first.item_id, "anatomy"): (2, None, None),
+        (first.item_id, "pathology"): (4, None, None),
+        (first.item_id, "quality"): (5, None, None),
+        (first.item_id, TURING): (None, "synthetic", 3),
+    }
+    assert all(r["reader_id"] == rs.ids["alice"] and r["read_number"] == 1 for r in stored.values())
+    [head] = rs.rows(responses)
+    assert not head["flagged"] and head["seconds"] is not None and head["seconds"] >= 0
+    assert progress_text(at) == f"1 of {N_ITEMS} rated · {N_ITEMS - 1} left"
+    assert item_line(at).startswith(f"Item **2** of {N_ITEMS}")
+    # The next item's form starts empty: no answer carried over from the previous one.
+    assert all(r.value is None for r in at.radio)
+    assert rs.queue()[0].done and not second.done
+    text = page_text(at)
+    assert not any(m in text for m in MODELS) and LEAKY_TEXT not in text and "case-" not in text
+
+
+def test_missing_answer_is_refused(rs):
+    at = sign_in(open_app(), rs.made.tokens["alice"])
+    answer(at, {"anatomy": 2, "quality": 5})  # pathology missing
+    at = submit(at)
+    assert len(errors(at)) == 1 and BUILTIN["pathology"].question in errors(at)[0]
+    assert BUILTIN["anatomy"].question not in errors(at)[0]
+    assert rs.rows(responses) == [] and rs.rows(ratings) == []
+    assert item_line(at).startswith(f"Item **1** of {N_ITEMS}")
+    # The Turing question counts too.
+    at = sign_in(open_app(), rs.made.tokens["bob"])
+    answer(at, ALL, verdict="real", confidence=None)
+    at = submit(at)
+    assert len(errors(at)) == 1 and TURING_QUESTION in errors(at)[0]
+    assert rs.rows(responses) == []
+
+
+def test_back_edit_updates_the_rating_and_keeps_the_old_value(rs):
+    at = sign_in(open_app(), rs.made.tokens["alice"])
+    first = rs.queue()[0].item_id
+    answer(at, {"anatomy": 2, "pathology": 3, "quality": 3})
+    at = submit(at)
+    assert item_line(at).startswith("Item **2**")
+    at = button(at, "◀ Previous").click().run()
+    assert item_line(at).startswith("Item **1**") and "rated, you can change" in item_line(at)
+    # The stored answers are shown.
+    assert radio(at, f"**{BUILTIN['anatomy'].question}**").value == 2
+    assert radio(at, f"**{TURING_QUESTION}**").value == "real"
+    radio(at, f"**{BUILTIN['anatomy'].question}**").set_value(5)
+    at = submit(at)
+    assert not errors(at)
+    scores = {r["criterion"]: r["score"] for r in rs.rows(ratings) if r["item_id"] == first}
+    assert scores == {"anatomy": 5, "pathology": 3, "quality": 3, TURING: None}
+    assert len(rs.rows(ratings)) == 4  # changed in place, not added
+    trail = [
+        (r["action"], r["field"], r["old"], r["new"]) for r in rs.rows(audit_log) if r["item_id"] == first
+    ]
+    assert ("create", "anatomy", None, "score=2") in trail
+    assert ("update", "anatomy", "score=2", "score=5") in trail
+    assert progress_text(at) == f"1 of {N_ITEMS} rated · {N_ITEMS - 1} left"
+    assert item_line(at).startswith("Item **2**")  # back to the first unrated item
+
+
+def test_a_new_session_resumes_at_the_first_unrated_item(rs):
+    at = sign_in(open_app(), rs.made.tokens["alice"])
+    answer(at, ALL)
+    at = submit(at)
+    answer(at, ALL)
+    at = submit(at)
+    assert progress_text(at).startswith("2 of")
+    again = sign_in(open_app(), rs.made.tokens["alice"])  # a reload: new session, same reader
+    assert item_line(again).startswith("Item **3**") and "not rated yet" in item_line(again)
+    assert progress_text(again) == f"2 of {N_ITEMS} rated · {N_ITEMS - 2} left"
+    # A gap earlier in the queue comes first: item 5 rated elsewhere, item 3 still open.
+    fifth = rs.queue()[4]
+    rs.store.submit(rs.ids["alice"], fifth.item_id, 1, "elsewhere", [Answer("anatomy", score=1)])
+    later = sign_in(open_app(), rs.made.tokens["alice"])
+    assert item_line(later).startswith("Item **3**")
+    assert progress_text(later) == f"3 of {N_ITEMS} rated · {N_ITEMS - 3} left"
+    # Another reader's session is unaffected.
+    bob = sign_in(open_app(), rs.made.tokens["bob"])
+    assert item_line(bob).startswith("Item **1**") and progress_text(bob).startswith("0 of")
+
+
+def test_flag_needs_a_reason_and_replaces_the_scores(rs):
+    at = sign_in(open_app(), rs.made.tokens["alice"])
+    first = rs.queue()[0].item_id
+    [flag] = [c for c in at.checkbox if c.label == "Unreadable / flag this image"]
+    flag.check()
+    at = submit(at)
+    assert errors(at) == ["Give a reason for the flag, or untick it."]
+    assert rs.rows(responses) == []
+    [reason] = [t for t in at.text_input if t.label == "Reason for the flag"]
+    reason.input("motion blur")
+    at = submit(at)
+    assert not errors(at)
+    [head] = rs.rows(responses)
+    assert head["item_id"] == first and head["flagged"] and head["flag_reason"] == "motion blur"
+    assert rs.rows(ratings) == []
+    assert progress_text(at).startswith("1 of") and item_line(at).startswith("Item **2**")
+    # The next item starts unflagged.
+    [flag] = [c for c in at.checkbox if c.label == "Unreadable / flag this image"]
+    [reason] = [t for t in at.text_input if t.label == "Reason for the flag"]
+    assert flag.value is False and reason.value == ""
+
+
+def test_sign_out_returns_to_the_login(rs):
+    at = sign_in(open_app(), rs.made.tokens["alice"])
+    assert at.radio
+    at = button(at, "Sign out").click().run()
+    assert not at.radio and not at.get("image") and "reader_id" not in at.session_state
+    assert [t.label for t in at.text_input] == ["Access token"]
+    assert "alice" not in page_text(at)
+
+
+def test_no_study_configured(monkeypatch):
+    monkeypatch.delenv(STUDY_ENV, raising=False)
+    at = open_app()
+    assert len(errors(at)) == 1 and "No study configured" in errors(at)[0] and not at.text_input
+
+
+def test_not_a_study(tmp_path, monkeypatch):
+    st.cache_resource.clear()
+    monkeypatch.setenv(STUDY_ENV, str(tmp_path))
+    at = open_app()
+    assert len(errors(at)) == 1 and "is not a reader study directory" in errors(at)[0]
+    assert not at.text_input
