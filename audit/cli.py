@@ -93,6 +93,25 @@ def _parser() -> argparse.ArgumentParser:
 
     _reader_study_parser(sub)
 
+    dash = sub.add_parser("dashboard", help="review a run in the browser (Streamlit)")
+    dash.add_argument(
+        "run_dir",
+        type=Path,
+        nargs="?",
+        default=Path("xray-audit-demo/run"),
+        metavar="RUN_DIR",
+        help="run directory (default: the demo run, ./xray-audit-demo/run)",
+    )
+    dash.add_argument("--reader-study", type=Path, metavar="STUDY_DIR", help="show its exported ratings")
+    dash.add_argument("--compare", type=Path, metavar="RUN_DIR", help="a second run for the comparison page")
+    dash.add_argument("--port", type=int, default=8501, metavar="P")
+    dash.add_argument(
+        "--address",
+        default="localhost",
+        metavar="HOST",
+        help="interface to listen on (default: localhost only; 0.0.0.0 for the network)",
+    )
+
     cases = sub.add_parser("cases", help="work with case manifests")
     cases_sub = cases.add_subparsers(dest="cases_command", required=True, metavar="SUBCOMMAND")
     validate = cases_sub.add_parser("validate", help="report every problem in a case manifest in one pass")
@@ -208,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
             return _weights(args, progress)
         if args.command == "reader-study":
             return _reader_study(args, progress)
+        if args.command == "dashboard":
+            from dashboards.serve import serve as serve_dashboard
+
+            if args.run_dir == Path("xray-audit-demo/run") and not args.run_dir.exists():
+                raise FileNotFoundError(
+                    "no RUN_DIR given and no demo run at ./xray-audit-demo/run: run `xray-audit demo` "
+                    "first, or give the run directory to review"
+                )
+            return serve_dashboard(args.run_dir, args.reader_study, args.port, args.address, args.compare)
     except KeyboardInterrupt:
         log.error("interrupted; rerun the same command to resume where it stopped")
         return 130

@@ -1,0 +1,58 @@
+"""The review dashboard (Streamlit). Started by ``xray-audit dashboard RUN_DIR``.
+
+Reads only files: the run directory named by ``$XRAY_AUDIT_RUN_DIR`` (see :mod:`audit.rundir`),
+optionally a reader study's ``ratings.parquet`` (``$XRAY_AUDIT_STUDY_DIR``) and a second run to
+compare with (``$XRAY_AUDIT_COMPARE_RUN_DIR``). Never imports torch.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboards import data
+
+PAGES = (
+    ("pages/leaderboard.py", "Leaderboard", ":material/leaderboard:"),
+    ("pages/distributions.py", "Distributions", ":material/bar_chart:"),
+    ("pages/gallery.py", "Case gallery", ":material/photo_library:"),
+    ("pages/worst_cases.py", "Worst cases", ":material/troubleshoot:"),
+    ("pages/readers.py", "Reader scores", ":material/groups:"),
+    ("pages/compare.py", "Compare runs", ":material/compare_arrows:"),
+)
+
+
+def main() -> None:
+    st.set_page_config(page_title="xray-audit dashboard", layout="wide")
+    pages = [
+        st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)
+    ]
+    nav = st.navigation(pages)
+    run_dir = data.env_path(data.RUN_ENV)
+    if run_dir is None:
+        st.error(
+            f"No run directory given (${data.RUN_ENV} is unset). Start the dashboard with "
+            "`xray-audit dashboard RUN_DIR`; for a demo run: `xray-audit demo --out DIR`, then "
+            "`xray-audit dashboard DIR/run`."
+        )
+        st.stop()
+    try:
+        view = data.view(run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        st.error(str(exc))
+        st.stop()
+    info = view.files.info
+    with st.sidebar:
+        st.markdown(f"**Run** `{view.run_dir.name}`")
+        st.caption(str(view.run_dir))
+        study = (view.files.config.get("study") or {}).get("name")
+        if study:
+            st.caption(f"study: {study}")
+        st.caption(
+            f"{info.get('n_cases', '?')} cases · {len(view.models)} models · "
+            f"{info.get('n_failures', 0)} failures · finished {info.get('finished', '?')}"
+        )
+    nav.run()
+
+
+if __name__ == "__main__":
+    main()

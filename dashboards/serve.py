@@ -1,0 +1,79 @@
+"""``xray-audit dashboard RUN_DIR``: check the run directory, then hand the process to Streamlit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from audit import rundir
+
+APP = Path(__file__).with_name("app.py")
+# The app's environment. Defined here, not in dashboards.data, so that the CLI does not import
+# Streamlit's caches (which log "No runtime found" outside a running app).
+RUN_ENV = "XRAY_AUDIT_RUN_DIR"
+STUDY_ENV = "XRAY_AUDIT_STUDY_DIR"
+COMPARE_ENV = "XRAY_AUDIT_COMPARE_RUN_DIR"
+RATINGS_FILE = "ratings.parquet"  # reader_study.study.EXPORT_STEM + ".parquet"; not imported (sqlalchemy)
+log = logging.getLogger(__name__)
+
+
+def streamlit_command(port: int, address: str = "localhost") -> list[str]:
+    """The Streamlit invocation: headless, no telemetry, no file watcher, no developer menu, no static
+    file serving (images reach the browser only through st.image)."""
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+        "--server.enableStaticServing", "false",
+        "--server.enableXsrfProtection", "true",
+        "--server.enableAgentApi", "false",
+        "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
+        "--client.showErrorDetails", "false",
+        "--global.developmentMode", "false",
+    ]  # fmt: skip
+    return [*cmd, "--server.address", address]
+
+
+def dashboard_env(
+    run_dir: str | Path, study_dir: str | Path | None = None, compare: str | Path | None = None
+) -> dict[str, str]:
+    """The app's environment: absolute paths, checked here so that a typo fails in the terminal."""
+    env = dict(os.environ)
+    env[RUN_ENV] = str(rundir.require_run_dir(run_dir).resolve())
+    for key, path, what in ((STUDY_ENV, study_dir, "reader study"), (COMPARE_ENV, compare, "run")):
+        env.pop(key, None)
+        if path is None:
+            continue
+        if what == "run":
+            env[key] = str(rundir.require_run_dir(path).resolve())
+            continue
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: reader study directory not found (--reader-study)")
+        if not (root / RATINGS_FILE).is_file():
+            log.warning(
+                "%s has no %s yet; the reader page will ask for `xray-audit reader-study export %s`",
+                root,
+                RATINGS_FILE,
+                root,
+            )
+        env[key] = str(root.resolve())
+    return env
+
+
+def serve(
+    run_dir: str | Path,
+    study_dir: str | Path | None = None,
+    port: int = 8501,
+    address: str = "localhost",
+    compare: str | Path | None = None,
+) -> int:
+    env = dashboard_env(run_dir, study_dir, compare)  # fails here, clearly, rather than in the browser
+    print(f"Serving the dashboard of {env[RUN_ENV]} on http://{address}:{port}/", flush=True)
+    os.execvpe(sys.executable, streamlit_command(port, address), env)
+    return 0  # not reached
