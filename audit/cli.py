@@ -93,6 +93,23 @@ def _parser() -> argparse.ArgumentParser:
 
     _reader_study_parser(sub)
 
+    report = sub.add_parser(
+        "report",
+        help="comparison tables (html, md, tex, csv) and paired tests from a finished run",
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    report.add_argument(
+        "--reader-study", type=Path, metavar="STUDY_DIR", help="add reader scores (from its ratings export)"
+    )
+    report.add_argument(
+        "--format",
+        default="html,md,tex,csv",
+        metavar="LIST",
+        help="any of html, md, tex, csv (default: all)",
+    )
+    report.add_argument("--group-by", metavar="COLUMN", help="repeat the table per value of this case column")
+    report.add_argument("--out", type=Path, metavar="DIR", help="where the files go (default: RUN_DIR)")
+
     dash = sub.add_parser("dashboard", help="review a run in the browser (Streamlit)")
     dash.add_argument(
         "run_dir",
@@ -227,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             return _weights(args, progress)
         if args.command == "reader-study":
             return _reader_study(args, progress)
+        if args.command == "report":
+            return _report(args)
         if args.command == "dashboard":
             from dashboards.serve import serve as serve_dashboard
 
@@ -394,6 +413,42 @@ def _weights(args: argparse.Namespace, progress: bool) -> int:
             print(f"skipped {reason}")
         return EXIT_OK if imported else EXIT_PROBLEMS
     print(weights.weights_path(args.name))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from audit import rundir
+    from audit.config import ConfigError
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = sorted(set(formats) - {"html", "md", "tex", "csv"})
+    if unknown or not formats:
+        raise ConfigError(f"--format takes html, md, tex and/or csv, got {args.format!r}")
+    run = rundir.require_run_dir(args.run_dir)
+    out = args.out or run
+    reader_scores = None
+    if args.reader_study is not None:
+        import numpy as np
+
+        from reader_study.admin import export_frame
+        from reports.reader_stats import reader_statistics
+
+        ratings = export_frame(args.reader_study)
+        if ratings.empty:
+            raise ConfigError(f"{args.reader_study}: no ratings yet (see `xray-audit reader-study status`)")
+        reader_scores = reader_statistics(ratings, rng=np.random.default_rng(0)).scores
+    written = []
+    tables = [f for f in formats if f != "html"]
+    if tables:
+        from reports.comparison import write_exports
+
+        written += write_exports(run, out, tables, args.group_by, reader_scores)
+    if "html" in formats:
+        from reports.html import write_html_report
+
+        written.append(write_html_report(run, Path(out) / rundir.REPORT_HTML))
+    for path in written:
+        print(path)
     return EXIT_OK
 
 

@@ -1,0 +1,741 @@
+"""The comparison table of ``xray-audit report`` and its paper exports (Markdown, LaTeX, CSV).
+
+Built only from the run directory (see :mod:`audit.rundir`), torch-free, reusing the loaders, model
+order, metric columns, number formatting and best-value rule of :mod:`reports.html`:
+
+- :func:`comparison_table`: Table I of the XReal paper as a tidy frame: one row per (model, metric),
+  models grouped by kind with the ``real`` row last (the upper bound), every summary metric of one
+  group plus optional reader-study scores, each value with its CI and N, the best value per column
+  marked among the evaluated models only (never a sanity baseline or the real row).
+- :func:`mean_std_table`: the knee paper's format, mean ± std over cases per value of a case column.
+- :func:`paired_tests`: model-vs-model Wilcoxon signed-rank tests (Pratt zeros) on shared cases with
+  Holm-adjusted p-values and bootstrap CIs of the mean difference and the rank-biserial correlation.
+- :func:`to_markdown`, :func:`to_latex`, :func:`to_csv_frame` and :func:`write_exports`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit.atomic import atomic_path, write_text
+from audit.stats import bootstrap_mean_ci
+from reports.functional.paired import holm, paired_effect, wilcoxon_pratt
+from reports.html import (
+    EvaluationInfo,
+    MetricColumn,
+    ModelRow,
+    RunFiles,
+    TableContext,
+    _best_value,
+    _decimals,
+    _split_tables,
+    format_estimate,
+    format_number,
+    load_run,
+    metric_columns,
+    order_models,
+)
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("md", "tex", "csv")
+READER_PREFIX = "reader_"
+MISSING_GROUP = "(missing)"  # audit.evaluation's label for a case with no value in a group_by column
+# Case columns that identify files, not strata: never offered as a --group-by column.
+_NOT_GROUPING = frozenset({"case_id", "image", "anatomy_mask", "mask", "prompt"})
+
+TABLE_COLUMNS = [
+    "group",
+    "model",
+    "kind",
+    "metric",
+    "label",
+    "arrow",
+    "unit",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "best",
+]
+MEAN_STD_COLUMNS = ["column", "group_value", "model", "kind", "metric", "label", "arrow", "mean", "std", "n"]
+PAIRED_COLUMNS = [
+    "metric",
+    "label",
+    "higher_is_better",
+    "model_a",
+    "model_b",
+    "n",
+    "n_zero",
+    "mean_a",
+    "mean_b",
+    "mean_difference",
+    "mean_difference_ci_low",
+    "mean_difference_ci_high",
+    "rank_biserial",
+    "rank_biserial_ci_low",
+    "rank_biserial_ci_high",
+    "statistic",
+    "pvalue",
+    "pvalue_holm",
+    "better",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonTable:
+    """``frame`` is tidy (columns :data:`TABLE_COLUMNS`), rows in display order: model by model, each
+    model's metrics in column order; a (model, metric) without a value has NaN value (shown as —)."""
+
+    frame: pd.DataFrame
+    group: str  # "" = all cases, else "column=value" as summary.csv has it
+    confidence: float
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(self.frame["model"]))
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys(self.frame["metric"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------------
+
+
+def _metrics_cfg(run: RunFiles) -> Mapping[str, Any]:
+    cfg = run.config.get("metrics", {})
+    return cfg if isinstance(cfg, Mapping) else {}
+
+
+def comparison_models(run: RunFiles) -> list[ModelRow]:
+    """:func:`reports.html.order_models`, generators grouped by kind (first appearance order), so
+    e.g. two diffusers models stay together even when the config interleaves them; real stays last."""
+    models = order_models(run)
+    generators = [m for m in models if not m.is_real and not m.is_baseline]
+    kinds = list(dict.fromkeys(m.kind for m in generators))
+    generators.sort(key=lambda m: kinds.index(m.kind))  # stable: config order within a kind
+    return generators + [m for m in models if m.is_baseline] + [m for m in models if m.is_real]
+
+
+def _reader_rows(reader_scores: pd.DataFrame, models: Sequence[ModelRow], group: str) -> pd.DataFrame:
+    needed = ("model", "criterion", "mean", "ci_low", "ci_high", "n_ratings")
+    missing = [c for c in needed if c not in reader_scores.columns]
+    if missing:
+        raise ValueError(
+            f"reader_scores: missing column(s) {', '.join(missing)} (has {', '.join(reader_scores.columns)}); "
+            "pass reports.reader_stats.reader_statistics(ratings, rng=...).scores"
+        )
+    known = {m.name for m in models}
+    unknown = sorted(set(reader_scores["model"].astype(str)) - known)
+    if unknown:
+        log.warning(
+            "reader scores for model(s) %s that are not in the run are left out of the table",
+            ", ".join(unknown),
+        )
+    scores = reader_scores[reader_scores["model"].astype(str).isin(known)]
+    return pd.DataFrame(
+        {
+            "model": scores["model"].astype(str),
+            "metric": READER_PREFIX + scores["criterion"].astype(str),
+            "value": pd.to_numeric(scores["mean"], errors="coerce"),
+            "ci_low": pd.to_numeric(scores["ci_low"], errors="coerce"),
+            "ci_high": pd.to_numeric(scores["ci_high"], errors="coerce"),
+            "n": pd.to_numeric(scores["n_ratings"], errors="coerce"),
+            "group": group,
+        }
+    )
+
+
+def _label(column: MetricColumn) -> str:
+    if column.name.startswith(READER_PREFIX):
+        return "reader " + column.name[len(READER_PREFIX) :]
+    return column.label
+
+
+def comparison_table(
+    run: RunFiles,
+    *,
+    group: str = "",
+    reader_scores: pd.DataFrame | None = None,
+    per_class: bool = False,
+) -> ComparisonTable:
+    """The comparison table over the summary rows of ``group`` ("" = all cases, else "column=value").
+
+    Columns: every metric summary.csv has for that group, in the report's order (paired image quality,
+    clinical realism, mask adherence, distribution, other), then the reader criteria of
+    ``reader_scores`` (``reader_statistics(...).scores``: mean 1-5 score, two-way bootstrap CI, N =
+    ratings) as "reader <criterion>", higher is better. ``per_class`` adds the per-class
+    ``metric:Class`` columns (the CSV export has them; the paper tables would be too wide).
+    """
+    metrics_cfg = _metrics_cfg(run)
+    confidence = float(metrics_cfg.get("confidence", 0.95))
+    models = comparison_models(run)
+    evaluation = EvaluationInfo.from_info(run.info)
+    summary = run.summary[run.summary["group"] == group]
+    if summary.empty:
+        groups = sorted(g for g in pd.unique(run.summary["group"]) if g)
+        raise ValueError(
+            f"{run.run_dir}: summary.csv has no rows for group {group!r}; groups present: "
+            f"{', '.join(repr(g) for g in groups) or 'none (all cases only)'}"
+        )
+    present = set(summary["metric"])
+    all_columns = metric_columns(run, float(metrics_cfg.get("pixel_range", 1.0)), evaluation)
+    columns = [m for _, _, cols in _split_tables(all_columns) for m in cols if m.name in present]
+    if per_class:
+        columns += [m for m in all_columns if ":" in m.name and m.name in present]
+    rows = summary.loc[:, ["model", "metric", "value", "ci_low", "ci_high", "n", "group"]]
+    if reader_scores is not None and len(reader_scores):
+        reader = _reader_rows(reader_scores, models, group)
+        rows = pd.concat([rows, reader], ignore_index=True)
+        columns += [MetricColumn(name, True, "1–5") for name in dict.fromkeys(reader["metric"])]
+    index = rows.drop_duplicates(["model", "metric"], keep="last").set_index(["model", "metric"])
+    contenders = TableContext(run, models, evaluation, confidence).contenders
+    best = {c.name: _best_value(index, contenders, c) for c in columns}
+    out = []
+    for model in models:
+        for column in columns:
+            key = (model.name, column.name)
+            have = key in index.index
+            value = index.at[key, "value"] if have else math.nan
+            out.append(
+                {
+                    "group": group,
+                    "model": model.name,
+                    "kind": model.kind,
+                    "metric": column.name,
+                    "label": _label(column),
+                    "arrow": column.arrow,
+                    "unit": column.unit,
+                    "value": value,
+                    "ci_low": index.at[key, "ci_low"] if have else math.nan,
+                    "ci_high": index.at[key, "ci_high"] if have else math.nan,
+                    "n": index.at[key, "n"] if have else math.nan,
+                    "best": bool(
+                        best[column.name] is not None and model in contenders and value == best[column.name]
+                    ),
+                }
+            )
+    frame = pd.DataFrame(out, columns=TABLE_COLUMNS)
+    frame["n"] = frame["n"].astype("Float64").astype("Int64")
+    return ComparisonTable(frame, group, confidence)
+
+
+def _require_case_column(run: RunFiles, column: str) -> pd.DataFrame:
+    """cases.parquet with ``column`` as strings (missing values labelled as the runner does)."""
+    if run.cases is None:
+        raise ValueError(
+            f"{run.run_dir}: cases.parquet is missing, so results cannot be split by {column!r}; "
+            "re-run `xray-audit run STUDY.toml`"
+        )
+    if column not in run.cases.columns:
+        available = [c for c in run.cases.columns if c not in _NOT_GROUPING]
+        raise ValueError(
+            f"--group-by {column!r}: no such case column in {run.run_dir / 'cases.parquet'}; "
+            f"available: {', '.join(map(str, available)) or 'none'}"
+        )
+    cases = run.cases.loc[:, ["case_id", column]].copy()
+    missing = cases[column].isna() | cases[column].map(lambda v: isinstance(v, str) and not v.strip())
+    cases[column] = cases[column].astype(str).where(~missing, MISSING_GROUP)
+    return cases
+
+
+def _per_case(run: RunFiles) -> pd.DataFrame:
+    """model, case_id, metric, value: samples of a case averaged first (they are not independent)."""
+    ps = run.per_sample.dropna(subset=["value"])
+    return ps.groupby(["model", "metric", "case_id"], as_index=False, sort=False)["value"].mean()
+
+
+def mean_std_table(run: RunFiles, group_column: str) -> pd.DataFrame:
+    """Mean ± std (ddof 1) over cases of every per-sample metric, per model and value of the case
+    column ``group_column`` (the knee paper's MAE/PSNR-per-condition format). Samples of a case are
+    averaged first; ``n`` is the number of cases. Columns :data:`MEAN_STD_COLUMNS`."""
+    cases = _require_case_column(run, group_column)
+    per_case = _per_case(run).merge(cases, on="case_id", how="inner")
+    models = comparison_models(run)
+    columns = {m.name: m for m in metric_columns(run, float(_metrics_cfg(run).get("pixel_range", 1.0)))}
+    stats = (
+        per_case.groupby(["model", "metric", group_column], sort=False)["value"]
+        .agg(mean="mean", std="std", n="count")
+        .reset_index()
+    )
+    model_rank = {m.name: i for i, m in enumerate(models)}
+    metric_rank = {name: i for i, name in enumerate(columns)}
+    kind = {m.name: m.kind for m in models}
+    stats = stats.sort_values(
+        by=[group_column, "model", "metric"],
+        key=lambda s: (
+            s.map(model_rank) if s.name == "model" else s.map(metric_rank) if s.name == "metric" else s
+        ),
+        kind="stable",
+    )
+    return pd.DataFrame(
+        {
+            "column": group_column,
+            "group_value": stats[group_column].to_numpy(),
+            "model": stats["model"].to_numpy(),
+            "kind": stats["model"].map(kind).to_numpy(),
+            "metric": stats["metric"].to_numpy(),
+            "label": [_label(columns[m]) if m in columns else m for m in stats["metric"]],
+            "arrow": [columns[m].arrow if m in columns else "" for m in stats["metric"]],
+            "mean": stats["mean"].to_numpy(),
+            "std": stats["std"].to_numpy(),
+            "n": stats["n"].to_numpy(),
+        },
+        columns=MEAN_STD_COLUMNS,
+    ).reset_index(drop=True)
+
+
+def paired_tests(
+    run: RunFiles,
+    metrics: Sequence[str] | None = None,
+    *,
+    rng: np.random.Generator,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Wilcoxon signed-rank (Pratt zeros) of model_a - model_b for every per-sample metric and every
+    pair of models other than ``real``, on the cases both have (samples averaged per case first).
+
+    ``pvalue_holm`` is Holm-adjusted across every comparison in the returned frame. The mean difference
+    and the rank-biserial correlation carry percentile-bootstrap CIs over cases (:func:`paired_effect`).
+    ``better`` is the model the signed ranks favour (sign of the rank-biserial, read with the metric's
+    direction), whatever the p-value; "" when they favour neither or the direction is unknown. A pair
+    with no shared case is kept with n = 0 and NaN statistics (not counted by Holm).
+    """
+    per_case = _per_case(run)
+    available = list(dict.fromkeys(per_case["metric"]))
+    if metrics is None:
+        metrics = available
+    unknown = [m for m in metrics if m not in available]
+    if unknown:
+        raise ValueError(
+            f"paired_tests: no per-sample values for metric(s) {', '.join(unknown)} in "
+            f"{run.run_dir / 'per_sample.parquet'}; available: {', '.join(available) or 'none'}"
+        )
+    columns = {m.name: m for m in metric_columns(run, float(_metrics_cfg(run).get("pixel_range", 1.0)))}
+    models = [m.name for m in comparison_models(run) if not m.is_real]
+    rows = []
+    for metric in metrics:
+        column = columns.get(metric, MetricColumn(metric, None, ""))
+        values = per_case[per_case["metric"] == metric].pivot(
+            index="case_id", columns="model", values="value"
+        )
+        for a, b in itertools.combinations(models, 2):
+            row: dict[str, Any] = {
+                "metric": metric,
+                "label": _label(column),
+                "higher_is_better": column.higher_is_better,
+                "model_a": a,
+                "model_b": b,
+                "n": 0,
+            }
+            if a in values.columns and b in values.columns:
+                shared = values[[a, b]].dropna()
+                x, y = shared[a].to_numpy(), shared[b].to_numpy()
+            else:
+                x = y = np.empty(0)
+            if x.size:
+                test = wilcoxon_pratt(x, y)
+                effect = paired_effect(x, y, rng, resamples, confidence)
+                rbc = float(test["rank_biserial"])
+                better = ""
+                if column.higher_is_better is not None and math.isfinite(rbc) and rbc != 0:
+                    better = a if (rbc > 0) == column.higher_is_better else b
+                row.update(
+                    n=int(x.size),
+                    n_zero=test["n_zero"],
+                    mean_a=float(x.mean()),
+                    mean_b=float(y.mean()),
+                    mean_difference=effect["mean_difference"],
+                    mean_difference_ci_low=effect["mean_difference_ci"][0],
+                    mean_difference_ci_high=effect["mean_difference_ci"][1],
+                    rank_biserial=rbc,
+                    rank_biserial_ci_low=effect["rank_biserial_ci"][0],
+                    rank_biserial_ci_high=effect["rank_biserial_ci"][1],
+                    statistic=test["statistic"],
+                    pvalue=test["pvalue"],
+                    better=better,
+                )
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    frame["pvalue_holm"] = holm(frame["pvalue"].astype(np.float64).to_numpy()) if len(frame) else []
+    frame["better"] = frame["better"].fillna("")
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------
+
+
+def _column_n(frame: pd.DataFrame) -> int | None:
+    """The column's N when every model with a value has the same one (then it goes in one N row)."""
+    ns = {
+        int(n) for n, v in zip(frame["n"], frame["value"], strict=True) if not pd.isna(n) and not pd.isna(v)
+    }
+    return ns.pop() if len(ns) == 1 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cell:
+    value: str
+    ci: str = ""
+    n: str = ""
+    best: bool = False
+
+
+def _grid(
+    table: ComparisonTable,
+) -> tuple[list[tuple[str, str, str]], list[str], list[list[_Cell]], list[str]]:
+    """(headers (label, arrow, unit), row models, cells, N row) of the wide table."""
+    frame = table.frame
+    metrics = table.metrics
+    heads, n_row, shared = [], [], {}
+    for metric in metrics:
+        col = frame[frame["metric"] == metric]
+        first = col.iloc[0]
+        heads.append((str(first["label"]), str(first["arrow"]), str(first["unit"])))
+        shared[metric] = _column_n(col)
+        n_row.append(str(shared[metric]) if shared[metric] is not None else "per cell")
+    cells = []
+    for model in table.models:
+        rows = frame[frame["model"] == model].set_index("metric")
+        line = []
+        for metric in metrics:
+            r = rows.loc[metric]
+            main, ci = format_estimate(r["value"], r["ci_low"], r["ci_high"])
+            n = "" if pd.isna(r["n"]) or pd.isna(r["value"]) or shared[metric] is not None else f"n={r['n']}"
+            line.append(_Cell(main, ci, n, bool(r["best"])))
+        cells.append(line)
+    return heads, table.models, cells, n_row
+
+
+def _kinds(table: ComparisonTable) -> dict[str, str]:
+    return dict(zip(table.frame["model"], table.frame["kind"], strict=False))
+
+
+def _footnote(table: ComparisonTable) -> str:
+    where = f" Cases: {table.group}." if table.group else ""
+    return (
+        f"Mean [{table.confidence:.0%} CI]; N: cases (generated samples for the set-level metrics, "
+        "ratings for reader scores). ↑ higher is better, ↓ lower is better; best value per column "
+        "among the evaluated models (not sanity baselines or real) in bold; real is the upper bound." + where
+    )
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+
+
+def to_markdown(table: ComparisonTable) -> str:
+    """A GitHub-flavoured Markdown table: model, kind, then one column per metric; a last N row
+    (or "n=…" in the cells of a column whose N differs between models)."""
+    heads, models, cells, n_row = _grid(table)
+    kinds = _kinds(table)
+    header = ["model", "kind"] + [
+        f"{label} {arrow}".strip() + (f" ({unit})" if unit else "") for label, arrow, unit in heads
+    ]
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in header) + " |",
+        "| " + " | ".join([":---", ":---"] + ["---:"] * len(heads)) + " |",
+    ]
+    for model, line in zip(models, cells, strict=True):
+        texts = []
+        for c in line:
+            main = f"**{c.value}**" if c.best else c.value
+            texts.append(" ".join(t for t in (main, c.ci, f"({c.n})" if c.n else "") if t))
+        lines.append("| " + " | ".join([_md_escape(model), _md_escape(kinds[model]), *texts]) + " |")
+    lines.append("| " + " | ".join(["N", "", *n_row]) + " |")
+    return "\n".join(lines) + "\n\n" + _footnote(table) + "\n"
+
+
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "−": "$-$",
+    "—": "---",
+    "–": "--",
+    "∞": r"$\infty$",
+    "²": r"$^2$",
+    "·": r"\textperiodcentered{}",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "±": r"$\pm$",
+}
+_TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIAL))
+
+
+def tex_escape(text: str) -> str:
+    """LaTeX-safe text (pdflatex without extra packages beyond booktabs): specials and the Unicode
+    signs the formatters emit."""
+    return _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group(0)], str(text))
+
+
+def to_latex(table: ComparisonTable, caption: str | None = None, label: str = "tab:comparison") -> str:
+    """A booktabs ``table`` environment; best values in ``\\textbf``, CIs in ``\\scriptsize``, a rule
+    before the baselines and before the real row, the N per column in a last row."""
+    heads, models, cells, n_row = _grid(table)
+    kinds = _kinds(table)
+    head = ["Model"] + [
+        tex_escape(f"{label} {arrow}".strip()) + (f" {{\\scriptsize ({tex_escape(unit)})}}" if unit else "")
+        for label, arrow, unit in heads
+    ]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + tex_escape(caption or _footnote(table)) + "}",
+        r"\label{" + label + "}",
+        r"\begin{tabular}{l" + "r" * len(heads) + "}",
+        r"\toprule",
+        " & ".join(head) + r" \\",
+        r"\midrule",
+    ]
+    previous = None
+    for model, line in zip(models, cells, strict=True):
+        kind = kinds[model]
+        section = "real" if kind == "real" else "degrade" if kind == "degrade" else "generator"
+        if previous is not None and section != previous:
+            lines.append(r"\midrule")
+        previous = section
+        texts = []
+        for c in line:
+            main = tex_escape(c.value)
+            main = r"\textbf{" + main + "}" if c.best else main
+            extra = " ".join(t for t in (c.ci, f"({c.n})" if c.n else "") if t)
+            texts.append(main + (r" {\scriptsize " + tex_escape(extra) + "}" if extra else ""))
+        lines.append(" & ".join([tex_escape(model), *texts]) + r" \\")
+    lines += [
+        r"\midrule",
+        " & ".join([r"\textit{N}", *(tex_escape(n) for n in n_row)]) + r" \\",
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv_frame(table: ComparisonTable | Sequence[ComparisonTable]) -> pd.DataFrame:
+    """Every number of one or several tables at full precision, plus the text the exports show."""
+    tables = [table] if isinstance(table, ComparisonTable) else list(table)
+    frames = []
+    for t in tables:
+        frame = t.frame.copy()
+        texts = [
+            format_estimate(v, lo, hi)
+            for v, lo, hi in zip(frame["value"], frame["ci_low"], frame["ci_high"], strict=True)
+        ]
+        frame["shown"] = [f"{main} {ci}".strip() for main, ci in texts]
+        frame["confidence"] = t.confidence
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*TABLE_COLUMNS, "shown"])
+
+
+def _mean_std_text(mean: float, std: float) -> str:
+    if pd.isna(std):
+        return format_number(mean, _decimals(mean, math.nan, math.nan))
+    d = _decimals(mean, mean - std, mean + std)
+    return f"{format_number(mean, d)} ± {format_number(std, d)}"
+
+
+def mean_std_markdown(frame: pd.DataFrame) -> str:
+    """:func:`mean_std_table` as Markdown: rows (group value, model), columns metrics, "mean ± std (n)"."""
+    if frame.empty:
+        return ""
+    column = str(frame["column"].iloc[0])
+    metrics = list(dict.fromkeys(frame["metric"]))
+    heads = {
+        m: f"{lab} {arr}".strip()
+        for m, lab, arr in zip(frame["metric"], frame["label"], frame["arrow"], strict=True)
+    }
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in [column, "model", *(heads[m] for m in metrics)]) + " |",
+        "| " + " | ".join([":---", ":---"] + ["---:"] * len(metrics)) + " |",
+    ]
+    for (value, model), rows in frame.groupby(["group_value", "model"], sort=False):
+        by = rows.set_index("metric")
+        cells = [
+            f"{_mean_std_text(by.at[m, 'mean'], by.at[m, 'std'])} (n={int(by.at[m, 'n'])})"
+            if m in by.index
+            else "—"
+            for m in metrics
+        ]
+        lines.append("| " + " | ".join([_md_escape(str(value)), _md_escape(str(model)), *cells]) + " |")
+    return (
+        "\n".join(lines)
+        + "\n\nMean ± standard deviation over cases (samples of a case averaged first); n cases.\n"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+# ------------------------------------------------------------------------------------------------
+
+
+def _group_rows(run: RunFiles, column: str, rng: np.random.Generator, resamples: int) -> pd.DataFrame:
+    """summary.csv-shaped rows for the ``column=value`` groups the run did not summarise: per-case
+    metrics only (set-level metrics need the images), mean over cases with a bootstrap CI."""
+    cases = _require_case_column(run, column)
+    confidence = float(_metrics_cfg(run).get("confidence", 0.95))
+    per_case = _per_case(run).merge(cases, on="case_id", how="inner")
+    hib = run.summary.drop_duplicates("metric").set_index("metric")["higher_is_better"]
+    rows = []
+    for (value, model, metric), grp in per_case.groupby([column, "model", "metric"], sort=True):
+        x = grp["value"].to_numpy(np.float64)
+        lo, hi = bootstrap_mean_ci(x, rng, resamples, confidence)
+        rows.append(
+            {
+                "model": model,
+                "metric": metric,
+                "value": float(x.mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(x.size),
+                "higher_is_better": hib.get(metric, ""),
+                "group": f"{column}={value}",
+                "evaluator": "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _groups_for(
+    run: RunFiles, column: str, rng: np.random.Generator, resamples: int
+) -> tuple[RunFiles, list[str]]:
+    """The run (summary extended when needed) and the ``column=value`` groups of ``column``."""
+    prefix = f"{column}="
+    groups = [g for g in pd.unique(run.summary["group"]) if g.startswith(prefix)]
+    if groups:
+        return run, groups
+    extra = _group_rows(run, column, rng, resamples)
+    if extra.empty:
+        raise ValueError(f"--group-by {column!r}: no per-case values to split (per_sample.parquet is empty)")
+    log.info(
+        "summary.csv has no %s groups (not in [metrics].group_by): computed from per_sample.parquet; "
+        "set-level metrics (FID, KID, ...) are not available per group",
+        column,
+    )
+    summary = pd.concat([run.summary, extra], ignore_index=True)
+    return dataclasses.replace(run, summary=summary), list(dict.fromkeys(extra["group"]))
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("._") or "_"
+
+
+def _write_csv(dest: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(dest) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_exports(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    formats: Sequence[str] = EXPORT_FORMATS,
+    group_by: str | None = None,
+    reader_scores: pd.DataFrame | None = None,
+    *,
+    seed: int | None = None,
+    resamples: int | None = None,
+) -> list[Path]:
+    """Write the comparison exports of a run directory and return the paths written (atomically).
+
+    Files in ``out_dir`` (default ``run_dir``): ``comparison.md`` / ``.tex`` / ``.csv`` per format,
+    ``paired_tests.csv`` with "csv". With ``group_by`` (a case column) also one
+    ``comparison-<column>=<value>.<ext>`` per value and ``mean_std-<column>.md`` / ``.csv``; groups the
+    run did not summarise (not in ``[metrics].group_by``) are computed from per_sample.parquet.
+    ``seed`` (default ``[study].seed``, else 0) and ``resamples`` (default
+    ``[metrics].bootstrap_resamples``, else 2000) drive the bootstrap CIs computed here.
+    """
+    bad = [f for f in formats if f not in EXPORT_FORMATS]
+    if bad:
+        raise ValueError(
+            f"unknown export format(s) {', '.join(bad)}; choose from {', '.join(EXPORT_FORMATS)}"
+        )
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.run_dir
+    study = run.config.get("study", {}) if isinstance(run.config.get("study"), Mapping) else {}
+    seed = int(seed if seed is not None else study.get("seed", 0) or 0)
+    resamples = int(
+        resamples if resamples is not None else _metrics_cfg(run).get("bootstrap_resamples", 2000)
+    )
+    rng = np.random.default_rng(seed)
+    confidence = float(_metrics_cfg(run).get("confidence", 0.95))
+    written: list[Path] = []
+    if group_by and not any(g.startswith(f"{group_by}=") for g in run.summary["group"]):
+        _require_case_column(run, group_by)  # a bad column fails before any file is written
+
+    def emit(stem: str, source: RunFiles, group: str, scores: pd.DataFrame | None) -> None:
+        table = comparison_table(source, group=group, reader_scores=scores)
+        for fmt in formats:
+            dest = out / f"{stem}.{fmt}"
+            if fmt == "md":
+                write_text(dest, to_markdown(table))
+            elif fmt == "tex":
+                write_text(dest, to_latex(table))
+            else:  # the CSV has every number, per-class metrics included
+                full = comparison_table(source, group=group, reader_scores=scores, per_class=True)
+                _write_csv(dest, to_csv_frame(full))
+            written.append(dest)
+
+    emit("comparison", run, "", reader_scores)
+    if "csv" in formats:
+        dest = out / "paired_tests.csv"
+        _write_csv(dest, paired_tests(run, rng=rng, resamples=resamples, confidence=confidence))
+        written.append(dest)
+    if group_by:
+        grouped, groups = _groups_for(run, group_by, rng, resamples)
+        stems: set[str] = set()
+        for group in groups:
+            stem = f"comparison-{_safe(group)}"
+            while stem in stems:  # two values that differ only in unsafe characters
+                stem += "_"
+            stems.add(stem)
+            # Reader scores are over all rated items, not per group: left out of the group tables.
+            emit(stem, grouped, group, None)
+        frame = mean_std_table(run, group_by)
+        if "md" in formats:
+            dest = out / f"mean_std-{_safe(group_by)}.md"
+            write_text(dest, mean_std_markdown(frame))
+            written.append(dest)
+        if "csv" in formats:
+            dest = out / f"mean_std-{_safe(group_by)}.csv"
+            _write_csv(dest, frame)
+            written.append(dest)
+    return written
+
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "ComparisonTable",
+    "comparison_models",
+    "comparison_table",
+    "mean_std_markdown",
+    "mean_std_table",
+    "paired_tests",
+    "tex_escape",
+    "to_csv_frame",
+    "to_latex",
+    "to_markdown",
+    "write_exports",
+]
