@@ -93,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
 
     _reader_study_parser(sub)
 
+    from audit.norberg import cli as norberg_cli
+
+    norberg_cli.add_parser(sub)
+
     report = sub.add_parser(
         "report",
         help="comparison tables (html, md, tex, csv) and paired tests from a finished run",
@@ -246,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             return _reader_study(args, progress)
         if args.command == "report":
             return _report(args)
+        if args.command == "norberg":
+            from audit.norberg import cli as norberg_cli
+
+            return norberg_cli.run(args)
         if args.command == "dashboard":
             from dashboards.serve import serve as serve_dashboard
 
