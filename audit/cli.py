@@ -203,6 +203,11 @@ def _reader_study_parser(sub: argparse._SubParsersAction) -> None:
         help="SQLAlchemy URL, e.g. postgresql://host/db (default: ratings.sqlite in STUDY_DIR)",
     )
     create.add_argument("--title", default="Reader study", help="page title readers see")
+    create.add_argument(
+        "--landmarks",
+        choices=["norberg"],
+        help="readers also click landmarks on each image; norberg: femoral-head outline and rim per hip",
+    )
 
     serve = rsub.add_parser("serve", help="start the rating app (Streamlit)")
     serve.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
@@ -485,6 +490,7 @@ def _reader_study(args: argparse.Namespace, progress: bool) -> int:
             washout=args.washout,
             database=args.database,
             title=args.title,
+            landmarks=args.landmarks,
         )
         created = create_study(args.run_dir, args.out, options, progress=progress)
         log.info(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from audit.atomic import atomic_path
-from reader_study import study
+from reader_study import placement, study
 from reader_study.criteria import FLAG
-from reader_study.store import Store, assignments, new_token, ratings, readers, responses
+from reader_study.store import Store, assignments, landmarks, new_token, ratings, readers, responses
 
 EXPORT_COLUMNS = (
     "reader",
@@ -29,6 +29,10 @@ EXPORT_COLUMNS = (
 # After EXPORT_COLUMNS: whether the item was a calibration (practice) item, the flag and its reason,
 # the reader's seconds on the item (summed over edits) and the time of the last change.
 EXTRA_COLUMNS = ("calibration", "flagged", "flag_reason", "seconds", "updated_at")
+# Readers' landmarks in the source image's pixels: the columns of an annotation file
+# (case_id, landmark, x, y) plus who placed them on which item.
+LANDMARK_COLUMNS = ("reader", "item", "model", "case_id", "sample", "read_number", "landmark", "x", "y")
+_CROP_COLUMNS = ("crop_left", "crop_top", "crop_side")
 
 
 def open_store(study_dir: str | Path) -> tuple[Path, study.StudyInfo, Store]:
@@ -153,21 +157,93 @@ def export_frame(study_dir: str | Path) -> pd.DataFrame:
     )
 
 
+def landmarks_frame(study_dir: str | Path) -> pd.DataFrame:
+    """One row per placed point, in the source image's pixels (x column, y row, origin top-left,
+    pixel centres at integers), with the key's model, case and sample.
+
+    Each reader's rows of one model (and read) are an annotation file for ``xray-audit norberg
+    angles``: filter on ``reader``, ``model`` and ``read_number`` first, since a case may be read
+    twice (``--reread``) and the real image and samples of one case share the ``case_id``.
+    """
+    root, info, store = open_store(study_dir)
+    try:
+        if info.landmarks is None:
+            raise study.StudyError(
+                f"{root}: this study asks for no landmarks (it was created without --landmarks)"
+            )
+        key_path = root / study.KEY
+        if not key_path.is_file():
+            raise study.StudyError(
+                f"{key_path} is missing: without the key the landmarks cannot be unblinded"
+            )
+        key = pd.read_parquet(key_path)
+        rs = pd.DataFrame(store.table(readers))
+        pts = pd.DataFrame(store.table(landmarks), columns=[c.name for c in landmarks.columns])
+    finally:
+        store.close()
+    missing = [c for c in _CROP_COLUMNS if c not in key.columns]
+    if missing:
+        raise study.StudyError(
+            f"{key_path}: no {', '.join(missing)} column(s), so landmarks cannot be mapped to the source "
+            "images; is this the key written with the study?"
+        )
+    rows = pts.merge(rs[["id", "name"]].rename(columns={"id": "reader_id", "name": "reader"}), on="reader_id")
+    rows = rows.merge(
+        key[["item", "model", "case_id", "sample", *_CROP_COLUMNS]].rename(columns={"item": "item_id"}),
+        on="item_id",
+        how="left",
+        validate="many_to_one",
+    )
+    if rows.model.isna().any():
+        bad = sorted(set(rows.item_id[rows.model.isna()]))[:5]
+        raise study.StudyError(f"{key_path}: item(s) with landmarks missing from the key, e.g. {bad}")
+    x, y = placement.stored_to_original(
+        rows.x, rows.y, info.image_size, rows.crop_left, rows.crop_top, rows.crop_side
+    )
+    out = rows.rename(columns={"item_id": "item"}).assign(x=x, y=y)
+    out["read_number"] = out.read_number.astype("Int64")
+    out["sample"] = out["sample"].astype("Int64")
+    out = out.assign(_order=out.landmark.map(placement.sort_key))
+    out = out.sort_values(["reader", "read_number", "model", "case_id", "item", "_order"], kind="stable")
+    return out[list(LANDMARK_COLUMNS)].reset_index(drop=True)
+
+
+def _write(frame: pd.DataFrame, target: Path) -> None:
+    if target.suffix not in (".csv", ".parquet"):
+        raise study.StudyError(f"--out must end in .csv or .parquet, got {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        if target.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+
+
 def export(study_dir: str | Path, out: Path | None = None) -> list[Path]:
-    """Write the export to ``out`` (.csv or .parquet), or to ``STUDY_DIR/ratings.csv`` and ``.parquet``."""
-    frame = export_frame(study_dir)
+    """Write the export to ``out`` (.csv or .parquet), or to ``STUDY_DIR/ratings.csv`` and ``.parquet``.
+
+    A study with landmarks also gets ``landmarks.csv`` and ``.parquet`` beside them (with ``out``:
+    ``<out stem>-landmarks<suffix>``).
+    """
     root = Path(study_dir)
+    _, info = study.load(root)
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        raise study.StudyError(f"--out must end in .csv or .parquet, got {out}")
+    frame = export_frame(study_dir)
     targets = [out] if out else [root / f"{study.EXPORT_STEM}.csv", root / f"{study.EXPORT_STEM}.parquet"]
     for target in targets:
-        if target.suffix not in (".csv", ".parquet"):
-            raise study.StudyError(f"--out must end in .csv or .parquet, got {target}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            if target.suffix == ".csv":
-                frame.to_csv(tmp, index=False)
-            else:
-                frame.to_parquet(tmp, index=False)
-    return targets
+        _write(frame, target)
+    if info.landmarks is None:
+        return targets
+    points = landmarks_frame(study_dir)
+    extra = (
+        [out.with_name(f"{out.stem}-{study.LANDMARKS_STEM}{out.suffix}")]
+        if out
+        else [root / f"{study.LANDMARKS_STEM}.csv", root / f"{study.LANDMARKS_STEM}.parquet"]
+    )
+    for target in extra:
+        _write(points, target)
+    return targets + extra
 
 
 def reissue(study_dir: str | Path, reader: str) -> str:

@@ -6,6 +6,12 @@ source file: items are opaque random ids, images are bytes re-made by
 :func:`reader_study.rendering.view` (IHDR/IDAT/IEND only) and served under Streamlit's
 content-hash media URLs.
 
+With ``--landmarks`` the image is drawn by streamlit-image-coordinates (its frontend ships in the
+wheel, so it works offline) and the reader places landmarks on it step by step
+(:mod:`reader_study.placement`). The component is handed an object whose ``save`` writes the same
+``encode_png`` bytes, so what reaches the browser is still an IHDR/IDAT/IEND PNG, as a ``data:``
+URL inside the page's own traffic: no file name, path or URL is involved.
+
 A session shows nothing but the login until a valid token is entered. After that every query is
 scoped to that reader, and the database itself refuses ratings for items outside the reader's
 queue. There are no admin actions here; they are CLI-only.
@@ -23,11 +29,13 @@ import numpy as np
 import sqlalchemy as sa
 import streamlit as st
 from PIL import Image
+from streamlit_image_coordinates import streamlit_image_coordinates
 
 from audit.atomic import sha256_bytes
-from reader_study import study
+from audit.images import encode_png
+from reader_study import placement, study
 from reader_study.criteria import CONFIDENCE_ANCHORS, TURING, TURING_QUESTION
-from reader_study.rendering import ZOOMS, view
+from reader_study.rendering import ZOOMS, crop_box, view, view_pixels
 from reader_study.store import Answer, QueueEntry, Response, Store, StoreError
 
 STUDY_ENV = "XRAY_AUDIT_STUDY_DIR"
@@ -50,6 +58,17 @@ def _pixels(path: str, sha256: str) -> np.ndarray:
         raise StoreError("an image of this study changed on disk after the study was created")
     with Image.open(path) as im:
         return np.asarray(im.convert("L"))
+
+
+class _EncodedPNG:
+    """PNG bytes for streamlit-image-coordinates, which base64-encodes whatever ``save`` writes:
+    given a PIL image or an array it would re-encode it itself, with its own chunks."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def save(self, fp: Any, **_: Any) -> None:
+        fp.write(self.data)
 
 
 def _reset_view() -> None:
@@ -106,16 +125,109 @@ def _viewer(root: Path, entry: QueueEntry, store: Store, info: study.StudyInfo) 
         st.error("This item is missing from the study database.")
         return
     pixels = _pixels(str(study.image_path(root, entry.item_id)), sha)
-    png = view(
-        pixels,
-        level=st.session_state.view_level,
-        width=st.session_state.view_width,
-        zoom=st.session_state.view_zoom,
-        cx=st.session_state.view_cx,
-        cy=st.session_state.view_cy,
-        out_size=min(MAX_DISPLAY, info.image_size),
+    settings = {
+        "level": st.session_state.view_level,
+        "width": st.session_state.view_width,
+        "zoom": st.session_state.view_zoom,
+        "cx": st.session_state.view_cx,
+        "cy": st.session_state.view_cy,
+        "out_size": min(MAX_DISPLAY, info.image_size),
+    }
+    if info.landmarks is None:
+        st.image(view(pixels, **settings), output_format="PNG", width="stretch")
+    else:
+        _landmark_viewer(entry, pixels, settings, store)
+
+
+# --- landmarks ----------------------------------------------------------------------------------
+
+
+def _visit() -> str:
+    """One visit of one item: a new one on every move (see _go), so its state starts afresh."""
+    return f"{st.session_state.position}-{st.session_state.submission}"
+
+
+def _placement(entry: QueueEntry, store: Store) -> placement.Placement:
+    """This visit's placement; a new visit starts from the reader's stored points (back-edit, resume)."""
+    held = st.session_state.get("lm_placement")
+    if held is None or held[0] != _visit():
+        points = store.landmarks(st.session_state.reader_id, entry.item_id, entry.read_number)
+        held = (_visit(), placement.Placement.from_points(points))
+        st.session_state.lm_placement = held
+    return held[1]
+
+
+def _set_placement(p: placement.Placement) -> None:
+    st.session_state.lm_placement = (_visit(), p)
+
+
+def _held() -> placement.Placement | None:
+    """The placement a button pressed on this page acts on (None if the page has moved on)."""
+    held = st.session_state.get("lm_placement")
+    return held[1] if held is not None and held[0] == _visit() else None
+
+
+def _undo() -> None:
+    if (current := _held()) is not None:
+        _set_placement(current.undo())
+
+
+def _finish_outline() -> None:
+    if (current := _held()) is not None and current.can_finish_outline():
+        _set_placement(current.finish_outline())
+
+
+def _clear(side: str) -> None:
+    if (current := _held()) is not None:
+        _set_placement(current.clear(side))
+
+
+def _landmark_help() -> None:
+    first, second = placement.screen_sides()
+    st.info(
+        "**Landmarks.** Images are in the standard radiographic display: the patient's "
+        f"**{first}** hip is on the image's left, the **{second}** on its right. For each hip click at "
+        f"least {placement.MIN_OUTLINE} points spread around the femoral-head outline, press "
+        "**Outline done**, then click the craniolateral acetabular rim point. Zoom and pan (View, "
+        "in the sidebar) to place points precisely; they stay where you put them."
     )
-    st.image(png, output_format="PNG", width="stretch")
+
+
+def _landmark_viewer(entry: QueueEntry, pixels: np.ndarray, settings: dict[str, Any], store: Store) -> None:
+    visit = _visit()
+    key = f"lm-click-{visit}"
+    current = _placement(entry, store)
+    # A click is on the image the reader saw, i.e. the view of the previous run: map it with that
+    # view's box, not with sliders that may have moved since.
+    shown = st.session_state.get("lm_shown")
+    if shown is not None and shown[0] == visit:
+        current = placement.handle_click(current, st.session_state.get(key), shown[1])
+        _set_placement(current)
+    size = pixels.shape[0]
+    box = placement.ViewBox(
+        *crop_box(size, size, settings["zoom"], settings["cx"], settings["cy"]),
+        out=placement.drawn_size(settings["out_size"]),
+    )
+    st.markdown(placement.instruction(current.next_step()))
+    rgb = placement.draw(view_pixels(pixels, **settings), current, box)
+    streamlit_image_coordinates(_EncodedPNG(encode_png(rgb)), key=key, width="stretch", cursor="crosshair")
+    st.session_state.lm_shown = (visit, box)
+    cols = st.columns(4)
+    cols[0].button("Undo last point", on_click=_undo, disabled=not current.points, width="stretch")
+    cols[1].button(
+        "Outline done", on_click=_finish_outline, disabled=not current.can_finish_outline(), width="stretch",
+        help=f"after at least {placement.MIN_OUTLINE} outline points: go on to this hip's rim point",
+    )  # fmt: skip
+    for col, side in zip(cols[2:], placement.screen_sides()):
+        col.button(
+            f"Clear {side}", on_click=_clear, args=(side,), width="stretch",
+            help=f"remove every point of the patient's {side} hip",
+            disabled=not any(placement.side_of(n) == side for n, _, _ in current.points),
+        )  # fmt: skip
+    st.caption(
+        "Orange: the patient's right hip, blue: the left; circles are outline points, squares rim "
+        "points. The thin circle is fitted to your outline points."
+    )
 
 
 def _index(options: list[Any], value: Any) -> int | None:
@@ -172,6 +284,19 @@ def _form(entry: QueueEntry, info: study.StudyInfo, previous: Response | None, s
     missing = [c.question for c in info.criteria if chosen[c.name] is None]
     if info.turing and (verdict is None or confidence is None):
         missing.append(TURING_QUESTION)
+    points = None
+    if info.landmarks is not None:
+        points = _placement(entry, store).as_dict()
+        todo = placement.problems(points)
+        if todo:
+            missing.append("place the landmarks: " + ", ".join(todo))
+        if todo and points and flagged:
+            st.error(
+                "A flagged image keeps its landmarks only when both hips are complete: place "
+                + ", ".join(todo)
+                + ", or clear both hips."
+            )
+            return
     if flagged and not reason.strip():
         st.error("Give a reason for the flag, or untick it.")
         return
@@ -192,6 +317,7 @@ def _form(entry: QueueEntry, info: study.StudyInfo, previous: Response | None, s
             flag_reason=reason if flagged else None,
             comment=comment,
             seconds=time.monotonic() - st.session_state.shown_at,
+            points=points,
         )
     except StoreError as exc:
         st.error(str(exc))
@@ -260,6 +386,8 @@ def _reader_page(root: Path, info: study.StudyInfo, store: Store) -> None:
     with left:
         _viewer(root, entry, store, info)
     with right:
+        if info.landmarks is not None:
+            _landmark_help()
         if info.show_prompt and entry.prompt:
             st.info(f"Intended finding: {entry.prompt}")
         _form(entry, info, store.response(reader_id, entry.item_id, entry.read_number), store)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from audit import rundir
 from audit.atomic import sha256_bytes, write_bytes
 from audit.images import ImageReadError, encode_png, read_image
-from reader_study import assignment, rendering, study
+from reader_study import assignment, placement, rendering, study
 from reader_study.criteria import Criterion
 from reader_study.store import Store, new_token, sqlite_url
 
@@ -57,6 +57,7 @@ class CreateOptions:
     washout: str | None = None  # "YYYY-MM-DD" (UTC) or "Nd" (days after the reader's first read)
     database: str | None = None  # None: ratings.sqlite in the study directory
     title: str = "Reader study"
+    landmarks: str | None = None  # "norberg": readers also place the Norberg-angle landmarks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +77,12 @@ def _check_options(o: CreateOptions) -> None:
         raise CreateError(f"reader names may use letters, digits and ._@- only: {bad}")
     if len(set(names)) != len(names):
         raise CreateError(f"a reader is listed twice in --readers: {names}")
-    if not o.criteria and not o.turing:
-        raise CreateError("nothing to ask: give --criteria, --criteria-file or --turing")
+    if o.landmarks is not None and o.landmarks not in placement.TASKS:
+        raise CreateError(
+            f"--landmarks: unknown task {o.landmarks!r}; available: {', '.join(placement.TASKS)}"
+        )
+    if not o.criteria and not o.turing and o.landmarks is None:
+        raise CreateError("nothing to ask: give --criteria, --criteria-file, --turing or --landmarks")
     for flag, value in (("--per-model", o.per_model), ("--real", o.real)):
         if value is not None and value < 0:
             raise CreateError(f"{flag} must be >= 0, got {value}")
@@ -241,9 +246,12 @@ def create_study(
                 item = secrets.token_hex(8)
             used_ids.add(item)
             write_bytes(tmp / study.IMAGES_DIR / f"{item}.png", png)
+            top, left, side = rendering.square_box(*pixels.shape)
             key_rows.append(
                 {"item": item, "model": src.stratum, "case_id": src.case_id, "sample": src.sample,
-                     "source_path": src.path, "source_sha256": digest, "calibration": is_calibration}
+                     "source_path": src.path, "source_sha256": digest, "calibration": is_calibration,
+                     "source_width": pixels.shape[1], "source_height": pixels.shape[0],
+                     "crop_left": left, "crop_top": top, "crop_side": side}
             )  # fmt: skip
             item_rows.append(
                 {"id": item, "image_sha256": sha256_bytes(png), "prompt": prompts.get(src.case_id)}
@@ -310,6 +318,7 @@ def create_study(
             n_items=int((~key.calibration).sum()),
             n_calibration=int(key.calibration.sum()),
             case_reuse=reuse,
+            landmarks=options.landmarks,
         )
         study.save(tmp, info)
         if final.exists():

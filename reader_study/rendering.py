@@ -25,13 +25,17 @@ def _resample(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
 
 
+def square_box(height: int, width: int) -> tuple[int, int, int]:
+    """``(top, left, side)`` of the centred square that :func:`normalise` keeps of an image."""
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side
+
+
 def normalise(pixels: np.ndarray, size: int) -> np.ndarray:
     """``(H, W)`` floats in [0, 1] to the study's common ``(size, size)`` uint8 form."""
     if pixels.ndim != 2:
         raise ValueError(f"expected a greyscale (H, W) image, got shape {pixels.shape}")
-    h, w = pixels.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
+    top, left, side = square_box(*pixels.shape)
     square = pixels[top : top + side, left : left + side]
     out = _resample(square, (size, size)) if side != size else square.astype(np.float32)
     return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -45,15 +49,33 @@ def window(pixels: np.ndarray, level: float, width: float) -> np.ndarray:
     return np.clip((pixels - low) / width, 0.0, 1.0)
 
 
-def crop(pixels: np.ndarray, zoom: float, cx: float, cy: float) -> np.ndarray:
-    """The ``1/zoom`` part of the image centred as near ``(cx, cy)`` (fractions) as the edges allow."""
+def crop_box(height: int, width: int, zoom: float, cx: float, cy: float) -> tuple[int, int, int, int]:
+    """``(top, left, crop_height, crop_width)`` of the part :func:`crop` keeps."""
     if zoom < 1:
         raise ValueError(f"zoom must be >= 1, got {zoom}")
-    h, w = pixels.shape
-    ch, cw = max(1, round(h / zoom)), max(1, round(w / zoom))
-    top = int(np.clip(round(cy * h - ch / 2), 0, h - ch))
-    left = int(np.clip(round(cx * w - cw / 2), 0, w - cw))
+    ch, cw = max(1, round(height / zoom)), max(1, round(width / zoom))
+    top = int(np.clip(round(cy * height - ch / 2), 0, height - ch))
+    left = int(np.clip(round(cx * width - cw / 2), 0, width - cw))
+    return top, left, ch, cw
+
+
+def crop(pixels: np.ndarray, zoom: float, cx: float, cy: float) -> np.ndarray:
+    """The ``1/zoom`` part of the image centred as near ``(cx, cy)`` (fractions) as the edges allow."""
+    top, left, ch, cw = crop_box(*pixels.shape, zoom, cx, cy)
     return pixels[top : top + ch, left : left + cw]
+
+
+def view_pixels(
+    stored: np.ndarray, *, level: float = 0.5, width: float = 1.0, zoom: float = 1.0,
+    cx: float = 0.5, cy: float = 0.5, out_size: int | None = None,
+) -> np.ndarray:  # fmt: skip
+    """What :func:`view` encodes: floats in [0, 1], ``out_size`` pixels square."""
+    pixels = stored.astype(np.float32) / 255.0
+    part = crop(pixels, zoom, cx, cy)
+    size = out_size or stored.shape[0]
+    if part.shape != (size, size):
+        part = _resample(part, (size, size))
+    return window(np.clip(part, 0.0, 1.0), level, width)
 
 
 def view(
@@ -61,9 +83,5 @@ def view(
     cx: float = 0.5, cy: float = 0.5, out_size: int | None = None,
 ) -> bytes:  # fmt: skip
     """PNG bytes of ``stored`` (uint8) as the reader asked to see it, ``out_size`` pixels square."""
-    pixels = stored.astype(np.float32) / 255.0
-    part = crop(pixels, zoom, cx, cy)
-    size = out_size or stored.shape[0]
-    if part.shape != (size, size):
-        part = _resample(part, (size, size))
-    return encode_png(window(np.clip(part, 0.0, 1.0), level, width), bit_depth=8)
+    pixels = view_pixels(stored, level=level, width=width, zoom=zoom, cx=cx, cy=cy, out_size=out_size)
+    return encode_png(pixels, bit_depth=8)

@@ -8,6 +8,11 @@ Guarantees, enforced by the database rather than by the app:
 * ``ratings``: ``UNIQUE(reader_id, item_id, criterion, read_number)``, ``CHECK(score BETWEEN 1
   AND 5)``, ``CHECK(confidence BETWEEN 1 AND 5)``, and a foreign key to the reader's own
   assignment, so nobody can rate an item that is not in their queue.
+* ``landmarks``: points a reader placed (``--landmarks``), in the study image's pixels;
+  ``UNIQUE(reader_id, item_id, read_number, landmark)`` and the same foreign key to the reader's
+  own assignment. A submit replaces the item's set: added, moved and removed points are each an
+  audit row (``create``, ``update``, ``delete``). The table was added without a schema version
+  change: older databases lack it and are still read, as their studies have no landmarks.
 * ``submissions``: one row per submit, keyed by a client-made UUID (``UNIQUE``). A double click
   or a rerun repeats the UUID and changes nothing.
 * ``audit_log``: append-only (triggers reject ``UPDATE`` and ``DELETE`` on both backends); every
@@ -34,6 +39,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+
+from reader_study.placement import PlacementError, check_points, sort_key
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
@@ -124,6 +131,27 @@ ratings = sa.Table(
         "turing_answer IS NULL OR turing_answer IN ('real', 'synthetic')", name="ck_rating_turing"
     ),
     sa.CheckConstraint("score IS NOT NULL OR turing_answer IS NOT NULL", name="ck_rating_has_answer"),
+    sa.ForeignKeyConstraint(
+        ["reader_id", "item_id", "read_number"],
+        ["assignments.reader_id", "assignments.item_id", "assignments.read_number"],
+    ),
+)
+
+landmarks = sa.Table(
+    "landmarks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("reader_id", sa.Integer, nullable=False),
+    sa.Column("item_id", sa.String(32), nullable=False),
+    sa.Column("read_number", sa.Integer, nullable=False),
+    sa.Column("landmark", sa.String(64), nullable=False),
+    # The stored study image's pixels (x column, y row, pixel centres at integers). Not the source
+    # image's: the app never learns a source's size, which could tell models apart.
+    sa.Column("x", sa.Float, nullable=False),
+    sa.Column("y", sa.Float, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+    sa.UniqueConstraint("reader_id", "item_id", "read_number", "landmark", name="uq_landmark"),
     sa.ForeignKeyConstraint(
         ["reader_id", "item_id", "read_number"],
         ["assignments.reader_id", "assignments.item_id", "assignments.read_number"],
@@ -458,6 +486,18 @@ class Store:
         }
         return Response(bool(head.flagged), head.flag_reason, head.comment, answers)
 
+    def landmarks(self, reader_id: int, item_id: str, read_number: int) -> dict[str, tuple[float, float]]:
+        """The points the reader stored on the item (stored-image frame), by landmark name."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(landmarks.c.landmark, landmarks.c.x, landmarks.c.y).where(
+                    (landmarks.c.reader_id == reader_id)
+                    & (landmarks.c.item_id == item_id)
+                    & (landmarks.c.read_number == read_number)
+                )
+            ).all()
+        return {row.landmark: (float(row.x), float(row.y)) for row in rows}
+
     def image_sha256(self, item_id: str) -> str | None:
         with self._read() as conn:
             return conn.execute(sa.select(items.c.image_sha256).where(items.c.id == item_id)).scalar()
@@ -476,15 +516,26 @@ class Store:
         flag_reason: str | None = None,
         comment: str | None = None,
         seconds: float | None = None,
+        points: Mapping[str, tuple[float, float]] | None = None,
     ) -> SubmitResult:
-        """Store one submit of one item. Idempotent in ``submission_id``; changes are audited."""
+        """Store one submit of one item. Idempotent in ``submission_id``; changes are audited.
+
+        ``points`` (landmark -> (x, y), stored-image frame) is the item's whole set of landmarks:
+        stored ones it lacks are deleted. None leaves the stored landmarks as they are.
+        """
         for answer in answers:
             answer.validate()
         if len({a.criterion for a in answers}) != len(answers):
             raise StoreError("an answer is given twice for the same criterion")
         if flagged and not (flag_reason or "").strip():
             raise StoreError("a flagged image needs a reason")
-        if not flagged and not answers:
+        checked = None
+        if points is not None:
+            try:
+                checked = check_points(points)
+            except PlacementError as exc:
+                raise StoreError(str(exc)) from exc
+        if not flagged and not answers and not checked:
             raise StoreError("nothing to submit: answer the questions or flag the image")
         for attempt in range(_RETRIES):
             try:
@@ -492,6 +543,7 @@ class Store:
                     return self._submit(
                         conn, reader_id, item_id, read_number, submission_id, answers,
                         flagged, (flag_reason or "").strip() or None, (comment or "").strip() or None, seconds,
+                        checked,
                     )  # fmt: skip
             except sa.exc.IntegrityError:
                 # PostgreSQL under READ COMMITTED: a concurrent submit of the same answer slot won
@@ -513,6 +565,7 @@ class Store:
         flag_reason: str | None,
         comment: str | None,
         seconds: float | None,
+        points: dict[str, tuple[float, float]] | None,
     ) -> SubmitResult:
         if conn.execute(sa.select(submissions.c.id).where(submissions.c.id == submission_id)).first():
             return SubmitResult(created=False, changes=0)
@@ -597,6 +650,8 @@ class Store:
                     log("update", answer.criterion, _describe(old), _describe(values))
         if new_ratings:
             conn.execute(ratings.insert(), new_ratings)
+        if points is not None:
+            self._replace_landmarks(conn, key, points, now, log)
         if head is not None:
             # Every stored submit adds its time, also one that only changed a score (or nothing):
             # `seconds` is the reader's time on the item summed over visits.
@@ -610,6 +665,42 @@ class Store:
         if audit_rows:
             conn.execute(audit_log.insert(), audit_rows)
         return SubmitResult(created=True, changes=len(audit_rows))
+
+    @staticmethod
+    def _replace_landmarks(
+        conn: Connection,
+        key: dict[str, Any],
+        points: dict[str, tuple[float, float]],
+        now: str,
+        log: Any,
+    ) -> None:
+        where = (
+            (landmarks.c.reader_id == key["reader_id"])
+            & (landmarks.c.item_id == key["item_id"])
+            & (landmarks.c.read_number == key["read_number"])
+        )
+        existing = {row.landmark: row for row in conn.execute(sa.select(landmarks).where(where))}
+        added = []
+        for name in sorted(points, key=sort_key):
+            x, y = points[name]
+            row = existing.get(name)
+            if row is None:
+                added.append({**key, "landmark": name, "x": x, "y": y, "created_at": now, "updated_at": now})
+                log("create", f"landmark:{name}", None, _describe({"x": x, "y": y}))
+            elif (row.x, row.y) != (x, y):
+                conn.execute(
+                    landmarks.update().where(landmarks.c.id == row.id).values(x=x, y=y, updated_at=now)
+                )
+                old = _describe({"x": row.x, "y": row.y})
+                log("update", f"landmark:{name}", old, _describe({"x": x, "y": y}))
+        gone = sorted((n for n in existing if n not in points), key=sort_key)
+        if gone:
+            conn.execute(landmarks.delete().where(where & landmarks.c.landmark.in_(gone)))
+            for name in gone:
+                row = existing[name]
+                log("delete", f"landmark:{name}", _describe({"x": row.x, "y": row.y}), None)
+        if added:
+            conn.execute(landmarks.insert(), added)
 
     @staticmethod
     def _log(conn: Connection, **values: Any) -> None:

@@ -3,8 +3,10 @@
 Layout of ``STUDY_DIR/``::
 
     study.json       what the app needs: title, criteria, options, database URL. No model names.
-    key.parquet      item -> model, case_id, sample, source path and sha256, calibration.
-                     The unblinding key: read only by ``export``, never by the app.
+    key.parquet      item -> model, case_id, sample, source path and sha256, calibration, and
+                     the source's size and the square cut from it (crop_left, crop_top, crop_side)
+                     that maps landmarks back to the source. The unblinding key: read only by
+                     ``export``, never by the app.
     images/<item>.png  every image re-encoded alike (see reader_study.rendering); names are the
                      opaque random item ids
     ratings.sqlite   the database (unless ``--database`` named a PostgreSQL URL)
@@ -28,9 +30,13 @@ KEY = "key.parquet"
 IMAGES_DIR = "images"
 DB_FILE = "ratings.sqlite"
 EXPORT_STEM = "ratings"
+LANDMARKS_STEM = "landmarks"
 STUDY_FORMAT = 1
 ITEM_ID = re.compile(r"^[0-9a-f]{16}$")
-KEY_COLUMNS = ("item", "model", "case_id", "sample", "source_path", "source_sha256", "calibration")
+KEY_COLUMNS = (
+    "item", "model", "case_id", "sample", "source_path", "source_sha256", "calibration",
+    "source_width", "source_height", "crop_left", "crop_top", "crop_side",
+)  # fmt: skip
 
 
 class StudyError(RuntimeError):
@@ -52,6 +58,7 @@ class StudyInfo:
     n_items: int
     n_calibration: int
     case_reuse: int
+    landmarks: str | None = None  # a task of reader_study.placement.TASKS, or no landmarks
     format: int = STUDY_FORMAT
 
     def to_json(self) -> str:

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from audit.cli import main as cli_main
-from reader_study import admin, assignment, rendering, study
+from reader_study import admin, assignment, placement, rendering, study
 from reader_study.create import CreateError, CreateOptions, create_study
 from reader_study.criteria import FLAG, TURING, resolve
 from reader_study.store import (
@@ -40,6 +40,7 @@ from reader_study.store import (
     assignments,
     audit_log,
     items,
+    landmarks as landmarks_table,
     ratings,
     readers,
     responses,
@@ -1070,3 +1071,320 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, caplog, args, messag
     assert errors[0].startswith("error: ") and re.search(message, errors[0])
     assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "new" / study.STUDY_JSON).exists()
+
+
+# --- landmarks (--landmarks norberg) ------------------------------------------------------------
+
+
+def _click(x: float, y: float, width: float, height: float | None = None, t: int = 1) -> dict[str, Any]:
+    """What streamlit-image-coordinates reports for a click."""
+    return {"x": x, "y": y, "width": width, "height": width if height is None else height, "unix_time": t}
+
+
+def test_a_click_maps_back_to_the_source_pixel_by_hand():
+    # Source 80 wide, 96 tall: the study keeps rows 8..87 (80 x 80), resampled to 64 (x 1.25 back).
+    top, left, side = rendering.square_box(96, 80)
+    assert (top, left, side) == (8, 0, 80)
+    # Zoom 2 panned right: the view is stored columns 32..63, rows 16..47, drawn at 512 px.
+    box = placement.ViewBox(*rendering.crop_box(64, 64, 2.0, 0.75, 0.5), out=placement.drawn_size(64))
+    assert box == placement.ViewBox(top=16, left=32, height=32, width=32, out=512)
+    # Shown 500 px wide. The middle of the top half, (250, 125), is the edge between stored columns
+    # 47 and 48 (x = 47.5) and rows 23 and 24; in the source, edges 60 and 8 + 24 * 1.25 = 38.
+    stored = placement.display_to_stored(_click(250, 125, 500), box)
+    assert stored == (47.5, 23.5)
+    assert placement.stored_to_original(*stored, 64, left, top, side) == (59.5, 37.5)
+    # The view's top-left corner is the top-left edge of stored pixel (32, 16).
+    assert placement.display_to_stored(_click(0, 0, 500), box) == (31.5, 15.5)
+    # A wide source (100 x 60, columns 20..79 kept) enlarged to 64, shown 400 x 400 at zoom 1.
+    top, left, side = rendering.square_box(60, 100)
+    assert (top, left, side) == (0, 20, 60)
+    whole = placement.ViewBox(0, 0, 64, 64, 512)
+    stored = placement.display_to_stored(_click(100, 300, 400), whole)
+    assert stored == (15.5, 47.5)
+    # Edges 16 and 48 of the stored image are 16 * 60/64 = 15 and 45 in the kept square.
+    assert placement.stored_to_original(*stored, 64, left, top, side) == (34.5, 44.5)
+    # The drawn height counts for y on its own (a browser may round the two differently).
+    assert placement.display_to_stored(_click(100, 150, 400, 200), whole) == (15.5, 47.5)
+    # Off the image, or without a size: no point.
+    for off in (_click(-1, 5, 400), _click(5, 401, 400), _click(5, 5, 0), {"x": 1}, None):
+        assert placement.display_to_stored(off or {}, whole) is None
+    # And back: a stored point is drawn where it was clicked.
+    x, y = box.from_stored(47.5, 23.5)
+    assert (x, y) == (255.5, 127.5)  # drawn pixel centres at integers: edge 256 is 255.5
+
+
+@pytest.mark.parametrize(
+    "height, width, x0, y0, zoom, cx, cy, shown",
+    [(120, 90, 50.3, 70.8, 2.0, 0.6, 0.55, 437), (60, 100, 33.2, 20.6, 3.0, 0.2, 0.3, 611)],
+)
+def test_clicking_a_spot_in_the_view_finds_it_in_the_source(height, width, x0, y0, zoom, cx, cy, shown):
+    """Independent of the formulas: a blob drawn in the source at a known place is located in the
+    image the browser gets (after PIL's resampling, zoom and pan), clicked there, and mapped back."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    source = 0.1 + 0.8 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 3.0**2))
+    stored = rendering.normalise(source, 64)
+    top, left, side = rendering.square_box(height, width)
+    box = placement.ViewBox(*rendering.crop_box(64, 64, zoom, cx, cy), out=placement.drawn_size(64))
+    view = rendering.view_pixels(stored, zoom=zoom, cx=cx, cy=cy, out_size=64)
+    drawn = placement.draw(view, placement.Placement(), box)[..., 0].astype(np.float64)
+    assert drawn.shape == (box.out, box.out)
+    weight = np.clip(drawn - np.median(drawn), 0, None)
+    py, px = np.mgrid[0 : box.out, 0 : box.out]
+    centre = ((weight * px).sum() / weight.sum(), (weight * py).sum() / weight.sum())
+    # The pixel at drawn position c covers [c, c + 1) of the drawn image, shown `shown` px wide.
+    click = _click((centre[0] + 0.5) * shown / box.out, (centre[1] + 0.5) * shown / box.out, shown)
+    got = placement.stored_to_original(*placement.display_to_stored(click, box), 64, left, top, side)
+    # Half a pixel off at either resampling would be 0.2-0.5 px here.
+    np.testing.assert_allclose(got, (x0, y0), atol=0.03)
+
+
+def test_placement_steps_undo_and_clear():
+    p = placement.Placement()
+    assert placement.screen_sides() == ("right", "left")  # standard display: patient's right on the left
+    assert p.next_step() == placement.Step("right_head_1", "right", 1)
+    assert "patient's **RIGHT** hip, on the image's left" in placement.instruction(p.next_step())
+    for i in range(3):
+        assert not p.can_finish_outline()
+        p = p.place(10 + i, 20 - i)
+    assert p.can_finish_outline() and p.next_step().name == "right_head_4"
+    p = p.finish_outline()
+    assert p.next_step() == placement.Step("right_rim", "right", None)
+    p = p.place(5, 5)
+    assert p.next_step().name == "left_head_1"
+    assert "image's right" in placement.instruction(p.next_step())
+    assert p.undo().next_step().name == "right_rim"  # the outline stays finished
+    assert p.undo().undo().next_step().name == "right_head_3"  # an outline point reopens it
+    for i in range(placement.MAX_OUTLINE):
+        p = p.place(50 + i, 30 + (i % 3))
+    assert p.next_step().name == "left_rim"  # the outline is full
+    p = p.place(60, 10)
+    assert p.next_step() is None and placement.problems(p.as_dict()) == []
+    assert placement.instruction(None).startswith("All landmarks are placed")
+    with pytest.raises(placement.PlacementError, match="every landmark is placed"):
+        p.place(1, 1)
+    cleared = p.clear("right")
+    assert {placement.side_of(n) for n in cleared.as_dict()} == {"left"}
+    assert cleared.next_step().name == "right_head_1"
+    assert placement.problems(cleared.as_dict()) == [
+        "3 more outline point(s) of the patient's right femoral head",
+        "the patient's right acetabular rim point",
+    ]
+    # Resumed from stored points, in any order: the same points, same next step.
+    back = placement.Placement.from_points(dict(reversed(list(p.as_dict().items()))))
+    assert back.as_dict() == p.as_dict() and back.next_step() is None
+    assert placement.Placement.from_points(cleared.as_dict()).next_step().name == "right_head_1"
+    assert [n for n, _, _ in back.points][:4] == ["right_head_1", "right_head_2", "right_head_3", "right_rim"]
+    with pytest.raises(placement.PlacementError, match="at least 3"):
+        placement.Placement().finish_outline()
+
+
+def test_handle_click_takes_each_click_once():
+    box = placement.ViewBox(0, 0, 64, 64, 512)
+    p = placement.handle_click(placement.Placement(), _click(80, 40, 640, t=1), box)
+    assert p.as_dict() == {"right_head_1": (7.5, 3.5)}
+    # The component reports its last click on every rerun: the same click again changes nothing.
+    assert placement.handle_click(p, _click(80, 40, 640, t=1), box) == p
+    # The same spot clicked again later is a new point.
+    p = placement.handle_click(p, _click(80, 40, 640, t=2), box)
+    assert list(p.as_dict()) == ["right_head_1", "right_head_2"]
+    # A click off the image is used up without a point; so is None (nothing clicked yet).
+    off = placement.handle_click(p, _click(700, 40, 640, t=3), box)
+    assert off.as_dict() == p.as_dict() and off.last_click != p.last_click
+    assert placement.handle_click(p, None, box) == p
+
+
+def test_check_points_refuses_what_is_not_a_landmark():
+    assert placement.check_points({"left_rim": (1, 2.5)}) == {"left_rim": (1.0, 2.5)}
+    for bad, match in [
+        ({"left_head_center": (1, 1)}, "unknown landmark"),
+        ({"left_head_0": (1, 1)}, "unknown landmark"),
+        ({f"left_head_{placement.MAX_OUTLINE + 1}": (1, 1)}, "unknown landmark"),
+        ({"nose": (1, 1)}, "unknown landmark"),
+        ({"left_rim": (float("nan"), 1)}, "finite"),
+        ({"left_rim": ("a", 1)}, "two numbers"),
+        ({"left_rim": (1, 2, 3)}, "two numbers"),
+        ({"left_head_1": (1, 1), "left_head_3": (1, 1)}, "without gaps"),
+    ]:
+        with pytest.raises(placement.PlacementError, match=match):
+            placement.check_points(bad)
+
+
+POINTS = {
+    "right_head_1": (10.0, 20.0), "right_head_2": (14.0, 16.0), "right_head_3": (18.0, 20.0),
+    "right_rim": (12.5, 12.25), "left_head_1": (40.0, 20.0), "left_head_2": (44.0, 16.0),
+    "left_head_3": (48.0, 20.0), "left_rim": (47.0, 12.0),
+}  # fmt: skip
+
+
+def test_landmark_rows_are_unique_and_in_the_readers_own_queue(tiny):
+    i0, _, i2, _ = ITEMS
+    now = "2026-01-01T00:00:00Z"
+    good = {"reader_id": tiny.alice, "item_id": i0, "read_number": 1, "landmark": "left_rim", "x": 1.5,
+            "y": 2.5, "created_at": now, "updated_at": now}  # fmt: skip
+    with tiny.store.engine.begin() as conn:
+        conn.execute(landmarks_table.insert().values(**good))
+    for change in ({}, {"item_id": i2}, {"read_number": 3}, {"reader_id": tiny.bob}, {"x": None}):
+        with pytest.raises(sa.exc.IntegrityError), tiny.store.engine.begin() as conn:
+            conn.execute(landmarks_table.insert().values(**{**good, **change}))
+    assert [(r["landmark"], r["x"], r["y"]) for r in tiny.rows(landmarks_table)] == [("left_rim", 1.5, 2.5)]
+
+
+def test_submitted_landmarks_are_stored_idempotent_and_audited(tiny):
+    i0, i1, i2, _ = ITEMS
+    sid = str(uuid.uuid4())
+    first = tiny.submit(tiny.alice, i0, sid=sid, points=POINTS)
+    assert first.created and first.changes == 1 + len(POINTS)  # the anatomy score and 8 points
+    assert tiny.store.landmarks(tiny.alice, i0, 1) == POINTS
+    again = tiny.submit(tiny.alice, i0, sid=sid, points={"left_rim": (1.0, 1.0)})
+    assert not again.created and tiny.store.landmarks(tiny.alice, i0, 1) == POINTS
+    rows = tiny.rows(landmarks_table)
+    assert len(rows) == len(POINTS) and all(r["created_at"] == r["updated_at"] for r in rows)
+    created = [(r["field"], r["new"]) for r in tiny.rows(audit_log) if r["action"] == "create"]
+    assert ("landmark:right_rim", "x=12.5,y=12.25") in created
+
+    # A back-edit: the rim moves, a fourth outline point is added; then the fourth goes again.
+    moved = {**POINTS, "left_rim": (46.0, 11.5), "left_head_4": (44.0, 24.0)}
+    edit = tiny.submit(tiny.alice, i0, points=moved)
+    assert edit.changes == 2 and tiny.store.landmarks(tiny.alice, i0, 1) == moved
+    tiny.submit(tiny.alice, i0, points=POINTS)
+    assert tiny.store.landmarks(tiny.alice, i0, 1) == POINTS
+    trail = [
+        (r["action"], r["field"], r["old"], r["new"], r["actor"])
+        for r in tiny.rows(audit_log)
+        if r["submission_id"] not in (None, sid)
+    ]
+    actor = f"reader:{tiny.alice}"
+    assert trail == [
+        ("create", "landmark:left_head_4", None, "x=44.0,y=24.0", actor),
+        ("update", "landmark:left_rim", "x=47.0,y=12.0", "x=46.0,y=11.5", actor),
+        ("update", "landmark:left_rim", "x=46.0,y=11.5", "x=47.0,y=12.0", actor),
+        ("delete", "landmark:left_head_4", "x=44.0,y=24.0", None, actor),
+    ]
+    # None leaves the stored points alone; an empty set (a flagged image) removes them.
+    tiny.submit(tiny.alice, i0, answers=[Answer("anatomy", score=1)])
+    assert tiny.store.landmarks(tiny.alice, i0, 1) == POINTS
+    tiny.submit(tiny.alice, i0, answers=[], flagged=True, flag_reason="no hips", points={})
+    assert tiny.store.landmarks(tiny.alice, i0, 1) == {}
+    assert sum(r["action"] == "delete" for r in tiny.rows(audit_log)) == 1 + len(POINTS)
+    # Points alone are a submission; points outside the queue or not landmarks are refused.
+    assert tiny.submit(tiny.bob, i2, answers=[], points={"left_rim": (3.0, 4.0)}).created
+    with pytest.raises(StoreError, match="not in your queue"):
+        tiny.submit(tiny.bob, i0, points=POINTS)
+    with pytest.raises(StoreError, match="unknown landmark 'left_head_center'"):
+        tiny.submit(tiny.alice, i1, points={"left_head_center": (1.0, 1.0)})
+    with pytest.raises(StoreError, match="finite"):
+        tiny.submit(tiny.alice, i1, points={"left_rim": (math.inf, 1.0)})
+    assert tiny.store.landmarks(tiny.alice, i1, 1) == {} and tiny.store.landmarks(tiny.bob, i0, 1) == {}
+
+
+@pytest.fixture
+def landmark_study(tmp_path):
+    """A --landmarks norberg study with alice's points on two items (one a re-read) and bob's on one.
+    SQLite only: the landmark queries themselves run on PostgreSQL in the tests above."""
+    made = make_study(
+        tmp_path, per_model=1, landmarks="norberg", criteria="quality", reread_percent=50, washout="0d"
+    )
+    _, _, store = admin.open_store(made.path)
+    given: dict[tuple[str, str, int], dict[str, tuple[float, float]]] = {}
+    try:
+        ids = {r["name"]: r["id"] for r in store.table(readers)}
+        alice = store.queue(ids["alice"])
+        first = alice[0]
+        reread = next(e for e in alice if e.read_number == 2)
+        shifted = {n: (x + 1.0, y + 2.0) for n, (x, y) in POINTS.items()}
+        given[("alice", reread.item_id, 1)] = POINTS
+        given[("alice", reread.item_id, 2)] = shifted
+        if first.item_id != reread.item_id:
+            given[("alice", first.item_id, 1)] = shifted
+        given[("bob", store.queue(ids["bob"])[1].item_id, 1)] = POINTS
+        for (reader, item, read), pts in given.items():
+            store.submit(ids[reader], item, read, str(uuid.uuid4()), [Answer("quality", score=3)], points=pts)
+    finally:
+        store.close()
+    return made, given
+
+
+def test_landmark_export_is_in_the_source_frame(landmark_study):
+    made, given = landmark_study
+    frame = admin.landmarks_frame(made.path)
+    assert list(frame.columns) == [
+        "reader", "item", "model", "case_id", "sample", "read_number", "landmark", "x", "y",
+    ]  # fmt: skip
+    key = pd.read_parquet(made.path / study.KEY).set_index("item")
+    run = made.path.parent / "run"
+    expected = {}
+    for (reader, item, read), pts in given.items():
+        k = key.loc[item]
+        # The key's crop box, checked against the source file itself.
+        h, w = decode_source(k.source_path).shape
+        assert (k.source_width, k.source_height) == (w, h)
+        side = min(h, w)
+        assert (k.crop_top, k.crop_left, k.crop_side) == ((h - side) // 2, (w - side) // 2, side)
+        scale = side / 64
+        for name, (x, y) in pts.items():
+            sample = None if pd.isna(k["sample"]) else int(k["sample"])
+            expected[(reader, item, k.model, k.case_id, sample, read, name)] = (
+                k.crop_left + (x + 0.5) * scale - 0.5,
+                k.crop_top + (y + 0.5) * scale - 0.5,
+            )
+    got = {
+        (r.reader, r.item, r.model, r.case_id, None if pd.isna(r.sample) else int(r.sample), r.read_number,
+         r.landmark): (r.x, r.y)
+        for r in frame.itertuples()
+    }  # fmt: skip
+    assert got.keys() == expected.keys() and len(frame) == len(expected)
+    for k, xy in expected.items():
+        np.testing.assert_allclose(got[k], xy, rtol=0, atol=1e-12)
+    assert {m for m in frame.model} <= {"real", *MODELS} and str(run) not in frame.to_csv()
+    # Written beside the ratings, as CSV and Parquet.
+    paths = admin.export(made.path)
+    assert [p.name for p in paths] == ["ratings.csv", "ratings.parquet", "landmarks.csv", "landmarks.parquet"]
+    csv = pd.read_csv(made.path / "landmarks.csv", dtype={"case_id": str, "item": str})
+    assert list(csv.columns) == list(frame.columns) and len(csv) == len(frame)
+    np.testing.assert_allclose(csv[["x", "y"]].to_numpy(), frame[["x", "y"]].to_numpy(), rtol=1e-15)
+    parquet = pd.read_parquet(made.path / "landmarks.parquet")
+    pd.testing.assert_frame_equal(parquet, frame)
+    single = admin.export(made.path, made.path.parent / "out" / "r.csv")
+    assert [p.name for p in single] == ["r.csv", "r-landmarks.csv"] and all(p.is_file() for p in single)
+
+    # One reader's first reads of one model are an annotation file for `xray-audit norberg angles`.
+    norberg_landmarks = pytest.importorskip("audit.norberg.landmarks")
+    bob = frame[(frame.reader == "bob") & (frame.read_number == 1)]
+    assert bob.model.nunique() == 1
+    bob[["case_id", "landmark", "x", "y"]].to_csv(made.path.parent / "bob.csv", index=False)
+    [(case, points)] = norberg_landmarks.read_landmarks(made.path.parent / "bob.csv").items()
+    assert case == bob.case_id.iloc[0] and set(points) == set(POINTS)
+    assert list(norberg_landmarks.angles_frame({case: points}).side) == ["left", "right"]
+
+
+def test_create_with_landmarks(tmp_path, run_dir, capsys):
+    out = tmp_path / "lm"
+    argv = ["-q", "reader-study", "create", str(run_dir), "--out", str(out), "--readers", "alice",
+            "--per-model", "1", "--size", "64", "--landmarks", "norberg"]  # fmt: skip
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    assert study.load(out)[1].landmarks == "norberg"
+    key = pd.read_parquet(out / study.KEY)
+    assert list(key.columns) == list(study.KEY_COLUMNS)
+    sizes = set(zip(key.source_width, key.source_height, key.crop_side))
+    assert sizes == {(80, 96, 80), (64, 64, 64), (48, 48, 48)}
+    # The crop box stays in the key: nothing the app reads holds a source size.
+    store = open_study_store(out)
+    try:
+        assert set(store.table(items)[0]) == {"id", "image_sha256", "prompt"}
+    finally:
+        store.close()
+    assert "crop" not in (out / study.STUDY_JSON).read_text()
+    with pytest.raises(CreateError, match="--landmarks: unknown task 'hips'; available: norberg"):
+        create_study(run_dir, tmp_path / "x", _options(landmarks="hips"), progress=False)
+    # Landmarks alone are something to ask; a study without them has no landmark export.
+    only = create_study(
+        run_dir, tmp_path / "only", _options(criteria=(), landmarks="norberg", per_model=1), progress=False
+    )
+    assert study.load(only.path)[1].criteria == ()
+    empty = admin.landmarks_frame(only.path)
+    assert len(empty) == 0 and list(empty.columns) == list(admin.LANDMARK_COLUMNS)
+    plain = create_study(run_dir, tmp_path / "plain", _options(per_model=1), progress=False)
+    assert study.load(plain.path)[1].landmarks is None
+    with pytest.raises(study.StudyError, match="without --landmarks"):
+        admin.landmarks_frame(plain.path)

@@ -7,23 +7,27 @@ browser shows (concurrency, double clicks, the bytes on the wire) is in test_rea
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import streamlit as st
 from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from reader_study import study
+from reader_study import placement, study
 from reader_study.criteria import BUILTIN, DEFAULT_CRITERIA, TURING, TURING_QUESTION
 from reader_study.serve import APP
 from reader_study.store import Answer, Store, audit_log, ratings, readers, responses
+from reader_study.store import landmarks as landmarks_table
 from tests.reader_study_fixtures import LEAKY_TEXT, MODELS, make_study
 
 STUDY_ENV = "XRAY_AUDIT_STUDY_DIR"
@@ -309,3 +313,184 @@ def test_not_a_study(tmp_path, monkeypatch):
     at = open_app()
     assert len(errors(at)) == 1 and "is not a reader study directory" in errors(at)[0]
     assert not at.text_input
+
+
+# --- landmarks (--landmarks norberg) ------------------------------------------------------------
+
+
+class LandmarkStudy(Study):
+    def __init__(self, root: Path):
+        self.made = make_study(root, per_model=1, landmarks="norberg", criteria="quality")
+        self.path = self.made.path
+        root_, self.info = study.load(self.path)
+        self.store = Store(study.database_url(root_, self.info))
+        self.ids = {r["name"]: r["id"] for r in self.store.table(readers)}
+
+
+@pytest.fixture
+def lm(tmp_path, monkeypatch) -> Iterator[LandmarkStudy]:
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    s = LandmarkStudy(tmp_path)
+    monkeypatch.setenv(STUDY_ENV, str(s.path))
+    yield s
+    s.store.close()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+DRAWN = placement.drawn_size(64)  # the fixture's 64 px images are drawn at 512
+SHOWN = 640  # as if the browser drew them 640 px wide
+
+
+def clicker(at: AppTest) -> Any:
+    [el] = [e for e in _walk(at.main) if getattr(e, "key", "") and e.key.startswith("lm-click-")]
+    return el
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    for child in getattr(node, "children", {}).values():
+        yield child
+        yield from _walk(child)
+
+
+def sent_png(at: AppTest) -> bytes:
+    """The PNG the component was given, from the data: URL it sends to the browser."""
+    src = json.loads(clicker(at).proto.json_args)["src"]
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    return base64.b64decode(src[len(prefix) :])
+
+
+_CLOCK = iter(range(1, 10**6))
+
+
+def click(at: AppTest, x: float, y: float) -> AppTest:
+    """A click at stored pixel (x, y) of an unzoomed view: what the component would report."""
+    at.session_state[clicker(at).key] = {
+        "x": (x + 0.5) * SHOWN / 64, "y": (y + 0.5) * SHOWN / 64, "width": SHOWN, "height": SHOWN,
+        "unix_time": next(_CLOCK),
+    }  # fmt: skip
+    return at.run()
+
+
+def instruction(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith(("Next:", "All landmarks")))
+
+
+def place_all(at: AppTest, points: dict[str, tuple[float, float]]) -> AppTest:
+    """Click the points in the order the app asks for them, pressing Outline done after each outline."""
+    for side in placement.screen_sides():
+        outline = [n for n in points if n.startswith(f"{side}_head_")]
+        for name in outline:
+            assert f"outline point **{name.rsplit('_', 1)[1]}**" in instruction(at), instruction(at)
+            at = click(at, *points[name])
+        if len(outline) < placement.MAX_OUTLINE:
+            at = button(at, "Outline done").click().run()
+        assert "rim point" in instruction(at) and side.upper() in instruction(at)
+        at = click(at, *points[f"{side}_rim"])
+    return at
+
+
+HIPS = {
+    "right_head_1": (10.0, 30.0), "right_head_2": (16.0, 24.0), "right_head_3": (22.0, 30.0),
+    "right_rim": (12.0, 21.0), "left_head_1": (40.0, 30.0), "left_head_2": (46.0, 24.0),
+    "left_head_3": (52.0, 30.0), "left_rim": (50.0, 21.0),
+}  # fmt: skip
+
+
+def test_landmarks_are_placed_step_by_step_and_stored(lm, media):
+    at = sign_in(open_app(), lm.made.tokens["alice"])
+    assert not at.exception and not errors(at)
+    first = lm.queue()[0].item_id
+    assert "patient's **RIGHT** hip, on the image's left" in instruction(at)
+    assert any("patient's **right** hip is on the image's left" in i.value for i in at.info)
+    # The component gets the stored image, drawn pixel for pixel at 512, as a metadata-free PNG.
+    png = sent_png(at)
+    assert chunk_types(png) == [b"IHDR", b"IDAT", b"IEND"]
+    with Image.open(study.image_path(lm.path, first)) as im:
+        stored = np.asarray(im)
+    drawn = np.asarray(Image.open(io.BytesIO(png)))
+    assert drawn.shape == (DRAWN, DRAWN, 3)
+    factor = DRAWN // 64
+    np.testing.assert_array_equal(drawn[..., 1], np.kron(stored, np.ones((factor, factor), np.uint8)))
+    assert not media  # no st.image: the component carries the image
+    assert [b.disabled for b in at.button if b.label in ("Undo last point", "Outline done")] == [True, True]
+
+    at = click(at, *HIPS["right_head_1"])
+    assert "outline point **2**" in instruction(at)
+    assert not np.array_equal(np.asarray(Image.open(io.BytesIO(sent_png(at)))), drawn)  # a marker
+    at = at.run()  # a rerun repeats the component's last click: not a second point
+    assert "outline point **2**" in instruction(at)
+    at = place_all(at, {n: xy for n, xy in HIPS.items() if n != "right_head_1"})
+    assert instruction(at).startswith("All landmarks are placed")
+    radio(at, f"**{BUILTIN['quality'].question}**").set_value(4)
+    at = submit(at)
+    assert not errors(at) and not at.exception
+    assert item_line(at).startswith("Item **2**")
+    assert lm.store.landmarks(lm.ids["alice"], first, 1) == HIPS
+    assert [r["score"] for r in lm.rows(ratings)] == [4]
+    created = {r["field"] for r in lm.rows(audit_log) if r["action"] == "create"}
+    assert {f"landmark:{n}" for n in HIPS} <= created
+    # The next item starts with no points.
+    assert "outline point **1**" in instruction(at) and "RIGHT" in instruction(at)
+
+    # Back to the first item: its points are shown again; move the left rim and resubmit.
+    at = button(at, "◀ Previous").click().run()
+    assert instruction(at).startswith("All landmarks are placed")
+    at = button(at, "Undo last point").click().run()
+    assert "rim point" in instruction(at) and "LEFT" in instruction(at)
+    at = click(at, 49.0, 20.0)
+    at = submit(at)
+    assert not errors(at)
+    assert lm.store.landmarks(lm.ids["alice"], first, 1) == {**HIPS, "left_rim": (49.0, 20.0)}
+    [moved] = [r for r in lm.rows(audit_log) if r["action"] == "update"]
+    assert (moved["field"], moved["old"], moved["new"]) == (
+        "landmark:left_rim", "x=50.0,y=21.0", "x=49.0,y=20.0",
+    )  # fmt: skip
+    # Nothing on the page or handed to the component names a model, a case or a source file.
+    key = pd.read_parquet(lm.path / study.KEY)
+    secrets = {LEAKY_TEXT, *MODELS, *key.case_id, *(Path(p).name for p in key.source_path)}
+    text = "\n".join([page_text(at), *(i.value for i in at.info), clicker(at).proto.json_args])
+    assert [x for x in secrets if x in text] == [] and "case-" not in text
+
+
+def test_a_zoomed_click_incomplete_landmarks_and_a_flag(lm):
+    at = sign_in(open_app(), lm.made.tokens["alice"])
+    first = lm.queue()[0].item_id
+    for name, value in (("view_zoom", 2.0), ("view_cx", 1.0), ("view_cy", 0.0)):
+        at.session_state[name] = value
+    at = at.run()
+    # Zoom 2 at the top-right corner shows stored columns 32..63 and rows 0..31, drawn at 512; the
+    # middle of the view (320 of 640) is the edge at column 48 (x = 47.5), a quarter down row 8's.
+    at.session_state[clicker(at).key] = {"x": 320, "y": 160, "width": SHOWN, "height": SHOWN, "unix_time": 1}
+    at = at.run()
+    assert at.session_state["lm_placement"][1].as_dict() == {"right_head_1": (47.5, 7.5)}
+    assert "outline point **2**" in instruction(at)
+    radio(at, f"**{BUILTIN['quality'].question}**").set_value(3)
+    at = submit(at)
+    assert errors(at) == [
+        "Please answer: place the landmarks: 2 more outline point(s) of the patient's right femoral head, "
+        "the patient's right acetabular rim point, 3 more outline point(s) of the patient's left femoral "
+        "head, the patient's left acetabular rim point (or flag the image as unreadable)."
+    ]
+    assert lm.rows(responses) == [] and lm.rows(landmarks_table) == []
+    assert "outline point **2**" in instruction(at)  # the point placed is still there
+    # A flagged image keeps no half-placed hips.
+    [flag] = [c for c in at.checkbox if c.label == "Unreadable / flag this image"]
+    flag.check()
+    [reason] = [t for t in at.text_input if t.label == "Reason for the flag"]
+    reason.input("one hip only")
+    at = submit(at)
+    assert len(errors(at)) == 1 and "only when both hips are complete" in errors(at)[0]
+    assert lm.rows(responses) == []
+    at = button(at, "Clear right").click().run()
+    [flag] = [c for c in at.checkbox if c.label == "Unreadable / flag this image"]
+    flag.check()
+    [reason] = [t for t in at.text_input if t.label == "Reason for the flag"]
+    reason.input("one hip only")
+    at = submit(at)
+    assert not errors(at)
+    assert lm.store.landmarks(lm.ids["alice"], first, 1) == {}
+    [head] = lm.rows(responses)
+    assert head["item_id"] == first and head["flagged"] and head["flag_reason"] == "one hip only"

@@ -10,6 +10,7 @@ skipped when either is missing, because Playwright's own browser download is not
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -552,4 +553,89 @@ def test_ratings_survive_a_killed_server_and_the_reader_resumes(
         assert page_errors(page) == []
     finally:
         s.server.stop()
+        s.store.close()
+
+
+# --- landmarks (--landmarks norberg) ----------------------------------------------------------
+
+COMPONENT_FRAME = "iframe[title='streamlit_image_coordinates.streamlit_image_coordinates']"
+# Where the test clicks, in CSS pixels of the drawn image, in the order the app asks for points.
+LANDMARK_CLICKS = {
+    "right_head_1": (60, 200), "right_head_2": (110, 150), "right_head_3": (160, 200), "right_rim": (80, 120),
+    "left_head_1": (340, 200), "left_head_2": (390, 150), "left_head_3": (440, 200), "left_rim": (420, 118.5),
+}  # fmt: skip
+
+
+def next_step(page: Any, pattern: str) -> None:
+    sync_api.expect(page.get_by_text(re.compile(rf"^Next: {pattern}"))).to_be_visible()
+    wait_idle(page)
+
+
+def test_landmarks_clicked_in_the_browser_are_stored_where_clicked(
+    tmp_path: Path, new_page: Callable[[], Any]
+) -> None:
+    created = make_study(tmp_path, readers=("lena",), per_model=1, landmarks="norberg", criteria="quality")
+    path, info = study.load(created.path)
+    store = Store(study.database_url(path, info))
+    s = Study(path, created.tokens, info, store, Server(path, tmp_path / "server.log"))
+    key = pd.read_parquet(path / study.KEY)
+    secrets = {LEAKY_TEXT, *MODELS, *key.case_id}
+    secrets |= {part for p in key.source_path for part in (Path(p).name, Path(p).stem)}
+    try:
+        s.server.start()
+        page = new_page()
+        frames: list[bytes] = []
+
+        def received(f: Any) -> None:
+            frames.append(f if isinstance(f, bytes) else f.encode())
+
+        page.on("websocket", lambda ws: ws.on("framereceived", received))
+        sign_in(page, s.server.url, s.tokens["lena"])
+        next_step(page, "femoral-head outline point 1 ")
+        img = page.frame_locator(COMPONENT_FRAME).locator("img#image")
+        sync_api.expect(img).to_be_visible()
+        # The image is a data: URL of the app's own PNG: no file name, path or media URL.
+        src = img.get_attribute("src")
+        assert src.startswith("data:image/png;base64,")
+        chunks = _png_chunks(base64.b64decode(src.split(",", 1)[1]))
+        assert [c for c, _ in chunks if c != "IDAT"] == ["IHDR", "IEND"]
+        assert struct.unpack(">IIBB", chunks[0][1][:10]) == (512, 512, 8, 2)  # 8-bit RGB
+        frame_src = page.locator(COMPONENT_FRAME).get_attribute("src")
+        html = page.content() + page.frame_locator(COMPONENT_FRAME).locator("html").inner_html()
+        assert [x for x in secrets if x in html or x in frame_src] == []
+
+        width = img.evaluate("el => el.width")  # what the component reports with each click
+        assert width == img.evaluate("el => el.height") and width > 300
+        for name, (x, y) in LANDMARK_CLICKS.items():
+            img.click(position={"x": x, "y": y})
+            if name.endswith("_head_3"):
+                next_step(page, "femoral-head outline point 4 ")
+                page.get_by_role("button", name="Outline done").click()
+                next_step(page, "the craniolateral acetabular rim point")
+            elif name.endswith("_rim"):
+                after_rim = re.compile(r"^(Next: femoral-head outline point 1 |All landmarks)")
+                sync_api.expect(page.get_by_text(after_rim)).to_be_visible()
+                wait_idle(page)
+            else:
+                next_step(page, f"femoral-head outline point {int(name[-1]) + 1} ")
+        sync_api.expect(page.get_by_text("All landmarks are placed")).to_be_visible()
+        radio_group(page, s.questions["quality"]).get_by_test_id("stRadioOption").nth(3).click()
+        submit(page).click()
+        wait_for(page, 2, 1, s.info.n_items)
+        assert page_errors(page) == []
+
+        item = s.queue_items("lena")[0]
+        stored = s.store.landmarks(s.reader_id("lena"), item, 1)
+        assert set(stored) == set(LANDMARK_CLICKS)
+        for name, (x, y) in LANDMARK_CLICKS.items():
+            # Pixel edges scale by 64 / width; the stored frame puts pixel centres at integers.
+            expected = (x * 64 / width - 0.5, y * 64 / width - 0.5)
+            # Chrome reports whole CSS pixels: 118.5 arrives as 118, half a pixel off.
+            assert stored[name] == pytest.approx(expected, abs=0.5 * 64 / width + 1e-12), name
+        everything = b"".join(frames)
+        assert len(everything) > 1000 and [x for x in secrets if x.encode() in everything] == []
+        assert "Traceback" not in s.server.log()
+    finally:
+        if s.server.proc is not None and s.server.proc.poll() is None:
+            s.server.kill()  # a throw-away study: no need to wait for a clean shutdown
         s.store.close()
