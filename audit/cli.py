@@ -439,7 +439,7 @@ def _report(args: argparse.Namespace) -> int:
         raise ConfigError(f"--format takes html, md, tex and/or csv, got {args.format!r}")
     run = rundir.require_run_dir(args.run_dir)
     out = args.out or run
-    reader_scores = None
+    reader_scores = ratings = stats = None
     if args.reader_study is not None:
         import numpy as np
 
@@ -449,7 +449,8 @@ def _report(args: argparse.Namespace) -> int:
         ratings = export_frame(args.reader_study)
         if ratings.empty:
             raise ConfigError(f"{args.reader_study}: no ratings yet (see `xray-audit reader-study status`)")
-        reader_scores = reader_statistics(ratings, rng=np.random.default_rng(0)).scores
+        stats = reader_statistics(ratings, rng=np.random.default_rng(0))
+        reader_scores = stats.scores
     written = []
     tables = [f for f in formats if f != "html"]
     if tables:
@@ -457,9 +458,21 @@ def _report(args: argparse.Namespace) -> int:
 
         written += write_exports(run, out, tables, args.group_by, reader_scores)
     if "html" in formats:
-        from reports.html import write_html_report
+        from reports.html import read_paired_tests, write_html_report
 
-        written.append(write_html_report(run, Path(out) / rundir.REPORT_HTML))
+        # paired_tests.csv was just written with the seed and resamples the page would use: reading it
+        # back (exactly) saves a second bootstrap over every pair of models.
+        paired = read_paired_tests(Path(out) / "paired_tests.csv") if "csv" in tables else None
+        written.append(
+            write_html_report(
+                run,
+                Path(out) / rundir.REPORT_HTML,
+                reader_ratings=ratings,
+                reader_stats=stats,
+                reader_source=str(args.reader_study or ""),
+                paired=paired,
+            )
+        )
     for path in written:
         print(path)
     return EXIT_OK

@@ -4,9 +4,14 @@ The page is built only from the files of the run directory (see :mod:`audit.rund
 re-rendered at any time, on a machine without torch, and opened offline.  Sections: header, the
 results (paired image quality, clinical realism, anatomy-mask adherence, distribution metrics and
 per-class pathology, each its own table with confidence intervals and the evaluator that produced
-it; the metrics that could not be computed; results per ``[metrics].group_by`` group), one
-distribution plot per per-case metric, an image grid (reference | condition | each model), failures,
-and provenance (config, versions, timings, evaluators).
+it; the metrics that could not be computed; results per ``[metrics].group_by`` group), model-vs-model
+tests (paired Wilcoxon-Pratt with Holm, a forest plot per metric), with a reader-study export also the
+reader scores as result columns, the reader statistics and metric validity; one distribution plot
+per per-case metric, an image grid (reference | condition | each model), failures, and provenance
+(hashes, package versions, evaluator weights and input contracts, resize policy, N per metric,
+timings, config).
+
+Figures are plain plotly trace dicts drawn by the one inlined plotly.js; nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -15,23 +20,28 @@ import base64
 import dataclasses
 import datetime as dt
 import html
+import importlib.metadata
 import itertools
 import json
 import logging
 import math
+import platform
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
+import plotly.io
 import plotly.offline
 from PIL import Image
 
 from audit import __version__, images, rundir
 from audit.atomic import write_text
+
+if TYPE_CHECKING:  # reader_stats pulls in scipy.stats; the page imports it only with a reader study
+    from reports.reader_stats import ReaderStatistics
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +116,8 @@ PAIRED_METRICS = frozenset(PIXEL_METRICS)
 # run.json "feature_metrics" has one record per config entry, and prdc covers four metric names.
 FEATURE_ENTRY = {"fid": "fid", "fxd": "fxd", "kid": "kid", **dict.fromkeys(PRDC_METRICS, "prdc")}
 ALL_CASES_KEY = "all cases"  # run.json's name for the summary rows with group ""
+# Reader-study criteria join the results as metrics "reader_<criterion>" (as in reports.comparison).
+READER_PREFIX = "reader_"
 THUMB_PX = 160
 FAILURE_ROWS = 50
 # Up to this many cases per model every point is drawn; above it only outliers, to keep the page light.
@@ -183,6 +195,8 @@ class MetricColumn:
 
     @property
     def label(self) -> str:
+        if self.name.startswith(READER_PREFIX):
+            return "reader " + self.name[len(READER_PREFIX) :]
         if ":" in self.name:
             return f"{METRIC_LABELS.get(self.base, self.base)} · {self.name.split(':', 1)[1]}"
         return METRIC_LABELS.get(self.name, self.name)
@@ -647,6 +661,12 @@ def _estimate_cell(
             tip += f"; {int(n)} generated samples"
             if _finite(record.get("n_real")) is not None:
                 tip += f" vs {_int_or(record.get('n_real'))} real images"
+    elif metric.name.startswith(READER_PREFIX):
+        tip = (
+            f"{model.name} · {metric.label}: mean 1–5 score {full[0]}; {ctx.confidence:.0%} CI "
+            f"[{full[1]}, {full[2]}] (two-way bootstrap over readers and items)"
+        )
+        tip += f"; {n_text} ratings" if n_text else ""
     else:
         tip = f"{model.name} · {metric.name}: mean {full[0]}; {ctx.confidence:.0%} CI [{full[1]}, {full[2]}]"
         tip += f"; {n_text} cases" if n_text else ""
@@ -765,6 +785,11 @@ def _general_notes(ctx: TableContext, metrics_cfg: Mapping[str, Any], names: set
         + (
             " (generated samples for the distribution metrics, which have no CI)"
             if names & set(FEATURE_METRICS)
+            else ""
+        )
+        + (
+            " (ratings for the reader scores, whose CI resamples readers and items)"
+            if any(n.startswith(READER_PREFIX) for n in names)
             else ""
         )
         + ". The best value per column among the evaluated models "
@@ -1139,6 +1164,10 @@ def _split_tables(metrics: Sequence[MetricColumn]) -> list[tuple[str, str, list[
         placed.update(m.name for m in columns)
         if columns:
             out.append((table_id, heading, columns))
+    reader = [m for m in metrics if m.name.startswith(READER_PREFIX) and m.name not in placed]
+    if reader:
+        out.append(("reader", "Reader study", reader))
+        placed.update(m.name for m in reader)
     other = [m for m in metrics if m.name not in placed and ":" not in m.name]
     if other:
         out.append(("other", "Other metrics", other))
@@ -1152,6 +1181,9 @@ TABLE_INTROS = {
     "that of the reference (Dice).",
     "mask": "Anatomy segmentation of each generated image against the case's input anatomy mask.",
     "distribution": "The set of generated images against the set of reference images.",
+    "reader": "Mean 1–5 score of the readers per criterion (first reads; calibration items left out), "
+    "with a two-way bootstrap CI over readers and items; n is the number of ratings. Details in "
+    '<a href="#reader-study">Reader study</a>.',
     "other": "Metrics this version of the report does not group.",
 }
 
@@ -1287,7 +1319,7 @@ def render_distributions(run: RunFiles, models: Sequence[ModelRow], metrics: Seq
     colours = _model_colours(models)
     parts = []
     for i, metric in enumerate(metrics):
-        fig = go.Figure()
+        traces = []
         dropped = []
         points = sum(len(groups[(metric.name, m.name)]) for m in models if (metric.name, m.name) in groups)
         for model in models:
@@ -1306,7 +1338,8 @@ def render_distributions(run: RunFiles, models: Sequence[ModelRow], metrics: Seq
                 continue
             n = int(finite.sum())
             trace = {
-                "y": values[finite].astype(np.float32),
+                "type": "box",
+                "y": _typed_array(values[finite], "f4"),
                 "name": html.escape(model.name),
                 "boxpoints": "all" if n <= ALL_POINTS_MAX else "outliers",
                 "jitter": 0.35,
@@ -1320,39 +1353,995 @@ def render_distributions(run: RunFiles, models: Sequence[ModelRow], metrics: Seq
                 case_ids = grp.index.get_level_values("case_id").to_numpy()[finite]
                 trace["text"] = [html.escape(c) for c in case_ids]
                 trace["hovertemplate"] = "case %{text}<br>%{y:.4g}<extra>%{fullData.name}</extra>"
-            fig.add_trace(go.Box(**trace))
-        if not fig.data:
+            traces.append(trace)
+        if not traces:
             parts.append(
                 f'<figure class="plot empty" data-metric="{_e(metric.name)}"><p class="small">'
                 f"{_e(metric.label)}: no finite per-case values to draw.</p></figure>"
             )
             continue
         axis_title = metric.label + (f" ({metric.unit})" if metric.unit else "")
-        fig.update_layout(
-            template=go.layout.Template(),  # plotly's default template adds ~7 kB per figure
+        div = _figure_div(
+            traces,
+            f"dist-{i}",
             height=340,
             margin={"l": 70, "r": 20, "t": 40, "b": 70},
             showlegend=False,
             title={"text": html.escape(f"{metric.label} {metric.arrow}"), "x": 0.01, "font": {"size": 15}},
             yaxis={"title": {"text": html.escape(axis_title)}, "gridcolor": "#e5e5e5", "zeroline": False},
             xaxis={"tickangle": 0},
-            plot_bgcolor="white",
-            paper_bgcolor="white",
-            font={"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
-        )
-        div = fig.to_html(
-            full_html=False,
-            include_plotlyjs=False,
-            div_id=f"dist-{i}",
-            config={
-                "displaylogo": False,
-                "responsive": True,
-                "modeBarButtonsToRemove": ["select2d", "lasso2d"],
-            },
         )
         note = f'<p class="small">Not drawn: {_e("; ".join(dropped))}.</p>' if dropped else ""
         parts.append(f'<figure class="plot" data-metric="{_e(metric.name)}">{div}{note}</figure>')
     return '<div class="plots">' + "".join(parts) + "</div>"
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared figure and table helpers of the statistics sections
+# ------------------------------------------------------------------------------------------------
+
+PLOT_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
+PLOT_FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12}
+SIGNIFICANCE = 0.05  # Holm-adjusted p below this is drawn as a significant difference
+SIGNIFICANT_COLOUR = "#4C72B0"
+NOT_SIGNIFICANT_COLOUR = "#9a9aa0"
+# ColorBrewer RdYlGn, 5 classes: score 1 (red) to 5 (green).
+SCORE_COLOURS = ("#d7191c", "#fdae61", "#e6d96a", "#a6d96a", "#1a9641")
+CRITERION_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
+SCATTER_EXTRA = "<extra>%{fullData.name}</extra>"
+REPORT_VERSIONS = ("xray-audit", "numpy", "pandas", "scipy", "statsmodels", "plotly", "pyarrow", "pillow")
+
+
+def _figure_div(traces: Sequence[Mapping[str, Any]], div_id: str, **layout: Any) -> str:
+    """Plain trace dicts as a div that uses the page's one inlined plotly.js (deterministic id).
+
+    No plotly template (the default one adds ~7 kB per figure) and no graph_objects: building and
+    validating a go.Figure costs ~10 ms each, which adds up over one forest plot per metric; the
+    tests validate these figures with go.Figure instead.
+    """
+    figure = {
+        "data": list(traces),
+        "layout": {"plot_bgcolor": "white", "paper_bgcolor": "white", "font": PLOT_FONT, **layout},
+    }
+    return plotly.io.to_html(
+        figure, full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG, validate=False
+    )
+
+
+def _typed_array(values: np.ndarray, dtype: str) -> dict[str, str]:
+    """A plotly.js typed-array spec (what plotly.py writes for numpy arrays): ~4 bytes a float32."""
+    data = np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
+    return {"dtype": dtype, "bdata": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def _json_floats(values: Any) -> list[float | None]:
+    """Floats for a plotly trace: NaN and ±inf (not JSON) become null, which plotly leaves out."""
+    arr = np.asarray(values, dtype=np.float64)
+    return [float(x) if math.isfinite(x) else None for x in arr.tolist()]
+
+
+def _f(value: Any) -> float:
+    x = _finite(value)
+    if x is not None:
+        return x
+    try:
+        return float(value)  # keeps ±inf
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _fixed(value: Any, decimals: int = 3) -> str:
+    return format_number(_f(value), decimals)
+
+
+def _sig(value: Any) -> str:
+    """About three significant digits (variances, scores on any scale)."""
+    x = _f(value)
+    return format_number(x, _decimals(x, math.nan, math.nan))
+
+
+def _format_p(value: Any) -> str:
+    p = _f(value)
+    if math.isnan(p):
+        return "—"
+    return format_number(p, None if 0 < p < 0.001 else 3)
+
+
+def _estimate_text(value: Any, low: Any, high: Any) -> str:
+    main, ci = format_estimate(_f(value), _f(low), _f(high))
+    return f'{_e(main)} <span class="ci">{_e(ci)}</span>' if ci else _e(main)
+
+
+def _td(col: str, content: str, title: str = "", cls: str = "") -> str:
+    """A statistics cell; ``data-col`` names the column of the source table it shows."""
+    attrs = f' data-col="{_e(col)}"'
+    if title:
+        attrs += f' title="{_e(title)}"'
+    if cls:
+        attrs += f' class="{_e(cls)}"'
+    return f"<td{attrs}>{content}</td>"
+
+
+def _stat_table(head: Sequence[str], rows: Sequence[str], cls: str) -> str:
+    return (
+        f'<div class="table-wrap"><table class="plain stats {_e(cls)}"><thead><tr>'
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></div>"
+    )
+
+
+def _metric_title(metric: MetricColumn) -> str:
+    return f"{metric.label} {metric.arrow}".strip()
+
+
+# ------------------------------------------------------------------------------------------------
+# Model-vs-model tests
+# ------------------------------------------------------------------------------------------------
+
+
+def report_seed(run: RunFiles) -> int:
+    """The bootstrap seed of the report's own statistics: ``[study].seed``, else 0 (as the exports)."""
+    study = run.config.get("study", {}) if isinstance(run.config.get("study"), Mapping) else {}
+    return int(study.get("seed", 0) or 0)
+
+
+def report_resamples(run: RunFiles) -> int:
+    metrics_cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
+    return int(metrics_cfg.get("bootstrap_resamples", 2000))
+
+
+def nonfinite_metrics(run: RunFiles) -> dict[str, str]:
+    """{metric: why} for the per-sample metrics with infinite per-case values among the compared models
+    (e.g. PSNR of an identical image): a paired difference of ∞ has no rank or mean."""
+    ps = run.per_sample
+    compared = ps[ps["model"].isin([m.name for m in order_models(run) if not m.is_real])]
+    values = compared["value"].to_numpy(dtype=np.float64)
+    bad = compared[np.isinf(values)]
+    out = {}
+    for metric, rows in bad.groupby("metric", sort=True):
+        models = ", ".join(sorted(pd.unique(rows["model"])))
+        out[str(metric)] = (
+            f"{len(rows)} infinite per-sample value(s) ({models}); paired differences need finite values"
+        )
+    return out
+
+
+def compute_paired_tests(
+    run: RunFiles, seed: int | None = None, resamples: int | None = None
+) -> pd.DataFrame:
+    """:func:`reports.comparison.paired_tests` as ``xray-audit report`` writes paired_tests.csv (same
+    seed and resamples, so the same numbers), over the metrics with finite per-sample values."""
+    from reports.comparison import paired_tests
+
+    metrics_cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
+    skip = nonfinite_metrics(run)
+    metrics = [m for m in dict.fromkeys(run.per_sample.dropna(subset=["value"])["metric"]) if m not in skip]
+    rng = np.random.default_rng(report_seed(run) if seed is None else seed)
+    return paired_tests(
+        run,
+        metrics,
+        rng=rng,
+        resamples=report_resamples(run) if resamples is None else resamples,
+        confidence=float(metrics_cfg.get("confidence", 0.95)),
+    )
+
+
+def read_paired_tests(path: str | Path) -> pd.DataFrame:
+    """paired_tests.csv (written by :func:`reports.comparison.write_exports`) back as the frame
+    :func:`reports.comparison.paired_tests` returned: pandas writes floats exactly, so the HTML can
+    reuse the file instead of recomputing its bootstrap."""
+    from reports.comparison import PAIRED_COLUMNS
+
+    path = Path(path)
+    # Model names such as "NA" or "" stay text: nothing is parsed as missing but the empty numbers.
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in PAIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(missing)}; rewrite it with `xray-audit report`"
+        )
+    text = {"metric", "label", "model_a", "model_b", "better", "higher_is_better"}
+    for col in PAIRED_COLUMNS:
+        if col not in text:
+            frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="raise")
+    frame["higher_is_better"] = frame["higher_is_better"].map(_as_bool)
+    return frame.loc[:, list(PAIRED_COLUMNS)]
+
+
+def _forest_figure(rows: pd.DataFrame, metric: MetricColumn, div_id: str, confidence: float) -> str:
+    labels = [html.escape(f"{a} − {b}") for a, b in zip(rows["model_a"], rows["model_b"], strict=True)]
+    md = rows["mean_difference"].to_numpy(dtype=np.float64)
+    lo = rows["mean_difference_ci_low"].to_numpy(dtype=np.float64)
+    hi = rows["mean_difference_ci_high"].to_numpy(dtype=np.float64)
+    holm_p = rows["pvalue_holm"].to_numpy(dtype=np.float64)
+    significant = holm_p < SIGNIFICANCE
+    hover = [
+        html.escape(
+            f"{a} − {b}: {format_number(d, _decimals(d, l, h))} "
+            f"[{format_number(l, _decimals(d, l, h))}, {format_number(h, _decimals(d, l, h))}]; "
+            f"Holm p {_format_p(p)}; n {int(n)}"
+        )
+        for a, b, d, l, h, p, n in zip(
+            rows["model_a"], rows["model_b"], md, lo, hi, holm_p, rows["n"], strict=True
+        )
+    ]
+    trace = {
+        "type": "scatter",
+        "x": md.tolist(),
+        "y": labels,
+        "mode": "markers",
+        "marker": {
+            "color": np.where(significant, SIGNIFICANT_COLOUR, NOT_SIGNIFICANT_COLOUR).tolist(),
+            "size": 7,
+            "symbol": "diamond",
+        },
+        "error_x": {
+            "type": "data",
+            "symmetric": False,
+            "array": np.where(np.isfinite(hi), hi - md, 0.0).tolist(),
+            "arrayminus": np.where(np.isfinite(lo), md - lo, 0.0).tolist(),
+            "thickness": 1.3,
+            "width": 3,
+            "color": "#555",
+        },
+        "text": hover,
+        "hovertemplate": "%{text}<extra></extra>",
+    }
+    ends = np.concatenate([lo[np.isfinite(lo)], hi[np.isfinite(hi)], md[np.isfinite(md)], [0.0]])
+    left, right = float(ends.min()), float(ends.max())
+    pad = 0.06 * (right - left) or 1.0
+    axis_title = f"mean difference A − B ({confidence:.0%} CI)"
+    axis_title += f", {metric.unit}" if metric.unit else ""
+    return _figure_div(
+        [trace],
+        div_id,
+        height=110 + 22 * len(rows),
+        margin={"l": 10, "r": 20, "t": 40, "b": 50},
+        showlegend=False,
+        title={"text": html.escape(_metric_title(metric)), "x": 0.01, "font": {"size": 15}},
+        xaxis={
+            "title": {"text": html.escape(axis_title)},
+            "range": [left - pad, right + pad],
+            "gridcolor": "#e5e5e5",
+            "zeroline": False,
+        },
+        yaxis={"type": "category", "autorange": "reversed", "automargin": True},
+        shapes=[
+            {
+                "type": "line",
+                "x0": 0,
+                "x1": 0,
+                "xref": "x",
+                "y0": 0,
+                "y1": 1,
+                "yref": "paper",
+                "line": {"color": "#333", "width": 1},
+            }
+        ],
+    )
+
+
+def _paired_rows(rows: pd.DataFrame) -> list[str]:
+    out = []
+    for r in rows.itertuples(index=False):
+        holm_p = _f(r.pvalue_holm)
+        significant = holm_p < SIGNIFICANCE
+        n = _f(r.n)
+        if not math.isfinite(n) or n == 0:
+            cells = _td("n", "0") + '<td colspan="5" class="na">no shared cases</td>' + _td("better", "")
+        else:
+            zero = _f(r.n_zero)
+            n_title = f"{int(n)} shared cases" + (
+                f", {int(zero)} with a zero difference (Pratt)" if math.isfinite(zero) else ""
+            )
+            better = _text(r.better)
+            if not better:
+                better_html = "—"
+            elif significant:
+                better_html = f"<b>{_e(better)}</b>"
+            else:
+                better_html = f'<span class="sub">{_e(better)}</span>'
+            verdict = "significant after Holm" if significant else "not significant after Holm"
+            cells = (
+                _td("n", _e(int(n)), n_title)
+                + _td(
+                    "mean_difference",
+                    _estimate_text(r.mean_difference, r.mean_difference_ci_low, r.mean_difference_ci_high),
+                    f"mean A {_precise(_f(r.mean_a))}, mean B {_precise(_f(r.mean_b))}; "
+                    f"difference {_precise(_f(r.mean_difference))}",
+                )
+                + _td(
+                    "rank_biserial",
+                    _estimate_text(r.rank_biserial, r.rank_biserial_ci_low, r.rank_biserial_ci_high),
+                )
+                + _td("pvalue", _e(_format_p(r.pvalue)), f"W = {_precise(_f(r.statistic))}")
+                + _td("pvalue_holm", _e(_format_p(r.pvalue_holm)), cls="sig" if significant else "")
+                + _td("better", better_html, verdict)
+            )
+        out.append(
+            f'<tr data-model-a="{_e(r.model_a)}" data-model-b="{_e(r.model_b)}">'
+            f"<th>{_e(r.model_a)} vs {_e(r.model_b)}</th>{cells}</tr>"
+        )
+    return out
+
+
+def render_paired(
+    paired: pd.DataFrame,
+    metrics: Sequence[MetricColumn],
+    confidence: float,
+    skipped: Mapping[str, str],
+    seed: int,
+    resamples: int,
+) -> str:
+    """The model-vs-model section: a forest plot and a table of tests per per-sample metric."""
+    if paired.empty:
+        why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        return (
+            "<p>No comparisons: it takes two models other than real with per-sample values of the same cases."
+            + (f" Not tested: {_e(why)}." if why else "")
+            + "</p>"
+        )
+    by_name = {m.name: m for m in metrics}
+    order = [m for m in metrics if m.name in set(paired["metric"])]
+    order += [MetricColumn(n, None, "") for n in dict.fromkeys(paired["metric"]) if n not in by_name]
+    n_tests = int(paired["pvalue"].notna().sum())
+    intro = (
+        '<p class="small">Every pair of models other than real, on the cases both have (the samples of a '
+        "case averaged first). A − B is the first model minus the second in the metric's units; the "
+        f"mean difference and the matched-pairs rank-biserial correlation carry {confidence:.0%} "
+        f"percentile-bootstrap CIs over cases ({resamples} resamples, seed {seed}). The test is Wilcoxon's "
+        "signed-rank test with zero differences kept by Pratt's method; the Holm adjustment is over all "
+        f"{n_tests} comparisons on this page (the same numbers as <code>paired_tests.csv</code>). "
+        "<i>better</i> is the model the signed ranks favour in the metric's direction, in bold when the "
+        f"Holm-adjusted p is below {SIGNIFICANCE:g}. In the plots, blue marks a Holm-significant "
+        "difference and the vertical line is no difference.</p>"
+    )
+    if skipped:
+        intro += (
+            '<p class="small warn-note">Not tested: '
+            + _e("; ".join(f"{METRIC_LABELS.get(k, k)}: {v}" for k, v in skipped.items()))
+            + ".</p>"
+        )
+    plots, tables = [], []
+    for i, metric in enumerate(order):
+        rows = paired[paired["metric"] == metric.name]
+        drawn = rows[(rows["n"] > 0) & np.isfinite(rows["mean_difference"].to_numpy(dtype=np.float64))]
+        if len(drawn):
+            plots.append(
+                f'<figure class="plot forest" data-metric="{_e(metric.name)}">'
+                f"{_forest_figure(drawn, metric, f'forest-{i}', confidence)}</figure>"
+            )
+        head = [
+            "A vs B",
+            "n",
+            f"mean difference A − B [{confidence:.0%} CI]",
+            "rank-biserial [CI]",
+            "Wilcoxon-Pratt p",
+            "Holm p",
+            "better",
+        ]
+        n_sig = int((rows["pvalue_holm"].to_numpy(dtype=np.float64) < SIGNIFICANCE).sum())
+        is_open = " open" if len(rows) <= 10 else ""
+        tables.append(
+            f'<details class="paired-metric" data-metric="{_e(metric.name)}"{is_open}>'
+            f"<summary>{_e(_metric_title(metric))} "
+            f'<span class="sub">({len(rows)} pair(s), {n_sig} significant after Holm)</span></summary>'
+            + _stat_table(head, _paired_rows(rows), "paired")
+            + "</details>"
+        )
+    return intro + '<div class="plots">' + "".join(plots) + "</div>" + "".join(tables)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reader study
+# ------------------------------------------------------------------------------------------------
+
+
+def reader_score_rows(scores: pd.DataFrame, models: Sequence[ModelRow]) -> pd.DataFrame:
+    """summary.csv-shaped rows ("reader_<criterion>", group "") of ``ReaderStatistics.scores`` for the
+    models of the run; the value is the mean score, n the number of ratings."""
+    known = {m.name for m in models}
+    unknown = sorted(set(scores["model"].astype(str)) - known)
+    if unknown:
+        log.warning(
+            "reader scores for model(s) %s that are not in the run are left out of the results",
+            ", ".join(unknown),
+        )
+    rows = scores[scores["model"].astype(str).isin(known)]
+    return pd.DataFrame(
+        {
+            "model": rows["model"].astype(str),
+            "metric": READER_PREFIX + rows["criterion"].astype(str),
+            "value": pd.to_numeric(rows["mean"], errors="coerce"),
+            "ci_low": pd.to_numeric(rows["ci_low"], errors="coerce"),
+            "ci_high": pd.to_numeric(rows["ci_high"], errors="coerce"),
+            "n": pd.to_numeric(rows["n_ratings"], errors="coerce"),
+            "higher_is_better": "True",
+            "group": "",
+            "evaluator": "",
+        }
+    )
+
+
+def _reader_model_order(present: Iterable[str], models: Sequence[ModelRow]) -> list[str]:
+    present = list(dict.fromkeys(str(m) for m in present))
+    ordered = [m.name for m in models if m.name in present]
+    return ordered + sorted(m for m in present if m not in ordered)
+
+
+def _reader_scores_table(scores: pd.DataFrame, models: Sequence[ModelRow], confidence: float) -> str:
+    criteria = list(dict.fromkeys(scores["criterion"].astype(str)))
+    index = scores.assign(model=scores["model"].astype(str), criterion=scores["criterion"].astype(str))
+    index = index.set_index(["model", "criterion"])
+    kinds = {m.name: m for m in models}
+    body = []
+    for name in _reader_model_order(index.index.get_level_values("model"), models):
+        model = kinds.get(name, ModelRow(name, "unknown", {}))
+        cls = "real" if model.is_real else "baseline" if model.is_baseline else "generator"
+        cells = [f'<th scope="row">{_model_label(model)}</th>']
+        for criterion in criteria:
+            if (name, criterion) not in index.index:
+                cells.append('<td class="na" data-criterion="' + _e(criterion) + '">—</td>')
+                continue
+            r = index.loc[(name, criterion)]
+            main, ci = format_estimate(_f(r["mean"]), _f(r["ci_low"]), _f(r["ci_high"]))
+            detail = (
+                f"n={int(r['n_ratings'])} · {int(r['n_readers'])} readers · {int(r['n_items'])} items"
+            )
+            tip = (
+                f"{name} · {criterion}: mean {_precise(_f(r['mean']))}; {confidence:.0%} CI "
+                f"[{_precise(_f(r['ci_low']))}, {_precise(_f(r['ci_high']))}]; {int(r['n_cases'])} cases"
+            )
+            cells.append(
+                f'<td data-criterion="{_e(criterion)}" title="{_e(tip)}"><span class="v">{_e(main)}</span> '
+                f'<span class="ci">{_e(ci)}</span><span class="n">{_e(detail)}</span></td>'
+            )
+        body.append(f'<tr class="{cls}" data-model="{_e(name)}">{"".join(cells)}</tr>')
+    head = '<th class="model-col">model</th>' + "".join(
+        f'<th data-criterion="{_e(c)}">{_e(c)} <span class="arrow">↑</span>'
+        '<div class="unit">1–5</div></th>'
+        for c in criteria
+    )
+    return (
+        '<div class="table-wrap"><table class="summary reader-scores"><thead><tr>'
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table></div>"
+    )
+
+
+def _score_distribution_figures(first: pd.DataFrame, models: Sequence[ModelRow]) -> str:
+    """Per criterion: stacked horizontal bars of the share of first-read ratings at each score 1-5."""
+    parts = []
+    for i, (criterion, crit) in enumerate(first.groupby("criterion", sort=True)):
+        order = _reader_model_order(crit["model"], models)
+        counts = (
+            crit.groupby(["model", "score"]).size().unstack(fill_value=0).reindex(index=order, fill_value=0)
+        )
+        counts = counts.reindex(columns=[1.0, 2.0, 3.0, 4.0, 5.0], fill_value=0)
+        totals = counts.sum(axis=1).to_numpy(dtype=np.float64)
+        labels = [html.escape(m) for m in order]
+        traces = []
+        for level, colour in zip(counts.columns, SCORE_COLOURS, strict=True):
+            n = counts[level].to_numpy(dtype=np.int64)
+            share = np.where(totals > 0, 100.0 * n / np.maximum(totals, 1), 0.0)
+            traces.append(
+                {
+                    "type": "bar",
+                    "x": share.tolist(),
+                    "y": labels,
+                    "orientation": "h",
+                    "name": f"{int(level)}",
+                    "marker": {"color": colour, "line": {"color": "white", "width": 0.5}},
+                    "customdata": n.tolist(),
+                    "hovertemplate": f"score {int(level)}: %{{customdata}} ratings (%{{x:.1f}}%)"
+                    "<extra>%{y}</extra>",
+                }
+            )
+        div = _figure_div(
+            traces,
+            f"reader-dist-{i}",
+            barmode="stack",
+            height=150 + 28 * len(order),
+            margin={"l": 10, "r": 20, "t": 40, "b": 90},
+            title={"text": html.escape(f"{criterion}: scores 1–5"), "x": 0.01, "font": {"size": 15}},
+            xaxis={
+                "title": {"text": "share of first-read ratings (%)"},
+                "range": [0, 100],
+                "gridcolor": "#e5e5e5",
+            },
+            yaxis={"type": "category", "autorange": "reversed", "automargin": True},
+            legend={
+                "orientation": "h",
+                "traceorder": "normal",
+                "x": 0,
+                # Below the x-axis title: ~55 px under a plot area of 30 + 28 px per model.
+                "y": -55 / (30 + 28 * len(order)),
+                "yanchor": "top",
+                "title": {"text": "score"},
+            },
+        )
+        parts.append(f'<figure class="plot reader-dist" data-criterion="{_e(criterion)}">{div}</figure>')
+    return '<div class="plots">' + "".join(parts) + "</div>"
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def _fit_warnings(criterion: str, rows: pd.DataFrame) -> str:
+    """One fit per criterion: its warnings (the same on every model row) said once."""
+    texts = list(dict.fromkeys(t for t in map(_text, rows["warnings"]) if t))
+    if not texts:
+        return ""
+    return (
+        f'<div class="callout warn fit-warnings" data-criterion="{_e(criterion)}"><b>Fit warnings</b> '
+        f'({_e(criterion)}): <span data-col="warnings">{_e("; ".join(texts))}</span></div>'
+    )
+
+
+def _by_model_order(frame: pd.DataFrame, models: Sequence[ModelRow]) -> pd.DataFrame:
+    rank = {name: i for i, name in enumerate(_reader_model_order(frame["model"], models))}
+    return frame.sort_values(
+        ["criterion", "model"], key=lambda s: s.map(rank) if s.name == "model" else s, kind="stable"
+    )
+
+
+def _mixed_block(mixed: pd.DataFrame, models: Sequence[ModelRow], confidence: float, reference: str) -> str:
+    if mixed.empty:
+        return (
+            f'<p class="small">Not fitted: it needs ratings of {_e(reference)} and at least one other '
+            "model.</p>"
+        )
+    parts = []
+    for criterion, rows in _by_model_order(mixed, models).groupby("criterion", sort=True):
+        first = rows.iloc[0]
+        converged = _as_bool(first["converged"])
+        facts = (
+            f'<p class="small mixed-facts" data-criterion="{_e(criterion)}">{_e(reference)} mean (intercept) '
+            f'<span data-col="reference_mean">{_e(_sig(first["reference_mean"]))}</span>; '
+            "variance components: "
+            f'reader <span data-col="var_reader">{_e(_sig(first["var_reader"]))}</span>, '
+            f'case <span data-col="var_case">{_e(_sig(first["var_case"]))}</span>, '
+            f'residual <span data-col="var_residual">{_e(_sig(first["var_residual"]))}</span>; '
+            f"{int(first['n_ratings'])} ratings, {int(first['n_readers'])} readers, "
+            f"{int(first['n_cases'])} cases; "
+            + (
+                '<span data-col="converged">converged</span>'
+                if converged
+                else '<span data-col="converged" class="warn-note">not converged</span>'
+            )
+            + "</p>"
+        )
+        body = [
+            f'<tr data-criterion="{_e(criterion)}" data-model="{_e(r.model)}"><th>{_e(r.model)}</th>'
+            + _td("coef", _estimate_text(r.coef, r.ci_low, r.ci_high), f"coefficient {_precise(_f(r.coef))}")
+            + _td("se", _e(_sig(r.se)))
+            + _td("pvalue", _e(_format_p(r.pvalue)))
+            + "</tr>"
+            for r in rows.itertuples(index=False)
+        ]
+        head = ["model", f"difference to {_e(reference)} [{confidence:.0%} CI]", "SE", "p"]
+        parts.append(
+            f"<h4>{_e(criterion)}</h4>{facts}"
+            + _stat_table(head, body, "mixed")
+            + _fit_warnings(criterion, rows)
+        )
+    return "".join(parts)
+
+
+def _ordinal_block(
+    ordinal: pd.DataFrame, models: Sequence[ModelRow], confidence: float, reference: str
+) -> str:
+    if ordinal.empty:
+        return '<p class="small">Not fitted.</p>'
+    ordinal = _by_model_order(ordinal, models)
+    body = [
+        f'<tr data-criterion="{_e(r.criterion)}" data-model="{_e(r.model)}"><th>{_e(r.criterion)}</th>'
+        f"<th>{_e(r.model)}</th>"
+        + _td("coef", _estimate_text(r.coef, r.ci_low, r.ci_high), f"log odds ratio {_precise(_f(r.coef))}")
+        + _td("se", _e(_sig(r.se)))
+        + _td("pvalue", _e(_format_p(r.pvalue)))
+        + _td("n_ratings", _e(r.n_ratings))
+        + _td(
+            "converged",
+            "✓" if _as_bool(r.converged) else "✗ not converged",
+            cls="" if _as_bool(r.converged) else "warn",
+        )
+        + "</tr>"
+        for r in ordinal.itertuples(index=False)
+    ]
+    head = [
+        "criterion",
+        "model",
+        f"log odds ratio vs {_e(reference)} [{confidence:.0%} CI]",
+        "SE",
+        "p",
+        "ratings",
+        "converged",
+    ]
+    warnings_html = "".join(_fit_warnings(c, rows) for c, rows in ordinal.groupby("criterion", sort=True))
+    return _stat_table(head, body, "ordinal") + warnings_html
+
+
+def _agreement_block(agreement: pd.DataFrame) -> str:
+    if agreement.empty:
+        return '<p class="small">No ratings.</p>'
+    body = []
+    for r in agreement.itertuples(index=False):
+        note = "" if not isinstance(r.note, str) else r.note
+        body.append(
+            f'<tr data-criterion="{_e(r.criterion)}"><th>{_e(r.criterion)}</th>'
+            + _td("icc2_1", _estimate_text(r.icc2_1, r.icc2_1_ci_low, r.icc2_1_ci_high))
+            + _td("icc2_k", _estimate_text(r.icc2_k, r.icc2_k_ci_low, r.icc2_k_ci_high))
+            + _td(
+                "icc_n_items",
+                _e(_int_or(r.icc_n_items, "—")),
+                "items every reader rated (ICC needs a complete table)",
+            )
+            + _td("kappa_quadratic", _e(_fixed(r.kappa_quadratic)))
+            + _td("n_reader_pairs", _e(_int_or(r.n_reader_pairs, "—")))
+            + _td("alpha_ordinal", _e(_fixed(r.alpha_ordinal)))
+            + _td("n_items", _e(_int_or(r.n_items, "—")))
+            + _td("n_readers", _e(_int_or(r.n_readers, "—")))
+            + _td("n_ratings", _e(_int_or(r.n_ratings, "—")))
+            + _td("note", _e(note), cls="warn" if note else "")
+            + "</tr>"
+        )
+    head = [
+        "criterion",
+        "ICC(2,1) [95% CI]",
+        "ICC(2,k) [95% CI]",
+        "ICC items",
+        "mean pairwise κ (quadratic)",
+        "reader pairs",
+        "Krippendorff α (ordinal)",
+        "items",
+        "readers",
+        "ratings",
+        "note",
+    ]
+    return _stat_table(head, body, "agreement")
+
+
+def _intra_block(intra: pd.DataFrame) -> str:
+    if intra.empty:
+        return '<p class="small">No re-reads in this study (no item was read twice by the same reader).</p>'
+    body = []
+    for r in intra.itertuples(index=False):
+        body.append(
+            f'<tr data-criterion="{_e(r.criterion)}" data-reader="{_e(r.reader)}"><th>{_e(r.reader)}</th>'
+            f"<th>{_e(r.criterion)}</th>"
+            + _td("kappa_quadratic", _e(_fixed(r.kappa_quadratic)))
+            + _td("exact_agreement", _e(_fixed(r.exact_agreement)))
+            + _td("n_pairs", _e(_int_or(r.n_pairs, "—")))
+            + "</tr>"
+        )
+    head = ["reader", "criterion", "κ (quadratic), read 1 vs 2", "exact agreement", "re-read pairs"]
+    return _stat_table(head, body, "intra")
+
+
+def _turing_block(turing: pd.DataFrame) -> str:
+    if turing.empty:
+        return '<p class="small">The study asked no real-or-synthetic question.</p>'
+    body = []
+    for r in turing.itertuples(index=False):
+        body.append(
+            f'<tr data-reader="{_e(r.reader)}"><th>{_e(r.reader)}</th>'
+            + _td("n", _e(_int_or(r.n, "—")))
+            + _td("n_synthetic", _e(_int_or(r.n_synthetic, "—")))
+            + _td("n_real", _e(_int_or(r.n_real, "—")))
+            + _td("accuracy", _e(_fixed(r.accuracy)))
+            + _td("sensitivity", _e(_fixed(r.sensitivity)))
+            + _td("specificity", _e(_fixed(r.specificity)))
+            + _td("auc", _e(_fixed(r.auc)))
+            + "</tr>"
+        )
+    from reports.reader_stats import POOLED
+
+    pooled = turing[turing["reader"] == POOLED]
+    verdict = ""
+    if len(pooled):
+        auc = _f(pooled["auc"].iloc[0])
+        if math.isfinite(auc):
+            if abs(auc - 0.5) < 0.1:
+                meaning = "close to chance, the readers cannot tell the synthetic images apart"
+            elif auc > 0.5:
+                meaning = "the readers tell synthetic from real better than chance"
+            else:
+                meaning = "below chance, readers take the synthetic images for the real ones"
+            verdict = f" Pooled AUC {_fixed(auc)}: {meaning}."
+    text = (
+        '<p class="small">"Positive" is synthetic: sensitivity is the share of synthetic images called '
+        "synthetic, specificity the share of real images called real. The AUC ranks every answer by its "
+        "confidence (“synthetic, sure” highest, “real, sure” lowest) and is the probability that a "
+        "random synthetic image ranks above a random real one: <b>AUC ≈ 0.5 means the readers cannot "
+        f"tell real from synthetic</b>, 1 that they always can.{_e(verdict)}</p>"
+    )
+    head = ["reader", "answers", "synthetic", "real", "accuracy", "sensitivity", "specificity", "AUC"]
+    return text + _stat_table(head, body, "turing")
+
+
+def render_reader_study(
+    stats: ReaderStatistics,
+    ratings: pd.DataFrame,
+    models: Sequence[ModelRow],
+    confidence: float,
+    source: str = "",
+) -> str:
+    """The reader-study section from :class:`reports.reader_stats.ReaderStatistics` and the export."""
+    from reports.reader_stats import REFERENCE, _prepare
+
+    scored, turing = _prepare(ratings)
+    first = scored[scored["read_number"] == 1]
+    n_readers = int(pd.concat([scored["reader"], turing["reader"]]).nunique())
+    n_items = int(pd.concat([scored["item"], turing["item"]]).nunique())
+    n_reread = int((scored["read_number"] == 2).sum())
+    intro = (
+        f'<p class="small">{n_readers} reader(s), {n_items} rated item(s), {len(first)} first-read score(s)'
+        + (f", {n_reread} re-read score(s)" if n_reread else "")
+        + (f" from <code>{_e(source)}</code>" if source else "")
+        + ". Calibration (practice) items and flags without answers are left out; every table but the "
+        "intra-reader one uses first reads only. Scores are 1 (worst) to 5 (best).</p>"
+    )
+    return (
+        intro
+        + "<h3>Mean score per model and criterion</h3>"
+        f'<p class="small">Mean 1–5 score with a {confidence:.0%} two-way bootstrap CI that resamples '
+        "readers and items (it generalises to new readers and new cases); n ratings · readers · items.</p>"
+        + _reader_scores_table(stats.scores, models, confidence)
+        + "<h3>Score distributions</h3>"
+        + (_score_distribution_figures(first, models) if len(first) else '<p class="small">No scores.</p>')
+        + '<h3 id="reader-mixed">Mixed-effects model</h3>'
+        '<p class="small"><code>score ~ model + (1|reader) + (1|case)</code> per criterion (statsmodels '
+        f"MixedLM, REML, crossed random intercepts): each model's difference to {_e(REFERENCE)} in score "
+        f"points, with Wald {confidence:.0%} CIs; the variance components say how much of the spread comes "
+        "from reader severity, from cases and from the rest.</p>"
+        + _mixed_block(stats.mixed, models, confidence, REFERENCE)
+        + "<h3>Ordinal sensitivity fit</h3>"
+        '<p class="small">Proportional-odds logit (statsmodels OrderedModel) of the same contrast with '
+        "reader indicators, which does not treat 1–5 as an interval scale: a positive log odds ratio means "
+        "higher scores than the reference. It should agree in sign with the mixed model.</p>"
+        + _ordinal_block(stats.ordinal, models, confidence, REFERENCE)
+        + "<h3>Inter-reader agreement</h3>"
+        '<p class="small">ICC(2,1) (one reader) and ICC(2,k) (the mean of k readers), two-way random, '
+        "absolute agreement, over the items every reader rated; Cohen's κ with quadratic weights and labels "
+        "fixed to 1–5, averaged over reader pairs; Krippendorff's α (ordinal), which tolerates missing "
+        "ratings.</p>"
+        + _agreement_block(stats.agreement)
+        + "<h3>Intra-reader agreement</h3>"
+        '<p class="small">Each reader\'s first and second read of the same item (re-reads after a '
+        "washout).</p>"
+        + _intra_block(stats.intra)
+        + "<h3>Real or synthetic?</h3>"
+        + _turing_block(stats.turing)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Metric validity
+# ------------------------------------------------------------------------------------------------
+
+
+def _validity_cell(rho: Any, p: Any, n: Any, col: str, criterion: str, unit: str) -> str:
+    r = _f(rho)
+    count = _int_or(n, "0")
+    detail = f"n={count} {unit}" + (f" · p={_format_p(p)}" if math.isfinite(r) else "")
+    title = (
+        f"Spearman ρ {_precise(r)}, p {_precise(_f(p))}, {count} {unit}"
+        if math.isfinite(r)
+        else f"no correlation: {count} {unit} (ρ needs at least 3 and no constant side)"
+    )
+    return (
+        f'<td data-criterion="{_e(criterion)}" data-col="{col}" title="{_e(title)}">'
+        f'<span class="v">{_e(_fixed(r))}</span><span class="n">{_e(detail)}</span></td>'
+    )
+
+
+def _frechet_sentence(validity: pd.DataFrame, labels: Mapping[str, MetricColumn]) -> str:
+    """The XReal claim (FID does not track realism), answered on this study's models."""
+    lines = []
+    for name in FRECHET_METRICS:
+        rows = validity[validity["metric"] == name]
+        if rows.empty:
+            continue
+        label = labels[name].label if name in labels else METRIC_LABELS[name]
+        parts = []
+        for r in rows.itertuples(index=False):
+            rho = _f(r.rho_model)
+            if not math.isfinite(rho):
+                parts.append(f"{r.criterion}: not enough models ({int(r.n_model)})")
+                continue
+            tracks = "tracks" if rho <= -0.5 else "weakly tracks" if rho < 0 else "does not track"
+            parts.append(
+                f"{r.criterion}: ρ = {_fixed(rho)} over {int(r.n_model)} models "
+                f"(p {_format_p(r.p_model)}), {tracks}"
+            )
+        lines.append(f"<li><b>{_e(label)}</b> vs reader scores per model: {_e('; '.join(parts))}.</li>")
+    if not lines:
+        return ""
+    return (
+        '<div class="callout frechet-validity"><b>Does the Fréchet distance track what readers see?</b> '
+        "The XReal paper argues that FID does not track realism. Lower is better for FID/FXD, so a metric "
+        "that tracks the readers correlates <i>negatively</i> with their scores; with a handful of models "
+        "the correlation is fragile (read it with its n and p)."
+        f'<ul class="reasons">{"".join(lines)}</ul></div>'
+    )
+
+
+def _validity_scatter(points: pd.DataFrame, metrics: Sequence[MetricColumn], validity: pd.DataFrame) -> str:
+    """One figure, a dropdown picks the metric: per image (per-sample metrics) or per model (set metrics)."""
+    names = [m.name for m in metrics if m.name in set(points["metric"])]
+    names += sorted(set(points["metric"]) - set(names))
+    names = [n for n in names if ":" not in n]  # per-class pathology stays in the table
+    if not names:
+        return ""
+    labels = {m.name: m for m in metrics}
+    criteria = sorted(set(points["criterion"]))
+    colours = {c: CRITERION_COLOURS[i % len(CRITERION_COLOURS)] for i, c in enumerate(criteria)}
+    rho = validity.set_index(["metric", "criterion"])
+    with_labels = len(points) <= HOVER_LABELS_MAX
+    groups = dict(iter(points.groupby(["metric", "criterion"], sort=False)))
+    traces: list[dict[str, Any]] = []
+    buttons = []
+    spans = []
+    for name in names:
+        start = len(traces)
+        level = "image"
+        for criterion in criteria:
+            g = groups.get((name, criterion))
+            if g is None or g.empty:
+                continue
+            level = str(g["level"].iloc[0])  # one level per metric (see reader_stats.correlate_points)
+            key = (name, criterion)
+            column = "rho_model" if level == "model" else "rho_image"
+            r = _f(rho.at[key, column]) if key in rho.index else math.nan
+            trace: dict[str, Any] = {
+                "type": "scatter",
+                "x": _json_floats(g["value"]),
+                "y": _json_floats(g["score"]),
+                "name": html.escape(f"{criterion} (ρ {_fixed(r, 2)})"),
+                "mode": "markers+text" if level == "model" else "markers",
+                "marker": {
+                    "color": colours[criterion],
+                    "size": 9 if level == "model" else 6,
+                    "opacity": 0.75,
+                },
+                "visible": not spans,
+            }
+            if level == "model":
+                trace["text"] = [html.escape(m) for m in g["model"]]
+                trace["textposition"] = "top center"
+                trace["hovertemplate"] = "%{text}: %{x:.4g}, mean score %{y:.3g}" + SCATTER_EXTRA
+            elif with_labels:
+                trace["text"] = [
+                    html.escape(f"{m} · {c} · {s}")
+                    for m, c, s in zip(g["model"], g["case_id"], g["sample"], strict=True)
+                ]
+                trace["hovertemplate"] = "%{text}<br>%{x:.4g}, mean score %{y:.3g}" + SCATTER_EXTRA
+            traces.append(trace)
+        column = labels.get(name, MetricColumn(name, None, ""))
+        per = "per model (one value per model)" if level == "model" else "per image"
+        spans.append((name, start, len(traces), f"{_metric_title(column)} vs reader score, {per}", column))
+    n_traces = len(traces)
+    axes = []
+    for _, start, stop, title, column in spans:
+        visible = [start <= k < stop for k in range(n_traces)]
+        axes.append(html.escape(column.label + (f" ({column.unit})" if column.unit else "")))
+        buttons.append(
+            {
+                "label": html.escape(column.label),
+                "method": "update",
+                "args": [
+                    {"visible": visible},
+                    {"title.text": html.escape(title), "xaxis.title.text": axes[-1]},
+                ],
+            }
+        )
+    first = spans[0]
+    div = _figure_div(
+        traces,
+        "validity-scatter",
+        height=460,
+        margin={"l": 70, "r": 20, "t": 80, "b": 60},
+        title={"text": html.escape(first[3]), "x": 0.01, "y": 0.97, "font": {"size": 15}},
+        xaxis={"title": {"text": axes[0]}, "gridcolor": "#e5e5e5", "zeroline": False},
+        yaxis={"title": {"text": "mean reader score (1–5)"}, "gridcolor": "#e5e5e5", "range": [0.8, 5.2]},
+        legend={"title": {"text": "criterion"}},
+        updatemenus=[
+            {
+                "buttons": buttons,
+                "direction": "down",
+                "x": 1.0,
+                "xanchor": "right",
+                "y": 1.16,
+                "yanchor": "top",
+                "showactive": True,
+            }
+        ],
+    )
+    return f'<figure class="plot validity-scatter" data-metrics="{_e(" ".join(names))}">{div}</figure>'
+
+
+def render_validity(
+    validity: pd.DataFrame,
+    points: pd.DataFrame,
+    metrics: Sequence[MetricColumn],
+    per_sample_metrics: set[str],
+) -> str:
+    if validity.empty:
+        return (
+            "<p>No metric could be paired with reader scores: the rated images have no per-sample "
+            "metrics and the summary no set-level metric of the rated models.</p>"
+        )
+    labels = {m.name: m for m in metrics}
+    rank = {m.name: i for i, m in enumerate(metrics)}
+    criteria = sorted(set(validity["criterion"]))
+    index = validity.set_index(["metric", "criterion"])
+    names = sorted(
+        set(validity["metric"]), key=lambda n: (n not in per_sample_metrics, rank.get(n, len(rank)), n)
+    )
+    main = [n for n in names if ":" not in n]
+    per_class = [n for n in names if ":" in n]
+
+    def table(rows: Sequence[str]) -> str:
+        head = '<th rowspan="2">metric</th><th rowspan="2">values</th>' + "".join(
+            f'<th colspan="2" data-criterion="{_e(c)}">reader {_e(c)}</th>' for c in criteria
+        )
+        sub = "".join("<th>ρ per image</th><th>ρ per model</th>" for _ in criteria)
+        body = []
+        for name in rows:
+            column = labels.get(name, MetricColumn(name, None, ""))
+            kind = "per sample" if name in per_sample_metrics else "per model (summary.csv)"
+            cells = [f"<th>{_e(_metric_title(column))}</th><td class=\"sub\">{kind}</td>"]
+            for c in criteria:
+                if (name, c) not in index.index:
+                    cells.append(f'<td class="na" data-criterion="{_e(c)}" data-col="rho_image">—</td>' * 1)
+                    cells.append(f'<td class="na" data-criterion="{_e(c)}" data-col="rho_model">—</td>')
+                    continue
+                r = index.loc[(name, c)]
+                if name in per_sample_metrics:
+                    cells.append(
+                        _validity_cell(r["rho_image"], r["p_image"], r["n_image"], "rho_image", c, "images")
+                    )
+                else:
+                    cells.append(
+                        f'<td class="na" data-criterion="{_e(c)}" data-col="rho_image" '
+                        'title="no per-image values">—</td>'
+                    )
+                cells.append(
+                    _validity_cell(r["rho_model"], r["p_model"], r["n_model"], "rho_model", c, "models")
+                )
+            body.append(f'<tr data-metric="{_e(name)}">{"".join(cells)}</tr>')
+        return (
+            '<div class="table-wrap"><table class="plain stats validity"><thead><tr>'
+            + head
+            + "</tr><tr>"
+            + sub
+            + "</tr></thead><tbody>"
+            + "".join(body)
+            + "</tbody></table></div>"
+        )
+
+    out = (
+        '<p class="small">Spearman ρ of each automatic metric with the reader scores. Per image: the metric '
+        "of each rated image against its mean first-read score over readers. Per model: the model means "
+        "of both over those images; set-level metrics (FID, FXD, KID, precision/recall, pathology AUC/F1) "
+        "have one value per model, which is set against the model's mean score over all its rated images. "
+        "For a ↓ metric a negative ρ means the metric agrees with the readers. ρ is — for fewer than 3 "
+        "points or a constant side. Hover a cell for the exact ρ and p.</p>"
+        + _frechet_sentence(validity, labels)
+        + table(main)
+    )
+    if per_class:
+        out += (
+            '<details class="validity-per-class"><summary>Per-class pathology metrics '
+            f'<span class="sub">({len(per_class)})</span></summary>{table(per_class)}</details>'
+        )
+    return out + _validity_scatter(points, metrics, validity)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1584,12 +2573,168 @@ def _kv_table(items: Mapping[str, Any], formatter: Any = str) -> str:
     return f'<table class="plain kv">{rows}</table>'
 
 
-def render_provenance(run: RunFiles) -> str:
+def _report_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in REPORT_VERSIONS:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _versions_table(recorded: Mapping[str, Any]) -> str:
+    now = _report_versions()
+    names = list(dict.fromkeys([*recorded, *now]))
+    rows = "".join(
+        f'<tr data-package="{_e(n)}"><th>{_e(n)}</th><td data-col="run">{_e(recorded.get(n, "—"))}</td>'
+        f'<td data-col="report">{_e(now.get(n, "—"))}</td></tr>'
+        for n in names
+    )
+    return (
+        '<table class="plain kv versions"><thead><tr><th>package</th><th>run (run.json)</th>'
+        f"<th>this report</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def describe_preprocessing(text: str) -> str:
+    """``center-square/...;1ch;224px;[-1024,1024]float;outputs-v1`` (an evaluator's cache key) in words."""
+    words, pipeline = [], []
+    for part in (p.strip() for p in str(text).split(";")):
+        if not part:
+            continue
+        if part.endswith("ch") and part[:-2].isdigit():
+            words.append(f"{part[:-2]} channel(s)")
+        elif part.endswith("px") and part[:-2].isdigit():
+            words.append(f"{part[:-2]}×{part[:-2]} px")
+        elif part.startswith("[") and "]" in part:
+            words.append(f"values {part[: part.index(']') + 1]} {part[part.index(']') + 1 :]}".strip())
+        elif part.startswith("outputs-"):
+            words.append(f"output version {part}")
+        else:
+            pipeline.append(part)
+    return "; ".join([*(["pipeline " + " · ".join(pipeline)] if pipeline else []), *words])
+
+
+def _evaluator_provenance(evaluation: EvaluationInfo) -> str:
+    if not evaluation.evaluators:
+        return '<p class="small">No evaluator networks were used (pixel metrics only).</p>'
+    rows = []
+    for role, d in evaluation.evaluators.items():
+        sha = str(d.get("weights_sha256") or "—")
+        prep = str(d.get("preprocessing") or "")
+        rows.append(
+            f'<tr data-evaluator="{_e(d.get("name", ""))}"><th>{_e(d.get("role", role))}</th>'
+            f'<td data-col="name">{_e(d.get("name", ""))}</td>'
+            f'<td data-col="source">{_e(d.get("source", ""))}</td>'
+            f'<td data-col="weights">{_e(d.get("weights") or "—")}</td>'
+            f'<td data-col="weights_sha256"><code>{_e(sha)}</code></td>'
+            f'<td data-col="preprocessing">{_e(describe_preprocessing(prep) or "—")}'
+            f'<div class="sub"><code>{_e(prep)}</code></div></td></tr>'
+        )
+    return (
+        '<div class="table-wrap"><table class="plain evaluators-provenance"><thead><tr><th>role</th>'
+        "<th>name</th><th>source</th><th>weights file</th><th>weights sha256</th>"
+        "<th>input contract / preprocessing</th>"
+        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>"
+    )
+
+
+def _recorded(value: Any) -> str:
+    return "not recorded" if value is None else str(value)
+
+
+def _policy_rows(run: RunFiles, evaluation: EvaluationInfo) -> dict[str, str]:
+    cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
+    policies = _mapping(run.info.get("policies"))
+
+    def pick(key: str) -> Any:
+        return policies.get(key, cfg.get(key))
+
+    resize = pick("resize")
+    resize_text = {
+        "none": "none: a sample must have its reference's size (pixel metrics)",
+        "to_reference": "to_reference: samples resized to the reference size before the pixel metrics",
+    }.get(str(resize), str(resize)) if resize is not None else "not recorded"
+    out = {
+        "[metrics].resize": resize_text,
+        "[metrics].pixel_range": _recorded(pick("pixel_range")),
+        "[metrics].overlap_threshold": _recorded(pick("overlap_threshold")),
+        "confidence intervals": _recorded(policies.get("ci") or None),
+        "[metrics].group_by": ", ".join(map(str, policies.get("group_by") or cfg.get("group_by") or []))
+        or "none",
+    }
+    refs = policies.get("self_reference_models")
+    if refs:
+        out["self-reference models"] = ", ".join(map(str, refs))
+    for k in ("device", "dtype"):
+        if evaluation.raw.get(k) not in (None, ""):
+            out[f"evaluators {k}"] = str(evaluation.raw[k])
+    return out
+
+
+def _n_per_metric(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[MetricColumn]) -> str:
+    index = _summary_index(run.summary, "")
+    # Per-class pathology columns share the macro metric's N: left out to keep the table compact.
+    shown = [m for m in metrics if ":" not in m.name and any((r.name, m.name) in index.index for r in models)]
+    if not shown:
+        return '<p class="small">summary.csv has no all-cases rows.</p>'
+    head = '<th class="model-col">model</th>' + "".join(
+        f'<th data-col="{_e(m.name)}" title="{_e(m.name)}">{_e(m.label)}</th>' for m in shown
+    )
+    body = []
+    for r in models:
+        cells = []
+        for m in shown:
+            key = (r.name, m.name)
+            # No value, no N: a NaN row (real's self-comparison) counts nothing.
+            n = index.at[key, "n"] if key in index.index and not pd.isna(index.at[key, "value"]) else math.nan
+            cells.append(f'<td data-col="{_e(m.name)}">{_e(_int_or(n, "—"))}</td>')
+        body.append(f'<tr data-model="{_e(r.name)}"><th>{_e(r.name)}</th>{"".join(cells)}</tr>')
+    return (
+        '<p class="small">Cases per model and metric in summary.csv (all cases); generated samples for the '
+        'distribution metrics, ratings for the reader scores.</p><div class="table-wrap">'
+        f'<table class="plain n-per-metric"><thead><tr>{head}</tr></thead>'
+        f'<tbody>{"".join(body)}</tbody></table></div>'
+    )
+
+
+def render_provenance(
+    run: RunFiles,
+    models: Sequence[ModelRow] | None = None,
+    metrics: Sequence[MetricColumn] | None = None,
+    evaluation: EvaluationInfo | None = None,
+    statistics: Mapping[str, str] | None = None,
+) -> str:
+    """Labelled provenance rows (hashes, versions, weights, preprocessing, N, timings), then the raw
+    config and run.json blocks. ``statistics`` describes how the report's own statistics were drawn."""
     info = run.info
+    evaluation = evaluation or EvaluationInfo.from_info(info)
+    models = order_models(run) if models is None else models
+    if metrics is None:
+        metrics_cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
+        metrics = metric_columns(run, float(metrics_cfg.get("pixel_range", 1.0)), evaluation)
     versions = info.get("versions") if isinstance(info.get("versions"), Mapping) else {}
     timings = info.get("timings") if isinstance(info.get("timings"), Mapping) else {}
+    labelled = {
+        "config hash": ("config_hash", str),
+        "cases hash": ("cases_hash", str),
+        "started": ("started", _format_time),
+        "finished": ("finished", _format_time),
+        "cases": ("n_cases", str),
+        "models": ("n_models", str),
+        "samples": ("n_samples", str),
+        "failures": ("n_failures", str),
+        "run by xray-audit": ("xray_audit_version", str),
+    }
+    run_rows = {
+        label: fmt(info[key]) for label, (key, fmt) in labelled.items() if info.get(key) not in (None, "")
+    }
+    run_rows["run directory"] = str(run.run_dir.resolve())
+    run_rows["report by xray-audit"] = __version__
+    run_rows.update(statistics or {})
     # The evaluation block is long and rendered in the results; here it is kept whole, folded away.
-    shown = {"versions", "timings", "evaluation"}
+    shown = {"versions", "timings", "evaluation", "policies", *(key for key, _ in labelled.values())}
     other = {
         k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in info.items() if k not in shown
     }
@@ -1598,20 +2743,23 @@ def render_provenance(run: RunFiles) -> str:
         if run.config_text
         else f"<p>{_e(rundir.CONFIG_TOML)} is missing.</p>"
     )
-    evaluation = ""
+    evaluation_json = ""
     if isinstance(info.get("evaluation"), Mapping):
-        evaluation = (
+        evaluation_json = (
             '<details class="evaluation-json">'
             f"<summary>Evaluation ({_e(rundir.RUN_JSON)} “evaluation”)</summary>"
             f"<pre>{_e(json.dumps(info['evaluation'], indent=2))}</pre></details>"
         )
     return (
+        f'<div class="cols"><div><h3>Run</h3>{_kv_table(run_rows)}</div>'
+        f'<div><h3>Package versions</h3>{_versions_table(versions)}</div>'
+        f"<div><h3>Timings</h3>{_kv_table(timings, _format_seconds)}</div></div>"
+        f'<h3 id="provenance-evaluators">Evaluators and weights</h3>{_evaluator_provenance(evaluation)}'
+        f'<h3>Preprocessing and resize policy</h3>{_kv_table(_policy_rows(run, evaluation))}'
+        f'<h3 id="provenance-n">N per metric</h3>{_n_per_metric(run, models, metrics)}'
         f"<h3>Study config ({_e(rundir.CONFIG_TOML)})</h3>{config}"
-        f'<div class="cols"><div><h3>Versions</h3>{_kv_table(versions)}</div>'
-        f"<div><h3>Timings</h3>{_kv_table(timings, _format_seconds)}</div>"
-        f"<div><h3>Run</h3>{_kv_table(other)}"
-        f'<p class="small">Run directory: <code>{_e(run.run_dir.resolve())}</code><br>'
-        f"Report by xray-audit {_e(__version__)}.</p></div></div>" + evaluation
+        + (f"<h3>Other {_e(rundir.RUN_JSON)} fields</h3>{_kv_table(other)}" if other else "")
+        + evaluation_json
     )
 
 
@@ -1693,6 +2841,14 @@ table.evaluators td { max-width: 360px; white-space: normal; } table.evaluators 
 table.evaluators code { white-space: normal; word-break: break-word; }
 details.evaluation-json summary { cursor: pointer; font-weight: 600; margin: 14px 0 6px; }
 details.group-column > summary { cursor: pointer; font-size: 15px; font-weight: 600; margin: 18px 0 6px; }
+table.stats { font-variant-numeric: tabular-nums; margin: 4px 0 10px; }
+table.stats td { white-space: nowrap; } table.stats td[data-col="warnings"], table.stats td[data-col="note"] {
+  white-space: normal; max-width: 420px; }
+table.stats .ci { color: var(--muted); font-size: 11.5px; } table.stats td.sig { font-weight: 600; }
+table.stats td.warn { color: #a5371d; } table.stats td.na { color: #9a9aa0; }
+table.stats.validity .n { display: block; color: var(--muted); font-size: 10.5px; }
+details.paired-metric > summary, details.validity-per-class > summary { cursor: pointer; font-weight: 600;
+  margin: 12px 0 4px; }
 """
 
 
@@ -1714,13 +2870,34 @@ def _plotly_script() -> str:
     return f'<script id="plotly-js" type="text/javascript">{js}</script>'
 
 
-def render_html_report(run_dir: str | Path, grid_cases: int = 4) -> str:
-    """The report page for a finished run directory, as one self-contained HTML string."""
+def render_html_report(
+    run_dir: str | Path,
+    grid_cases: int = 4,
+    reader_ratings: pd.DataFrame | None = None,
+    *,
+    reader_stats: ReaderStatistics | None = None,
+    reader_source: str = "",
+    paired: pd.DataFrame | None = None,
+    seed: int | None = None,
+    resamples: int | None = None,
+) -> str:
+    """The report page for a finished run directory, as one self-contained HTML string.
+
+    ``reader_ratings`` is the reader-study export (``reader_study.admin.export_frame``); with it the
+    page gets the reader scores in the results, a reader-study section and metric validity.
+    ``reader_stats`` (``reports.reader_stats.reader_statistics`` of those ratings) and ``paired``
+    (``reports.comparison.paired_tests``, e.g. :func:`read_paired_tests` of the paired_tests.csv just
+    written) are reused when given, otherwise computed here with ``seed`` (default ``[study].seed``,
+    else 0) and ``resamples`` (default ``[metrics].bootstrap_resamples``, else 2000), the defaults of
+    the exports, so that the numbers match paired_tests.csv.
+    """
     run = load_run(run_dir)
     study = run.config.get("study", {}) if isinstance(run.config.get("study"), Mapping) else {}
     metrics_cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
     pixel_range = float(metrics_cfg.get("pixel_range", 1.0))
     confidence = float(metrics_cfg.get("confidence", 0.95))
+    seed = report_seed(run) if seed is None else int(seed)
+    resamples = report_resamples(run) if resamples is None else int(resamples)
     models = order_models(run)
     evaluation = EvaluationInfo.from_info(run.info)
     metrics = metric_columns(run, pixel_range, evaluation)
@@ -1730,7 +2907,46 @@ def render_html_report(run_dir: str | Path, grid_cases: int = 4) -> str:
     table_metrics = [m for m in metrics if m.name in summarised]
     per_case = set(pd.unique(run.per_sample["metric"]))
     plot_metrics = [m for m in metrics if m.name in per_case]
-    ctx = TableContext(run, models, evaluation, confidence)
+
+    statistics: dict[str, str] = {}
+    skipped = nonfinite_metrics(run)
+    if paired is None:
+        paired = compute_paired_tests(run, seed, resamples)
+        statistics["paired tests"] = f"seed {seed}, {resamples} bootstrap resamples"
+    else:
+        statistics["paired tests"] = "given by the caller (xray-audit report: read from paired_tests.csv)"
+    reader_section = validity_section = ""
+    table_run = run
+    if reader_ratings is not None:
+        from reports.reader_stats import correlate_points, reader_statistics, validity_points
+
+        if reader_stats is None:
+            reader_stats = reader_statistics(
+                reader_ratings, rng=np.random.default_rng(seed), resamples=resamples, confidence=confidence
+            )
+            statistics["reader statistics"] = f"seed {seed}, {resamples} bootstrap resamples"
+        else:
+            statistics["reader statistics"] = "computed by the caller"
+        if reader_source:
+            statistics["reader study"] = reader_source
+        rows = reader_score_rows(reader_stats.scores, models)
+        if len(rows):
+            # The reader scores join the results as columns; the run's own files stay untouched.
+            table_run = dataclasses.replace(run, summary=pd.concat([run.summary, rows], ignore_index=True))
+            table_metrics += [MetricColumn(name, True, "1–5") for name in dict.fromkeys(rows["metric"])]
+        reader_section = (
+            '<section id="reader-study"><h2>Reader study</h2>'
+            + render_reader_study(reader_stats, reader_ratings, models, confidence, reader_source)
+            + "</section>"
+        )
+        points = validity_points(run.per_sample, reader_ratings, run.summary)
+        validity = correlate_points(points)
+        validity_section = (
+            '<section id="metric-validity"><h2>Metric validity</h2>'
+            + render_validity(validity, points, metrics, per_case)
+            + "</section>"
+        )
+    ctx = TableContext(table_run, models, evaluation, confidence)
     groups_html = render_groups(ctx, table_metrics)
 
     name = str(study.get("name") or run.run_dir.resolve().name)
@@ -1751,22 +2967,40 @@ def render_html_report(run_dir: str | Path, grid_cases: int = 4) -> str:
         f'<span class="{"bad" if n_failures else ""}">failures <b>{n_failures}</b></span>',
     ]
     failures_section = render_failures(run.failures, n_failures)
+    nav = [("results", "Results")]
+    if groups_html:
+        nav.append(("groups", "Results by group"))
+    nav.append(("model-tests", "Model-vs-model tests"))
+    if reader_section:
+        nav += [("reader-study", "Reader study"), ("metric-validity", "Metric validity")]
+    nav += [
+        ("distributions", "Distributions"),
+        ("images", "Images"),
+        ("failures", f"Failures ({n_failures})"),
+        ("provenance", "Provenance"),
+    ]
+    nav_html = "".join(f'<a href="#{anchor}">{_e(text)}</a>' for anchor, text in nav)
+    unplotted = [m for m in table_metrics if not m.name.startswith(READER_PREFIX)]
+    provenance = render_provenance(table_run, models, table_metrics, evaluation, statistics)
     body = f"""
 <header>
 <h1>{_e(name)} <span class="sub" style="font-size:14px">xray-audit report</span></h1>
 <div class="meta">{"".join(meta)}</div>
 <div class="meta"><span>models: {model_list}</span></div>
-<nav><a href="#results">Results</a>{'<a href="#groups">Results by group</a>' if groups_html else ""}
-<a href="#distributions">Distributions</a><a href="#images">Images</a>
-<a href="#failures">Failures ({n_failures})</a><a href="#provenance">Provenance</a></nav>
+<nav>{nav_html}</nav>
 </header>
 <section id="results"><h2>Results per model</h2>
 {render_results(ctx, table_metrics, metrics_cfg)}
 </section>
 {f'<section id="groups"><h2>Results by group</h2>{groups_html}</section>' if groups_html else ""}
+<section id="model-tests"><h2>Model-vs-model tests</h2>
+{render_paired(paired, metrics, confidence, skipped, seed, resamples)}
+</section>
+{reader_section}
+{validity_section}
 <section id="distributions"><h2>Per-case distributions</h2>
 <p class="small">One point per case (samples of a case averaged); the box spans the quartiles, the solid line is the
-median and the dashed line the mean.{_unplotted_note(table_metrics, plot_metrics)}</p>
+median and the dashed line the mean.{_unplotted_note(unplotted, plot_metrics)}</p>
 {render_distributions(run, models, plot_metrics)}
 </section>
 <section id="images"><h2>Image grid</h2>
@@ -1775,7 +3009,7 @@ median and the dashed line the mean.{_unplotted_note(table_metrics, plot_metrics
 {render_grid(run, models, grid_cases)}
 </section>
 <section id="failures"><h2>Failures</h2>{failures_section}</section>
-<section id="provenance"><h2>Provenance</h2>{render_provenance(run)}</section>
+<section id="provenance"><h2>Provenance</h2>{provenance}</section>
 """
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -1785,9 +3019,31 @@ median and the dashed line the mean.{_unplotted_note(table_metrics, plot_metrics
     )
 
 
-def write_html_report(run_dir: str | Path, out: str | Path | None = None, grid_cases: int = 4) -> Path:
-    """Render the report and write it atomically (default ``<run_dir>/report.html``)."""
+def write_html_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    grid_cases: int = 4,
+    reader_ratings: pd.DataFrame | None = None,
+    *,
+    reader_stats: ReaderStatistics | None = None,
+    reader_source: str = "",
+    paired: pd.DataFrame | None = None,
+    seed: int | None = None,
+    resamples: int | None = None,
+) -> Path:
+    """Render the report (see :func:`render_html_report`) and write it atomically (default
+    ``<run_dir>/report.html``)."""
     run_dir = Path(run_dir)
     dest = Path(out) if out is not None else run_dir / rundir.REPORT_HTML
-    write_text(dest, render_html_report(run_dir, grid_cases=grid_cases))
+    page = render_html_report(
+        run_dir,
+        grid_cases=grid_cases,
+        reader_ratings=reader_ratings,
+        reader_stats=reader_stats,
+        reader_source=reader_source,
+        paired=paired,
+        seed=seed,
+        resamples=resamples,
+    )
+    write_text(dest, page)
     return dest

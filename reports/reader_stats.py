@@ -13,7 +13,8 @@ into tidy tables for the report:
 - ``turing``: accuracy, sensitivity, specificity and AUC of real-vs-synthetic answers, per reader
   and pooled.
 
-:func:`metric_validity` correlates the automatic per-sample metrics of a run with the reader scores.
+:func:`metric_validity` correlates the automatic metrics of a run with the reader scores: per-sample
+metrics per image and per model, set-level metrics (FID etc., from summary.csv) per model.
 
 Calibration (practice) items and the ``flag`` rows of flagged items without answers are dropped
 first; every table except ``intra`` uses first reads (``read_number == 1``) only, so a re-read item
@@ -470,15 +471,52 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
-def metric_validity(per_sample: pd.DataFrame, ratings: pd.DataFrame) -> pd.DataFrame:
-    """Spearman correlation of each automatic metric with the reader scores, per metric × criterion.
+SUMMARY_REQUIRED = ("model", "metric", "value")
+POINTS_COLUMNS = ["metric", "criterion", "level", "model", "case_id", "sample", "value", "score"]
 
-    Per image: each image's score is the mean over readers of its first-read score (calibration and
-    flag rows dropped), joined to the metric on (model, case_id, sample); ``rho_image``, ``p_image``
-    and ``n_image`` (images with both). Per model: the mean metric and the mean image score of each
-    model over those same joined images; ``rho_model``, ``p_model``, ``n_model`` (models). A higher
-    rho means the metric ranks as readers do; a metric where lower is better should correlate
-    negatively. rho is NaN for fewer than 3 points or a constant side.
+
+def _set_metrics(summary: pd.DataFrame, per_sample_metrics: set[str]) -> pd.DataFrame:
+    """model, metric, value of the all-cases rows of ``summary`` whose metric has no per-sample values
+    (FID, FXD, KID, PRDC, pathology AUC/F1: one number per model)."""
+    what = "metric_validity (summary)"
+    _require(summary, SUMMARY_REQUIRED, what)
+    rows = summary
+    if "group" in rows.columns:
+        # summary.csv leaves the group empty on the all-cases rows (NaN when read with default NA parsing).
+        group = rows["group"].astype("string").fillna("").str.strip()
+        rows = rows[(group == "").to_numpy()]
+    rows = rows.loc[:, list(SUMMARY_REQUIRED)].copy()
+    rows["model"] = rows["model"].astype(str)
+    rows["metric"] = rows["metric"].astype(str)
+    rows = rows[~rows["metric"].isin(per_sample_metrics)]
+    try:
+        rows["value"] = pd.to_numeric(rows["value"]).astype("float64")
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what}: value must be numeric: {err}") from err
+    dup = rows.duplicated(["model", "metric"], keep=False)
+    if dup.any():
+        i = rows.index[dup][0]
+        model, metric = rows.at[i, "model"], rows.at[i, "metric"]
+        same = rows.index[dup & (rows["model"] == model) & (rows["metric"] == metric)]
+        raise ValueError(
+            f"{what}: rows {list(same)}: metric {metric!r} appears more than once for model "
+            f"{model!r} over all cases (empty group); summary.csv has one row per (model, "
+            "metric, group): pass the summary of one run"
+        )
+    return rows[rows["value"].notna()]
+
+
+def validity_points(
+    per_sample: pd.DataFrame, ratings: pd.DataFrame, summary: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The (metric value, reader score) pairs behind :func:`metric_validity`, columns
+    :data:`POINTS_COLUMNS`, sorted by metric and criterion.
+
+    ``level == "image"``: one row per rated image that has the per-sample metric (``score`` is the mean
+    over readers of its first-read score). ``level == "model"``: one row per model for the set-level
+    metrics of ``summary`` (metrics without per-sample values): ``value`` is the model's all-cases
+    summary value and ``score`` the mean image score over every rated image of that model;
+    ``case_id`` is "" and ``sample`` -1.
     """
     _require(per_sample, PER_SAMPLE_REQUIRED, "metric_validity (per_sample)")
     scored, _ = _prepare(ratings)
@@ -487,6 +525,7 @@ def metric_validity(per_sample: pd.DataFrame, ratings: pd.DataFrame) -> pd.DataF
     metrics = per_sample[list(PER_SAMPLE_REQUIRED)].copy()
     metrics["model"] = metrics["model"].astype(str)
     metrics["case_id"] = metrics["case_id"].astype(str)
+    metrics["metric"] = metrics["metric"].astype(str)
     try:
         metrics["sample"] = pd.to_numeric(metrics["sample"]).astype("int64")
         metrics["value"] = pd.to_numeric(metrics["value"]).astype("float64")
@@ -499,25 +538,75 @@ def metric_validity(per_sample: pd.DataFrame, ratings: pd.DataFrame) -> pd.DataF
             f"metric_validity (per_sample): row {i}: metric {metrics.at[i, 'metric']!r} appears more than "
             f"once for {tuple(metrics.loc[i, keys])}; per_sample.parquet has one value per sample and metric"
         )
+    per_sample_metrics = set(metrics["metric"])
     metrics = metrics[metrics["value"].notna()]
-    images = first.assign(sample=pd.to_numeric(first["sample"]).astype("int64"))
+    # Real items are the cases' reference images and carry no sample number; the run records the
+    # real model's image of a case as sample 0.
+    images = first.assign(sample=pd.to_numeric(first["sample"]).fillna(0).astype("int64"))
     images = images.groupby(["criterion", *keys], as_index=False)["score"].mean()
-    joined = images.merge(metrics, on=keys, how="inner")
+    joined = images.merge(metrics, on=keys, how="inner").assign(level="image")
+    parts = [joined]
+    if summary is not None:
+        sets = _set_metrics(summary, per_sample_metrics)
+        by_model = images.groupby(["criterion", "model"], as_index=False)["score"].mean()
+        per_model = sets.merge(by_model, on="model", how="inner")
+        parts.append(per_model.assign(level="model", case_id="", sample=-1))
+    points = pd.concat(parts, ignore_index=True).reindex(columns=POINTS_COLUMNS)
+    points["sample"] = points["sample"].astype("int64")
+    return points.sort_values(["metric", "criterion", "level"], kind="stable").reset_index(drop=True)
+
+
+def metric_validity(
+    per_sample: pd.DataFrame, ratings: pd.DataFrame, summary: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Spearman correlation of each automatic metric with the reader scores, per metric × criterion.
+
+    Per image: each image's score is the mean over readers of its first-read score (calibration and
+    flag rows dropped), joined to the metric on (model, case_id, sample); ``rho_image``, ``p_image``
+    and ``n_image`` (images with both). Per model: the mean metric and the mean image score of each
+    model over those same joined images; ``rho_model``, ``p_model``, ``n_model`` (models). A higher
+    rho means the metric ranks as readers do; a metric where lower is better should correlate
+    negatively. rho is NaN for fewer than 3 points or a constant side.
+
+    With ``summary`` (summary.csv's rows: model, metric, value, optionally group), the set-level
+    metrics it has and ``per_sample`` lacks (FID, FXD, KID, PRDC, ...) get a per-model row too: the
+    all-cases value of each model against its mean image score over all its rated images; they have
+    no per-image values, so ``rho_image``/``p_image`` are NaN and ``n_image`` is 0. A model without a
+    value (real has no FID) is left out.
+    """
+    return correlate_points(validity_points(per_sample, ratings, summary))
+
+
+def correlate_points(points: pd.DataFrame) -> pd.DataFrame:
+    """:func:`metric_validity`'s table from its :func:`validity_points` (for callers that draw the
+    points too and should not join them twice)."""
     rows = []
-    for (metric, criterion), g in joined.groupby(["metric", "criterion"], sort=True):
-        rho_i, p_i = _spearman(g["value"].to_numpy(), g["score"].to_numpy())
-        per_model = g.groupby("model")[["value", "score"]].mean()
-        rho_m, p_m = _spearman(per_model["value"].to_numpy(), per_model["score"].to_numpy())
+    nan = float("nan")
+    value = points["value"].to_numpy(dtype=np.float64)
+    score = points["score"].to_numpy(dtype=np.float64)
+    is_image = (points["level"] == "image").to_numpy()
+    model_code = pd.factorize(points["model"])[0]
+    groups = points.groupby(["metric", "criterion"], sort=True).indices
+    # A metric is either per sample (image rows) or set-level (one model row per model), never both.
+    for (metric, criterion), idx in sorted(groups.items()):
+        images = idx[is_image[idx]]
+        rho_i, p_i = _spearman(value[images], score[images]) if images.size else (nan, nan)
+        used = images if images.size else idx
+        _, which = np.unique(model_code[used], return_inverse=True)
+        count = np.bincount(which)
+        rho_m, p_m = _spearman(
+            np.bincount(which, weights=value[used]) / count, np.bincount(which, weights=score[used]) / count
+        )
         rows.append(
             {
                 "metric": metric,
                 "criterion": criterion,
                 "rho_image": rho_i,
                 "p_image": p_i,
-                "n_image": len(g),
+                "n_image": int(images.size),
                 "rho_model": rho_m,
                 "p_model": p_m,
-                "n_model": len(per_model),
+                "n_model": int(count.size),
             }
         )
     return pd.DataFrame(rows, columns=VALIDITY_COLUMNS)

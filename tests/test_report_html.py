@@ -299,8 +299,10 @@ def test_plotly_inline_once_and_one_plot_per_metric(report: tuple[Path, str]) ->
     _, page = report
     js = plotly.offline.get_plotlyjs()
     assert page.count(js[:2000]) == 1
-    assert page.count('class="plotly-graph-div"') == len(METRICS)
+    # one distribution plot and one paired-difference forest plot per per-sample metric
+    assert page.count('class="plotly-graph-div"') == 2 * len(METRICS)
     assert re.findall(r'<figure class="plot" data-metric="([^"]+)"', page) == list(METRICS)
+    assert re.findall(r'<figure class="plot forest" data-metric="([^"]+)"', page) == list(METRICS)
 
 
 def test_no_external_resources(report: tuple[Path, str]) -> None:
@@ -371,8 +373,8 @@ def test_model_name_is_escaped(tmp_path: Path) -> None:
     assert evil not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert _summary_rows(page)[0] == html.escape(evil)
-    # the only scripts: the plotly bundle and one per plot
-    assert len(re.findall(r"<script\b", page)) == 1 + len(METRICS)
+    # the only scripts: the plotly bundle and one per plot (distributions and forest plots)
+    assert len(re.findall(r"<script\b", page)) == 1 + 2 * len(METRICS)
 
 
 def test_unit_column_and_pixel_range_one(tmp_path: Path) -> None:
@@ -451,6 +453,8 @@ def test_not_a_run_dir_and_bad_columns(tmp_path: Path) -> None:
 
 
 def test_reports_do_not_import_torch() -> None:
+    # The statistics modules reports.html imports lazily (reports.comparison, reports.reader_stats) have
+    # the same check in their own test files.
     code = "import reports.html, sys; assert 'torch' not in sys.modules, 'reports imported torch'"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
