@@ -5,7 +5,10 @@ Per-sample metrics (``dice_*``, ``dice_mask_*``) are computed chunk by chunk wit
 land in ``per_sample.parquet``. Distribution metrics (``pathology_auc``/``pathology_f1`` with their
 per-class values, ``fid``, ``fxd``, ``kid``, ``precision``/``recall``/``density``/``coverage``) exist
 only over a set of images, so they are computed once all samples exist, from the cached evaluator
-outputs, for all cases and for every group of ``[metrics].group_by``.
+outputs, for all cases and for every group of ``[metrics].group_by``. Their CIs are percentile
+bootstraps over cases: pathology metrics reweight each case's samples, and the feature metrics are
+recomputed on each resample of the stored features (each drawn case's real and generated rows weighted
+by its count).
 
 Which evaluator produced each number, the threshold policy, skipped classes, N and the rank warning of
 Fréchet distances, and the metrics that could not be computed are recorded in ``run.json`` under
@@ -435,7 +438,8 @@ def distribution_metrics(
                 role: Role = ENTRY_ROLE[entry]
                 rf = _features(real_outputs(role), in_real)
                 gf = _features(gen_outputs(role), in_gen)
-                rows += _feature_metric(evaluation, entry, model, group, rf, gf, seed_for, details)
+                cases_of = (real.case_ids[in_real], gen.case_ids[in_gen])
+                rows += _feature_metric(evaluation, entry, model, group, rf, gf, cases_of, seed_for, details)
     return rows, details
 
 
@@ -522,6 +526,7 @@ def _feature_metric(
     group: str,
     real: np.ndarray,
     gen: np.ndarray,
+    cases_of: tuple[np.ndarray, np.ndarray],
     seed_for: Callable[[str, str], int],
     details: dict[str, Any],
 ) -> list[dict[str, Any]]:
@@ -562,10 +567,83 @@ def _feature_metric(
         # A too-small group has no covariance or k-NN ball: say so rather than fail the whole run.
         record[entry] = {"error": str(exc), "n_real": int(real.shape[0]), "n_gen": int(gen.shape[0])}
         values = dict.fromkeys(names, float("nan"))
+        cis = dict.fromkeys(names, (float("nan"), float("nan")))
+    else:
+        cis = _feature_cis(evaluation, entry, model, group, real, gen, cases_of, seed_for, record[entry])
     return [
-        _row(model, name, values[name], float("nan"), float("nan"), int(gen.shape[0]), group, plan.name)
-        for name in names
+        _row(model, name, values[name], *cis[name], int(gen.shape[0]), group, plan.name) for name in names
     ]
+
+
+# Why a replicate has no value, per config entry: the CI record names it when too many are missing.
+_DEGENERATE_REPLICATE = {
+    "fid": "fewer than 2 draws in a set, so no covariance",
+    "fxd": "fewer than 2 draws in a set, so no covariance",
+    "kid": "fewer than 2 draws in a set, so no unbiased MMD²",
+    "prdc": "k or fewer distinct cases in a set, so no k-NN ball",
+}
+
+
+def _feature_cis(
+    evaluation: Evaluation,
+    entry: str,
+    model: str,
+    group: str,
+    real: np.ndarray,
+    gen: np.ndarray,
+    cases_of: tuple[np.ndarray, np.ndarray],
+    seed_for: Callable[[str, str], int],
+    record: dict[str, Any],
+) -> dict[str, tuple[float, float]]:
+    """Percentile CIs of a distribution metric over cases: every replicate draws the group's cases with
+    replacement and weights each case's real and generated feature rows by its count."""
+    from audit.stats import case_resample_weights, percentile_ci
+
+    cfg = evaluation.config.metrics
+    real_cases, gen_cases = cases_of
+    cases = np.unique(np.concatenate([real_cases, gen_cases]))
+    rng = np.random.default_rng(seed_for(model, f"bootstrap:{entry}:{group}"))
+    counts = case_resample_weights(rng, len(cases), cfg.bootstrap_resamples)
+    real_w = counts[:, np.searchsorted(cases, real_cases)]
+    gen_w = counts[:, np.searchsorted(cases, gen_cases)]
+    record["ci"] = f"percentile bootstrap over cases, {cfg.bootstrap_resamples} replicates"
+    try:
+        if entry in ("fid", "fxd"):
+            replicates = {entry: fd.frechet_distance_bootstrap(real, gen, real_w, gen_w)}
+        elif entry == "kid":
+            replicates = {"kid": fd.kid_bootstrap(real, gen, real_w, gen_w)}
+        else:
+            replicates = fd.prdc_bootstrap(real, gen, real_w, gen_w, k=cfg.prdc_k)
+    except ValueError as exc:
+        record["ci_error"] = str(exc)
+        return {name: (float("nan"), float("nan")) for name in entry_metrics(entry)}
+    # Every metric of an entry is undefined in the same replicates.
+    defined = int(np.count_nonzero(~np.isnan(next(iter(replicates.values())))))
+    record["ci_replicates"] = defined
+    cis = {name: percentile_ci(values, cfg.confidence) for name, values in replicates.items()}
+    if entry in ("fid", "fxd") and defined:
+        # A resample holds ~63 % distinct cases, and the Frechet distance's small-sample upward bias
+        # lifts every replicate: the plain percentile interval can lie wholly above the value. Shift
+        # it by the bootstrap's own bias estimate (mean replicate minus the full-set value).
+        full = float(
+            fd.frechet_distance_bootstrap(
+                real, gen, np.ones((1, real.shape[0])), np.ones((1, gen.shape[0]))
+            )[0]
+        )
+        values = replicates[entry]
+        bias = float(np.nanmean(values)) - full
+        lo, hi = cis[entry]
+        cis[entry] = (max(lo - bias, 0.0), max(hi - bias, 0.0))
+        record["ci"] = (
+            f"bias-corrected percentile bootstrap over cases, {cfg.bootstrap_resamples} replicates "
+            f"(interval shifted by the bootstrap bias {bias:.6g})"
+        )
+    if any(np.isnan(lo) for lo, _ in cis.values()):
+        record["ci_error"] = (
+            f"only {defined} of {cfg.bootstrap_resamples} bootstrap replicates are defined (the others "
+            f"drew {_DEGENERATE_REPLICATE[entry]}); a CI needs at least half"
+        )
+    return cis
 
 
 def _row(

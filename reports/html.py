@@ -656,7 +656,7 @@ def _estimate_cell(
     record = ctx.evaluation.feature_record(model.name, group, metric.name)
     full = [_precise(row[c]) for c in ("value", "ci_low", "ci_high")]
     if metric.name in FEATURE_METRICS:
-        tip = f"{model.name} · {metric.name}: {full[0]} (one value for the whole set: no bootstrap CI)"
+        tip = f"{model.name} · {metric.name}: {full[0]} [{full[1]}, {full[2]}] (one value for the whole set; CI: {record.get('ci', 'none')})"
         if n_text:
             tip += f"; {int(n)} generated samples"
             if _finite(record.get("n_real")) is not None:
@@ -926,8 +926,10 @@ def _distribution_notes(ctx: TableContext, metrics: Sequence[MetricColumn]) -> s
     notes = [
         (
             "One number per model: all its generated images against all reference images, in an "
-            "evaluator's feature space, so there are no per-case values and no bootstrap CI; n is the "
-            "number of generated samples."
+            "evaluator's feature space, so there are no per-case values; n is the number of generated "
+            "samples. The CI resamples cases: each replicate recomputes the metric on the drawn cases' "
+            "stored features (FID/FXD intervals are shifted by the bootstrap's bias estimate, since a "
+            "resample with fewer distinct cases inflates a Fréchet distance)."
         )
     ]
     which = [
@@ -2967,10 +2969,15 @@ def render_html_report(
         f'<span class="{"bad" if n_failures else ""}">failures <b>{n_failures}</b></span>',
     ]
     failures_section = render_failures(run.failures, n_failures)
+    from reports.norberg import render_norberg
+
+    norberg_html = render_norberg(run.run_dir, _figure_div, _model_colours(models), run.cases)
     nav = [("results", "Results")]
     if groups_html:
         nav.append(("groups", "Results by group"))
     nav.append(("model-tests", "Model-vs-model tests"))
+    if norberg_html:
+        nav.append(("norberg", "Norberg angles"))
     if reader_section:
         nav += [("reader-study", "Reader study"), ("metric-validity", "Metric validity")]
     nav += [
@@ -2996,6 +3003,7 @@ def render_html_report(
 <section id="model-tests"><h2>Model-vs-model tests</h2>
 {render_paired(paired, metrics, confidence, skipped, seed, resamples)}
 </section>
+{f'<section id="norberg"><h2>Norberg angles</h2>{norberg_html}</section>' if norberg_html else ""}
 {reader_section}
 {validity_section}
 <section id="distributions"><h2>Per-case distributions</h2>

@@ -188,7 +188,8 @@ def test_feature_distances_match_published_formula_and_prdc_package(finished):
     assert s.loc[("blur", "fid", "labels=Nodule"), "n"] == nodule.sum()
     info = json.loads((run / rundir.RUN_JSON).read_text())["evaluation"]
     fid = info["feature_metrics"]["blur"]["all cases"]["fid"]
-    assert fid == {"n_real": N_CASES, "n_gen": N_CASES, "dim": 256, "rank_deficient": True}
+    assert fid.pop("ci").startswith("bias-corrected percentile bootstrap over cases, 200 replicates")
+    assert fid == {"n_real": N_CASES, "n_gen": N_CASES, "dim": 256, "rank_deficient": True, "ci_replicates": 200}
     assert info["feature_metrics"]["blur"]["all cases"]["kid"]["clamped"] is True
     # Real vs itself is degenerate for every feature distance: no rows.
     assert not any(m in ("fid", "fxd", "kid", "precision") for m in s.loc["real"].index.get_level_values(0))

@@ -1,0 +1,188 @@
+"""The Norberg-angle section of ``report.html`` (from ``xray-audit norberg evaluate``'s files).
+
+Reads ``norberg_summary.csv`` and ``norberg_angles.parquet`` from the run directory; the page shows
+the agreement table (pooled and per side, value [CI] and N), a Bland–Altman plot and a
+real-vs-generated scatter per model. Torch-free.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SUMMARY_FILE = "norberg_summary.csv"  # audit.norberg.evaluation.SUMMARY_FILE
+ANGLES_FILE = "norberg_angles.parquet"  # audit.norberg.evaluation.ANGLES_FILE
+NORMAL_DEG = 105.0
+LOA_Z = 1.96
+# (metric, label, arrow) in the order the table shows them.
+COLUMNS = (
+    ("norberg_r", "Pearson r", "↑"),
+    ("norberg_r2", "R² (r², as the paper)", "↑"),
+    ("norberg_mae", "MAE °", "↓"),
+    ("norberg_ba_bias", "BA bias °", "→0"),
+    ("norberg_ba_loa_low", "BA LoA low °", ""),
+    ("norberg_ba_loa_high", "BA LoA high °", ""),
+    ("norberg_icc", "ICC(2,1)", "↑"),
+    ("norberg_kappa", "κ at 105°", "↑"),
+)
+SCOPES = (("", "both sides"), (":left", "left"), (":right", "right"))
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def load_norberg(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(summary, angles) when the run has been measured, else None."""
+    run = Path(run_dir)
+    if not (run / SUMMARY_FILE).exists() or not (run / ANGLES_FILE).exists():
+        return None
+    summary = pd.read_csv(run / SUMMARY_FILE, dtype={"model": str, "metric": str}, keep_default_na=False,
+                          na_values=[""])  # fmt: skip
+    angles = pd.read_parquet(run / ANGLES_FILE)
+    return summary, angles
+
+
+def _model_order(models: list[str]) -> list[str]:
+    return [m for m in models if m != "real"] + [m for m in models if m == "real"]
+
+
+def _table(summary: pd.DataFrame, models: list[str]) -> str:
+    index = summary.set_index(["model", "metric"])
+    head = "".join(f"<th>{_e(label)} <span class='arrow'>{_e(arrow)}</span></th>" for _, label, arrow in COLUMNS)
+    parts = []
+    for suffix, scope in SCOPES:
+        rows = []
+        for model in models:
+            cells = []
+            for metric, _, _ in COLUMNS:
+                key = (model, metric + suffix)
+                if key not in index.index:
+                    cells.append('<td class="na">—</td>')
+                    continue
+                r = index.loc[key]
+                ci = (
+                    f'<span class="ci">[{_fmt(r["ci_low"])}, {_fmt(r["ci_high"])}]</span>'
+                    if math.isfinite(r["ci_low"])
+                    else ""
+                )
+                cells.append(f'<td>{_fmt(r["value"])} {ci}<span class="n">n={int(r["n"])}</span></td>')
+            cls = ' class="real"' if model == "real" else ""
+            rows.append(f"<tr{cls}><th class='model-name'>{_e(model)}</th>{''.join(cells)}</tr>")
+        parts.append(
+            f"<h4>{_e(scope)}</h4><div class='table-wrap'><table class='summary norberg'>"
+            f"<thead><tr><th class='model-col'>model</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+            "</table></div>"
+        )
+    return "".join(parts)
+
+
+def _per_case(angles: pd.DataFrame) -> pd.DataFrame:
+    ok = angles[np.isfinite(angles["angle_deg"]) & np.isfinite(angles["reference_deg"])]
+    return ok.groupby(["model", "case_id", "side"], as_index=False, sort=True).agg(
+        angle_deg=("angle_deg", "mean"), reference_deg=("reference_deg", "first")
+    )
+
+
+def _figures(angles: pd.DataFrame, models: list[str], figure_div: Any, colours: dict[str, str]) -> str:
+    pairs = _per_case(angles)
+    ba, scatter = [], []
+    lo_axis, hi_axis = math.inf, -math.inf
+    for model in models:
+        p = pairs[pairs["model"] == model]
+        if p.empty:
+            continue
+        real, gen = p["reference_deg"].to_numpy(np.float64), p["angle_deg"].to_numpy(np.float64)
+        lo_axis, hi_axis = min(lo_axis, real.min(), gen.min()), max(hi_axis, real.max(), gen.max())
+        mean, diff = (real + gen) / 2, gen - real
+        text = [f"{c} {s}" for c, s in zip(p["case_id"], p["side"], strict=True)]
+        colour = colours.get(model, "#4C72B0")
+        ba.append({"type": "scatter", "mode": "markers", "x": mean.tolist(), "y": diff.tolist(), "text": text,
+                   "name": model, "legendgroup": model, "marker": {"color": colour, "size": 6, "opacity": 0.75},
+                   "hovertemplate": "%{text}<br>mean %{x:.1f}°, generated − real %{y:.1f}°"})  # fmt: skip
+        if diff.size >= 2:
+            bias, sd = float(diff.mean()), float(diff.std(ddof=1))
+            x = [float(mean.min()), float(mean.max())]
+            for y, dash in ((bias, "solid"), (bias - LOA_Z * sd, "dash"), (bias + LOA_Z * sd, "dash")):
+                ba.append({"type": "scatter", "mode": "lines", "x": x, "y": [y, y], "legendgroup": model,
+                           "showlegend": False, "hoverinfo": "skip",
+                           "line": {"color": colour, "dash": dash, "width": 1.5}})  # fmt: skip
+        scatter.append({"type": "scatter", "mode": "markers", "x": real.tolist(), "y": gen.tolist(), "text": text,
+                        "name": model, "marker": {"color": colour, "size": 6, "opacity": 0.75},
+                        "hovertemplate": "%{text}<br>real %{x:.1f}°, generated %{y:.1f}°"})  # fmt: skip
+    if not scatter:
+        return '<p class="small">No case has both a detected and an annotated angle.</p>'
+    span = [lo_axis - 2, hi_axis + 2]
+    scatter.append({"type": "scatter", "mode": "lines", "x": span, "y": span, "name": "identity",
+                    "line": {"color": "#333", "dash": "dot", "width": 1}, "hoverinfo": "skip"})  # fmt: skip
+    normal_lines = [
+        {"type": "line", "x0": NORMAL_DEG, "x1": NORMAL_DEG, "y0": span[0], "y1": span[1],
+         "line": {"color": "#c4412f", "width": 1, "dash": "dot"}},
+        {"type": "line", "x0": span[0], "x1": span[1], "y0": NORMAL_DEG, "y1": NORMAL_DEG,
+         "line": {"color": "#c4412f", "width": 1, "dash": "dot"}},
+    ]  # fmt: skip
+    return (
+        '<div class="plots"><figure class="plot">'
+        + figure_div(
+            ba,
+            "norberg-bland-altman",
+            title={"text": "Bland–Altman: generated − real angle (bias, 95% limits of agreement)"},
+            xaxis={"title": {"text": "mean of real and generated angle (°)"}, "gridcolor": "#eee"},
+            yaxis={"title": {"text": "generated − real (°)"}, "gridcolor": "#eee", "zeroline": True},
+            height=420,
+            margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        )
+        + '</figure><figure class="plot">'
+        + figure_div(
+            scatter,
+            "norberg-scatter",
+            title={"text": "Norberg angle: annotated real vs measured on the sample"},
+            xaxis={"title": {"text": "annotated angle of the real image (°)"}, "range": span, "gridcolor": "#eee"},
+            yaxis={"title": {"text": "detected angle of the sample (°)"}, "range": span, "gridcolor": "#eee"},
+            shapes=normal_lines,
+            height=420,
+            margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        )
+        + "</figure></div>"
+    )
+
+
+def render_norberg(
+    run_dir: str | Path, figure_div: Any, colours: dict[str, str], cases: pd.DataFrame | None = None
+) -> str:
+    """The section body, or "" when the run has no Norberg measurement."""
+    loaded = load_norberg(run_dir)
+    if loaded is None:
+        return ""
+    summary, angles = loaded
+    models = _model_order(list(dict.fromkeys(summary["model"])))
+    phantom = ""
+    if cases is not None and "prompt" in cases.columns:
+        if cases["prompt"].astype(str).str.contains("phantom", case=False).any():
+            phantom = (
+                '<div class="callout warn"><b>Phantom data.</b> These cases come from the drawn pelvis '
+                "phantom of <code>xray-audit norberg phantom</code>: the numbers check the measurement "
+                "path and are not evidence about real hips.</div>"
+            )
+    evaluator = ", ".join(sorted({str(e) for e in summary.get("evaluator", pd.Series(dtype=str)).dropna() if e}))
+    return (
+        phantom
+        + '<p class="small">Norberg angle of each hip of every sample, measured by the landmark detector '
+        f"<code>{_e(evaluator or '?')}</code>, against the annotated angle of the same case and side. "
+        "A case's samples are averaged per side; CIs are percentile bootstraps over cases (both sides of a "
+        "case together); n = cases. The <b>real</b> row is the detector on the real images against the "
+        "annotations: the upper bound. R² is the square of Pearson r, as the canine-hip paper reports it; "
+        "MAE, Bland–Altman bias and limits of agreement (bias ± 1.96 SD) are in degrees; κ is Cohen's κ "
+        "of the normal (≥ 105°) / dysplastic call.</p>"
+        + _table(summary, models)
+        + _figures(angles, models, figure_div, colours)
+    )
