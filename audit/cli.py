@@ -94,8 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     _reader_study_parser(sub)
 
     from audit.norberg import cli as norberg_cli
+    from audit.norberg import landmarks_cli
 
     norberg_cli.add_parser(sub)
+    landmarks_cli.add_parser(sub)
 
     report = sub.add_parser(
         "report",
@@ -258,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "norberg":
             from audit.norberg import cli as norberg_cli
 
-            return norberg_cli.run(args)
+            return norberg_cli.run(args, progress)
+        if args.command == "landmarks":
+            from audit.norberg import landmarks_cli
+
+            return landmarks_cli.run(args, progress)
         if args.command == "dashboard":
             from dashboards.serve import serve as serve_dashboard
 

@@ -48,9 +48,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     phantom.add_argument("--n", type=int, required=True, metavar="N", help="number of cases")
     phantom.add_argument("--seed", type=int, default=0, metavar="S", help="default 0")
     phantom.add_argument("--size", type=int, default=256, metavar="PX", help="image side (default 256)")
+    evaluate = nsub.add_parser(
+        "evaluate",
+        help="Norberg-angle agreement of every model of a finished run (detector vs annotations)",
+        description="Measure every sample of RUN_DIR (the real row included) with a landmark detector, "
+        "compare with the annotated angles of the same case and side, and write "
+        "norberg_angles.parquet and norberg_summary.csv into RUN_DIR.",
+    )
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument(
+        "--annotations", type=Path, required=True, metavar="LANDMARKS", help="expert landmarks of the real images"
+    )
+    evaluate.add_argument(
+        "--detector",
+        type=Path,
+        required=True,
+        metavar="MODEL_DIR",
+        help="from `xray-audit landmarks train` (or a model.json pinning a user TorchScript file by sha256)",
+    )
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    evaluate.add_argument("--batch-size", type=int, default=16, metavar="B")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, progress: bool = False) -> int:
+    if args.norberg_command == "evaluate":
+        from audit.norberg.evaluation import evaluate_norberg
+
+        result = evaluate_norberg(
+            args.run_dir,
+            args.annotations,
+            args.detector,
+            device=args.device,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+        print(result.angles_path)
+        print(result.summary_path)
+        return EXIT_OK
     if args.norberg_command == "angles":
         return _angles(args.landmarks, args.out, args.cases, args.patient_left)
     return _phantom(args.out, args.n, args.seed, args.size)
