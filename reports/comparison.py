@@ -333,6 +333,10 @@ def paired_tests(
         values = per_case[per_case["metric"] == metric].pivot(
             index="case_id", columns="model", values="value"
         )
+        # One array per metric: selecting two columns of the frame and dropping NaN rows per pair
+        # cost as much as the pair's statistics.
+        table = values.to_numpy(dtype=np.float64)
+        column_of = {name: j for j, name in enumerate(values.columns)}
         for a, b in itertools.combinations(models, 2):
             row: dict[str, Any] = {
                 "metric": metric,
@@ -342,9 +346,10 @@ def paired_tests(
                 "model_b": b,
                 "n": 0,
             }
-            if a in values.columns and b in values.columns:
-                shared = values[[a, b]].dropna()
-                x, y = shared[a].to_numpy(), shared[b].to_numpy()
+            if a in column_of and b in column_of:
+                x, y = table[:, column_of[a]], table[:, column_of[b]]
+                shared = ~(np.isnan(x) | np.isnan(y))
+                x, y = x[shared], y[shared]
             else:
                 x = y = np.empty(0)
             if x.size:

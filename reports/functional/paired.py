@@ -13,6 +13,7 @@ seeded ``rng`` gives identical numbers on every run.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +24,9 @@ from audit.stats import case_resample_weights, percentile_ci
 
 # Bound on the (resamples × cases) weight matrix built at once, as audit.stats.bootstrap_mean_ci does.
 _BLOCK_CELLS = 1 << 22
+# Resamples drawn and ranked together in paired_effect: a chunk's draws and counts stay in the CPU
+# cache (at 1,000 cases 32 resamples take half the time per resample of 4M-cell blocks).
+_CACHE_CELLS = 1 << 15
 
 
 def _paired(x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -42,21 +46,69 @@ def _paired(x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+@dataclasses.dataclass(frozen=True)
+class _TieGroups:
+    """Pratt's ranking of |d| as tie groups: cases sorted by |d| with the positive differences last
+    within a tie, so that a group's positives are a contiguous tail of it."""
+
+    order: np.ndarray  # sorted position -> case
+    row: np.ndarray  # case -> its sorted position + 1 (column 0 of a cumulative count is zero)
+    starts: np.ndarray  # per tie group: first and one-past-last sorted position
+    stops: np.ndarray
+    n_plus: np.ndarray  # per tie group: how many of its differences are positive
+    has_zero: bool  # the first group holds the zero differences (the lowest |d|)
+
+
+def _tie_groups(d: np.ndarray) -> _TieGroups:
+    a = np.abs(d)
+    order = np.lexsort((d > 0, a))
+    sa = a[order]
+    starts = np.flatnonzero(np.r_[True, sa[1:] != sa[:-1]])
+    stops = np.r_[starts[1:], sa.size]
+    n_plus = np.add.reduceat((d[order] > 0).astype(np.intp), starts)
+    row = np.empty(d.size, dtype=np.intp)
+    row[order] = np.arange(1, d.size + 1)
+    return _TieGroups(order, row, starts, stops, n_plus, bool(sa[0] == 0))
+
+
+def _cumulative_rank_sums(cum: np.ndarray, groups: _TieGroups) -> tuple[np.ndarray, np.ndarray]:
+    """R+ and R- per row of ``cum`` (B, n + 1): column k counts the copies of the first k sorted
+    cases in each resample (column 0 is zero). Counts give integer and half-integer sums, exact in
+    any order, so these equal the ranks summed one by one."""
+    has_plus = groups.n_plus > 0
+    stops = groups.stops[has_plus]
+    end = cum[:, stops]
+    before = cum[:, groups.starts[has_plus]]
+    plus = end - cum[:, stops - groups.n_plus[has_plus]]
+    # A tie group of W copies after `before` smaller ones has mid-rank before + (W + 1) / 2: twice
+    # that is end + before + 1.
+    twice_plus = (plus * (end + before + 1)).sum(axis=1)
+    # All ranks sum to N (N + 1) / 2 and the zeros, which Pratt drops, hold the lowest ones.
+    total = cum[:, -1]
+    zero = cum[:, groups.stops[0]] if groups.has_zero else 0
+    twice_minus = total * (total + 1) - twice_plus - zero * (zero + 1)
+    return twice_plus / 2.0, twice_minus / 2.0
+
+
 def _signed_rank_sums(d: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """R+ and R- per weight vector (B, n): Pratt ranks of |d| in the data set where case i appears
     weights[b, i] times (mid-ranks for ties; zero differences take the lowest ranks, then drop out)."""
-    a = np.abs(d)
-    order = np.argsort(a, kind="stable")
-    sa = a[order]
-    starts = np.flatnonzero(np.r_[True, sa[1:] != sa[:-1]])
-    w = weights[:, order]
-    sign = np.sign(d[order])
-    group_w = np.add.reduceat(w, starts, axis=1)
-    # Mid-rank of a tie group holding W copies after `cum - W` smaller ones: cum - W + (W + 1) / 2.
-    midrank = np.cumsum(group_w, axis=1) - (group_w - 1.0) / 2.0
-    plus = np.add.reduceat(w * (sign > 0), starts, axis=1)
-    minus = np.add.reduceat(w * (sign < 0), starts, axis=1)
-    return (plus * midrank).sum(axis=1), (minus * midrank).sum(axis=1)
+    groups = _tie_groups(d)
+    cum = np.zeros((weights.shape[0], d.size + 1), dtype=np.float64)
+    cum[:, 1:] = weights[:, groups.order]
+    np.cumsum(cum, axis=1, out=cum)
+    return _cumulative_rank_sums(cum, groups)
+
+
+def _resampled_rank_sums(idx: np.ndarray, groups: _TieGroups) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_signed_rank_sums` of the resamples listed by the rows of ``idx`` (B, n: the cases
+    drawn), counted straight into (resample, sorted position) bins without a weight matrix."""
+    m, n = idx.shape
+    key = groups.row[idx]
+    key += (np.arange(m) * (n + 1))[:, None]
+    cum = np.bincount(key.ravel(), minlength=m * (n + 1)).reshape(m, n + 1)
+    np.cumsum(cum, axis=1, out=cum)
+    return _cumulative_rank_sums(cum, groups)
 
 
 def _rank_biserial(r_plus: np.ndarray, r_minus: np.ndarray) -> np.ndarray:
@@ -152,12 +204,17 @@ def paired_effect(
         return out
     means = np.empty(resamples)
     rbc = np.empty(resamples)
-    block = max(1, _BLOCK_CELLS // n)
-    for start in range(0, resamples, block):
-        stop = min(resamples, start + block)
-        w = case_resample_weights(rng, n, stop - start)
-        means[start:stop] = w @ d / n
-        rbc[start:stop] = _rank_biserial(*_signed_rank_sums(d, w))
+    groups = _tie_groups(d)
+    chunk = max(1, _CACHE_CELLS // n)
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        # audit.stats.case_resample_weights' draws, used as indices: its (B, n) count matrix and the
+        # product with it cost more than the statistics (a report has ~500 such pairs). Drawing in
+        # chunks yields the same stream as one draw (numpy's bit generators keep their spare 32 bits
+        # across calls), so the numbers do not depend on the chunk size.
+        idx = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = d[idx].sum(axis=1) / n
+        rbc[start:stop] = _rank_biserial(*_resampled_rank_sums(idx, groups))
     out["mean_difference_ci"] = percentile_ci(means, confidence)
     out["rank_biserial_ci"] = percentile_ci(rbc, confidence)
     return out
