@@ -68,7 +68,9 @@ def _run_child(cohort: Path, out: Path, epochs: int | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", type=int, default=CASES, help="phantom cases (default %(default)s)")
     parser.add_argument("--seed", type=int, default=SEED, help="phantom seed (default %(default)s)")
     parser.add_argument("--out", type=Path, help="write all figures to this JSON file")
@@ -89,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             "default": _run_child(cohort, Path(tmp) / "default", None),
             "1 epoch": _run_child(cohort, Path(tmp) / "one-epoch", 1),
         }
-    print(f"pelvis phantom (not anatomy): {args.cases} cases at 256 px, seed {args.seed}, written in {setup_s:.1f} s")
+    print(
+        f"pelvis phantom (not anatomy): {args.cases} cases at 256 px, seed {args.seed}, "
+        f"written in {setup_s:.1f} s"
+    )
     print()
     print(
         "| run | epochs | input px | params | train s | wall s | load before/after | peak RSS MB "
@@ -99,22 +104,26 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in runs.items():
         m = r["mae_deg"]
         print(
-            f"| {name} | {r['epochs']} | {r['size']} | {r['parameters']} | {r['train_s']:.1f} | {r['wall_s']:.1f} "
+            f"| {name} | {r['epochs']} | {r['size']} | {r['parameters']} | {r['train_s']:.1f} "
+            f"| {r['wall_s']:.1f} "
             f"| {r['load_before']:.1f}/{r['load_after']:.1f} | {r['peak_rss_mb']:.0f} | {r['px_mean']:.2f} "
             f"| {m['left']:.2f} | {m['right']:.2f} | {m['pooled']:.2f} |"
         )
     base, full = runs["1 epoch"], runs["default"]
     print()
     print(
-        f"default vs 1 epoch: pooled MAE {full['mae_deg']['pooled']:.2f}° vs {base['mae_deg']['pooled']:.2f}° "
+        f"default vs 1 epoch: pooled MAE {full['mae_deg']['pooled']:.2f}° "
+        f"vs {base['mae_deg']['pooled']:.2f}° "
         f"({base['mae_deg']['pooled'] / max(full['mae_deg']['pooled'], 1e-9):.1f}x lower), "
-        f"training {full['train_s'] / max(base['train_s'], 1e-9):.1f}x longer; {full['held_out_cases']} held-out cases, "
+        f"training {full['train_s'] / max(base['train_s'], 1e-9):.1f}x longer; "
+        f"{full['held_out_cases']} held-out cases, "
         f"{full['threads']} torch threads"
     )
     if args.out:
         from audit.atomic import write_text
 
-        write_text(args.out, json.dumps({"cases": args.cases, "seed": args.seed, "runs": runs}, indent=2) + "\n")
+        figures = {"cases": args.cases, "seed": args.seed, "runs": runs}
+        write_text(args.out, json.dumps(figures, indent=2) + "\n")
     return 0
 
 

@@ -27,7 +27,7 @@ from audit.images import write_png
 from audit.norberg import detector as det
 from audit.norberg import train as tr
 from audit.norberg.landmarks import read_landmarks, validate_landmarks
-from audit.norberg.phantom import make_phantom, write_phantom_cohort
+from audit.norberg.phantom import write_phantom_cohort
 
 NAMES = det.DETECTOR_LANDMARKS
 # A network small enough to train in about a second: three narrow levels on 64 px phantoms.
@@ -45,6 +45,10 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:Future
 def _blob(shape: tuple[int, int], x: float, y: float, sigma: float) -> np.ndarray:
     ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
     return np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+def _mirror_name(name: str) -> str:
+    return name.replace("left", "#").replace("right", "left").replace("#", "right")
 
 
 def _centroid(img: np.ndarray) -> tuple[float, float]:
@@ -94,7 +98,8 @@ class _FixedModel(nn.Module):
 
 
 def _save_script(module: nn.Module, path: Path) -> str:
-    torch.jit.save(torch.jit.script(module), str(path))
+    with det.quiet_torchscript():  # audit.cli.main resets warning filters, so pytestmark is not enough
+        torch.jit.save(torch.jit.script(module), str(path))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -119,12 +124,13 @@ def _write_spec(model_dir: Path, sha: str, size: int, output: str = "coordinates
 @pytest.mark.parametrize("shape", [(200, 300), (300, 200), (160, 160)])
 def test_image_input_mapping_is_an_exact_inverse(shape):
     rng = np.random.default_rng(0)
-    pts = rng.uniform(0, min(shape), size=(5, 2)) + np.array([(shape[1] - min(shape)) // 2, (shape[0] - min(shape)) // 2])
+    side = min(shape)
+    offset = np.array([(shape[1] - side) // 2, (shape[0] - side) // 2])
+    pts = rng.uniform(0, side, size=(5, 2)) + offset
     back = det.input_to_image(det.image_to_input(pts, shape, 48), shape, 48)
     np.testing.assert_allclose(back, pts, atol=1e-12)
-    # Pixel-centre convention: the centre of the first and last pixel of the square map onto the
-    # centres of the first and last input pixel only up to the half-pixel of each grid.
-    side = min(shape)
+    # Pixel-centre convention: the outer edge of the square's first pixel is the outer edge of the
+    # input's first pixel.
     left, top = (shape[1] - side) // 2, (shape[0] - side) // 2
     corner = det.image_to_input(np.array([[left - 0.5, top - 0.5]]), shape, 48)
     np.testing.assert_allclose(corner, [[-0.5, -0.5]], atol=1e-12)
@@ -253,7 +259,7 @@ def test_warp_moves_points_with_the_image_and_flip_swaps_sides():
             out, pts = tr.warp(img, targets, a, t, torch.tensor([flip]))
             moved.append(_centroid(out[0, 0].numpy()))
         moved = np.array(moved)
-        order = [NAMES.index(n.replace("left", "#").replace("right", "left").replace("#", "right")) for n in NAMES]
+        order = [NAMES.index(_mirror_name(n)) for n in NAMES]
         expected = moved[order] if flip else moved  # name k now sits where its mirror-side blob went
         np.testing.assert_allclose(pts[0], expected, atol=0.02)
 
@@ -267,7 +273,7 @@ def test_flip_test_averaging_is_mirror_equivariant():
     x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         direct, mirrored = model(x), model(torch.flip(x, dims=[3]))
-    swap = [NAMES.index(n.replace("left", "#").replace("right", "left").replace("#", "right")) for n in NAMES]
+    swap = [NAMES.index(_mirror_name(n)) for n in NAMES]
     expected = direct[:, swap].clone()
     expected[..., 0] = 63 - expected[..., 0]
     torch.testing.assert_close(mirrored, expected, atol=1e-4, rtol=0)
@@ -280,7 +286,8 @@ def _phantom_cohort(root: Path, n: int, size: int = 64, seed: int = 5) -> Path:
 def _untrained_error(config: tr.TrainConfig, data: tr.TrainingSet, tmp: Path) -> float:
     net = tr.HeatmapNet(len(NAMES), config.channels, config.stride, config.stem)
     tr.init_weights(net, torch.Generator().manual_seed(2 * config.seed))
-    blob = tr.export(tr.KeypointModel(net, config.size, tr.VALUE_RANGE, config.decode_radius, config.flip_test))
+    model = tr.KeypointModel(net, config.size, tr.VALUE_RANGE, config.decode_radius, config.flip_test)
+    blob = tr.export(model)
     (tmp / "untrained.ts").write_bytes(blob)
     detector = det.KeypointDetector.from_torchscript(
         tmp / "untrained.ts", hashlib.sha256(blob).hexdigest(), NAMES, size=config.size, device="cpu"
@@ -322,9 +329,8 @@ def test_training_is_reproducible_and_learns(tmp_path):
     held_data = data.subset([data.case_ids.index(c) for c in held["case_ids"]])
     assert held["px"]["mean"] < 0.7 * _untrained_error(TINY, held_data, tmp_path)
 
-    other = tr.train_detector(
-        cohort / "cases.csv", cohort / "landmarks.csv", tmp_path / "c", tr.TrainConfig(**{**TINY.__dict__, "seed": 4, "epochs": 1})
-    )
+    config = tr.TrainConfig(**{**TINY.__dict__, "seed": 4, "epochs": 1})
+    other = tr.train_detector(cohort / "cases.csv", cohort / "landmarks.csv", tmp_path / "c", config)
     assert other.spec.sha256 != runs[0].spec.sha256
 
 
@@ -360,7 +366,8 @@ def test_cli_train_and_predict_round_trip(tmp_path, capsys):
                "--seed", "1", "--val-fraction", "0.25"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "held-out error over 3 case(s)" in out and "Norberg angle MAE, deg: left" in out and "pooled" in out
+    assert "held-out error over 3 case(s)" in out
+    assert "Norberg angle MAE, deg: left" in out and "pooled" in out
     assert (model_dir / "model.ts").is_file() and (model_dir / "model.json").is_file()
 
     pred = tmp_path / "pred.csv"
@@ -423,9 +430,11 @@ def test_default_config_reaches_three_degrees_on_the_phantom(tmp_path):
     """Issue 7: held-out Norberg-angle MAE under 3 degrees, training under 5 minutes on 2 CPU cores."""
     cohort = write_phantom_cohort(tmp_path / "phantom", n=ACCEPTANCE_CASES, seed=0, size=256)
     start = time.perf_counter()
-    result = tr.train_detector(cohort / "cases.csv", cohort / "landmarks.csv", tmp_path / "model", tr.TrainConfig())
+    cases, marks = cohort / "cases.csv", cohort / "landmarks.csv"
+    result = tr.train_detector(cases, marks, tmp_path / "model", tr.TrainConfig())
     wall = time.perf_counter() - start
     mae = result.held_out["angle_mae_deg"]
-    print(f"held-out MAE {mae}, px {result.held_out['px']['mean']}, training {result.seconds} s, wall {wall:.1f} s")
+    px = result.held_out["px"]["mean"]
+    print(f"held-out MAE {mae}, px {px}, training {result.seconds} s, wall {wall:.1f} s")
     assert mae["pooled"] < 3.0 and mae["left"] < 3.0 and mae["right"] < 3.0
     assert wall < 300.0

@@ -61,6 +61,7 @@ __all__ = [
     "image_to_input",
     "input_to_image",
     "predict_landmarks",
+    "quiet_torchscript",
     "read_spec",
     "write_landmarks_csv",
 ]
@@ -185,7 +186,9 @@ class ModelSpec:
             )
 
     def contract(self) -> InputContract:
-        return InputContract(f"keypoint model {self.model}", channels=1, size=self.size, value_range=self.value_range)
+        return InputContract(
+            f"keypoint model {self.model}", channels=1, size=self.size, value_range=self.value_range
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -354,7 +357,8 @@ class KeypointDetector:
             )
         bad = ~torch.isfinite(out).all(dim=2).all(dim=1)
         if bool(bad.any()):
-            raise DetectorError(f"{name}: non-finite landmarks for image(s) {(first + torch.nonzero(bad)[:, 0]).tolist()}")
+            which = (first + torch.nonzero(bad)[:, 0]).tolist()
+            raise DetectorError(f"{name}: non-finite landmarks for image(s) {which}")
         return out
 
     def predict_input(self, batch: Tensor, batch_size: int = 16) -> np.ndarray:
@@ -375,7 +379,9 @@ class KeypointDetector:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             xy = self.predict_input(self.contract.prepare(chunk), batch_size)
-            out.extend(input_to_image(p, np.shape(im), self.spec.size) for p, im in zip(xy, chunk, strict=True))
+            out.extend(
+                input_to_image(p, np.shape(im), self.spec.size) for p, im in zip(xy, chunk, strict=True)
+            )
         if not out:
             raise ValueError("no images to predict landmarks on")
         return np.stack(out)

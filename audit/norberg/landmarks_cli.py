@@ -126,7 +126,10 @@ def _train(args: argparse.Namespace, progress: bool) -> int:
             + ", ".join(f"{name} {v['mean']:.2f}" for name, v in px.items() if name != "mean")
             + f"; all {px['mean']:.2f}"
         )
-        print(f"  Norberg angle MAE, deg: left {deg['left']:.2f}, right {deg['right']:.2f}, pooled {deg['pooled']:.2f}")
+        print(
+            f"  Norberg angle MAE, deg: left {deg['left']:.2f}, right {deg['right']:.2f}, "
+            f"pooled {deg['pooled']:.2f}"
+        )
     print(result.model_dir / "model.json")
     return EXIT_OK
 
@@ -152,9 +155,8 @@ def _predict(args: argparse.Namespace, progress: bool) -> int:
         except (images.ImageReadError, OSError) as exc:
             problems.append(f"row {case.row}, case {case.case_id!r}: {exc}")
     if problems:
-        raise DetectorError(
-            f"{args.cases}: {len(problems)} image(s) could not be read:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise DetectorError(f"{args.cases}: {len(problems)} image(s) could not be read:\n{listed}")
     landmarks = predict_landmarks(detector, pixels, batch_size=args.batch_size, progress=progress)
     out = write_landmarks_csv(landmarks, args.out)
     log.info("%d case(s), %d landmark(s) each -> %s", len(landmarks), len(detector.landmarks), out)

@@ -43,7 +43,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ from audit.norberg.detector import (
     input_to_image,
     quiet_torchscript,
 )
-from audit.norberg.geometry import SIDES, GeometryError, case_angles, locate_head_center, rim
+from audit.norberg.geometry import SIDES, GeometryError, case_angles, locate_head_center
 
 __all__ = [
     "HeatmapNet",
@@ -94,7 +94,7 @@ _FLIP = tuple(
 class TrainConfig:
     """Everything that determines a trained detector besides the data; recorded in model.json."""
 
-    epochs: int = 60
+    epochs: int = 40
     size: int = 128
     seed: int = 0
     device: str = "cpu"
@@ -102,7 +102,7 @@ class TrainConfig:
     batch_size: int = 16
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
-    stride: int = 4  # input px per heatmap cell
+    stride: int = 2  # input px per heatmap cell
     stem: int = 2  # input px per cell of the first feature map
     sigma: float = 1.5  # Gaussian target, heatmap cells
     coord_weight: float = 1.0  # weight of the L1 loss on the soft-argmax position, heatmap cells
@@ -121,12 +121,18 @@ class TrainConfig:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
         depth = self.stem * 2 ** (len(self.channels) - 1)
         if self.size < 32 or self.size % depth:
-            problems.append(f"size must be >= 32 and a multiple of {depth} (the deepest level's stride), got {self.size}")
+            problems.append(
+                f"size must be >= 32 and a multiple of {depth} (the deepest level's stride), got {self.size}"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.stem not in (1, 2, 4) or self.stride not in (1, 2, 4, 8) or self.stride < self.stem or self.stride > depth // 2:
+        if (
+            self.stem not in (1, 2, 4)
+            or self.stride not in (1, 2, 4, 8)
+            or not self.stem <= self.stride <= depth // 2
+        ):
             problems.append(
                 f"stem must be 1, 2 or 4 and stride 1, 2, 4 or 8, with stem <= stride < {depth}; "
                 f"got stem {self.stem}, stride {self.stride}"
@@ -134,7 +140,9 @@ class TrainConfig:
         if len(self.channels) < 3 or any(c < 1 for c in self.channels):
             problems.append(f"channels needs >= 3 positive widths, got {self.channels}")
         if not self.sigma > 0 or self.decode_radius < 1:
-            problems.append(f"sigma must be > 0 and decode_radius >= 1, got {self.sigma}, {self.decode_radius}")
+            problems.append(
+                f"sigma must be > 0 and decode_radius >= 1, got {self.sigma}, {self.decode_radius}"
+            )
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
@@ -143,7 +151,11 @@ class TrainConfig:
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class HeatmapNet(nn.Module):
@@ -166,7 +178,9 @@ class HeatmapNet(nn.Module):
             self.down.append(nn.Sequential(*_conv(c_in, c, stem if i == 0 else 2), *_conv(c, c)))
         out_level = int(round(math.log2(stride // stem)))
         self.skip_levels = list(range(len(chans) - 2, out_level - 1, -1))
-        self.project = nn.ModuleList([nn.Conv2d(chans[i + 1], chans[i], 1, bias=False) for i in self.skip_levels])
+        self.project = nn.ModuleList(
+            [nn.Conv2d(chans[i + 1], chans[i], 1, bias=False) for i in self.skip_levels]
+        )
         self.up = nn.ModuleList([nn.Sequential(*_conv(chans[i], chans[i])) for i in self.skip_levels])
         self.head = nn.Conv2d(chans[out_level], n_keypoints, 1)
 
@@ -326,7 +340,8 @@ def build_training_set(
         targets.append(inp)
         shapes.append(shape)
     if problems:
-        raise DetectorError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise DetectorError(f"{source}: {len(problems)} problem(s):\n{listed}")
     if not ids:
         raise DetectorError(f"{source}: no annotated case has an image; nothing to train on")
     contract = InputContract("landmark detector", channels=1, size=size, value_range=VALUE_RANGE)
@@ -453,7 +468,9 @@ def fit(
     model = KeypointModel(net, config.size, VALUE_RANGE, config.decode_radius, config.flip_test).to(device)
     n = len(data)
     steps_per_epoch = max(1, math.ceil(n / config.batch_size))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
     )
@@ -481,8 +498,10 @@ def fit(
                 cells = torch.arange(w, dtype=prob.dtype, device=device)
                 ex = (prob.sum(dim=2) * cells).sum(dim=2)
                 ey = (prob.sum(dim=3) * cells[:h]).sum(dim=2)
-                truth = (torch.from_numpy(pts).to(device=device, dtype=prob.dtype) + 0.5) / config.stride - 0.5
-                loss = loss + config.coord_weight * ((ex - truth[..., 0]).abs() + (ey - truth[..., 1]).abs()).mean()
+                truth = torch.from_numpy(pts).to(device=device, dtype=prob.dtype)
+                truth = (truth + 0.5) / config.stride - 0.5  # heatmap cells
+                l1 = (ex - truth[..., 0]).abs() + (ey - truth[..., 1]).abs()
+                loss = loss + config.coord_weight * l1.mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -541,7 +560,10 @@ def evaluate(detector: KeypointDetector, data: TrainingSet) -> dict[str, Any]:
         "n_cases": len(data),
         "case_ids": list(data.case_ids),
         "px": {
-            **{n: {"mean": round(float(np.mean(v)), 4), "max": round(float(np.max(v)), 4)} for n, v in errors_px.items()},
+            **{
+                n: {"mean": round(float(np.mean(v)), 4), "max": round(float(np.max(v)), 4)}
+                for n, v in errors_px.items()
+            },
             "mean": round(float(np.mean([e for v in errors_px.values() for e in v])), 4),
         },
         "angle_mae_deg": {**{s: round(mae(angle_err[s]), 4) for s in SIDES}, "pooled": round(mae(pooled), 4)},
@@ -614,7 +636,9 @@ def train_detector(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DetectorError(f"{out} exists and is not a directory; give --out a directory for the model")
-    data, manifest = load_annotated(cases, landmarks, config.size, patient_left=patient_left, progress=progress)
+    data, manifest = load_annotated(
+        cases, landmarks, config.size, patient_left=patient_left, progress=progress
+    )
     train_idx, held_idx = split_cases(data.case_ids, config.val_fraction)
     log.info(
         "landmark detector: %d training and %d held-out case(s), %d px input, device %s",
@@ -624,7 +648,9 @@ def train_detector(
     blob = export(model)
     sha = sha256_bytes(blob)
     write_bytes(out / MODEL_TS, blob)
-    spec = ModelSpec((out / MODEL_TS).resolve(), sha, DETECTOR_LANDMARKS, config.size, VALUE_RANGE, "coordinates")
+    spec = ModelSpec(
+        (out / MODEL_TS).resolve(), sha, DETECTOR_LANDMARKS, config.size, VALUE_RANGE, "coordinates"
+    )
     held_out = None
     if held_idx:
         detector = KeypointDetector.from_torchscript(
