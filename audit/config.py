@@ -105,6 +105,22 @@ class EvaluatorsSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class NorbergSection:
+    """Norberg-angle agreement of canine-hip studies, measured in ``xray-audit run``.
+
+    ``annotations``: the experts' landmarks of the real images (``case_id, landmark, x, y``, CSV or
+    JSON); ``detector``: a model directory of ``xray-audit landmarks train`` (or a model.json pinning
+    a user TorchScript file by sha256) that measures every sample, the real row included. The
+    ``norberg_*`` rows join summary.csv; ``norberg_angles.parquet`` holds every measured angle.
+    """
+
+    annotations: Path
+    detector: Path
+    # Where the patient's left hip appears in the annotated images (standard display: image-right).
+    patient_left: Literal["image-right", "image-left"] = "image-right"
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Fields every model kind shares; each kind subclasses this with its own keys."""
 
@@ -118,15 +134,20 @@ class StudyConfig:
     models: tuple[ModelSpec, ...]
     metrics: MetricsSection
     evaluators: EvaluatorsSection = EvaluatorsSection()
+    norberg: NorbergSection | None = None
     source: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "study": _plain(dataclasses.asdict(self.study)),
             "models": [_plain(dataclasses.asdict(m)) for m in self.models],
             "metrics": _plain(dataclasses.asdict(self.metrics)),
             "evaluators": _plain(dataclasses.asdict(self.evaluators)),
         }
+        # Only when set, so the hash of every config without the table stays what it was.
+        if self.norberg is not None:
+            d["norberg"] = _plain(dataclasses.asdict(self.norberg))
+        return d
 
     def hash(self) -> str:
         return stable_hash(self.to_dict())
@@ -254,11 +275,11 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
 
     where = str(source) if source else "<config>"
     base_dir = source.parent if source else Path.cwd()
-    unknown = sorted(set(raw) - {"study", "models", "metrics", "evaluators"})
+    unknown = sorted(set(raw) - {"study", "models", "metrics", "evaluators", "norberg"})
     if unknown:
         raise ConfigError(
             f"{where}: unknown top-level key(s) {', '.join(repr(k) for k in unknown)}; "
-            "allowed are [study], [[models]], [metrics], [evaluators]"
+            "allowed are [study], [[models]], [metrics], [evaluators], [norberg]"
         )
     if "study" not in raw:
         raise ConfigError(f"{where}: missing the [study] table")
@@ -271,6 +292,16 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
         EvaluatorsSection, raw.get("evaluators", {}), f"{where}: [evaluators]", base_dir
     )
     _check_evaluators(evaluators, where)
+    norberg = None
+    if "norberg" in raw:
+        norberg = parse_section(NorbergSection, raw["norberg"], f"{where}: [norberg]", base_dir)
+        if not norberg.annotations.is_file():
+            raise ConfigError(f"{where}: [norberg].annotations: {norberg.annotations} not found")
+        if not norberg.detector.exists():
+            raise ConfigError(
+                f"{where}: [norberg].detector: {norberg.detector} not found; train one with "
+                "`xray-audit landmarks train` or point at a model.json for your TorchScript file"
+            )
 
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list) or not models_raw:
@@ -300,7 +331,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
     if dupes:
         raise ConfigError(f"{where}: duplicate model name(s) {', '.join(dupes)}; names must be unique")
     return StudyConfig(
-        study=study, models=tuple(models), metrics=metrics, evaluators=evaluators, source=source
+        study=study, models=tuple(models), metrics=metrics, evaluators=evaluators, norberg=norberg, source=source
     )
 
 
@@ -421,6 +452,9 @@ def dump_toml(config: StudyConfig) -> str:
         if isinstance(table, dict):
             lines += ["", f"[evaluators.{key}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    if "norberg" in d:
+        lines += ["", "[norberg]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in d["norberg"].items()]
     return "\n".join(lines) + "\n"
 
 

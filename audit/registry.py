@@ -111,8 +111,9 @@ class MetricInfo:
     share their metric's)."""
 
     name: str
-    family: str  # "pixel" | "clinical" | "distribution"
-    higher_is_better: bool
+    family: str  # "pixel" | "clinical" | "distribution" | "norberg"
+    # None where neither direction is better (Bland–Altman bias and limits: ideal 0).
+    higher_is_better: bool | None
     aggregation: str  # "per_sample_mean" | "distribution"
     unit: str
     description: str
@@ -120,7 +121,8 @@ class MetricInfo:
 
 def metric_info(name: str, pixel_range: float = 1.0) -> MetricInfo:
     """Metadata of any built-in metric: pixel (audit.metrics.pixel), clinical
-    (audit.metrics.functional.clinical) and distribution (audit.metrics.functional.distribution)."""
+    (audit.metrics.functional.clinical), distribution (audit.metrics.functional.distribution) and
+    Norberg-angle agreement (audit.metrics.functional.norberg)."""
     from audit.metrics.functional.clinical import CLINICAL_METRICS
     from audit.metrics.functional.distribution import DISTRIBUTION_METRICS
 
@@ -131,6 +133,11 @@ def metric_info(name: str, pixel_range: float = 1.0) -> MetricInfo:
     if base in DISTRIBUTION_METRICS:
         d = DISTRIBUTION_METRICS[base]
         return MetricInfo(name, "distribution", d.higher_is_better, d.aggregation, "", d.description)
+    from audit.metrics.functional.norberg import NORBERG_METRICS
+
+    if base in NORBERG_METRICS:
+        nm = NORBERG_METRICS[base]
+        return MetricInfo(name, "norberg", nm.higher_is_better, nm.aggregation, nm.unit, nm.description)
     from audit.metrics.pixel import PIXEL_METRICS, metric_unit
 
     if base in PIXEL_METRICS:

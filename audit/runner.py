@@ -135,6 +135,8 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
     evaluation = _prepare_evaluation(config, cases, list(manifest.frame.columns), options)
     if not options.keep_going:
         _preflight(adapters, cases)
+    # Before any generation, so a bad annotation file or detector fails in seconds, not hours.
+    norberg = _prepare_norberg(config, manifest) if options.shard is None else None
 
     t = time.perf_counter()
     plan = _Plan(config, options, out, cases_hash, evaluation)
@@ -154,6 +156,12 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
     if evaluation is not None:
         distribution_rows, evaluation_info = _distribution(plan, adapters, manifest, options)
         timings["distribution_metrics_s"] = time.perf_counter() - t
+    norberg_info: dict = {}
+    if norberg is not None:
+        t = time.perf_counter()
+        norberg_rows, norberg_info = _measure_norberg(plan, norberg, options)
+        distribution_rows = [*distribution_rows, *norberg_rows]
+        timings["norberg_s"] = time.perf_counter() - t
     t = time.perf_counter()
     failures_path = out / rundir.FAILURES
     if len(failures):
@@ -191,6 +199,8 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
             "group_by": list(config.metrics.group_by),
         },
     }
+    if norberg_info:
+        run_info["norberg"] = norberg_info
     generation = _generation_info(plan, adapters, len(cases))
     if generation:
         run_info["generation"] = generation
@@ -224,6 +234,53 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
         run_info["timings"]["report_s"] = round(timings["report_s"], 3)
         write_text(out / rundir.RUN_JSON, json.dumps(run_info, indent=2) + "\n")
     return RunResult(path=out, n_samples=n_samples, n_failures=len(failures), report=report)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NorbergPlan:
+    reference: dict[str, dict[str, float]]
+    detector: object  # audit.norberg.detector.KeypointDetector (imports torch)
+
+
+def _prepare_norberg(config: StudyConfig, manifest: Manifest) -> _NorbergPlan | None:
+    if config.norberg is None:
+        return None
+    from audit.norberg.detector import KeypointDetector
+    from audit.norberg.evaluation import reference_angles
+
+    n = config.norberg
+    try:
+        reference = reference_angles(n.annotations, manifest.frame["case_id"], patient_left=n.patient_left)
+        detector = KeypointDetector.load(n.detector, device=config.evaluators.device)
+    except (ValueError, FileNotFoundError) as exc:
+        raise RunError(f"[norberg]: {exc}") from None
+    return _NorbergPlan(reference, detector)
+
+
+def _measure_norberg(plan: _Plan, norberg: _NorbergPlan, options: RunOptions) -> tuple[list[dict], dict]:
+    """Detector angles of every sample (re-measured on each aggregation: the detector is small and
+    the sample files may have been regenerated), written beside the run; summary rows returned."""
+    from audit.norberg.evaluation import detector_info, measure_with_detector, write_outputs
+
+    config = plan.config
+    samples = pd.read_parquet(plan.out / rundir.SAMPLES)
+    samples["case_id"] = samples["case_id"].astype(str)
+    angles, summary = measure_with_detector(
+        plan.out, samples, norberg.detector, norberg.reference, seed=config.study.seed,
+        resamples=config.metrics.bootstrap_resamples, confidence=config.metrics.confidence,
+        batch_size=config.evaluators.batch_size, progress=options.progress,
+    )  # fmt: skip
+    assert config.norberg is not None
+    info = {
+        "annotations": str(config.norberg.annotations),
+        "annotations_sha256": sha256_file(config.norberg.annotations),
+        "bootstrap_resamples": config.metrics.bootstrap_resamples,
+        "confidence": config.metrics.confidence,
+        "seed": config.study.seed,
+        **detector_info(norberg.detector, angles),
+    }
+    write_outputs(plan.out, angles, summary, {"detector": info})
+    return summary.drop(columns="source").to_dict("records"), info
 
 
 def _check_complete(plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:

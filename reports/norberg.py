@@ -1,8 +1,10 @@
-"""The Norberg-angle section of ``report.html`` (from ``xray-audit norberg evaluate``'s files).
+"""The Norberg-angle section of ``report.html`` (from ``[norberg]`` in the run's config or
+``xray-audit norberg evaluate``).
 
-Reads ``norberg_summary.csv`` and ``norberg_angles.parquet`` from the run directory; the page shows
-the agreement table (pooled and per side, value [CI] and N), a Bland–Altman plot and a
-real-vs-generated scatter per model. Torch-free.
+Reads ``norberg_summary.csv`` and ``norberg_angles.parquet`` from the run directory; per measurement
+source (the landmark detector, the reader study's expert landmarks) the page shows the agreement
+table (pooled and per side, value [CI] and N), a Bland–Altman plot and a real-vs-generated scatter
+per model. Torch-free.
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ def load_norberg(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | Non
     summary = pd.read_csv(run / SUMMARY_FILE, dtype={"model": str, "metric": str}, keep_default_na=False,
                           na_values=[""])  # fmt: skip
     angles = pd.read_parquet(run / ANGLES_FILE)
+    if "source" not in summary.columns:  # written before the reader source existed
+        summary["source"] = "detector"
     return summary, angles
+
+
+def _angle_kind(source: Any) -> str:
+    return "readers" if str(source).startswith("reader:") else "detector"
 
 
 def _model_order(models: list[str]) -> list[str]:
@@ -87,13 +95,19 @@ def _table(summary: pd.DataFrame, models: list[str]) -> str:
 
 
 def _per_case(angles: pd.DataFrame) -> pd.DataFrame:
+    """As the summary: mean over a sample's measurements, then over a case's samples."""
     ok = angles[np.isfinite(angles["angle_deg"]) & np.isfinite(angles["reference_deg"])]
-    return ok.groupby(["model", "case_id", "side"], as_index=False, sort=True).agg(
+    per_sample = ok.groupby(["model", "case_id", "sample", "side"], as_index=False, sort=True).agg(
+        angle_deg=("angle_deg", "mean"), reference_deg=("reference_deg", "first")
+    )
+    return per_sample.groupby(["model", "case_id", "side"], as_index=False, sort=True).agg(
         angle_deg=("angle_deg", "mean"), reference_deg=("reference_deg", "first")
     )
 
 
-def _figures(angles: pd.DataFrame, models: list[str], figure_div: Any, colours: dict[str, str]) -> str:
+def _figures(
+    angles: pd.DataFrame, models: list[str], figure_div: Any, colours: dict[str, str], *, prefix: str, measured: str
+) -> str:
     pairs = _per_case(angles)
     ba, scatter = [], []
     lo_axis, hi_axis = math.inf, -math.inf
@@ -120,7 +134,7 @@ def _figures(angles: pd.DataFrame, models: list[str], figure_div: Any, colours: 
                         "name": model, "marker": {"color": colour, "size": 6, "opacity": 0.75},
                         "hovertemplate": "%{text}<br>real %{x:.1f}°, generated %{y:.1f}°"})  # fmt: skip
     if not scatter:
-        return '<p class="small">No case has both a detected and an annotated angle.</p>'
+        return '<p class="small">No case has both a measured and an annotated angle.</p>'
     span = [lo_axis - 2, hi_axis + 2]
     scatter.append({"type": "scatter", "mode": "lines", "x": span, "y": span, "name": "identity",
                     "line": {"color": "#333", "dash": "dot", "width": 1}, "hoverinfo": "skip"})  # fmt: skip
@@ -134,7 +148,7 @@ def _figures(angles: pd.DataFrame, models: list[str], figure_div: Any, colours: 
         '<div class="plots"><figure class="plot">'
         + figure_div(
             ba,
-            "norberg-bland-altman",
+            f"{prefix}-bland-altman",
             title={"text": "Bland–Altman: generated − real angle (bias, 95% limits of agreement)"},
             xaxis={"title": {"text": "mean of real and generated angle (°)"}, "gridcolor": "#eee"},
             yaxis={"title": {"text": "generated − real (°)"}, "gridcolor": "#eee", "zeroline": True},
@@ -144,10 +158,10 @@ def _figures(angles: pd.DataFrame, models: list[str], figure_div: Any, colours: 
         + '</figure><figure class="plot">'
         + figure_div(
             scatter,
-            "norberg-scatter",
+            f"{prefix}-scatter",
             title={"text": "Norberg angle: annotated real vs measured on the sample"},
             xaxis={"title": {"text": "annotated angle of the real image (°)"}, "range": span, "gridcolor": "#eee"},
-            yaxis={"title": {"text": "detected angle of the sample (°)"}, "range": span, "gridcolor": "#eee"},
+            yaxis={"title": {"text": f"{measured} angle of the sample (°)"}, "range": span, "gridcolor": "#eee"},
             shapes=normal_lines,
             height=420,
             margin={"l": 60, "r": 20, "t": 50, "b": 50},
@@ -173,16 +187,36 @@ def render_norberg(
                 "phantom of <code>xray-audit norberg phantom</code>: the numbers check the measurement "
                 "path and are not evidence about real hips.</div>"
             )
-    evaluator = ", ".join(sorted({str(e) for e in summary.get("evaluator", pd.Series(dtype=str)).dropna() if e}))
-    return (
-        phantom
-        + '<p class="small">Norberg angle of each hip of every sample, measured by the landmark detector '
-        f"<code>{_e(evaluator or '?')}</code>, against the annotated angle of the same case and side. "
-        "A case's samples are averaged per side; CIs are percentile bootstraps over cases (both sides of a "
-        "case together); n = cases. The <b>real</b> row is the detector on the real images against the "
-        "annotations: the upper bound. R² is the square of Pearson r, as the canine-hip paper reports it; "
-        "MAE, Bland–Altman bias and limits of agreement (bias ± 1.96 SD) are in degrees; κ is Cohen's κ "
-        "of the normal (≥ 105°) / dysplastic call.</p>"
-        + _table(summary, models)
-        + _figures(angles, models, figure_div, colours)
-    )
+    parts = [phantom]
+    for source in ("detector", "readers"):
+        rows = summary[summary["source"] == source]
+        if rows.empty:
+            continue
+        evaluator = ", ".join(sorted({str(e) for e in rows["evaluator"].dropna() if e}))
+        measured = angles[angles["source"].map(_angle_kind) == source]
+        if source == "detector":
+            head = (
+                "<h4>Landmark detector</h4>"
+                '<p class="small">Norberg angle of each hip of every sample, measured by the landmark detector '
+                f"<code>{_e(evaluator or '?')}</code>, against the annotated angle of the same case and side. "
+                "The <b>real</b> row is the detector on the real images against the annotations: the upper bound. "
+            )
+            prefix, word = "norberg", "detected"
+        else:
+            head = (
+                "<h4>Expert landmarks (reader study)</h4>"
+                '<p class="small">Norberg angle of each hip from the outline and rim points readers placed on the '
+                f"blinded images ({_e(evaluator)}); a sample's angle is the mean over its readers and reads. "
+                "The <b>real</b> row is the readers on the real images against the annotations. "
+            )
+            prefix, word = "norberg-readers", "expert-measured"
+        parts.append(
+            head
+            + "A case's samples are averaged per side; CIs are percentile bootstraps over cases (both sides of a "
+            "case together); n = cases. R² is the square of Pearson r, as the canine-hip paper reports it; "
+            "MAE, Bland–Altman bias and limits of agreement (bias ± 1.96 SD) are in degrees; κ is Cohen's κ "
+            "of the normal (≥ 105°) / dysplastic call.</p>"
+            + _table(rows, models)
+            + _figures(measured, models, figure_div, colours, prefix=prefix, measured=word)
+        )
+    return "".join(parts)

@@ -38,6 +38,9 @@ def phantom_run(tmp_path_factory):
     for i, cid in enumerate(cases["case_id"]):
         ph = make_phantom(np.random.default_rng([9, i]), size=96)
         write_png(gen / f"{cid}.png", ph.image, bit_depth=16)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        tr.train_detector(cohort / "cases.csv", cohort / "landmarks.csv", root / "detector", TINY)
     config = root / "study.toml"
     config.write_text(
         f"""
@@ -59,12 +62,18 @@ kind = "real"
 [metrics]
 pixel = ["mae"]
 bootstrap_resamples = 200
+
+[evaluators]
+device = "cpu"
+
+[norberg]
+annotations = "{cohort / "landmarks.csv"}"
+detector = "{root / "detector"}"
 """
     )
-    assert main(["-q", "run", str(config), "--no-report"]) == 0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
-        tr.train_detector(cohort / "cases.csv", cohort / "landmarks.csv", root / "detector", TINY)
+        assert main(["-q", "run", str(config), "--no-report"]) == 0
     return root, cohort
 
 
@@ -142,7 +151,7 @@ def test_annotations_for_other_cases_are_a_clear_error(phantom_run, tmp_path):
     marks = pd.read_csv(other / "landmarks.csv", dtype=str)
     marks["case_id"] = "zz-" + marks["case_id"]
     marks.to_csv(tmp_path / "marks.csv", index=False)
-    with pytest.raises(ValueError, match="no case of"):
+    with pytest.raises(ValueError, match="none of the 8 case"):
         ev.evaluate_norberg(root / "run", tmp_path / "marks.csv", root / "detector", device="cpu")
 
 
@@ -159,3 +168,177 @@ def test_report_shows_the_norberg_section(phantom_run):
     summary = pd.read_csv(run / ev.SUMMARY_FILE)
     mae = summary[(summary["model"] == "phantom-gen") & (summary["metric"] == "norberg_mae")].iloc[0]
     assert f"{mae['value']:.3f}" in page.split('<section id="norberg">')[1].split("</section>")[0]
+
+
+def _summary(path):
+    return pd.read_csv(path, dtype={"group": str, "evaluator": str}, keep_default_na=False, na_values=[""])
+
+
+def test_run_with_norberg_config_puts_the_rows_in_summary_csv(phantom_run):
+    root, _ = phantom_run
+    run = root / "run"
+    summary = _summary(run / "summary.csv")
+    rows = summary[summary["metric"].str.startswith("norberg_")]
+    norberg = _summary(run / ev.SUMMARY_FILE)
+    assert set(norberg["source"]) == {"detector"}
+    assert set(rows["model"]) == {"phantom-gen", "real"}
+    # summary.csv carries exactly the norberg_summary.csv rows of the detector, with metadata.
+    merged = rows.merge(norberg, on=["model", "metric"], suffixes=("", "_n"), validate="one_to_one")
+    assert len(merged) == len(norberg) == 2 * 8 * 3  # models x metrics x (pooled, left, right)
+    np.testing.assert_array_equal(merged["value"].to_numpy(), merged["value_n"].to_numpy())
+    np.testing.assert_array_equal(merged["ci_low"].to_numpy(), merged["ci_low_n"].to_numpy())
+    assert (merged["n"] == 8).all()
+    mae = rows[rows["metric"] == "norberg_mae"]
+    assert set(mae["higher_is_better"].astype(str)) == {"False"} and set(mae["unit"]) == {"degrees"}
+    bias = rows[rows["metric"] == "norberg_ba_bias"]
+    assert bias["higher_is_better"].isna().all()  # ideal 0: neither direction is better
+    info = __import__("json").loads((run / "run.json").read_text())
+    assert info["norberg"]["degenerate_detections"] >= 0 and "norberg_s" in info["timings"]
+    angles = pd.read_parquet(run / ev.ANGLES_FILE)
+    assert len(angles) == 2 * 8 * 2 and angles["source"].str.startswith("detector:").all()
+
+
+def _placed(root, cohort, run, *, drop_one_rim=True):
+    """A reader-study landmark export of every sample: reader "ann" places the exact outline and rim
+    points, reader "bob" the same with 1 px noise and, on one image, no left rim."""
+    samples = pd.read_parquet(run / "samples.parquet")
+    cases = pd.read_csv(cohort / "cases.csv", dtype=str)
+    real = pd.read_csv(cohort / "landmarks.csv", dtype={"case_id": str})
+    truth = {}
+    for i, cid in enumerate(cases["case_id"]):
+        truth[("phantom-gen", cid)] = make_phantom(np.random.default_rng([9, i]), size=96).landmarks
+        r = real[real["case_id"] == cid]
+        truth[("real", cid)] = {n: (x, y) for n, x, y in zip(r["landmark"], r["x"], r["y"], strict=True)}
+    noise = np.random.default_rng(4)
+    rows = []
+    for k, rec in enumerate(samples.itertuples()):
+        points = {n: p for n, p in truth[(rec.model, rec.case_id)].items() if not n.endswith("_center")}
+        for reader in ("ann", "bob"):
+            for name, (x, y) in points.items():
+                if reader == "bob" and drop_one_rim and k == 0 and name == "left_rim":
+                    continue
+                dx, dy = noise.normal(0, 1, 2) if reader == "bob" else (0.0, 0.0)
+                rows.append({"reader": reader, "item": f"i{k:03d}", "model": rec.model, "case_id": rec.case_id,
+                             "sample": rec.sample, "read_number": 1, "landmark": name, "x": x + dx, "y": y + dy})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_reader_landmarks_are_a_second_source(phantom_run, tmp_path):
+    root, cohort = phantom_run
+    run = root / "run"
+    detector_rows = _summary(run / ev.SUMMARY_FILE)
+    detector_rows = detector_rows[detector_rows["source"] == "detector"].reset_index(drop=True)
+    placed = _placed(root, cohort, run)
+    placed.to_csv(tmp_path / "landmarks.csv", index=False)
+    code = main(["-q", "norberg", "evaluate", str(run), "--annotations", str(cohort / "landmarks.csv"),
+                 "--reader-landmarks", str(tmp_path / "landmarks.csv")])  # fmt: skip
+    assert code == 0
+    summary = _summary(run / ev.SUMMARY_FILE)
+    # The detector rows of the run are kept as they were.
+    kept = summary[summary["source"] == "detector"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, detector_rows)
+    readers = summary[summary["source"] == "readers"].set_index(["model", "metric"])
+    assert readers["evaluator"].eq("expert landmarks, 2 reader(s)").all()
+
+    # Recompute independently: circle-fitted angle per reader, mean over readers, vs the annotation.
+    exact = pd.read_csv(cohort / "angles.csv", dtype={"case_id": str}).set_index(["case_id", "side"])["angle_deg"]
+    for model in ("phantom-gen", "real"):
+        per = []
+        for (cid,), g in placed[placed["model"] == model].groupby(["case_id"]):
+            by_reader = {}
+            for reader, h in g.groupby("reader"):
+                pts = {n: (x, y) for n, x, y in zip(h["landmark"], h["x"], h["y"], strict=True)}
+                try:
+                    by_reader[reader] = case_angles(pts)
+                except ValueError:  # bob's image without a left rim still gives the right side
+                    from audit.norberg.geometry import locate_head_center, norberg_angle
+
+                    c = {s: locate_head_center(pts, s) for s in ("left", "right")}
+                    by_reader[reader] = {"left": np.nan, "right": norberg_angle(c["right"], c["left"], pts["right_rim"])}
+            for side in ("left", "right"):
+                vals = [a[side] for a in by_reader.values() if np.isfinite(a[side])]
+                per.append((cid, side, exact[(cid, side)], float(np.mean(vals))))
+        f = pd.DataFrame(per, columns=["case_id", "side", "real", "gen"])
+        table = norberg_table(f["case_id"], f["side"], f["real"], f["gen"], rng=np.random.default_rng(0), resamples=10)
+        for t in table:
+            got = readers.loc[(model, t.metric), "value"]
+            assert got == pytest.approx(t.value, rel=1e-9, abs=1e-9) or (np.isnan(got) and np.isnan(t.value))
+    # Placements on the real images agree far better than those on the other-angle phantoms.
+    assert readers.loc[("real", "norberg_mae"), "value"] < 0.5 * readers.loc[("phantom-gen", "norberg_mae"), "value"]
+    angles = pd.read_parquet(run / ev.ANGLES_FILE)
+    assert {"reader:ann", "reader:bob"} <= set(angles["source"])
+    assert angles["source"].str.startswith("detector:").sum() == 2 * 8 * 2
+    missing = angles[(angles["source"] == "reader:bob") & ~np.isfinite(angles["angle_deg"])]
+    assert len(missing) == 1 and "left_rim" in missing["error"].item()
+
+
+def test_reader_landmarks_of_another_run_are_refused(phantom_run, tmp_path, caplog):
+    root, cohort = phantom_run
+    placed = _placed(root, cohort, root / "run", drop_one_rim=False)
+    placed.loc[0:40, "model"] = "other-model"
+    placed.to_csv(tmp_path / "landmarks.csv", index=False)
+    before = (root / "run" / ev.SUMMARY_FILE).read_bytes()
+    code = main(["norberg", "evaluate", str(root / "run"), "--annotations", str(cohort / "landmarks.csv"),
+                 "--reader-landmarks", str(tmp_path / "landmarks.csv")])  # fmt: skip
+    assert code == 1
+    assert "not samples of" in caplog.text and "other-model" in caplog.text
+    assert (root / "run" / ev.SUMMARY_FILE).read_bytes() == before  # nothing written
+    placed.drop(columns="reader").to_csv(tmp_path / "cut.csv", index=False)
+    assert main(["norberg", "evaluate", str(root / "run"), "--annotations", str(cohort / "landmarks.csv"),
+                 "--reader-landmarks", str(tmp_path / "cut.csv")]) == 1  # fmt: skip
+    assert "no column(s) reader" in caplog.text
+    assert main(["norberg", "evaluate", str(root / "run"), "--annotations", str(cohort / "landmarks.csv")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('annotations = "missing.csv"\ndetector = "."', "missing.csv not found"),
+        ('annotations = "{ann}"\ndetector = "."\nthreshold = 100', "unknown key(s) 'threshold'"),
+        ('annotations = "{ann}"', "missing required key 'detector'"),
+        ('annotations = "{ann}"\ndetector = "nowhere"', "landmarks train"),
+    ],
+)
+def test_norberg_config_errors(phantom_run, tmp_path, extra, message):
+    from audit.config import ConfigError, load_config
+
+    _, cohort = phantom_run
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        f'[study]\nname = "x"\ncases = "{cohort / "cases.csv"}"\noutput = "{tmp_path / "run"}"\n'
+        '[[models]]\nname = "real"\nkind = "real"\n[norberg]\n' + extra.format(ann=cohort / "landmarks.csv") + "\n"
+    )
+    with pytest.raises(ConfigError, match=__import__("re").escape(message)):
+        load_config(cfg)
+
+
+def test_norberg_config_round_trips_and_keeps_old_hashes(phantom_run, tmp_path):
+    from audit.config import dump_toml, load_config, parse_config
+
+    root, cohort = phantom_run
+    config = load_config(root / "study.toml")
+    assert config.norberg is not None and config.norberg.patient_left == "image-right"
+    import tomllib
+
+    again = parse_config(tomllib.loads(dump_toml(config)), source=tmp_path / "c.toml")
+    assert again.norberg == config.norberg and again.hash() == config.hash()
+    plain = dataclasses_replace(config, norberg=None)
+    assert "norberg" not in plain.to_dict()
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def test_report_shows_detector_and_reader_sources(phantom_run, tmp_path):
+    root, cohort = phantom_run
+    run = root / "run"
+    _placed(root, cohort, run).to_csv(tmp_path / "landmarks.csv", index=False)
+    ev.evaluate_norberg(run, cohort / "landmarks.csv", reader_landmarks=tmp_path / "landmarks.csv")
+    assert main(["-q", "report", str(run), "--format", "html"]) == 0
+    page = (run / "report.html").read_text()
+    assert 'id="norberg-bland-altman"' in page and 'id="norberg-readers-bland-altman"' in page
+    assert "Expert landmarks (reader study)" in page and "expert landmarks, 2 reader(s)" in page
+    assert page.count("<h4>Landmark detector</h4>") == 1

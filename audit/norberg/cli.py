@@ -50,10 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     phantom.add_argument("--size", type=int, default=256, metavar="PX", help="image side (default 256)")
     evaluate = nsub.add_parser(
         "evaluate",
-        help="Norberg-angle agreement of every model of a finished run (detector vs annotations)",
-        description="Measure every sample of RUN_DIR (the real row included) with a landmark detector, "
-        "compare with the annotated angles of the same case and side, and write "
-        "norberg_angles.parquet and norberg_summary.csv into RUN_DIR.",
+        help="Norberg-angle agreement of every model of a finished run (detector or readers vs annotations)",
+        description="Measure every sample of RUN_DIR (the real row included) with a landmark detector "
+        "and/or take the landmarks experts placed in the reader study, compare with the annotated "
+        "angles of the same case and side, and write norberg_angles.parquet and norberg_summary.csv "
+        "into RUN_DIR. Rows of a source not measured now (e.g. the detector rows of `xray-audit run` "
+        "with [norberg] in the config) are kept.",
     )
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument(
@@ -62,9 +64,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--detector",
         type=Path,
-        required=True,
         metavar="MODEL_DIR",
         help="from `xray-audit landmarks train` (or a model.json pinning a user TorchScript file by sha256)",
+    )
+    evaluate.add_argument(
+        "--reader-landmarks",
+        type=Path,
+        metavar="landmarks.csv",
+        help="the reader study's landmark export (`xray-audit reader-study export STUDY_DIR`): expert angles of the "
+        "blinded real and generated images",
     )
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     evaluate.add_argument("--batch-size", type=int, default=16, metavar="B")
@@ -74,14 +82,22 @@ def run(args: argparse.Namespace, progress: bool = False) -> int:
     if args.norberg_command == "evaluate":
         from audit.norberg.evaluation import evaluate_norberg
 
-        result = evaluate_norberg(
-            args.run_dir,
-            args.annotations,
-            args.detector,
-            device=args.device,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
+        if args.detector is None and args.reader_landmarks is None:
+            log.error("error: give --detector MODEL_DIR, --reader-landmarks landmarks.csv, or both")
+            return EXIT_USAGE
+        try:
+            result = evaluate_norberg(
+                args.run_dir,
+                args.annotations,
+                args.detector,
+                reader_landmarks=args.reader_landmarks,
+                device=args.device,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
+        except ValueError as exc:  # bad landmark files, foreign studies, changed samples: named in the message
+            log.error("error: %s", exc)
+            return EXIT_PROBLEMS
         print(result.angles_path)
         print(result.summary_path)
         return EXIT_OK
