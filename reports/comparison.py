@@ -44,6 +44,7 @@ from reports.html import (
     load_run,
     metric_columns,
     order_models,
+    reader_score_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -138,25 +139,7 @@ def _reader_rows(reader_scores: pd.DataFrame, models: Sequence[ModelRow], group:
             f"reader_scores: missing column(s) {', '.join(missing)} (has {', '.join(reader_scores.columns)}); "
             "pass reports.reader_stats.reader_statistics(ratings, rng=...).scores"
         )
-    known = {m.name for m in models}
-    unknown = sorted(set(reader_scores["model"].astype(str)) - known)
-    if unknown:
-        log.warning(
-            "reader scores for model(s) %s that are not in the run are left out of the table",
-            ", ".join(unknown),
-        )
-    scores = reader_scores[reader_scores["model"].astype(str).isin(known)]
-    return pd.DataFrame(
-        {
-            "model": scores["model"].astype(str),
-            "metric": READER_PREFIX + scores["criterion"].astype(str),
-            "value": pd.to_numeric(scores["mean"], errors="coerce"),
-            "ci_low": pd.to_numeric(scores["ci_low"], errors="coerce"),
-            "ci_high": pd.to_numeric(scores["ci_high"], errors="coerce"),
-            "n": pd.to_numeric(scores["n_ratings"], errors="coerce"),
-            "group": group,
-        }
-    )
+    return reader_score_rows(reader_scores, models).assign(group=group)
 
 
 def _label(column: MetricColumn) -> str:
