@@ -22,6 +22,9 @@ PATH_COLUMNS = ("image", "anatomy_mask", "pathology_mask", "control")
 MASK_COLUMNS = ("anatomy_mask", "pathology_mask")
 OPTIONAL_COLUMNS = ("prompt", "labels", "anatomy_mask", "pathology_mask", "control", "view", "group")
 LABEL_SEPARATOR = ";"
+# A manifest of drawn phantoms (``xray-audit norberg phantom``) says so in this column, so every run,
+# report and detector made from it can carry the label.
+PHANTOM_COLUMN = "phantom"
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -208,6 +211,21 @@ def validate(
                 problem(i, column, str(file), f"unreadable: {exc}")
     problems.sort(key=lambda p: p.row or 0)  # stable: file-level first, then by row
     return frame, problems
+
+
+def is_phantom(frame: pd.DataFrame | None) -> bool:
+    """True when a manifest (or a run's ``cases.parquet``) holds phantom cases: a true
+    :data:`PHANTOM_COLUMN`, or, for phantom cohorts written before that column existed, "pelvis
+    phantom" in a prompt."""
+    if frame is None or frame.empty:
+        return False
+    if PHANTOM_COLUMN in frame.columns:
+        flags = frame[PHANTOM_COLUMN].astype(str).str.strip().str.lower()
+        if flags.isin(("true", "1", "yes")).any():
+            return True
+    if "prompt" in frame.columns:
+        return bool(frame["prompt"].astype(str).str.contains("pelvis phantom", case=False, regex=False).any())
+    return False
 
 
 def _case_id(value: Any) -> str | None:

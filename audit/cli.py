@@ -210,6 +210,12 @@ def _reader_study_parser(sub: argparse._SubParsersAction) -> None:
         choices=["norberg"],
         help="readers also click landmarks on each image; norberg: femoral-head outline and rim per hip",
     )
+    create.add_argument(
+        "--patient-left",
+        choices=["image-right", "image-left"],
+        help="with --landmarks norberg: where the images show the patient's left hip (default: the run "
+        "config's [norberg] patient_left, else image-right, the standard radiographic display)",
+    )
 
     serve = rsub.add_parser("serve", help="start the rating app (Streamlit)")
     serve.add_argument("study_dir", type=Path, metavar="STUDY_DIR")
@@ -510,6 +516,7 @@ def _reader_study(args: argparse.Namespace, progress: bool) -> int:
             database=args.database,
             title=args.title,
             landmarks=args.landmarks,
+            patient_left=args.patient_left,
         )
         created = create_study(args.run_dir, args.out, options, progress=progress)
         log.info(

@@ -274,6 +274,7 @@ def _measure_norberg(plan: _Plan, norberg: _NorbergPlan, options: RunOptions) ->
     info = {
         "annotations": str(config.norberg.annotations),
         "annotations_sha256": sha256_file(config.norberg.annotations),
+        "patient_left": config.norberg.patient_left,
         "bootstrap_resamples": config.metrics.bootstrap_resamples,
         "confidence": config.metrics.confidence,
         "seed": config.study.seed,

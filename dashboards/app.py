@@ -10,6 +10,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboards import data
+from audit.cases import is_phantom
+from reports.norberg import PHANTOM_NOTE
 
 PAGES = (
     ("pages/leaderboard.py", "Leaderboard", ":material/leaderboard:"),
@@ -41,6 +43,8 @@ def main() -> None:
         st.error(str(exc))
         st.stop()
     info = view.files.info
+    if is_phantom(view.files.cases):
+        st.warning(f"**Phantom data.** {PHANTOM_NOTE}", icon="⚠️")
     with st.sidebar:
         st.markdown(f"**Run** `{view.run_dir.name}`")
         st.caption(str(view.run_dir))

@@ -136,7 +136,7 @@ def _viewer(root: Path, entry: QueueEntry, store: Store, info: study.StudyInfo) 
     if info.landmarks is None:
         st.image(view(pixels, **settings), output_format="PNG", width="stretch")
     else:
-        _landmark_viewer(entry, pixels, settings, store)
+        _landmark_viewer(entry, pixels, settings, store, info)
 
 
 # --- landmarks ----------------------------------------------------------------------------------
@@ -147,12 +147,12 @@ def _visit() -> str:
     return f"{st.session_state.position}-{st.session_state.submission}"
 
 
-def _placement(entry: QueueEntry, store: Store) -> placement.Placement:
+def _placement(entry: QueueEntry, store: Store, info: study.StudyInfo) -> placement.Placement:
     """This visit's placement; a new visit starts from the reader's stored points (back-edit, resume)."""
     held = st.session_state.get("lm_placement")
     if held is None or held[0] != _visit():
         points = store.landmarks(st.session_state.reader_id, entry.item_id, entry.read_number)
-        held = (_visit(), placement.Placement.from_points(points))
+        held = (_visit(), placement.Placement.from_points(points, placement.screen_sides(info.patient_left)))
         st.session_state.lm_placement = held
     return held[1]
 
@@ -182,10 +182,11 @@ def _clear(side: str) -> None:
         _set_placement(current.clear(side))
 
 
-def _landmark_help() -> None:
-    first, second = placement.screen_sides()
+def _landmark_help(info: study.StudyInfo) -> None:
+    first, second = placement.screen_sides(info.patient_left)
+    display = "the standard radiographic display" if info.patient_left == "image-right" else "mirrored display"
     st.info(
-        "**Landmarks.** Images are in the standard radiographic display: the patient's "
+        f"**Landmarks.** Images are in {display}: the patient's "
         f"**{first}** hip is on the image's left, the **{second}** on its right. For each hip click at "
         f"least {placement.MIN_OUTLINE} points spread around the femoral-head outline, press "
         "**Outline done**, then click the craniolateral acetabular rim point. Zoom and pan (View, "
@@ -193,10 +194,12 @@ def _landmark_help() -> None:
     )
 
 
-def _landmark_viewer(entry: QueueEntry, pixels: np.ndarray, settings: dict[str, Any], store: Store) -> None:
+def _landmark_viewer(
+    entry: QueueEntry, pixels: np.ndarray, settings: dict[str, Any], store: Store, info: study.StudyInfo
+) -> None:
     visit = _visit()
     key = f"lm-click-{visit}"
-    current = _placement(entry, store)
+    current = _placement(entry, store, info)
     # A click is on the image the reader saw, i.e. the view of the previous run: map it with that
     # view's box, not with sliders that may have moved since.
     shown = st.session_state.get("lm_shown")
@@ -208,7 +211,7 @@ def _landmark_viewer(entry: QueueEntry, pixels: np.ndarray, settings: dict[str, 
         *crop_box(size, size, settings["zoom"], settings["cx"], settings["cy"]),
         out=placement.drawn_size(settings["out_size"]),
     )
-    st.markdown(placement.instruction(current.next_step()))
+    st.markdown(placement.instruction(current.next_step(), info.patient_left))
     rgb = placement.draw(view_pixels(pixels, **settings), current, box)
     streamlit_image_coordinates(_EncodedPNG(encode_png(rgb)), key=key, width="stretch", cursor="crosshair")
     st.session_state.lm_shown = (visit, box)
@@ -218,7 +221,7 @@ def _landmark_viewer(entry: QueueEntry, pixels: np.ndarray, settings: dict[str, 
         "Outline done", on_click=_finish_outline, disabled=not current.can_finish_outline(), width="stretch",
         help=f"after at least {placement.MIN_OUTLINE} outline points: go on to this hip's rim point",
     )  # fmt: skip
-    for col, side in zip(cols[2:], placement.screen_sides()):
+    for col, side in zip(cols[2:], placement.screen_sides(info.patient_left)):
         col.button(
             f"Clear {side}", on_click=_clear, args=(side,), width="stretch",
             help=f"remove every point of the patient's {side} hip",
@@ -286,8 +289,8 @@ def _form(entry: QueueEntry, info: study.StudyInfo, previous: Response | None, s
         missing.append(TURING_QUESTION)
     points = None
     if info.landmarks is not None:
-        points = _placement(entry, store).as_dict()
-        todo = placement.problems(points)
+        points = _placement(entry, store, info).as_dict()
+        todo = placement.problems(points, placement.screen_sides(info.patient_left))
         if todo:
             missing.append("place the landmarks: " + ", ".join(todo))
         if todo and points and flagged:
@@ -387,7 +390,7 @@ def _reader_page(root: Path, info: study.StudyInfo, store: Store) -> None:
         _viewer(root, entry, store, info)
     with right:
         if info.landmarks is not None:
-            _landmark_help()
+            _landmark_help(info)
         if info.show_prompt and entry.prompt:
             st.info(f"Intended finding: {entry.prompt}")
         _form(entry, info, store.response(reader_id, entry.item_id, entry.read_number), store)

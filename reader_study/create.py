@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from audit import rundir
 from audit.atomic import sha256_bytes, write_bytes
 from audit.images import ImageReadError, encode_png, read_image
+from audit.norberg.geometry import PATIENT_LEFT_ON
 from reader_study import assignment, placement, rendering, study
 from reader_study.criteria import Criterion
 from reader_study.store import Store, new_token, sqlite_url
@@ -58,6 +59,9 @@ class CreateOptions:
     database: str | None = None  # None: ratings.sqlite in the study directory
     title: str = "Reader study"
     landmarks: str | None = None  # "norberg": readers also place the Norberg-angle landmarks
+    # Where the images show the patient's left hip; None: the run config's [norberg] patient_left,
+    # else "image-right" (the standard radiographic display).
+    patient_left: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,10 @@ def _check_options(o: CreateOptions) -> None:
         raise CreateError(
             f"--landmarks: unknown task {o.landmarks!r}; available: {', '.join(placement.TASKS)}"
         )
+    if o.patient_left is not None and o.patient_left not in PATIENT_LEFT_ON:
+        raise CreateError(f"--patient-left must be one of {', '.join(PATIENT_LEFT_ON)}, got {o.patient_left!r}")
+    if o.patient_left is not None and o.landmarks is None:
+        raise CreateError("--patient-left only matters for --landmarks norberg: give both or neither")
     if not o.criteria and not o.turing and o.landmarks is None:
         raise CreateError("nothing to ask: give --criteria, --criteria-file, --turing or --landmarks")
     for flag, value in (("--per-model", o.per_model), ("--real", o.real)):
@@ -170,6 +178,19 @@ def _read_source(src: _Source) -> tuple[np.ndarray, str]:
         return read_image(path).pixels, digest
     except ImageReadError as exc:
         raise CreateError(str(exc)) from exc
+
+
+def _run_patient_left(run: Path) -> str:
+    """The run config's ``[norberg] patient_left``: the annotations and the study must agree on sides."""
+    import tomllib
+
+    path = run / rundir.CONFIG_TOML
+    try:
+        norberg = tomllib.loads(path.read_text(encoding="utf-8")).get("norberg", {})
+    except (OSError, ValueError):
+        return PATIENT_LEFT_ON[0]
+    value = norberg.get("patient_left") if isinstance(norberg, dict) else None
+    return value if value in PATIENT_LEFT_ON else PATIENT_LEFT_ON[0]
 
 
 def create_study(
@@ -319,6 +340,7 @@ def create_study(
             n_calibration=int(key.calibration.sum()),
             case_reuse=reuse,
             landmarks=options.landmarks,
+            patient_left=options.patient_left or _run_patient_left(run),
         )
         study.save(tmp, info)
         if final.exists():

@@ -59,6 +59,9 @@ class StudyInfo:
     n_calibration: int
     case_reuse: int
     landmarks: str | None = None  # a task of reader_study.placement.TASKS, or no landmarks
+    # Where the patient's left hip is shown ("image-right": standard display); names the sides the
+    # landmark task asks for. Studies written before this field read as the standard display.
+    patient_left: str = "image-right"
     format: int = STUDY_FORMAT
 
     def to_json(self) -> str:

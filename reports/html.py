@@ -39,6 +39,10 @@ from PIL import Image
 
 from audit import __version__, images, rundir
 from audit.atomic import write_text
+from audit.cases import is_phantom
+from reports.norberg import METRIC_LABELS as NORBERG_LABELS
+from reports.norberg import METRICS as NORBERG_METRICS
+from reports.norberg import phantom_callout, render_norberg, render_norberg_provenance
 
 if TYPE_CHECKING:  # reader_stats pulls in scipy.stats; the page imports it only with a reader study
     from reports.reader_stats import ReaderStatistics
@@ -64,7 +68,9 @@ DICE_MASK_METRICS = ("dice_mask_lungs", "dice_mask_heart", "dice_mask_aorta", "d
 FRECHET_METRICS = ("fid", "fxd")
 PRDC_METRICS = ("precision", "recall", "density", "coverage")
 FEATURE_METRICS = (*FRECHET_METRICS, "kid", *PRDC_METRICS)
-METRIC_ORDER = (*PIXEL_METRICS, *PATHOLOGY_METRICS, *DICE_METRICS, *DICE_MASK_METRICS, *FEATURE_METRICS)
+METRIC_ORDER = (
+    *PIXEL_METRICS, *PATHOLOGY_METRICS, *DICE_METRICS, *DICE_MASK_METRICS, *FEATURE_METRICS, *NORBERG_METRICS,
+)  # fmt: skip
 METRIC_LABELS = {
     "ms_ssim": "MS-SSIM",
     "ssim": "SSIM",
@@ -91,6 +97,7 @@ METRIC_LABELS = {
     "recall": "recall",
     "density": "density",
     "coverage": "coverage",
+    **NORBERG_LABELS,
 }
 # (id, heading, metrics) of the results tables; metrics in none of them get an "other" table.
 RESULT_TABLES = (
@@ -98,6 +105,7 @@ RESULT_TABLES = (
     ("clinical", "Clinical realism", (*PATHOLOGY_METRICS, *DICE_METRICS)),
     ("mask", "Adherence to the input anatomy mask", DICE_MASK_METRICS),
     ("distribution", "Distribution", FEATURE_METRICS),
+    ("norberg", "Norberg-angle agreement", NORBERG_METRICS),
 )
 # Why the real row has no value: it would be compared with itself.
 _SELF_PAIRED = "not computed: real compared with itself is identical by construction"
@@ -1186,6 +1194,10 @@ TABLE_INTROS = {
     "reader": "Mean 1–5 score of the readers per criterion (first reads; calibration items left out), "
     "with a two-way bootstrap CI over readers and items; n is the number of ratings. Details in "
     '<a href="#reader-study">Reader study</a>.',
+    "norberg": "Norberg angle of each hip measured on every sample (the landmark detector of <code>[norberg]</code>) "
+    "against the annotated angle of the same case and side, both sides pooled; the <b>real</b> row is the "
+    "detector on the real images, the upper bound. Per side, the Bland–Altman plot and the scatter are in "
+    '<a href="#norberg">Norberg angles</a>.',
     "other": "Metrics this version of the report does not group.",
 }
 
@@ -2620,7 +2632,7 @@ def describe_preprocessing(text: str) -> str:
 
 def _evaluator_provenance(evaluation: EvaluationInfo) -> str:
     if not evaluation.evaluators:
-        return '<p class="small">No evaluator networks were used (pixel metrics only).</p>'
+        return '<p class="small">No image evaluator networks were used.</p>'
     rows = []
     for role, d in evaluation.evaluators.items():
         sha = str(d.get("weights_sha256") or "—")
@@ -2736,7 +2748,7 @@ def render_provenance(
     run_rows["report by xray-audit"] = __version__
     run_rows.update(statistics or {})
     # The evaluation block is long and rendered in the results; here it is kept whole, folded away.
-    shown = {"versions", "timings", "evaluation", "policies", *(key for key, _ in labelled.values())}
+    shown = {"versions", "timings", "evaluation", "policies", "norberg", *(key for key, _ in labelled.values())}
     other = {
         k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in info.items() if k not in shown
     }
@@ -2745,6 +2757,7 @@ def render_provenance(
         if run.config_text
         else f"<p>{_e(rundir.CONFIG_TOML)} is missing.</p>"
     )
+    norberg = render_norberg_provenance(run.run_dir)
     evaluation_json = ""
     if isinstance(info.get("evaluation"), Mapping):
         evaluation_json = (
@@ -2757,7 +2770,8 @@ def render_provenance(
         f'<div><h3>Package versions</h3>{_versions_table(versions)}</div>'
         f"<div><h3>Timings</h3>{_kv_table(timings, _format_seconds)}</div></div>"
         f'<h3 id="provenance-evaluators">Evaluators and weights</h3>{_evaluator_provenance(evaluation)}'
-        f'<h3>Preprocessing and resize policy</h3>{_kv_table(_policy_rows(run, evaluation))}'
+        + (f"<h3>Norberg-angle measurement</h3>{norberg}" if norberg else "")
+        + f'<h3>Preprocessing and resize policy</h3>{_kv_table(_policy_rows(run, evaluation))}'
         f'<h3 id="provenance-n">N per metric</h3>{_n_per_metric(run, models, metrics)}'
         f"<h3>Study config ({_e(rundir.CONFIG_TOML)})</h3>{config}"
         + (f"<h3>Other {_e(rundir.RUN_JSON)} fields</h3>{_kv_table(other)}" if other else "")
@@ -2969,8 +2983,6 @@ def render_html_report(
         f'<span class="{"bad" if n_failures else ""}">failures <b>{n_failures}</b></span>',
     ]
     failures_section = render_failures(run.failures, n_failures)
-    from reports.norberg import render_norberg
-
     norberg_html = render_norberg(run.run_dir, _figure_div, _model_colours(models), run.cases)
     nav = [("results", "Results")]
     if groups_html:
@@ -2987,7 +2999,10 @@ def render_html_report(
         ("provenance", "Provenance"),
     ]
     nav_html = "".join(f'<a href="#{anchor}">{_e(text)}</a>' for anchor, text in nav)
-    unplotted = [m for m in table_metrics if not m.name.startswith(READER_PREFIX)]
+    # Reader scores and Norberg agreement are plotted in their own sections.
+    unplotted = [
+        m for m in table_metrics if not m.name.startswith(READER_PREFIX) and m.base not in NORBERG_METRICS
+    ]
     provenance = render_provenance(table_run, models, table_metrics, evaluation, statistics)
     body = f"""
 <header>
@@ -2995,6 +3010,7 @@ def render_html_report(
 <div class="meta">{"".join(meta)}</div>
 <div class="meta"><span>models: {model_list}</span></div>
 <nav>{nav_html}</nav>
+{phantom_callout() if is_phantom(run.cases) else ""}
 </header>
 <section id="results"><h2>Results per model</h2>
 {render_results(ctx, table_metrics, metrics_cfg)}

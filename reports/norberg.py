@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from audit.cases import is_phantom
+
 SUMMARY_FILE = "norberg_summary.csv"  # audit.norberg.evaluation.SUMMARY_FILE
 ANGLES_FILE = "norberg_angles.parquet"  # audit.norberg.evaluation.ANGLES_FILE
 NORMAL_DEG = 105.0
@@ -33,6 +35,24 @@ COLUMNS = (
     ("norberg_kappa", "κ at 105°", "↑"),
 )
 SCOPES = (("", "both sides"), (":left", "left"), (":right", "right"))
+# Names in tables that hold other metrics too (report.html's results, comparison.md/.tex): a
+# bare "MAE" or "bias" there would read as a pixel metric.
+METRIC_LABELS = {
+    "norberg_r": "Norberg r",
+    "norberg_r2": "Norberg R²",
+    "norberg_mae": "Norberg MAE",
+    "norberg_ba_bias": "Norberg BA bias",
+    "norberg_ba_loa_low": "Norberg BA LoA low",
+    "norberg_ba_loa_high": "Norberg BA LoA high",
+    "norberg_icc": "Norberg ICC(2,1)",
+    "norberg_kappa": "Norberg κ (105°)",
+}
+METRICS = tuple(metric for metric, _, _ in COLUMNS)
+# Plain text: report.html escapes it, the dashboard shows it as Markdown.
+PHANTOM_NOTE = (
+    "These cases come from the drawn pelvis phantom of `xray-audit norberg phantom`, not from radiographs: "
+    "the numbers check the measurement path and are not evidence about real hips."
+)
 
 
 def _e(value: Any) -> str:
@@ -54,6 +74,11 @@ def load_norberg(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | Non
     if "source" not in summary.columns:  # written before the reader source existed
         summary["source"] = "detector"
     return summary, angles
+
+
+def phantom_callout() -> str:
+    text = _e(PHANTOM_NOTE).replace("`xray-audit norberg phantom`", "<code>xray-audit norberg phantom</code>")
+    return f'<div class="callout warn phantom"><b>Phantom data.</b> {text}</div>'
 
 
 def _angle_kind(source: Any) -> str:
@@ -179,15 +204,7 @@ def render_norberg(
         return ""
     summary, angles = loaded
     models = _model_order(list(dict.fromkeys(summary["model"])))
-    phantom = ""
-    if cases is not None and "prompt" in cases.columns:
-        if cases["prompt"].astype(str).str.contains("phantom", case=False).any():
-            phantom = (
-                '<div class="callout warn"><b>Phantom data.</b> These cases come from the drawn pelvis '
-                "phantom of <code>xray-audit norberg phantom</code>: the numbers check the measurement "
-                "path and are not evidence about real hips.</div>"
-            )
-    parts = [phantom]
+    parts = [phantom_callout() if is_phantom(cases) else ""]
     for source in ("detector", "readers"):
         rows = summary[summary["source"] == source]
         if rows.empty:
@@ -220,3 +237,54 @@ def render_norberg(
             + _figures(measured, models, figure_div, colours, prefix=prefix, measured=word)
         )
     return "".join(parts)
+
+
+INFO_FILE = "norberg.json"  # audit.norberg.evaluation writes it beside the two files above
+_INFO_LABELS = (
+    ("annotations", "annotation file"),
+    ("annotations_sha256", "annotation file sha256"),
+    ("patient_left", "patient's left hip is on the (display convention)"),
+    ("detector", "landmark detector"),
+    ("detector_sha256", "detector sha256"),
+    ("degenerate_detections", "samples with degenerate detected points"),
+    ("reader_landmarks", "reader landmark export"),
+    ("reader_landmarks_sha256", "reader landmark export sha256"),
+    ("readers", "readers"),
+    ("measurements", "reader measurements (reader × read × image)"),
+    ("unmeasurable_sides", "sides readers left incomplete"),
+    ("bootstrap_resamples", "bootstrap resamples"),
+    ("confidence", "confidence"),
+    ("seed", "seed"),
+)
+
+
+def render_norberg_provenance(run_dir: str | Path) -> str:
+    """Provenance rows per measurement source (files and their sha256), from ``norberg.json``; "" when
+    the run has no Norberg measurement."""
+    import json
+
+    path = Path(run_dir) / INFO_FILE
+    if not path.is_file():
+        return ""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        return f'<p class="small warn-note">{_e(path)} is unreadable ({_e(exc)}).</p>'
+    blocks = []
+    for source, title in (("detector", "landmark detector"), ("readers", "reader study landmarks")):
+        entry = info.get(source)
+        if not isinstance(entry, dict):
+            continue
+        rows = []
+        for key, label in _INFO_LABELS:
+            if key not in entry:
+                continue
+            value = entry[key]
+            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            cell = f"<code>{_e(text)}</code>" if key.endswith("sha256") else _e(text)
+            rows.append(f'<tr data-key="{_e(key)}"><th>{_e(label)}</th><td>{cell}</td></tr>')
+        blocks.append(
+            f'<div data-source="{_e(source)}"><h4>{_e(title)}</h4>'
+            f'<table class="plain kv">{"".join(rows)}</table></div>'
+        )
+    return f'<div class="cols">{"".join(blocks)}</div>' if blocks else ""

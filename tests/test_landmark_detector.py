@@ -295,12 +295,15 @@ def _untrained_error(config: tr.TrainConfig, data: tr.TrainingSet, tmp: Path) ->
     return tr.evaluate(detector, data)["px"]["mean"]
 
 
-def test_training_is_reproducible_and_learns(tmp_path):
+def test_training_is_reproducible_and_learns(tmp_path, caplog):
     cohort = _phantom_cohort(tmp_path / "phantom", n=24)
     runs = []
     for name in ("a", "b"):
         result = tr.train_detector(cohort / "cases.csv", cohort / "landmarks.csv", tmp_path / name, TINY)
         runs.append(result)
+        # 8 epochs x 18 cases at batch 8 = 24 steps: far too few for a usable detector, and said so.
+        assert "is only 24 optimiser steps" in caplog.text and "Consider --epochs 134" in caplog.text
+        assert "phantom drawings, not radiographs" in caplog.text
         ts = (tmp_path / name / "model.ts").read_bytes()
         meta = json.loads((tmp_path / name / "model.json").read_text())
         assert meta["sha256"] == hashlib.sha256(ts).hexdigest() == result.spec.sha256
@@ -314,6 +317,7 @@ def test_training_is_reproducible_and_learns(tmp_path):
             (cohort / "landmarks.csv").read_bytes()
         ).hexdigest()
         assert meta["data"]["n_train"] == 18 and meta["data"]["n_held_out"] == 6
+        assert meta["data"]["phantom"] is True
     a, b = (tmp_path / n / "model.ts" for n in "ab")
     assert a.read_bytes() == b.read_bytes()  # bit-identical weights (and file) from the same seed
     wa = torch.jit.load(str(a)).state_dict()

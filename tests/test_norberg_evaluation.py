@@ -164,10 +164,27 @@ def test_report_shows_the_norberg_section(phantom_run):
     page = (run / "report.html").read_text()
     assert '<section id="norberg">' in page and 'href="#norberg"' in page
     assert 'id="norberg-bland-altman"' in page and 'id="norberg-scatter"' in page
-    assert "Phantom data" in page  # the phantom is labelled wherever it appears
+    # The phantom is labelled wherever it appears: under the title and in the Norberg section.
+    header, _, rest = page.partition('<section id="results">')
+    assert "Phantom data" in header and "Phantom data" in rest.split('<section id="norberg">')[1]
     summary = pd.read_csv(run / ev.SUMMARY_FILE)
     mae = summary[(summary["model"] == "phantom-gen") & (summary["metric"] == "norberg_mae")].iloc[0]
     assert f"{mae['value']:.3f}" in page.split('<section id="norberg">')[1].split("</section>")[0]
+    # The pooled rows of summary.csv are a results table of their own, named as in comparison.md.
+    results = rest.split("</section>")[0]
+    assert "<h3>Norberg-angle agreement</h3>" in results and "Other metrics" not in results
+    for label in ("Norberg r", "Norberg R²", "Norberg MAE", "Norberg ICC(2,1)", "Norberg κ (105°)"):
+        assert f">{label}" in results, label
+    distributions = page.split('<section id="distributions">')[1].split("</section>")[0]
+    assert "norberg" not in distributions.lower()  # plotted in the Norberg section, not "no plot"
+    # Provenance names the annotation file and detector by sha256.
+    provenance = page.split('<section id="provenance">')[1]
+    detector = KeypointDetector.load(root / "detector", device="cpu")
+    assert 'data-source="detector"' in provenance and detector.spec.sha256 in provenance
+    assert __import__("audit.atomic").atomic.sha256_file(cohort / "landmarks.csv") in provenance
+    assert main(["-q", "report", str(run), "--format", "md", "--out", str(root / "tables")]) == 0
+    table = (root / "tables" / "comparison.md").read_text()
+    assert "| Norberg r ↑ |" in table and "Norberg MAE ↓ (degrees)" in table
 
 
 def _summary(path):
@@ -342,3 +359,59 @@ def test_report_shows_detector_and_reader_sources(phantom_run, tmp_path):
     assert 'id="norberg-bland-altman"' in page and 'id="norberg-readers-bland-altman"' in page
     assert "Expert landmarks (reader study)" in page and "expert landmarks, 2 reader(s)" in page
     assert page.count("<h4>Landmark detector</h4>") == 1
+
+
+def test_mirrored_annotations_need_the_run_or_flag_patient_left(phantom_run, tmp_path, caplog):
+    import json
+    import shutil
+
+    root, cohort = phantom_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    run_rows = _summary(root / "run" / "summary.csv")
+    run_rows = run_rows[run_rows["metric"].str.startswith("norberg_")].reset_index(drop=True)
+    # The same annotations on mirrored images: x -> W - 1 - x, the patient's sides unchanged. Every
+    # angle is the same, but under the standard display every case reads as a left/right swap.
+    marks = pd.read_csv(cohort / "landmarks.csv", dtype={"case_id": str})
+    marks["x"] = 95.0 - marks["x"]
+    marks.to_csv(tmp_path / "mirrored.csv", index=False)
+    argv = ["-q", "norberg", "evaluate", str(run), "--annotations", str(tmp_path / "mirrored.csv"),
+            "--detector", str(root / "detector"), "--device", "cpu"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        assert main(argv) == 1
+        assert "probable left/right swap" in caplog.text and "--patient-left image-left" in caplog.text
+        assert main([*argv, "--patient-left", "image-left"]) == 0
+    rows = _summary(run / ev.SUMMARY_FILE)
+    rows = rows[rows["source"] == "detector"]  # earlier tests may have added the readers' rows
+    order = ["model", "metric"]
+    pd.testing.assert_frame_equal(
+        rows[run_rows.columns].sort_values(order, ignore_index=True),
+        run_rows.sort_values(order, ignore_index=True),
+        check_dtype=False,
+    )
+    assert json.loads((run / "norberg.json").read_text())["detector"]["patient_left"] == "image-left"
+    # A run whose config says image-left needs no flag.
+    config = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(config.replace('patient_left = "image-right"', 'patient_left = "image-left"'))
+    assert 'patient_left = "image-left"' in (run / "config.toml").read_text()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        assert main(argv) == 0
+
+
+def test_dashboard_labels_a_phantom_run_and_ranks_its_norberg_metrics(phantom_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from dashboards import data
+
+    root, _ = phantom_run
+    monkeypatch.setenv(data.RUN_ENV, str(root / "run"))
+    monkeypatch.delenv(data.STUDY_ENV, raising=False)
+    monkeypatch.delenv(data.COMPARE_ENV, raising=False)
+    app = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "dashboards" / "app.py")
+    at = AppTest.from_file(app, default_timeout=30).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(w.value.startswith("**Phantom data.**") for w in at.warning)
+    cells = at.dataframe[0].value
+    assert "Norberg MAE ↓ (degrees)" in cells.columns and "Norberg BA bias (degrees)" in cells.columns

@@ -307,6 +307,12 @@ def test_phantom_cohort_files(tmp_path):
     assert "PHANTOM - NOT REAL ANATOMY" in readme and "not evidence about real hips" in readme
     manifest = load_manifest(out / "cases.csv")
     assert [c.case_id for c in manifest] == ["phantom-0001", "phantom-0002", "phantom-0003"]
+    # Every case says it is a phantom, so runs and detectors made from it can say so too.
+    from audit.cases import is_phantom
+
+    assert set(manifest.frame["phantom"]) == {"true"} and is_phantom(manifest.frame)
+    assert not is_phantom(manifest.frame.drop(columns=["phantom", "prompt"]))
+    assert is_phantom(manifest.frame.drop(columns="phantom"))  # cohorts from before the column: the prompt
     for k, case in enumerate(manifest):
         ph = make_phantom(np.random.default_rng([11, k]), size=96)
         read = read_image(case.image)

@@ -140,9 +140,17 @@ def test_missing_and_unknown_columns(tmp_path):
     with pytest.raises(LandmarkError, match=r"missing column\(s\) y; the columns are case_id, landmark, x"):
         read_landmarks(path)
     path = _write_csv(tmp_path / "lm.csv", _rows("a", CASE), header="case_id,landmark,x,y")
-    frame = pd.read_csv(path, dtype=str).assign(reader="r1")
+    plain = read_landmarks(path)
+    # Other columns (an annotation tool's, one reader's part of a reader-study export) are ignored...
+    frame = pd.read_csv(path, dtype=str).assign(reader="r1", annotator="dr x")
     frame.to_csv(path, index=False)
-    with pytest.raises(LandmarkError, match=r"unknown column\(s\) 'reader'"):
+    assert read_landmarks(path) == plain
+    # ...but rows they would tell apart are duplicates, with what to do about it.
+    pd.concat([frame, frame.assign(reader="r2")]).to_csv(path, index=False)
+    with pytest.raises(LandmarkError, match=r"duplicate .*reader column\(s\) are not read here.*--reader-landmarks"):
+        read_landmarks(path)
+    pd.concat([frame, frame.assign(annotator="dr y")]).drop(columns="reader").to_csv(path, index=False)
+    with pytest.raises(LandmarkError, match=r"duplicate .*\(the file's other column\(s\) annotator are not read\)"):
         read_landmarks(path)
     with pytest.raises(LandmarkError, match="unknown landmark file format"):
         read_landmarks(tmp_path / "lm.txt")

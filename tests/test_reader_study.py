@@ -29,6 +29,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from audit import rundir
 from audit.cli import main as cli_main
 from reader_study import admin, assignment, placement, rendering, study
 from reader_study.create import CreateError, CreateOptions, create_study
@@ -1388,3 +1389,26 @@ def test_create_with_landmarks(tmp_path, run_dir, capsys):
     assert study.load(plain.path)[1].landmarks is None
     with pytest.raises(study.StudyError, match="without --landmarks"):
         admin.landmarks_frame(plain.path)
+
+
+def test_patient_left_comes_from_the_flag_or_the_run_config(tmp_path, capsys):
+    # Default: the standard display; a run measured under [norberg] patient_left = "image-left" makes
+    # mirrored studies, so the sides readers are asked for match the annotations.
+    run_dir = make_run(tmp_path, n_cases=4)
+    std = create_study(run_dir, tmp_path / "std", _options(landmarks="norberg", per_model=1), progress=False)
+    assert study.load(std.path)[1].patient_left == "image-right"
+    (run_dir / rundir.CONFIG_TOML).write_text('[norberg]\npatient_left = "image-left"\n')
+    mirrored = create_study(
+        run_dir, tmp_path / "mirrored", _options(landmarks="norberg", per_model=1), progress=False
+    )
+    assert study.load(mirrored.path)[1].patient_left == "image-left"
+    argv = ["-q", "reader-study", "create", str(run_dir), "--out", str(tmp_path / "flag"), "--readers",
+            "alice", "--per-model", "1", "--size", "64", "--landmarks", "norberg", "--patient-left",
+            "image-right"]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert study.load(tmp_path / "flag")[1].patient_left == "image-right"
+    capsys.readouterr()
+    with pytest.raises(CreateError, match="--patient-left only matters for --landmarks norberg"):
+        create_study(run_dir, tmp_path / "x", _options(patient_left="image-left"), progress=False)
+    with pytest.raises(CreateError, match="--patient-left must be one of"):
+        create_study(run_dir, tmp_path / "y", _options(landmarks="norberg", patient_left="left"), progress=False)

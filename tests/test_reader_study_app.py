@@ -378,9 +378,11 @@ def instruction(at: AppTest) -> str:
     return next(m.value for m in at.markdown if m.value.startswith(("Next:", "All landmarks")))
 
 
-def place_all(at: AppTest, points: dict[str, tuple[float, float]]) -> AppTest:
+def place_all(
+    at: AppTest, points: dict[str, tuple[float, float]], order: tuple[str, str] = placement.screen_sides()
+) -> AppTest:
     """Click the points in the order the app asks for them, pressing Outline done after each outline."""
-    for side in placement.screen_sides():
+    for side in order:
         outline = [n for n in points if n.startswith(f"{side}_head_")]
         for name in outline:
             assert f"outline point **{name.rsplit('_', 1)[1]}**" in instruction(at), instruction(at)
@@ -453,6 +455,33 @@ def test_landmarks_are_placed_step_by_step_and_stored(lm, media):
     secrets = {LEAKY_TEXT, *MODELS, *key.case_id, *(Path(p).name for p in key.source_path)}
     text = "\n".join([page_text(at), *(i.value for i in at.info), clicker(at).proto.json_args])
     assert [x for x in secrets if x in text] == [] and "case-" not in text
+
+
+def test_a_mirrored_study_asks_for_the_hip_on_the_image_left_first(tmp_path, monkeypatch):
+    st.cache_resource.clear()
+    made = make_study(tmp_path, per_model=1, landmarks="norberg", criteria="quality", patient_left="image-left")
+    _, info = study.load(made.path)
+    assert info.patient_left == "image-left"
+    monkeypatch.setenv(STUDY_ENV, str(made.path))
+    at = sign_in(open_app(), made.tokens["alice"])
+    assert not at.exception and not errors(at)
+    # Mirrored: the patient's left hip is on the image's left, so it is asked for first.
+    assert "patient's **LEFT** hip, on the image's left" in instruction(at)
+    assert any("mirrored display" in i.value and "**left** hip is on the image's left" in i.value for i in at.info)
+    mirrored = {n.replace("right", "LEFT").replace("left", "right").replace("LEFT", "left"): xy for n, xy in HIPS.items()}
+    at = place_all(at, mirrored, order=("left", "right"))
+    assert instruction(at).startswith("All landmarks are placed")
+    radio(at, f"**{BUILTIN['quality'].question}**").set_value(4)
+    at = submit(at)
+    assert not errors(at) and not at.exception
+    store = Store(study.database_url(made.path, info))
+    try:
+        alice = next(r["id"] for r in store.table(readers) if r["name"] == "alice")
+        first = store.queue(alice)[0].item_id
+        assert store.landmarks(alice, first, 1) == mirrored
+    finally:
+        store.close()
+    st.cache_resource.clear()
 
 
 def test_a_zoomed_click_incomplete_landmarks_and_a_flag(lm):

@@ -74,6 +74,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the reader study's landmark export (`xray-audit reader-study export STUDY_DIR`): expert angles of the "
         "blinded real and generated images",
     )
+    evaluate.add_argument(
+        "--patient-left",
+        choices=PATIENT_LEFT_ON,
+        help="where the patient's left hip appears in the annotated images (default: the run config's "
+        "[norberg] patient_left, else image-right)",
+    )
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     evaluate.add_argument("--batch-size", type=int, default=16, metavar="B")
 
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace, progress: bool = False) -> int:
                 args.annotations,
                 args.detector,
                 reader_landmarks=args.reader_landmarks,
+                patient_left=args.patient_left,
                 device=args.device,
                 batch_size=args.batch_size,
                 progress=progress,

@@ -81,17 +81,29 @@ def _sample_path(run_dir: Path, value: str) -> Path:
     return path if path.is_absolute() else run_dir / path
 
 
-def _study_settings(run_dir: Path) -> tuple[int, int, float]:
+@dataclasses.dataclass(frozen=True)
+class _RunSettings:
+    seed: int
+    resamples: int
+    confidence: float
+    patient_left: str  # the run's [norberg].patient_left, else the standard display
+
+
+def _study_settings(run_dir: Path) -> _RunSettings:
     import tomllib
 
     config_path = run_dir / rundir.CONFIG_TOML
     config = tomllib.loads(config_path.read_text()) if config_path.exists() else {}
-    study = config.get("study", {}) if isinstance(config.get("study"), Mapping) else {}
-    metrics = config.get("metrics", {}) if isinstance(config.get("metrics"), Mapping) else {}
-    return (
-        int(study.get("seed", 0) or 0),
-        int(metrics.get("bootstrap_resamples", 1000)),
-        float(metrics.get("confidence", 0.95)),
+
+    def table(name: str) -> Mapping[str, Any]:
+        value = config.get(name, {})
+        return value if isinstance(value, Mapping) else {}
+
+    return _RunSettings(
+        int(table("study").get("seed", 0) or 0),
+        int(table("metrics").get("bootstrap_resamples", 1000)),
+        float(table("metrics").get("confidence", 0.95)),
+        str(table("norberg").get("patient_left", PATIENT_LEFT_ON[0])),
     )
 
 
@@ -382,20 +394,28 @@ def evaluate_norberg(
     detector_dir: str | Path | None = None,
     *,
     reader_landmarks: str | Path | None = None,
+    patient_left: str | None = None,
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = False,
 ) -> NorbergEvaluation:
     """Measure a finished run with the detector and/or the reader study's landmarks and write
-    :data:`ANGLES_FILE` and :data:`SUMMARY_FILE` (rows of the sources not measured now are kept)."""
+    :data:`ANGLES_FILE` and :data:`SUMMARY_FILE` (rows of the sources not measured now are kept).
+
+    ``patient_left``: the display convention the annotation file is checked under (left/right swaps);
+    by default the run config's ``[norberg] patient_left``, else ``image-right``.
+    """
     if detector_dir is None and reader_landmarks is None:
         raise ValueError("give a detector (--detector MODEL_DIR), reader landmarks (--reader-landmarks FILE), or both")
     run = rundir.require_run_dir(run_dir)
     samples = pd.read_parquet(run / rundir.SAMPLES)
     samples["case_id"] = samples["case_id"].astype(str)
-    reference = reference_angles(annotations, samples["case_id"])
-    seed, resamples, confidence = _study_settings(run)
+    settings = _study_settings(run)
+    patient_left = patient_left or settings.patient_left
+    reference = reference_angles(annotations, samples["case_id"], patient_left=patient_left)
+    seed, resamples, confidence = settings.seed, settings.resamples, settings.confidence
     common = {
+        "patient_left": patient_left,
         "annotations": str(Path(annotations).resolve()),
         "annotations_sha256": sha256_file(annotations),
         "bootstrap_resamples": resamples,

@@ -1,7 +1,8 @@
 """Landmark annotation files for Norberg angles: reading, validation, angles per case and side.
 
-A landmark file is CSV or JSON with one row per landmark and exactly the columns
-``case_id, landmark, x, y``: pixel coordinates with the origin at the top-left, ``x`` the column
+A landmark file is CSV or JSON with one row per landmark and the columns ``case_id, landmark, x,
+y`` (other columns, such as an annotation tool's or the reader study export's, are ignored): pixel
+coordinates with the origin at the top-left, ``x`` the column
 and ``y`` the row, pixel centres at integers (so a point inside a ``W``-wide image has
 ``-0.5 <= x <= W - 0.5``). JSON is a list of objects with those four keys
 (``[{"case_id": "007", "landmark": "left_rim", "x": 181.5, "y": 97.0}, …]``); give ``case_id`` as a
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,7 +59,11 @@ __all__ = [
     "validate_landmarks",
 ]
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ("case_id", "landmark", "x", "y")
+# Columns of `xray-audit reader-study export`'s landmarks.csv that tell its rows of one case apart.
+_EXPORT_KEYS = ("reader", "model", "sample", "read_number", "item")
 ANGLE_COLUMNS = ("case_id", "side", "angle_deg")
 FORMATS = {".csv": "csv", ".json": "json"}
 
@@ -123,14 +129,8 @@ def validate_landmarks(
     if missing:
         msg = f"missing column(s) {', '.join(missing)}; the columns are {', '.join(COLUMNS)}"
         problem(None, None, columns, msg)
-    if unknown:
-        problem(
-            None,
-            None,
-            unknown,
-            f"unknown column(s) {', '.join(map(repr, unknown))}; the columns are exactly "
-            f"{', '.join(COLUMNS)}: remove or rename the others",
-        )
+    if unknown and not missing:
+        log.info("%s: ignoring column(s) %s (a landmark file is read by %s)", path, ", ".join(unknown), ", ".join(COLUMNS))
     if missing:
         return {}, problems
     if len(rows) == 0:
@@ -168,7 +168,7 @@ def validate_landmarks(
         if key in row_of:
             first = row_of[key]
             where = f"row {first + 1}" + (f", line {first + 2}" if is_csv else "")
-            msg = f"duplicate {name} for case {cid!r} (first given in {where}); keep one"
+            msg = f"duplicate {name} for case {cid!r} (first given in {where}); keep one" + _duplicate_hint(unknown)
             problem(i, "landmark", name, msg)
             continue
         row_of[key] = i
@@ -210,6 +210,17 @@ def _read_rows(path: Path, fmt: str, problem: Any) -> pd.DataFrame | None:
     frame = pd.DataFrame.from_records(records, columns=columns)
     # Missing keys become None (not NaN) so they read as empty rather than as a number.
     return frame.astype(object).where(frame.notna(), None)
+
+
+def _duplicate_hint(extra: Sequence[str]) -> str:
+    keys = [c for c in _EXPORT_KEYS if c in extra]
+    if keys:
+        return (
+            f". The file's {', '.join(keys)} column(s) are not read here, so this looks like a reader study "
+            "export with several readers, models or reads: keep one reader's first reads of one model, or give "
+            "the whole export to `xray-audit norberg evaluate RUN_DIR --reader-landmarks`"
+        )
+    return f" (the file's other column(s) {', '.join(extra)} are not read)" if extra else ""
 
 
 def _text(value: Any) -> str | None:

@@ -130,6 +130,8 @@ def _train(args: argparse.Namespace, progress: bool) -> int:
             f"  Norberg angle MAE, deg: left {deg['left']:.2f}, right {deg['right']:.2f}, "
             f"pooled {deg['pooled']:.2f}"
         )
+    if result.spec.record.get("data", {}).get("phantom"):
+        print("phantom data: trained and held out on pelvis phantom drawings; not evidence about real hips")
     print(result.model_dir / "model.json")
     return EXIT_OK
 

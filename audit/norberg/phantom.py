@@ -285,8 +285,9 @@ Case i (0-based) is drawn from numpy.random.default_rng([{seed}, i]); the same c
 same files.
 
 Files
-  cases.csv      case manifest (case_id, image, prompt, view, group); group is "normal" when both
-                 phantom angles are >= {threshold:g} degrees, else "below-{threshold:g}"
+  cases.csv      case manifest (case_id, image, prompt, view, group, phantom); group is "normal"
+                 when both phantom angles are >= {threshold:g} degrees, else "below-{threshold:g}";
+                 phantom is "true" on every row, so reports of runs over these cases say so
   images/        {size}x{size} 16-bit greyscale PNGs; the patient's left is on the image's right
   landmarks.csv  case_id, landmark, x, y: exact pixel coordinates (x = column, y = row, pixel
                  centres at integers, origin top-left) of {side}_head_center, {side}_rim and
@@ -315,7 +316,8 @@ def write_phantom_cohort(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         (tmp / "images").mkdir()
-        cases = [("case_id", "image", "prompt", "view", "group")]
+        # `phantom` labels every case, so the report and dashboard of any run over them can say so.
+        cases = [("case_id", "image", "prompt", "view", "group", "phantom")]
         marks = [("case_id", "landmark", "x", "y")]
         angles = [("case_id", "side", "angle_deg")]
         for i in range(n):
@@ -329,7 +331,7 @@ def write_phantom_cohort(
                 f"left {ph.angles['left']:.1f} degrees, right {ph.angles['right']:.1f} degrees"
             )
             group = "normal" if normal else f"below-{NORMAL_THRESHOLD_DEG:g}"
-            cases.append((case_id, image, prompt, "VD", group))
+            cases.append((case_id, image, prompt, "VD", group, "true"))
             # repr() round-trips a float exactly, so the files keep the phantom's exact geometry.
             marks += [(case_id, name, repr(x), repr(y)) for name, (x, y) in ph.landmarks.items()]
             angles += [(case_id, side, repr(ph.angles[side])) for side in SIDES]

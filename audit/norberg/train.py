@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audit.atomic import sha256_bytes, sha256_file, write_bytes
+from audit.cases import is_phantom
 from audit.evaluators.base import InputContract, resolve_device
 from audit.norberg.detector import (
     DETECTOR_LANDMARKS,
@@ -83,6 +84,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 VALUE_RANGE = (0.0, 1.0)
+# Accuracy follows the number of optimiser steps, not epochs: on the 200-case phantom (160 training
+# cases, batch 16), 200, 300 and 400 steps gave a held-out MAE of 5.7, 2.5 and 1.6 degrees.
+RECOMMENDED_STEPS = 400
 # left_* <-> right_* under a horizontal flip, as indices into DETECTOR_LANDMARKS.
 _FLIP = tuple(
     DETECTOR_LANDMARKS.index(n.replace("left_", "#").replace("right_", "left_").replace("#", "right_"))
@@ -644,6 +648,17 @@ def train_detector(
         "landmark detector: %d training and %d held-out case(s), %d px input, device %s",
         len(train_idx), len(held_idx), config.size, resolve_device(config.device),
     )
+    steps = config.epochs * max(1, math.ceil(len(train_idx) / config.batch_size))
+    if steps < RECOMMENDED_STEPS:
+        per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
+        log.warning(
+            "landmark detector: %d epochs x %d training case(s) is only %d optimiser steps; fewer than %d "
+            "left the phantom's held-out error above 3 degrees. Consider --epochs %d.",
+            config.epochs, len(train_idx), steps, RECOMMENDED_STEPS, math.ceil(RECOMMENDED_STEPS / per_epoch),
+        )  # fmt: skip
+    phantom = is_phantom(manifest.frame)
+    if phantom:
+        log.warning("landmark detector: the training cases are phantom drawings, not radiographs")
     model, record = fit(data.subset(train_idx), config, progress=progress)
     blob = export(model)
     sha = sha256_bytes(blob)
@@ -667,6 +682,8 @@ def train_detector(
         "n_held_out": len(held_idx),
         "split": "held-out = the round(val_fraction * N) case_ids of smallest sha256(case_id)",
         "patient_left": patient_left,
+        # A detector trained on drawings says so wherever its model.json is read.
+        "phantom": phantom,
     }
     record_all = {"training": training, "data": data_record, "held_out": held_out}
     spec = ModelSpec(spec.model, sha, spec.landmarks, spec.size, spec.value_range, spec.output, record_all)
