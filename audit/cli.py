@@ -148,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _reader_study_parser(sub: argparse._SubParsersAction) -> None:
+    from audit.norberg.cli import STANDARD_DISPLAY, add_patient_left
+
     rs = sub.add_parser(
         "reader-study", help="blinded radiologist reader study: create, serve, status, export"
     )
@@ -210,11 +212,8 @@ def _reader_study_parser(sub: argparse._SubParsersAction) -> None:
         choices=["norberg"],
         help="readers also click landmarks on each image; norberg: femoral-head outline and rim per hip",
     )
-    create.add_argument(
-        "--patient-left",
-        choices=["image-right", "image-left"],
-        help="with --landmarks norberg: where the images show the patient's left hip (default: the run "
-        "config's [norberg] patient_left, else image-right, the standard radiographic display)",
+    add_patient_left(
+        create, default_text=f"the run config's [norberg] patient_left, else {STANDARD_DISPLAY}; only with --landmarks norberg"
     )
 
     serve = rsub.add_parser("serve", help="start the rating app (Streamlit)")

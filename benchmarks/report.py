@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -350,45 +349,15 @@ def _write_run_json(run, config, tables, cases, samples, names, n_cases, version
 
 def build_study(run: Path, root: Path, n_readers: int, n_items: int, seed: int = 0) -> Path:
     """A reader study of ``run`` with about ``n_items`` items, every one rated by every reader."""
-    from reader_study import admin, study
-    from reader_study.create import CreateOptions, create_study
-    from reader_study.criteria import TURING, resolve
-    from reader_study.store import Answer, readers
+    if str(_REPO) not in sys.path:
+        sys.path.insert(0, str(_REPO))  # for tests.reader_study_fixtures when run as a script
+    from tests.reader_study_fixtures import rated_study
 
-    rng = np.random.default_rng(seed)
     n_strata = pd.read_parquet(run / "samples.parquet")["model"].nunique()
-    criteria = resolve(None, None)
-    made = create_study(
-        run,
-        root / "study",
-        CreateOptions(
-            readers=tuple(f"reader{i}" for i in range(n_readers)),
-            criteria=criteria,
-            per_model=max(1, n_items // n_strata),
-            size=64,
-            turing=True,
-        ),
-        progress=False,
-    )
-    key = pd.read_parquet(made.path / study.KEY).set_index("item")["model"]
-    models = sorted(set(key))
-    quality = dict(zip(models, rng.normal(3.0, 0.8, len(models)), strict=True))
-    _, _, store = admin.open_store(made.path)
-    try:
-        for reader_id in (r["id"] for r in store.table(readers)):
-            severity = rng.normal(0, 0.4)
-            for entry in store.queue(reader_id):
-                model = key[entry.item_id]
-                scores = np.clip(np.rint(quality[model] + severity + rng.normal(0, 0.7, len(criteria))), 1, 5)
-                answers = [Answer(c.name, score=int(s)) for c, s in zip(criteria, scores, strict=True)]
-                said_real = rng.random() < (0.7 if model == "real" else 0.45)
-                answers.append(Answer(TURING, turing_answer="real" if said_real else "synthetic",
-                                      confidence=int(rng.integers(1, 6))))  # fmt: skip
-                sid = str(uuid.uuid4())
-                store.submit(reader_id, entry.item_id, entry.read_number, sid, answers, seconds=3.0)
-    finally:
-        store.close()
-    return made.path
+    return rated_study(
+        run, root / "study", readers=tuple(f"reader{i}" for i in range(n_readers)),
+        per_model=max(1, n_items // n_strata), rng=np.random.default_rng(seed), said_real=(0.7, 0.45), seconds=3.0,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from audit import rundir
+from audit.streamlit_server import streamlit_command as audit_streamlit_command
 
 APP = Path(__file__).with_name("app.py")
 # The app's environment. Defined here, not in dashboards.data, so that the CLI does not import
@@ -20,23 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def streamlit_command(port: int, address: str = "localhost") -> list[str]:
-    """The Streamlit invocation: headless, no telemetry, no file watcher, no developer menu, no static
-    file serving (images reach the browser only through st.image)."""
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.port", str(port),
-        "--server.headless", "true",
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
-        "--server.enableStaticServing", "false",
-        "--server.enableXsrfProtection", "true",
-        "--server.enableAgentApi", "false",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "minimal",
-        "--client.showErrorDetails", "false",
-        "--global.developmentMode", "false",
-    ]  # fmt: skip
-    return [*cmd, "--server.address", address]
+    """This app under the suite's Streamlit settings (:mod:`audit.streamlit_server`: headless, no
+    telemetry, no static file serving, XSRF on)."""
+    return audit_streamlit_command(APP, port, address)
 
 
 def dashboard_env(

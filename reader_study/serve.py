@@ -6,29 +6,16 @@ import os
 import sys
 from pathlib import Path
 
+from audit.streamlit_server import streamlit_command as audit_streamlit_command
 from reader_study.admin import open_store
 
 APP = Path(__file__).with_name("app.py")
 
 
 def streamlit_command(port: int, address: str = "localhost") -> list[str]:
-    """The Streamlit invocation: headless, no telemetry, no file watcher, no developer menu,
-    no static file serving (nothing of the study directory is reachable by URL)."""
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.port", str(port),
-        "--server.headless", "true",
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
-        "--server.enableStaticServing", "false",
-        "--server.enableXsrfProtection", "true",
-        "--server.enableAgentApi", "false",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "minimal",
-        "--client.showErrorDetails", "false",
-        "--global.developmentMode", "false",
-    ]  # fmt: skip
-    return [*cmd, "--server.address", address]
+    """This app under the suite's Streamlit settings (:mod:`audit.streamlit_server`: headless, no
+    telemetry, no static file serving, XSRF on)."""
+    return audit_streamlit_command(APP, port, address)
 
 
 def serve(study_dir: Path, port: int, address: str = "localhost") -> int:

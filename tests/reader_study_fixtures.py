@@ -102,3 +102,47 @@ def make_study(
         **options,  # type: ignore[arg-type]
     )
     return create_study(run, root / "study", opts, progress=False)
+
+
+def rated_study(
+    run: Path,
+    out: Path,
+    *,
+    readers: tuple[str, ...],
+    per_model: int,
+    rng: np.random.Generator,
+    said_real: tuple[float, float] = (0.8, 0.4),
+    seconds: float = 2.0,
+) -> Path:
+    """A study of ``run`` at ``out`` with every item rated by every reader on the built-in criteria
+    and the Turing question: score = model quality + reader severity + noise (so the mixed model has
+    something to fit), "real" said with probability ``said_real`` (real items, generated items)."""
+    import uuid
+
+    from reader_study import admin, study
+    from reader_study.criteria import TURING
+    from reader_study.store import Answer, readers as readers_table
+
+    criteria = resolve(None, None)
+    options = CreateOptions(readers=readers, criteria=criteria, per_model=per_model, size=64, turing=True)
+    made = create_study(run, out, options, progress=False)
+    key = pd.read_parquet(made.path / study.KEY).set_index("item")["model"]
+    models = sorted(set(key))
+    quality = dict(zip(models, rng.normal(3.0, 0.8, len(models)), strict=True))
+    _, _, store = admin.open_store(made.path)
+    try:
+        for reader_id in (r["id"] for r in store.table(readers_table)):
+            severity = rng.normal(0.0, 0.4)
+            for entry in store.queue(reader_id):
+                model = key[entry.item_id]
+                raw = quality[model] + severity + rng.normal(0.0, 0.7, len(criteria))
+                scores = np.clip(np.rint(raw), 1, 5).astype(int)
+                answers = [Answer(c.name, score=int(v)) for c, v in zip(criteria, scores, strict=True)]
+                real = rng.random() < said_real[0 if model == "real" else 1]
+                answers.append(
+                    Answer(TURING, turing_answer="real" if real else "synthetic", confidence=int(rng.integers(1, 6)))
+                )
+                store.submit(reader_id, entry.item_id, entry.read_number, str(uuid.uuid4()), answers, seconds=seconds)
+    finally:
+        store.close()
+    return made.path

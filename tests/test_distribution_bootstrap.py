@@ -156,7 +156,7 @@ def _prdc_reference(real, gen, w1, w2, k):
     x, y = real[r], gen[c]
     rx, ry = pkg.compute_nearest_neighbour_distances(x, k), pkg.compute_nearest_neighbour_distances(y, k)
     x_all, rx_all = _repeat(x, w1[r]), _repeat(rx, w1[r])
-    y_all, ry_all = _repeat(y, w2[c]), _repeat(ry, w2[c])
+    y_all = _repeat(y, w2[c])
     real_vs_draws = pkg.compute_pairwise_distance(x, y_all)
     return {
         "precision": (real_vs_draws < rx[:, None]).any(axis=0).mean(),

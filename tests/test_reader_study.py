@@ -1412,3 +1412,21 @@ def test_patient_left_comes_from_the_flag_or_the_run_config(tmp_path, capsys):
         create_study(run_dir, tmp_path / "x", _options(patient_left="image-left"), progress=False)
     with pytest.raises(CreateError, match="--patient-left must be one of"):
         create_study(run_dir, tmp_path / "y", _options(landmarks="norberg", patient_left="left"), progress=False)
+
+
+def test_both_apps_are_served_with_the_same_locked_down_settings():
+    from dashboards import serve as dashboard_serve
+    from reader_study import serve as study_serve
+
+    for module in (dashboard_serve, study_serve):
+        argv = module.streamlit_command(8600, "127.0.0.1")
+        assert argv[1:5] == ["-m", "streamlit", "run", str(module.APP)]
+        flags = dict(zip(argv[5::2], argv[6::2], strict=True))
+        assert flags == {
+            "--server.port": "8600", "--server.address": "127.0.0.1", "--server.headless": "true",
+            "--server.fileWatcherType": "none", "--server.runOnSave": "false",
+            "--server.enableStaticServing": "false", "--server.enableXsrfProtection": "true",
+            "--server.enableAgentApi": "false", "--browser.gatherUsageStats": "false",
+            "--client.toolbarMode": "minimal", "--client.showErrorDetails": "false",
+            "--global.developmentMode": "false",
+        }  # fmt: skip

@@ -13,7 +13,6 @@ import dataclasses
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 
 from audit import rundir
 from audit.atomic import sha256_file
+from tests.reader_study_fixtures import rated_study
 from tests.test_report_html import make_run
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own download cannot work offline
@@ -69,49 +69,11 @@ class PageVisit:
 
 
 def _rate_study(run: Path, root: Path, rng: np.random.Generator) -> Path:
-    """A reader study of the run with every item rated by every reader (scores from model quality,
-    reader severity and noise, so the mixed model has something to fit) and the Turing question."""
-    from reader_study import admin, study
-    from reader_study.create import CreateOptions, create_study
-    from reader_study.criteria import TURING, resolve
-    from reader_study.store import Answer, readers
-
     # The study checks each sample file against the sha256 the run recorded; make_run records zeros.
     samples = pd.read_parquet(run / rundir.SAMPLES)
     samples["sha256"] = [sha256_file(p) for p in samples["path"]]
     samples.to_parquet(run / rundir.SAMPLES)
-    criteria = resolve(None, None)
-    made = create_study(
-        run,
-        root / "study",
-        CreateOptions(readers=READERS, criteria=criteria, per_model=3, size=64, turing=True),
-        progress=False,
-    )
-    key = pd.read_parquet(made.path / study.KEY).set_index("item")["model"]
-    models = sorted(set(key))
-    quality = dict(zip(models, rng.normal(3.0, 0.8, len(models)), strict=True))
-    _, _, store = admin.open_store(made.path)
-    try:
-        for reader_id in (r["id"] for r in store.table(readers)):
-            severity = rng.normal(0.0, 0.4)
-            for entry in store.queue(reader_id):
-                model = key[entry.item_id]
-                raw = quality[model] + severity + rng.normal(0.0, 0.7, len(criteria))
-                scores = np.clip(np.rint(raw), 1, 5).astype(int)
-                answers = [Answer(c.name, score=int(v)) for c, v in zip(criteria, scores, strict=True)]
-                said_real = rng.random() < (0.8 if model == "real" else 0.4)
-                answers.append(
-                    Answer(
-                        TURING,
-                        turing_answer="real" if said_real else "synthetic",
-                        confidence=int(rng.integers(1, 6)),
-                    )
-                )
-                sid = str(uuid.uuid4())
-                store.submit(reader_id, entry.item_id, entry.read_number, sid, answers, seconds=2.0)
-    finally:
-        store.close()
-    return made.path
+    return rated_study(run, root / "study", readers=READERS, per_model=3, rng=rng)
 
 
 def _add_group_rows(run: Path) -> None:

@@ -13,6 +13,20 @@ from pathlib import Path
 log = logging.getLogger("audit")
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+STANDARD_DISPLAY = "image-right, the standard radiographic display"
+
+
+def add_patient_left(parser: argparse.ArgumentParser, default: str | None = None, default_text: str = "") -> None:
+    """``--patient-left image-right|image-left``: where the images show the patient's left hip. With
+    no ``default`` the command resolves it (``default_text`` says how)."""
+    from audit.norberg.geometry import PATIENT_LEFT_ON
+
+    parser.add_argument(
+        "--patient-left",
+        choices=PATIENT_LEFT_ON,
+        default=default,
+        help=f"where the images show the patient's left hip (default: {default_text or STANDARD_DISPLAY})",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,12 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="CASES.csv",
         help="case manifest whose images give each case's size, to catch points outside the image",
     )
-    angles.add_argument(
-        "--patient-left",
-        choices=PATIENT_LEFT_ON,
-        default=PATIENT_LEFT_ON[0],
-        help="where the patient's left hip appears (default image-right: standard radiographic display)",
-    )
+    add_patient_left(angles, PATIENT_LEFT_ON[0])
     phantom = nsub.add_parser(
         "phantom",
         help="write a pelvis phantom cohort (not real anatomy) with exact landmarks and angles",
@@ -74,12 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the reader study's landmark export (`xray-audit reader-study export STUDY_DIR`): expert angles of the "
         "blinded real and generated images",
     )
-    evaluate.add_argument(
-        "--patient-left",
-        choices=PATIENT_LEFT_ON,
-        help="where the patient's left hip appears in the annotated images (default: the run config's "
-        "[norberg] patient_left, else image-right)",
-    )
+    add_patient_left(evaluate, default_text=f"the run config's [norberg] patient_left, else {STANDARD_DISPLAY}")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     evaluate.add_argument("--batch-size", type=int, default=16, metavar="B")
 

@@ -16,6 +16,7 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from audit.norberg.cli import add_patient_left
     from audit.norberg.geometry import PATIENT_LEFT_ON
 
     marks = subparsers.add_parser(
@@ -47,12 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--val-fraction", type=float, metavar="F", help="share of annotated cases held out (default 0.2)"
     )
-    train.add_argument(
-        "--patient-left",
-        choices=PATIENT_LEFT_ON,
-        default=PATIENT_LEFT_ON[0],
-        help="where the patient's left hip appears (default image-right: standard radiographic display)",
-    )
+    add_patient_left(train, PATIENT_LEFT_ON[0])
     predict = lsub.add_parser(
         "predict",
         help="landmarks for every image of a case manifest, in the annotation format",
