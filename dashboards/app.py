@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import data
 from audit.cases import is_phantom
+from dashboards import data
 from reports.norberg import PHANTOM_NOTE
 
+# Not in a folder named "pages": Streamlit would also list that folder's files (helpers included) as
+# pages of their own, and a bookmarked URL would run its page without this script (no sidebar, no
+# phantom banner).
 PAGES = (
-    ("pages/leaderboard.py", "Leaderboard", ":material/leaderboard:"),
-    ("pages/distributions.py", "Distributions", ":material/bar_chart:"),
-    ("pages/gallery.py", "Case gallery", ":material/photo_library:"),
-    ("pages/worst_cases.py", "Worst cases", ":material/troubleshoot:"),
-    ("pages/readers.py", "Reader scores", ":material/groups:"),
-    ("pages/compare.py", "Compare runs", ":material/compare_arrows:"),
+    ("views/leaderboard.py", "Leaderboard", ":material/leaderboard:"),
+    ("views/distributions.py", "Distributions", ":material/bar_chart:"),
+    ("views/gallery.py", "Case gallery", ":material/photo_library:"),
+    ("views/worst_cases.py", "Worst cases", ":material/troubleshoot:"),
+    ("views/readers.py", "Reader scores", ":material/groups:"),
+    ("views/compare.py", "Compare runs", ":material/compare_arrows:"),
 )
 
 

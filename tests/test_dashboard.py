@@ -330,7 +330,7 @@ def app_env(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _app(page: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     if page is not None:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -458,7 +458,7 @@ def test_never_imports_torch() -> None:
     code = (
         "import sys; import dashboards.serve; "
         "assert 'streamlit' not in sys.modules, 'the CLI launcher should stay light'; "
-        "import dashboards.app, dashboards.data, dashboards.pages.common; "
+        "import dashboards.app, dashboards.data, dashboards.views.common; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
     )
     proc = subprocess.run(
@@ -551,6 +551,11 @@ def test_chromium_smoke(server: str) -> None:
                 page.goto(server + path)
                 heading = page.locator("h1", has_text=title)
                 heading.wait_for(timeout=20_000)
+                # A bookmarked page runs under app.py: its navigation lists the pages by title (no
+                # helper module as a page of its own) and its sidebar names the run.
+                links = [t.split("\n")[-1].strip() for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+                assert links == list(PAGES.values()), (path, links)  # (each text starts with its icon's name)
+                assert page.locator('[data-testid="stSidebar"]', has_text="cases ·").count() == 1, path
                 imgs = page.locator('[data-testid="stImage"] img, [data-testid="stFullScreenFrame"] img')
                 if path in ("gallery", "worst_cases"):
                     imgs.first.wait_for(timeout=20_000)

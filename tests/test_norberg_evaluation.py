@@ -415,3 +415,8 @@ def test_dashboard_labels_a_phantom_run_and_ranks_its_norberg_metrics(phantom_ru
     assert any(w.value.startswith("**Phantom data.**") for w in at.warning)
     cells = at.dataframe[0].value
     assert "Norberg MAE ↓ (degrees)" in cells.columns and "Norberg BA bias (degrees)" in cells.columns
+    # Every page opens on a run whose Norberg rows have no per-case values. (AppTest runs a switched-to
+    # page alone, so the app's banner above the pages is checked in the browser, not here.)
+    for page in ("distributions", "gallery", "worst_cases", "readers", "compare"):
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboards import data
-from dashboards.pages import common
+from dashboards.views import common
 
 COLUMNS = 4
 JUMP_KEY = "gallery_jump"  # set by the worst-cases page to open a case here

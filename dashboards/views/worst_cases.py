@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboards import data
-from dashboards.pages import common
+from dashboards.views import common
 
 SHOW_IMAGES = 10
 
@@ -57,7 +57,7 @@ for i, r in enumerate(worst.head(SHOW_IMAGES).itertuples(index=False)):
         common.image_tile(pixels, f"{r.model} (sample 0)", why)
     if c_go.button("Open in gallery", key=f"worst_open_{i}"):
         st.session_state["gallery_jump"] = r.case_id
-        st.switch_page("pages/gallery.py")
+        st.switch_page("views/gallery.py")
 
 failures = view.files.failures
 if failures is not None and not failures.empty:

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboards import data
-from dashboards.pages import common
+from dashboards.views import common
 
 st.title("Reader scores")
 study_dir = data.env_path(data.STUDY_ENV)
