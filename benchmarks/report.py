@@ -331,7 +331,7 @@ def _write_run_json(run, config, tables, cases, samples, names, n_cases, version
             name: {"samples": n_cases, "failed": 0, "generation_seconds": 1.2 * n_cases, "images_per_s": 0.83,
                    "this_process": {"device": "cuda:0", "gpu": "NVIDIA H100", "load_s": 12.0}}
             for name in generating
-        },  # fmt: skip
+        },
         "evaluation": {
             "evaluators": evaluator,
             "metric_evaluators": {},
@@ -340,7 +340,7 @@ def _write_run_json(run, config, tables, cases, samples, names, n_cases, version
             "dtype": "fp32",
             "cache_dir": str(run / "cache" / "features"),
             "pathology": {"classes": list(CLASSES), "threshold_policy": "operating_point",
-                          "thresholds": dict.fromkeys(CLASSES, 0.5), "skipped": {}},  # fmt: skip
+                          "thresholds": dict.fromkeys(CLASSES, 0.5), "skipped": {}},
             "feature_metrics": feature,
         },
     }
@@ -488,12 +488,14 @@ def table(results: list[dict[str, Any]], load: tuple[float, float]) -> str:
     ]
     head = [f"{r['label']} ({r['models']}×{r['cases']})" for r in results]
     lines = [
-        f"xray-audit report --format {FORMATS}{' --reader-study' if main['readers'] else ''} "
-        f"({main['readers']} readers x {main['items']} items); {os.cpu_count()} CPU cores, "
-        f"1-min load average {load[0]:.1f} before / {load[1]:.1f} after. Seconds wall (CPU of the "
-        "process in brackets); "
-        f"paired comparisons {', '.join(str(r['paired_comparisons']) for r in results)}; "
-        f"report.html {main['html_mb']:.1f} MB.",
+        (
+            f"xray-audit report --format {FORMATS}{' --reader-study' if main['readers'] else ''} "
+            f"({main['readers']} readers x {main['items']} items); {os.cpu_count()} CPU cores, "
+            f"1-min load average {load[0]:.1f} before / {load[1]:.1f} after. Seconds wall (CPU of the "
+            "process in brackets); "
+            f"paired comparisons {', '.join(str(r['paired_comparisons']) for r in results)}; "
+            f"report.html {main['html_mb']:.1f} MB."
+        ),
         "",
         "| seconds | " + " | ".join([*head, *(f"run vs {b['label']}" for b in baselines)]) + " |",
         "|---|" + "---:|" * (len(results) + len(baselines)),
@@ -511,8 +513,10 @@ def table(results: list[dict[str, Any]], load: tuple[float, float]) -> str:
     verdict = "meets" if main["cli_wall_s"] < TARGET_S else "MISSES"
     lines += [
         "",
-        f"{main['models']} models × {main['cases']} cases: {main['cli_wall_s']:.1f} s wall, {verdict} the "
-        f"{TARGET_S:.0f} s target.",
+        (
+            f"{main['models']} models × {main['cases']} cases: {main['cli_wall_s']:.1f} s wall, {verdict} the "
+            f"{TARGET_S:.0f} s target."
+        ),
     ]
     return "\n".join(lines)
 

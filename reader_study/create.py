@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from audit import rundir
 from audit.atomic import sha256_bytes, write_bytes
 from audit.images import ImageReadError, encode_png, read_image
+from audit.norberg.evaluation import run_settings
 from audit.norberg.geometry import PATIENT_LEFT_ON
 from reader_study import assignment, placement, rendering, study
 from reader_study.criteria import Criterion
@@ -180,19 +181,6 @@ def _read_source(src: _Source) -> tuple[np.ndarray, str]:
         raise CreateError(str(exc)) from exc
 
 
-def _run_patient_left(run: Path) -> str:
-    """The run config's ``[norberg] patient_left``: the annotations and the study must agree on sides."""
-    import tomllib
-
-    path = run / rundir.CONFIG_TOML
-    try:
-        norberg = tomllib.loads(path.read_text(encoding="utf-8")).get("norberg", {})
-    except (OSError, ValueError):
-        return PATIENT_LEFT_ON[0]
-    value = norberg.get("patient_left") if isinstance(norberg, dict) else None
-    return value if value in PATIENT_LEFT_ON else PATIENT_LEFT_ON[0]
-
-
 def create_study(
     run_dir: str | Path, out: str | Path, options: CreateOptions, progress: bool = True
 ) -> CreatedStudy:
@@ -340,7 +328,8 @@ def create_study(
             n_calibration=int(key.calibration.sum()),
             case_reuse=reuse,
             landmarks=options.landmarks,
-            patient_left=options.patient_left or _run_patient_left(run),
+            # The annotations and the study must agree on sides: by default the run's convention.
+            patient_left=options.patient_left or run_settings(run).patient_left,
         )
         study.save(tmp, info)
         if final.exists():

@@ -40,8 +40,8 @@ from PIL import Image
 from audit import __version__, images, rundir
 from audit.atomic import write_text
 from audit.cases import is_phantom
+from audit.metrics.functional.norberg import METRIC_ORDER as NORBERG_METRICS
 from reports.norberg import METRIC_LABELS as NORBERG_LABELS
-from reports.norberg import METRICS as NORBERG_METRICS
 from reports.norberg import phantom_callout, render_norberg, render_norberg_provenance
 
 if TYPE_CHECKING:  # reader_stats pulls in scipy.stats; the page imports it only with a reader study
@@ -1308,7 +1308,7 @@ def render_groups(ctx: TableContext, metrics: Sequence[MetricColumn]) -> str:
     return "".join(parts)
 
 
-def _model_colours(models: Sequence[ModelRow]) -> dict[str, str]:
+def model_colours(models: Sequence[ModelRow]) -> dict[str, str]:
     colours: dict[str, str] = {}
     i = 0
     for m in models:
@@ -1330,7 +1330,7 @@ def render_distributions(run: RunFiles, models: Sequence[ModelRow], metrics: Seq
         "value"
     ].mean()
     groups = {key: grp for key, grp in per_case.groupby(level=["metric", "model"], sort=False)}
-    colours = _model_colours(models)
+    colours = model_colours(models)
     parts = []
     for i, metric in enumerate(metrics):
         traces = []
@@ -2983,7 +2983,7 @@ def render_html_report(
         f'<span class="{"bad" if n_failures else ""}">failures <b>{n_failures}</b></span>',
     ]
     failures_section = render_failures(run.failures, n_failures)
-    norberg_html = render_norberg(run.run_dir, _figure_div, _model_colours(models), run.cases)
+    norberg_html = render_norberg(run.run_dir, _figure_div, model_colours(models), run.cases)
     nav = [("results", "Results")]
     if groups_html:
         nav.append(("groups", "Results by group"))

@@ -47,7 +47,6 @@ METRIC_LABELS = {
     "norberg_icc": "Norberg ICC(2,1)",
     "norberg_kappa": "Norberg κ (105°)",
 }
-METRICS = tuple(metric for metric, _, _ in COLUMNS)
 # Plain text: report.html escapes it, the dashboard shows it as Markdown.
 PHANTOM_NOTE = (
     "These cases come from the drawn pelvis phantom of `xray-audit norberg phantom`, not from radiographs: "

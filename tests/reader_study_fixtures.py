@@ -121,7 +121,8 @@ def rated_study(
 
     from reader_study import admin, study
     from reader_study.criteria import TURING
-    from reader_study.store import Answer, readers as readers_table
+    from reader_study.store import Answer
+    from reader_study.store import readers as readers_table
 
     criteria = resolve(None, None)
     options = CreateOptions(readers=readers, criteria=criteria, per_model=per_model, size=64, turing=True)

@@ -109,10 +109,10 @@ def test_frechet_bootstrap_degenerate_replicates_and_errors():
 
 def _mmd2_reference(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD² of two samples of any sizes, written out: every pair of distinct draws."""
-    k = lambda a, b: (a @ b.T / a.shape[1] + 1.0) ** 3  # noqa: E731
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1.0) ** 3
     m, n = x.shape[0], y.shape[0]
     kxx, kyy = k(x, x), k(y, y)
-    off = lambda a: a.sum() - np.trace(a)  # noqa: E731
+    off = lambda a: a.sum() - np.trace(a)
     return float(off(kxx) / (m * (m - 1)) + off(kyy) / (n * (n - 1)) - 2 * k(x, y).mean())
 
 

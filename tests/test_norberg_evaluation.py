@@ -8,6 +8,7 @@ have to come out of the actual images and detector.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -136,13 +137,13 @@ def test_changed_sample_file_is_refused(phantom_run, tmp_path):
     run = root / "run"
     samples = pd.read_parquet(run / "samples.parquet")
     target = samples[samples["model"] == "phantom-gen"].iloc[0]["path"]
-    original = open(target, "rb").read()
+    original = Path(target).read_bytes()
     try:
         write_png(target, np.zeros((96, 96), np.float32), bit_depth=16)
         with pytest.raises(ValueError, match="sha256"):
             ev.evaluate_norberg(run, cohort / "landmarks.csv", root / "detector", device="cpu")
     finally:
-        open(target, "wb").write(original)
+        Path(target).write_bytes(original)
 
 
 def test_annotations_for_other_cases_are_a_clear_error(phantom_run, tmp_path):
@@ -332,7 +333,7 @@ def test_norberg_config_errors(phantom_run, tmp_path, extra, message):
 def test_norberg_config_round_trips_and_keeps_old_hashes(phantom_run, tmp_path):
     from audit.config import dump_toml, load_config, parse_config
 
-    root, cohort = phantom_run
+    root, _ = phantom_run
     config = load_config(root / "study.toml")
     assert config.norberg is not None and config.norberg.patient_left == "image-right"
     import tomllib

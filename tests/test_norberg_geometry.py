@@ -261,13 +261,13 @@ def test_phantom_rim_is_where_the_bright_arc_ends():
             other = np.array(lm[f"{'right' if side == 'left' else 'left'}_head_center"])
             medial = (other - h) / np.linalg.norm(other - h)
 
-            def sample(alpha_deg, _h=h, _m=medial, _r=radius, _side=side):
+            def sample(alpha_deg, _h=h, _m=medial, _r=radius, _side=side, _img=img):
                 turn = 1.0 if _side == "left" else -1.0
                 a = math.radians(alpha_deg) * turn
                 ca, sa = math.cos(a), math.sin(a)
                 d = np.array([ca * _m[0] - sa * _m[1], sa * _m[0] + ca * _m[1]])
                 x, y = _h + _r * d
-                return img[int(round(y)), int(round(x))]
+                return _img[round(y), round(x)]
 
             theta = ph.angles[side]
             on_arc = np.mean([sample(theta - k) for k in (6, 9, 12)])

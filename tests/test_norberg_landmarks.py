@@ -120,13 +120,17 @@ def test_every_problem_is_reported_at_once_with_row_line_and_column(tmp_path):
         "row 2 (line 3), column 'x': coordinate is not a number",
         "row 3 (line 4), column 'y': coordinate is NaN",
         "row 5 (line 6), column 'landmark': unknown landmark name (did you mean 'left_rim'?)",
-        "row 6 (line 7), column 'landmark': duplicate left_head_center for case 'a' "
-        "(first given in row 1, line 2)",
+        (
+            "row 6 (line 7), column 'landmark': duplicate left_head_center for case 'a' "
+            "(first given in row 1, line 2)"
+        ),
         "row 7 (line 8), column 'case_id': empty case_id",
         "case 'b': the left hip has no left_head_center and 2 outline point(s)",
         "case 'b': the left hip has no left_rim",
-        "row 12 (line 13), column 'landmark': case 'c', right hip: circle fit: "
-        "the 3 points lie on a straight line",
+        (
+            "row 12 (line 13), column 'landmark': case 'c', right hip: circle fit: "
+            "the 3 points lie on a straight line"
+        ),
     ]
     for fragment in expected:
         assert fragment in text, fragment

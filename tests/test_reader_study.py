@@ -41,12 +41,14 @@ from reader_study.store import (
     assignments,
     audit_log,
     items,
-    landmarks as landmarks_table,
     ratings,
     readers,
     responses,
     sqlite_url,
     submissions,
+)
+from reader_study.store import (
+    landmarks as landmarks_table,
 )
 from tests.reader_study_fixtures import LEAKY_TEXT, MODELS, make_run, make_study
 

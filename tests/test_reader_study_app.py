@@ -499,9 +499,11 @@ def test_a_zoomed_click_incomplete_landmarks_and_a_flag(lm):
     radio(at, f"**{BUILTIN['quality'].question}**").set_value(3)
     at = submit(at)
     assert errors(at) == [
-        "Please answer: place the landmarks: 2 more outline point(s) of the patient's right femoral head, "
-        "the patient's right acetabular rim point, 3 more outline point(s) of the patient's left femoral "
-        "head, the patient's left acetabular rim point (or flag the image as unreadable)."
+        (
+            "Please answer: place the landmarks: 2 more outline point(s) of the patient's right femoral head, "
+            "the patient's right acetabular rim point, 3 more outline point(s) of the patient's left femoral "
+            "head, the patient's left acetabular rim point (or flag the image as unreadable)."
+        )
     ]
     assert lm.rows(responses) == [] and lm.rows(landmarks_table) == []
     assert "outline point **2**" in instruction(at)  # the point placed is still there

@@ -82,14 +82,16 @@ def _sample_path(run_dir: Path, value: str) -> Path:
 
 
 @dataclasses.dataclass(frozen=True)
-class _RunSettings:
+class RunSettings:
     seed: int
     resamples: int
     confidence: float
     patient_left: str  # the run's [norberg].patient_left, else the standard display
 
 
-def _study_settings(run_dir: Path) -> _RunSettings:
+def run_settings(run_dir: Path) -> RunSettings:
+    """What a finished run's config.toml fixes for a later Norberg measurement: seed, bootstrap and
+    display convention (the reader study takes its sides from it too)."""
     import tomllib
 
     config_path = run_dir / rundir.CONFIG_TOML
@@ -99,7 +101,7 @@ def _study_settings(run_dir: Path) -> _RunSettings:
         value = config.get(name, {})
         return value if isinstance(value, Mapping) else {}
 
-    return _RunSettings(
+    return RunSettings(
         int(table("study").get("seed", 0) or 0),
         int(table("metrics").get("bootstrap_resamples", 1000)),
         float(table("metrics").get("confidence", 0.95)),
@@ -410,7 +412,7 @@ def evaluate_norberg(
     run = rundir.require_run_dir(run_dir)
     samples = pd.read_parquet(run / rundir.SAMPLES)
     samples["case_id"] = samples["case_id"].astype(str)
-    settings = _study_settings(run)
+    settings = run_settings(run)
     patient_left = patient_left or settings.patient_left
     reference = reference_angles(annotations, samples["case_id"], patient_left=patient_left)
     seed, resamples, confidence = settings.seed, settings.resamples, settings.confidence

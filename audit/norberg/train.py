@@ -180,7 +180,7 @@ class HeatmapNet(nn.Module):
         for i, c in enumerate(chans):
             c_in = 1 if i == 0 else chans[i - 1]
             self.down.append(nn.Sequential(*_conv(c_in, c, stem if i == 0 else 2), *_conv(c, c)))
-        out_level = int(round(math.log2(stride // stem)))
+        out_level = round(math.log2(stride // stem))
         self.skip_levels = list(range(len(chans) - 2, out_level - 1, -1))
         self.project = nn.ModuleList(
             [nn.Conv2d(chans[i + 1], chans[i], 1, bias=False) for i in self.skip_levels]
@@ -363,7 +363,7 @@ def build_training_set(
 def split_cases(case_ids: Sequence[str], val_fraction: float) -> tuple[list[int], list[int]]:
     """(train, held-out) indices: the ``round(f * N)`` (>= 1 when f > 0) ids of smallest sha256."""
     n = len(case_ids)
-    n_val = 0 if val_fraction == 0 else max(1, int(round(val_fraction * n)))
+    n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * n))
     if n_val >= n:
         raise DetectorError(
             f"{n} annotated case(s) leave none to train on with val_fraction {val_fraction}; "
@@ -402,7 +402,7 @@ def warp(inputs: Tensor, points: np.ndarray, a: Tensor, t: Tensor, flip: Tensor)
     Samples whose points would leave the picture are returned unchanged (they have no heatmap to
     learn).
     """
-    n, _, size, _ = inputs.shape
+    _, _, size, _ = inputs.shape
     q = torch.from_numpy((2 * points + 1) / size - 1)  # normalised coords, align_corners=False
     p = torch.einsum("nij,nkj->nki", torch.linalg.inv(a), q - t[:, None, :])
     pts = ((p + 1) * size - 1) / 2
@@ -648,9 +648,9 @@ def train_detector(
         "landmark detector: %d training and %d held-out case(s), %d px input, device %s",
         len(train_idx), len(held_idx), config.size, resolve_device(config.device),
     )
-    steps = config.epochs * max(1, math.ceil(len(train_idx) / config.batch_size))
+    per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))  # as fit() steps
+    steps = config.epochs * per_epoch
     if steps < RECOMMENDED_STEPS:
-        per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
         log.warning(
             "landmark detector: %d epochs x %d training case(s) is only %d optimiser steps; fewer than %d "
             "left the phantom's held-out error above 3 degrees. Consider --epochs %d.",

@@ -8,10 +8,7 @@ import numpy as np
 import streamlit as st
 
 from dashboards import data
-from reports.html import GENERATOR_COLOURS, MetricColumn, ModelRow
-
-BASELINE_COLOUR = "#A0A0A0"
-REAL_COLOUR = "#333333"
+from reports.html import MetricColumn, ModelRow, model_colours
 
 
 def current_view() -> data.RunView:
@@ -43,16 +40,8 @@ def contenders(models: Sequence[ModelRow]) -> list[ModelRow]:
 
 
 def colours(models: Sequence[ModelRow]) -> dict[str, str]:
-    out, i = {}, 0
-    for m in models:
-        if m.is_real:
-            out[m.name] = REAL_COLOUR
-        elif m.is_baseline:
-            out[m.name] = BASELINE_COLOUR
-        else:
-            out[m.name] = GENERATOR_COLOURS[i % len(GENERATOR_COLOURS)]
-            i += 1
-    return out
+    """The report's colour per model, so a model looks the same in report.html and here."""
+    return model_colours(models)
 
 
 def pick_models(view: data.RunView, key: str, default: Sequence[str] | None = None) -> list[str]:
