@@ -140,6 +140,7 @@ def validate_landmarks(
     landmarks: Landmarks = {}
     invalid: dict[str, set[str]] = {}
     row_of: dict[tuple[str, str], int] = {}  # (case_id, landmark) -> 0-based row
+    duplicates = 0
     for i, rec in enumerate(rows.itertuples(index=False)):
         cid = _text(rec.case_id)
         name = _text(rec.landmark)
@@ -168,12 +169,15 @@ def validate_landmarks(
         if key in row_of:
             first = row_of[key]
             where = f"row {first + 1}" + (f", line {first + 2}" if is_csv else "")
-            msg = f"duplicate {name} for case {cid!r} (first given in {where}); keep one" + _duplicate_hint(unknown)
-            problem(i, "landmark", name, msg)
+            problem(i, "landmark", name, f"duplicate {name} for case {cid!r} (first given in {where}); keep one")
+            duplicates += 1
             continue
         row_of[key] = i
         landmarks.setdefault(cid, {})[name] = (xy[0], xy[1])
 
+    if duplicates and unknown:
+        # Said once for the file: the likely cause of every duplicate row is a column not read here.
+        problem(None, None, None, _duplicate_hint(duplicates, unknown))
     if image_sizes is not None:
         _check_bounds(landmarks, image_sizes, row_of, problem)
     for cid, points in landmarks.items():
@@ -212,15 +216,19 @@ def _read_rows(path: Path, fmt: str, problem: Any) -> pd.DataFrame | None:
     return frame.astype(object).where(frame.notna(), None)
 
 
-def _duplicate_hint(extra: Sequence[str]) -> str:
+def _duplicate_hint(duplicates: int, extra: Sequence[str]) -> str:
     keys = [c for c in _EXPORT_KEYS if c in extra]
     if keys:
         return (
-            f". The file's {', '.join(keys)} column(s) are not read here, so this looks like a reader study "
-            "export with several readers, models or reads: keep one reader's first reads of one model, or give "
-            "the whole export to `xray-audit norberg evaluate RUN_DIR --reader-landmarks`"
+            f"{duplicates} duplicate landmark row(s): the file's {', '.join(keys)} column(s) are not read here, "
+            "so this looks like a reader study export with several readers, models or reads: keep one reader's "
+            "first reads of one model, or give the whole export to `xray-audit norberg evaluate RUN_DIR "
+            "--reader-landmarks`"
         )
-    return f" (the file's other column(s) {', '.join(extra)} are not read)" if extra else ""
+    return (
+        f"{duplicates} duplicate landmark row(s): the file's other column(s) {', '.join(extra)} are not read "
+        "here; keep one row per case and landmark"
+    )
 
 
 def _text(value: Any) -> str | None:
