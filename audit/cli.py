@@ -532,9 +532,10 @@ def _reader_study(args: argparse.Namespace, progress: bool) -> int:
     if cmd == "serve":
         from reader_study.serve import serve
 
-        return serve(args.study_dir, args.port, args.address)
+        return serve(args.study_dir, args.port, args.address, progress=progress)
     if cmd == "status":
         from reader_study.admin import status
+        from reader_study.text import printable  # readers typed the flag reasons: no escape sequences
 
         readers, flagged = status(args.study_dir)
         print(
@@ -543,13 +544,16 @@ def _reader_study(args: argparse.Namespace, progress: bool) -> int:
         for r in readers:
             med = f"{r.median_seconds:.1f}" if r.median_seconds is not None else "-"
             print(
-                f"{r.reader:<20} {r.done:>6} {r.total:>6} {r.rereads_waiting:>8} {r.flagged:>8} {med:>14}  "
-                f"{r.last_activity or '-'}"
+                f"{printable(r.reader):<20} {r.done:>6} {r.total:>6} {r.rereads_waiting:>8} {r.flagged:>8} "
+                f"{med:>14}  {r.last_activity or '-'}"
             )
         if len(flagged):
             print(f"\nflagged items ({len(flagged)}):")
             for f in flagged.itertuples():
-                print(f"  {f.item} (read {f.read_number}) by {f.reader} at {f.at}: {f.reason}")
+                print(
+                    f"  {printable(f.item)} (read {f.read_number}) by {printable(f.reader)} at {f.at}: "
+                    f"{printable(f.reason)}"
+                )
         return EXIT_OK
     if cmd == "export":
         from reader_study.admin import export

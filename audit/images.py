@@ -33,11 +33,13 @@ DICOM (decoded by pydicom, imported lazily)
     are rejected.  RGB/YBR DICOMs are
     divided by ``2**BitsStored - 1`` and converted to BT.601 luminance.
 
-Writing (:func:`encode_png`, :func:`write_png`)
+Writing (:func:`encode_png`, :func:`write_png`, :func:`encode_png_fixed_size`)
     PNGs are assembled here chunk by chunk (signature, ``IHDR``, one ``IDAT``, ``IEND``) so that
     no text, EXIF, ICC, ``pHYs`` or ``tIME`` metadata can leak into images shown to readers, and
     identical pixels always give identical bytes (for a given zlib build).  Floats are clipped
-    to ``[0, 1]`` and quantised with ``np.rint`` (round half to even).
+    to ``[0, 1]`` and quantised with ``np.rint`` (round half to even).  For blinded readers,
+    :func:`encode_png_fixed_size` stores the scanlines uncompressed, so that every image of one
+    shape has one byte length whatever its content (:func:`fixed_png_size`).
 
 Anything unreadable raises :class:`ImageReadError` whose message names the file, the problem
 and what to do about it.
@@ -69,6 +71,7 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and B
 _HEAD_BYTES = 132  # DICOM's "DICM" sits at offset 128
 _PIL_FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
 _PNG_ZLIB_LEVEL = 6
+_STORED_BLOCK = 65535  # the largest deflate stored block
 _EXIF_ORIENTATION = 0x0112
 _TIFF_BITS_PER_SAMPLE = 258
 _TIFF_PHOTOMETRIC = 262
@@ -735,9 +738,15 @@ def _filter_rows(rows: np.ndarray, bpp: int, filter_type: int | None = None) -> 
         choice = np.argmin(magnitude.sum(axis=2, dtype=np.uint32), axis=0)
     else:
         choice = np.full(rows.shape[0], filter_type)
-    out = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
+    return _scanlines(candidates, choice)
+
+
+def _scanlines(candidates: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """Row ``i`` filtered with ``choice[i]``, prefixed by that filter byte."""
+    height = candidates.shape[1]
+    out = np.empty((height, candidates.shape[2] + 1), dtype=np.uint8)
     out[:, 0] = choice
-    out[:, 1:] = candidates[choice, np.arange(rows.shape[0])]
+    out[:, 1:] = candidates[choice, np.arange(height)]
     return out
 
 
@@ -745,16 +754,23 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _png_bytes(samples: np.ndarray, bit_depth: int, filter_type: int | None = None) -> bytes:
+def _png_rows(samples: np.ndarray, bit_depth: int) -> tuple[np.ndarray, int, bytes]:
+    """The raw scanline bytes ``(H, rowbytes)``, bytes per pixel and the IHDR payload."""
     height, width = samples.shape[:2]
     channels = 1 if samples.ndim == 2 else samples.shape[2]
-    colour_type = 0 if channels == 1 else 2
     big_endian = samples.astype(">u2" if bit_depth == 16 else np.uint8)  # PNG samples are big-endian
     rows = np.ascontiguousarray(big_endian).view(np.uint8).reshape(height, -1)
-    bpp = channels * bit_depth // 8
-    idat = zlib.compress(_filter_rows(rows, bpp, filter_type).tobytes(), _PNG_ZLIB_LEVEL)
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0 if channels == 1 else 2, 0, 0, 0)
+    return rows, channels * bit_depth // 8, ihdr
+
+
+def _png_file(ihdr: bytes, idat: bytes) -> bytes:
     return _PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _png_bytes(samples: np.ndarray, bit_depth: int, filter_type: int | None = None) -> bytes:
+    rows, bpp, ihdr = _png_rows(samples, bit_depth)
+    return _png_file(ihdr, zlib.compress(_filter_rows(rows, bpp, filter_type).tobytes(), _PNG_ZLIB_LEVEL))
 
 
 def encode_png(pixels: np.ndarray, bit_depth: int = 8) -> bytes:
@@ -765,6 +781,11 @@ def encode_png(pixels: np.ndarray, bit_depth: int = 8) -> bytes:
     (``np.rint(x * (2**bit_depth - 1))``); NaN/inf raise ValueError.  Bool is 0 or full scale
     (a mask becomes 0/255 at 8 bits).  uint8/uint16 are taken as ``x/255``/``x/65535``.
     """
+    return _png_bytes(_checked_samples(pixels, bit_depth), bit_depth)
+
+
+def _checked_samples(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
+    """``pixels`` as PNG samples, ``(H, W)`` or ``(H, W, 3)``, or a ValueError saying what is wrong."""
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
     arr = np.asarray(pixels)
@@ -779,7 +800,53 @@ def encode_png(pixels: np.ndarray, bit_depth: int = 8) -> bytes:
         raise ValueError(f"pixels must be (H, W), (H, W, 1) or (H, W, 3), got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"cannot encode an empty image of shape {arr.shape}")
-    return _png_bytes(_quantise(arr, bit_depth), bit_depth)
+    return _quantise(arr, bit_depth)
+
+
+def _stored_zlib(data: bytes) -> bytes:
+    """A zlib stream of deflate *stored* (uncompressed) blocks: its length depends only on
+    ``len(data)``, never on the bytes, unlike any compressing level of zlib."""
+    out = bytearray(b"\x78\x01")  # deflate, 32 KiB window, no preset dictionary, check bits valid
+    if not data:
+        out += b"\x01\x00\x00\xff\xff"
+    for start in range(0, len(data), _STORED_BLOCK):
+        block = data[start : start + _STORED_BLOCK]
+        final = start + _STORED_BLOCK >= len(data)
+        out += struct.pack("<BHH", 1 if final else 0, len(block), len(block) ^ 0xFFFF)
+        out += block
+    out += struct.pack(">I", zlib.adler32(data))
+    return bytes(out)
+
+
+def encode_png_fixed_size(
+    pixels: np.ndarray, bit_depth: int = 8, row_filters: np.ndarray | None = None
+) -> bytes:
+    """Like :func:`encode_png`, but the byte length is a function of shape, bit depth and colour
+    type only, never of the pixels: the IDAT holds the filtered scanlines in deflate stored blocks.
+
+    Compressed PNGs give their content away by their size (a noisy radiograph compresses worse than
+    a smooth synthetic one); these do not. ``row_filters`` (ints 0-4, one per row) picks each row's
+    PNG filter: the bytes change, the length does not, so identical pixels can be sent as different
+    files of the same size. None: filter 0 (None) on every row.
+    """
+    rows, bpp, ihdr = _png_rows(_checked_samples(pixels, bit_depth), bit_depth)
+    height = rows.shape[0]
+    if row_filters is None:
+        choice = np.zeros(height, dtype=np.intp)
+    else:
+        choice = np.asarray(row_filters)
+        if choice.shape != (height,) or choice.dtype.kind not in "iu" or choice.min() < 0 or choice.max() > 4:
+            raise ValueError(f"row_filters must be {height} integers 0-4, got shape {choice.shape}")
+    return _png_file(ihdr, _stored_zlib(_scanlines(_filter_candidates(rows, bpp), choice).tobytes()))
+
+
+def fixed_png_size(height: int, width: int, channels: int = 1, bit_depth: int = 8) -> int:
+    """The byte length of every :func:`encode_png_fixed_size` PNG of this shape (the published
+    layout: signature, three chunks of 12 bytes framing, zlib header, 5 bytes per stored block,
+    Adler-32)."""
+    raw = height * (1 + width * channels * bit_depth // 8)
+    blocks = max(1, -(-raw // _STORED_BLOCK))
+    return 8 + (12 + 13) + (12 + 2 + 5 * blocks + raw + 4) + 12
 
 
 def write_png(path: PathLike, pixels: np.ndarray, bit_depth: int = 8) -> None:

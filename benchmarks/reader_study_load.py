@@ -1,6 +1,11 @@
-"""Load check of the reader-study store: many readers submitting ratings at the same time.
+"""Load checks of the reader study: many readers submitting ratings at the same time.
 
     python benchmarks/reader_study_load.py [--readers 20] [--ratings 50] [--database URL] [--out results.json]
+    python benchmarks/reader_study_load.py --mode websocket [--readers 20] [--ratings 20] [--think 5] [--size 512]
+
+``--mode websocket`` drives the real app through its websocket protocol, as readers' browsers do
+(see ``benchmarks/reader_study_ws.py``). The default, ``--mode store``, loads the database layer
+alone, as follows.
 
 A study is created (the test fixtures' small run, images at 64 px) with one reader per simulated
 reader plus one ``baseline`` reader, so every reader's queue holds at least ``--ratings`` items.
@@ -87,7 +92,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """One simulated reader: set up, wait for ``go`` on stdin, submit, report (runs in a child)."""
     import sqlalchemy as sa
 
-    from reader_study.store import Answer, Store
+    from reader_study.store import Answer, Shown, Store
 
     store = Store(cfg["url"])
     races = [0]
@@ -102,7 +107,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     who = store.authenticate(cfg["token"])
     if who is None:
         raise RuntimeError(f"reader {cfg['name']}: the token was not accepted")
-    reader_id = who[0]
+    reader_id = who.reader_id
     entries = [e for e in store.queue(reader_id) if e.available_after is None][: cfg["ratings"]]
     if len(entries) < cfg["ratings"]:
         raise RuntimeError(f"reader {cfg['name']}: {len(entries)} items in the queue, {cfg['ratings']} asked")
@@ -125,10 +130,12 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     counts = Counter()
     lock = threading.Lock()
 
-    def submit(entry: Any, sid: str, values: dict[str, list[Any]]) -> Any:
+    def submit(entry: Any, sid: str, values: dict[str, list[Any]], shown: Any) -> Any:
         t = time.perf_counter()
         try:
-            result = store.submit(reader_id, entry.item_id, entry.read_number, sid, answers_for(values))
+            result = store.submit(
+                reader_id, entry.item_id, entry.read_number, sid, answers_for(values), shown=shown
+            )
         except Exception as exc:  # noqa: BLE001 - every failure is a finding of the load check, counted
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             with lock:
@@ -150,15 +157,17 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
             if turing:
                 values["turing"] = [None, rng.choice(("real", "synthetic")), rng.randint(1, 5)]
             sid = str(uuid.uuid4())
+            # What the app's form is drawn from (its token generation and the answer's revision).
+            shown = Shown(who.token_generation, 0)
             if k in double_clicks:
-                other = second_click.submit(submit, entry, sid, values)
-                results = [submit(entry, sid, values), other.result()]
+                other = second_click.submit(submit, entry, sid, values, shown)
+                results = [submit(entry, sid, values, shown), other.result()]
                 counts["double_clicks"] += 1
                 created = [r.created for r in results if r is not None]
                 if len(created) == 2 and sorted(created) != [False, True]:
                     errors.append(f"double click on {entry.item_id}: created={created}, expected one True")
             else:
-                result = submit(entry, sid, values)
+                result = submit(entry, sid, values, shown)
                 if result is not None and not result.created:
                     errors.append(f"fresh submission id on {entry.item_id} reported as already stored")
             counts["ratings"] += 1
@@ -171,7 +180,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 changed = {c: list(v) for c, v in final[back.item_id].items()}
                 criterion = rng.choice(criteria)
                 changed[criterion][0] = changed[criterion][0] % 5 + 1
-                result = submit(back, str(uuid.uuid4()), changed)
+                result = submit(back, str(uuid.uuid4()), changed, store.shown(reader_id, back.item_id, 1))
                 counts["edits"] += 1
                 if result is not None:
                     final[back.item_id] = changed
@@ -496,8 +505,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--mode", choices=("store", "websocket"), default="store",
+        help="store: the database layer, one process per reader; websocket: the real app and server",
+    )  # fmt: skip
     parser.add_argument("--readers", type=int, default=20, help="simulated readers at once (default 20)")
-    parser.add_argument("--ratings", type=int, default=50, help="ratings per reader (default 50)")
+    parser.add_argument(
+        "--ratings", type=int, help="ratings per reader (default 50 for store, 20 for websocket)"
+    )
+    parser.add_argument("--think", type=float, default=5.0, help="websocket: think time per item, s (5)")
+    parser.add_argument("--size", type=int, default=512, help="websocket: study image size, px (512)")
     parser.add_argument(
         "--database",
         help="an empty PostgreSQL database (postgresql://...); default: SQLite in a temporary study",
@@ -511,11 +528,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(_worker(json.loads(sys.stdin.readline()))), flush=True)
         return 0
+    if args.ratings is None:
+        args.ratings = 50 if args.mode == "store" else 20
     if args.readers < 1 or args.ratings < 1:
         parser.error("--readers and --ratings must be >= 1")
     if not (0 <= args.duplicates <= 1 and 0 <= args.edits <= 1):
         parser.error("--duplicates and --edits are fractions between 0 and 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.mode == "websocket":
+        return _websocket(args)
     with tempfile.TemporaryDirectory(prefix="xray-audit-load-") as tmp:
         result = run_load(
             tmp, args.readers, args.ratings, args.database, args.duplicates, args.edits, args.seed
@@ -529,6 +550,34 @@ def main(argv: list[str] | None = None) -> int:
         messages = result["baseline"]["error_messages"] + result["concurrent"]["error_messages"]
         details = [f"{n}x {m}" for m, n in messages] + result["integrity"]["problems"]
         print("\nThe load check FAILED:\n" + "\n".join(f"  - {d}" for d in details), file=sys.stderr)
+        return 1
+    print("\nNothing lost, nothing stored twice, no errors.")
+    return 0
+
+
+def _websocket(args: argparse.Namespace) -> int:
+    if args.database:
+        raise SystemExit("--database is for --mode store; the websocket mode serves its own SQLite study")
+    if str(_REPO) not in sys.path:
+        sys.path.insert(0, str(_REPO))
+    from benchmarks import reader_study_ws
+
+    with tempfile.TemporaryDirectory(prefix="xray-audit-ws-load-") as tmp:
+        result = reader_study_ws.run_ws_load(
+            tmp, args.readers, args.ratings, args.think, args.seed, args.size
+        )
+    print(reader_study_ws.tables(result))
+    if args.out:
+        from audit.atomic import write_text
+
+        write_text(args.out, json.dumps(result, indent=2, default=list) + "\n")
+    if not result["ok"]:
+        details = [
+            f"{n}x {m}"
+            for m, n in result["baseline"]["error_messages"] + result["concurrent"]["error_messages"]
+        ]
+        print("\nThe load check FAILED:\n" + "\n".join(f"  - {d}" for d in details + result["integrity"]["problems"]),
+              file=sys.stderr)  # fmt: skip
         return 1
     print("\nNothing lost, nothing stored twice, no errors.")
     return 0

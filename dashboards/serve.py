@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def streamlit_command(port: int, address: str = "localhost") -> list[str]:
     """This app under the suite's Streamlit settings (:mod:`audit.streamlit_server`: headless, no
-    telemetry, no static file serving, XSRF on)."""
+    telemetry, no static file serving, XSRF on, no-store responses, no metrics endpoint)."""
     return audit_streamlit_command(APP, port, address)
 
 

@@ -1,14 +1,21 @@
-"""CLI-only admin actions: ``status``, ``export`` (the unblinding join) and ``reissue``."""
+"""CLI-only admin actions: ``status``, ``export`` (the unblinding join) and ``reissue``.
+
+Exports unblind, so they are written owner-only (0600, like ``key.parquet``). In the CSV files
+every text cell a spreadsheet would run as a formula gets a leading apostrophe
+(:func:`reader_study.text.spreadsheet_safe`); the Parquet files keep the exact values.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from audit.atomic import atomic_path
-from reader_study import placement, study
+from reader_study import placement, study, text
 from reader_study.criteria import FLAG
 from reader_study.store import Store, assignments, landmarks, new_token, ratings, readers, responses
 
@@ -22,13 +29,18 @@ EXPORT_COLUMNS = (
     "score",
     "turing_answer",
     "confidence",
-    "comment",
     "created_at",
     "read_number",
 )
 # After EXPORT_COLUMNS: whether the item was a calibration (practice) item, the flag and its reason,
-# the reader's seconds on the item (summed over edits) and the time of the last change.
-EXTRA_COLUMNS = ("calibration", "flagged", "flag_reason", "seconds", "updated_at")
+# the reader's seconds on the item (summed over edits), the time of the last change, the item's
+# place in that reader's queue (0 = first shown: order and fatigue effects) and the number of
+# submits that changed the item's answer after the first.
+EXTRA_COLUMNS = ("calibration", "flagged", "flag_reason", "seconds", "updated_at", "position", "edits")
+# Free-text comments, one row per response that has one (not repeated on every criterion row).
+COMMENT_COLUMNS = (
+    "reader", "item", "model", "case_id", "sample", "read_number", "position", "comment", "created_at", "updated_at",
+)  # fmt: skip
 # Readers' landmarks in the source image's pixels: the columns of an annotation file
 # (case_id, landmark, x, y) plus who placed them on which item.
 LANDMARK_COLUMNS = ("reader", "item", "model", "case_id", "sample", "read_number", "landmark", "x", "y")
@@ -36,9 +48,15 @@ _CROP_COLUMNS = ("crop_left", "crop_top", "crop_side")
 
 
 def open_store(study_dir: str | Path) -> tuple[Path, study.StudyInfo, Store]:
+    """The study and its database, brought to this version's schema (:meth:`Store.upgrade`)."""
     root, info = study.load(study_dir)
     store = Store(study.database_url(root, info))
-    store.check_schema()
+    try:
+        store.upgrade()
+        store.check_schema()
+    except BaseException:
+        store.close()
+        raise
     return root, info, store
 
 
@@ -91,27 +109,83 @@ def status(study_dir: str | Path) -> tuple[list[ReaderStatus], pd.DataFrame]:
         store.close()
 
 
-def export_frame(study_dir: str | Path) -> pd.DataFrame:
-    """One row per (reader, item, criterion, read): the answers joined with the key.
+@dataclasses.dataclass(frozen=True)
+class _Tables:
+    """The study's tables as frames, with the key: what every export joins."""
 
-    A flagged item without answers gets one row with ``criterion = "flag"`` so that it is counted.
-    """
+    key: pd.DataFrame
+    key_path: Path
+    readers: pd.DataFrame
+    ratings: pd.DataFrame
+    responses: pd.DataFrame
+    assignments: pd.DataFrame
+
+
+def _tables(study_dir: str | Path) -> _Tables:
     root, _, store = open_store(study_dir)
     try:
         key_path = root / study.KEY
         if not key_path.is_file():
             raise study.StudyError(f"{key_path} is missing: without the key the ratings cannot be unblinded")
-        key = pd.read_parquet(key_path)
-        rs = pd.DataFrame(store.table(readers))
-        rat = pd.DataFrame(store.table(ratings), columns=[c.name for c in ratings.columns])
-        resp = pd.DataFrame(store.table(responses), columns=[c.name for c in responses.columns])
-        asg = pd.DataFrame(store.table(assignments), columns=[c.name for c in assignments.columns])
+
+        def frame(table: Any) -> pd.DataFrame:
+            return pd.DataFrame(store.table(table), columns=[c.name for c in table.columns])
+
+        return _Tables(
+            pd.read_parquet(key_path),
+            key_path,
+            frame(readers),
+            frame(ratings),
+            frame(responses),
+            frame(assignments),
+        )
     finally:
         store.close()
-    heads = resp.rename(columns={"created_at": "response_created_at", "updated_at": "response_updated_at"})
-    rows = rat.merge(heads, on=["reader_id", "item_id", "read_number"], how="left", validate="many_to_one")
+
+
+def _with_key(rows: pd.DataFrame, t: _Tables) -> pd.DataFrame:
+    """``rows`` (by reader_id, item_id, read_number) with reader name, position and the key."""
+    rows = rows.merge(
+        t.assignments[["reader_id", "item_id", "read_number", "calibration", "position"]],
+        on=["reader_id", "item_id", "read_number"],
+        how="left",
+        validate="many_to_one",
+    )
+    rows = rows.merge(
+        t.readers[["id", "name"]].rename(columns={"id": "reader_id", "name": "reader"}), on="reader_id"
+    )
+    rows = rows.merge(
+        t.key[["item", "model", "case_id", "sample"]].rename(columns={"item": "item_id"}),
+        on="item_id",
+        how="left",
+        validate="many_to_one",
+    )
+    if rows.model.isna().any():
+        bad = sorted(set(rows.item_id[rows.model.isna()]))[:5]
+        raise study.StudyError(
+            f"{t.key_path}: rated item(s) missing from the key, e.g. {bad}; is this the right key?"
+        )
+    out = rows.rename(columns={"item_id": "item"})
+    for col in ("read_number", "sample", "position"):
+        out[col] = out[col].astype("Int64")
+    return out
+
+
+def export_frame(study_dir: str | Path) -> pd.DataFrame:
+    """One row per (reader, item, criterion, read): the answers joined with the key.
+
+    A flagged item without answers gets one row with ``criterion = "flag"`` so that it is counted.
+    Comments are not here but in :func:`comments_frame`, once per response.
+    """
+    t = _tables(study_dir)
+    heads = t.responses.drop(columns=["comment"]).rename(
+        columns={"created_at": "response_created_at", "updated_at": "response_updated_at"}
+    )
+    rows = t.ratings.merge(
+        heads, on=["reader_id", "item_id", "read_number"], how="left", validate="many_to_one"
+    )
     bare = heads[heads.flagged.astype(bool)].merge(
-        rat[["reader_id", "item_id", "read_number"]].drop_duplicates(),
+        t.ratings[["reader_id", "item_id", "read_number"]].drop_duplicates(),
         on=["reader_id", "item_id", "read_number"],
         how="left",
         indicator=True,
@@ -126,34 +200,26 @@ def export_frame(study_dir: str | Path) -> pd.DataFrame:
         updated_at=bare.response_updated_at,
     )
     rows = pd.concat([rows, bare], ignore_index=True) if len(bare) else rows
-    rows = rows.merge(
-        asg[["reader_id", "item_id", "read_number", "calibration"]],
-        on=["reader_id", "item_id", "read_number"],
-        how="left",
-        validate="many_to_one",
-    )
-    rows = rows.merge(
-        rs[["id", "name"]].rename(columns={"id": "reader_id", "name": "reader"}), on="reader_id"
-    )
-    rows = rows.merge(
-        key[["item", "model", "case_id", "sample"]].rename(columns={"item": "item_id"}),
-        on="item_id",
-        how="left",
-        validate="many_to_one",
-    )
-    if rows.model.isna().any():
-        bad = sorted(set(rows.item_id[rows.model.isna()]))[:5]
-        raise study.StudyError(
-            f"{key_path}: rated item(s) missing from the key, e.g. {bad}; is this the right key?"
-        )
-    out = rows.rename(columns={"item_id": "item"})
+    out = _with_key(rows, t)
     out["flagged"] = out.flagged.astype(bool)
     out["calibration"] = out.calibration.astype(bool)
-    for col in ("score", "confidence", "read_number", "sample"):
+    for col in ("score", "confidence", "edits"):
         out[col] = out[col].astype("Int64")
     out = out[[*EXPORT_COLUMNS, *EXTRA_COLUMNS]]
     return out.sort_values(["reader", "read_number", "item", "criterion"], kind="stable").reset_index(
         drop=True
+    )
+
+
+def comments_frame(study_dir: str | Path) -> pd.DataFrame:
+    """One row per response with a comment: who wrote it on which item, and when."""
+    t = _tables(study_dir)
+    notes = t.responses[t.responses.comment.notna()]
+    out = _with_key(notes, t)
+    return (
+        out[list(COMMENT_COLUMNS)]
+        .sort_values(["reader", "read_number", "item"], kind="stable")
+        .reset_index(drop=True)
     )
 
 
@@ -208,42 +274,57 @@ def landmarks_frame(study_dir: str | Path) -> pd.DataFrame:
     return out[list(LANDMARK_COLUMNS)].reset_index(drop=True)
 
 
-def _write(frame: pd.DataFrame, target: Path) -> None:
+def _write(frame: pd.DataFrame, target: Path, neutralise: bool) -> None:
+    """``frame`` to ``target`` (.csv/.parquet), owner-only; ``neutralise``: CSV formulas defused."""
     if target.suffix not in (".csv", ".parquet"):
         raise study.StudyError(f"--out must end in .csv or .parquet, got {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        if target.suffix == ".csv":
+    with atomic_path(target) as tmp:  # a mkstemp file: owner-only (0600), kept by the rename
+        if target.suffix == ".csv" and neutralise:
+            safe = frame.copy()
+            for col in safe.columns:
+                if safe[col].dtype == object or pd.api.types.is_string_dtype(safe[col].dtype):
+                    safe[col] = safe[col].map(text.spreadsheet_safe)
+            safe.to_csv(tmp, index=False)
+        elif target.suffix == ".csv":
             frame.to_csv(tmp, index=False)
         else:
             frame.to_parquet(tmp, index=False)
+    os.chmod(target, 0o600)
+
+
+def _beside(out: Path | None, root: Path, stem: str) -> list[Path]:
+    """Where a companion export goes: ``<out stem>-<stem><suffix>``, or ``STUDY_DIR/<stem>.csv/.parquet``."""
+    if out is not None:
+        return [out.with_name(f"{out.stem}-{stem}{out.suffix}")]
+    return [root / f"{stem}.csv", root / f"{stem}.parquet"]
 
 
 def export(study_dir: str | Path, out: Path | None = None) -> list[Path]:
     """Write the export to ``out`` (.csv or .parquet), or to ``STUDY_DIR/ratings.csv`` and ``.parquet``.
 
-    A study with landmarks also gets ``landmarks.csv`` and ``.parquet`` beside them (with ``out``:
+    A study with comments also gets ``comments.csv`` and ``.parquet`` beside them, one with
+    landmarks ``landmarks.csv`` and ``.parquet`` (with ``out``: ``<out stem>-comments<suffix>``,
     ``<out stem>-landmarks<suffix>``).
     """
     root = Path(study_dir)
     _, info = study.load(root)
     if out is not None and out.suffix not in (".csv", ".parquet"):
         raise study.StudyError(f"--out must end in .csv or .parquet, got {out}")
-    frame = export_frame(study_dir)
-    targets = [out] if out else [root / f"{study.EXPORT_STEM}.csv", root / f"{study.EXPORT_STEM}.parquet"]
-    for target in targets:
-        _write(frame, target)
-    if info.landmarks is None:
-        return targets
-    points = landmarks_frame(study_dir)
-    extra = (
-        [out.with_name(f"{out.stem}-{study.LANDMARKS_STEM}{out.suffix}")]
-        if out
-        else [root / f"{study.LANDMARKS_STEM}.csv", root / f"{study.LANDMARKS_STEM}.parquet"]
-    )
-    for target in extra:
-        _write(points, target)
-    return targets + extra
+    written = []
+    # Ratings and comments hold what readers typed: defused for spreadsheets. Landmarks hold none,
+    # and their CSV is an annotation file other commands read back: written as is.
+    parts = [(export_frame, [out] if out else _beside(None, root, study.EXPORT_STEM), True)]
+    if info.comment:
+        parts.append((comments_frame, _beside(out, root, study.COMMENTS_STEM), True))
+    if info.landmarks is not None:
+        parts.append((landmarks_frame, _beside(out, root, study.LANDMARKS_STEM), False))
+    for make, targets, neutralise in parts:
+        frame = make(study_dir)
+        for target in targets:
+            _write(frame, target, neutralise)
+            written.append(target)
+    return written
 
 
 def reissue(study_dir: str | Path, reader: str) -> str:

@@ -1,25 +1,41 @@
 """The rating app (Streamlit). Started by ``xray-audit reader-study serve STUDY_DIR``.
 
 It reads the study directory named by ``$XRAY_AUDIT_STUDY_DIR``: ``study.json``, ``images/`` and
-the database. It never opens ``key.parquet``, so nothing it can send names a model, a case or a
-source file: items are opaque random ids, images are bytes re-made by
-:func:`reader_study.rendering.view` (IHDR/IDAT/IEND only) and served under Streamlit's
-content-hash media URLs.
+the database. It never opens ``key.parquet`` or ``blinding.json``, so nothing it can send names a
+model, a case or a source file: items are opaque random ids, and images are bytes re-made by
+:func:`reader_study.rendering.view` (IHDR/IDAT/IEND only, and of one byte length for every item:
+stored, uncompressed scanlines), served under Streamlit's content-hash media URLs. The PNG row
+filters are drawn per (reader, item, read) from a per-process secret, so a re-read is not served
+at its first read's URL, and nobody can compute an item's URL from its pixels.
 
 With ``--landmarks`` the image is drawn by streamlit-image-coordinates (its frontend ships in the
 wheel, so it works offline) and the reader places landmarks on it step by step
 (:mod:`reader_study.placement`). The component is handed an object whose ``save`` writes the same
-``encode_png`` bytes, so what reaches the browser is still an IHDR/IDAT/IEND PNG, as a ``data:``
-URL inside the page's own traffic: no file name, path or URL is involved.
+:func:`reader_study.rendering.encode` bytes, so what reaches the browser is still an
+IHDR/IDAT/IEND PNG of fixed length, as a ``data:`` URL inside the page's own traffic.
 
-A session shows nothing but the login until a valid token is entered. After that every query is
-scoped to that reader, and the database itself refuses ratings for items outside the reader's
-queue. There are no admin actions here; they are CLI-only.
+Sessions: a session shows nothing but the login until a valid token is entered. A signed-in session
+is bound to the token's generation: every run of the page checks it, and every submit names it, so
+a ``reader-study reissue`` ends the old sessions at their next interaction. Signed-in sessions are
+marked non-resumable in Streamlit, so that nobody can take one over by presenting its session id
+(a reader whose connection drops signs in again and resumes at the first unrated item). After that
+every query is scoped to the reader, and the database itself refuses ratings for items outside the
+reader's queue, from a retired token, or from a form that is out of date (another tab changed the
+answer). There are no admin actions here; they are CLI-only.
+
+Speed: the rating form is an ``st.fragment``, so a submit that the form refuses (a missing answer)
+reruns the form only; a stored submit reruns the page once to show the next item. Rendered views
+are cached per (item, read, window, zoom, pan) and process: moving on to an item and back costs no
+image work.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 import os
+import secrets
 import time
 import uuid
 from pathlib import Path
@@ -32,15 +48,25 @@ from PIL import Image
 from streamlit_image_coordinates import streamlit_image_coordinates
 
 from audit.atomic import sha256_bytes
-from audit.images import encode_png
-from reader_study import placement, study
+from reader_study import placement, rendering, study, text
 from reader_study.criteria import CONFIDENCE_ANCHORS, TURING, TURING_QUESTION
-from reader_study.rendering import ZOOMS, crop_box, view, view_pixels
-from reader_study.store import Answer, QueueEntry, Response, Store, StoreError
+from reader_study.rendering import ZOOMS, crop_box, view_pixels
+from reader_study.store import (
+    Answer,
+    QueueEntry,
+    Shown,
+    StaleForm,
+    Store,
+    StoreError,
+    TokenRetired,
+)
 
 STUDY_ENV = "XRAY_AUDIT_STUDY_DIR"
-MAX_DISPLAY = 1024
 _VIEW_DEFAULTS = {"view_level": 0.5, "view_width": 1.0, "view_zoom": 1.0, "view_cx": 0.5, "view_cy": 0.5}
+_SESSION_ENDED = (
+    "Your access token was reissued, so this session has ended. Sign in with the new token from your study lead."
+)
+log = logging.getLogger("xray_audit.reader_study")
 
 
 @st.cache_resource
@@ -51,13 +77,34 @@ def _open(study_dir: str) -> tuple[Path, study.StudyInfo, Store]:
     return root, info, store
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_resource
+def _process_secret() -> bytes:
+    """Keys the PNG row filters: without it, nobody can compute the bytes (and so the media URL) an
+    item is sent as, and the same image read twice is sent as different bytes."""
+    return secrets.token_bytes(32)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
 def _pixels(path: str, sha256: str) -> np.ndarray:
     data = Path(path).read_bytes()
     if sha256_bytes(data) != sha256:
         raise StoreError("an image of this study changed on disk after the study was created")
     with Image.open(path) as im:
-        return np.asarray(im.convert("L"))
+        pixels = np.asarray(im.convert("L"))
+    pixels.setflags(write=False)  # shared by every session of the process
+    return pixels
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _view_bytes(path: str, sha256: str, settings: tuple[tuple[str, Any], ...], variant: bytes) -> bytes:
+    """The PNG of one view of one item for one (reader, read): the page reruns on every click,
+    and re-rendering the image each time was most of a submit's cost."""
+    return rendering.view(_pixels(path, sha256), **dict(settings), variant=variant)
+
+
+def _variant(entry: QueueEntry) -> bytes:
+    key = f"{st.session_state.reader_id}:{entry.item_id}:{entry.read_number}".encode()
+    return hmac.new(_process_secret(), key, hashlib.sha256).digest()
 
 
 class _EncodedPNG:
@@ -81,13 +128,28 @@ def _go(position: int) -> None:
     st.session_state.shown_at = time.monotonic()
 
 
-def _sign_out() -> None:
+def _sign_out(message: str | None = None) -> None:
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    if message:
+        st.session_state.signed_out_because = message
+
+
+def _forbid_resume() -> None:
+    """Mark this Streamlit session non-resumable: a connection presenting its session id gets a
+    new session (the login) instead of this signed-in one."""
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is not None and Runtime.exists():
+        Runtime.instance().mark_session_nonresumable(ctx.session_id)
 
 
 def _login(store: Store, info: study.StudyInfo) -> None:
     st.title(info.title)
+    if reason := st.session_state.get("signed_out_because"):
+        st.warning(reason)
     with st.form("login", clear_on_submit=True):
         token = st.text_input("Access token", type="password", help="The token the study lead gave you.")
         submitted = st.form_submit_button("Sign in", type="primary")
@@ -97,7 +159,11 @@ def _login(store: Store, info: study.StudyInfo) -> None:
             time.sleep(0.5)  # slows guessing; tokens are 192-bit anyway
             st.error("Unknown token. Check it with your study lead.")
             return
-        st.session_state.reader_id, st.session_state.reader_name = who
+        _sign_out()
+        _forbid_resume()
+        st.session_state.reader_id = who.reader_id
+        st.session_state.reader_name = who.name
+        st.session_state.token_generation = who.token_generation
         st.session_state.position = None
         st.rerun()
 
@@ -124,19 +190,20 @@ def _viewer(root: Path, entry: QueueEntry, store: Store, info: study.StudyInfo) 
     if sha is None:
         st.error("This item is missing from the study database.")
         return
-    pixels = _pixels(str(study.image_path(root, entry.item_id)), sha)
+    path = str(study.image_path(root, entry.item_id))
     settings = {
-        "level": st.session_state.view_level,
-        "width": st.session_state.view_width,
-        "zoom": st.session_state.view_zoom,
-        "cx": st.session_state.view_cx,
-        "cy": st.session_state.view_cy,
-        "out_size": min(MAX_DISPLAY, info.image_size),
+        "level": float(st.session_state.view_level),
+        "width": float(st.session_state.view_width),
+        "zoom": float(st.session_state.view_zoom),
+        "cx": float(st.session_state.view_cx),
+        "cy": float(st.session_state.view_cy),
+        "out_size": rendering.display_size(info.image_size),
     }
     if info.landmarks is None:
-        st.image(view(pixels, **settings), output_format="PNG", width="stretch")
+        png = _view_bytes(path, sha, tuple(sorted(settings.items())), _variant(entry))
+        st.image(png, output_format="PNG", width="stretch")
     else:
-        _landmark_viewer(entry, pixels, settings, store, info)
+        _landmark_viewer(entry, _pixels(path, sha), settings, store, info)
 
 
 # --- landmarks ----------------------------------------------------------------------------------
@@ -213,7 +280,8 @@ def _landmark_viewer(
     )
     st.markdown(placement.instruction(current.next_step(), info.patient_left))
     rgb = placement.draw(view_pixels(pixels, **settings), current, box)
-    streamlit_image_coordinates(_EncodedPNG(encode_png(rgb)), key=key, width="stretch", cursor="crosshair")
+    png = _EncodedPNG(rendering.encode(rgb, _variant(entry)))
+    streamlit_image_coordinates(png, key=key, width="stretch", cursor="crosshair")
     st.session_state.lm_shown = (visit, box)
     cols = st.columns(4)
     cols[0].button("Undo last point", on_click=_undo, disabled=not current.points, width="stretch")
@@ -237,13 +305,30 @@ def _index(options: list[Any], value: Any) -> int | None:
     return options.index(value) if value in options else None
 
 
-def _form(entry: QueueEntry, info: study.StudyInfo, previous: Response | None, store: Store) -> None:
-    reader_id = st.session_state.reader_id
-    answers_before = previous.answers if previous else {}
-    scores = [1, 2, 3, 4, 5]
+def _form_key(entry: QueueEntry) -> str:
     # Radio state follows its key, not its form: keys shared by every item would pre-select this
     # item's answers on the next one and hide the stored answers when the reader goes back.
-    form = f"rate-{entry.position}-{st.session_state.submission}"
+    return f"rate-{entry.position}-{st.session_state.submission}"
+
+
+@st.fragment
+def _form(entry: QueueEntry, info: study.StudyInfo, store: Store) -> None:
+    """The answers of one item. A fragment: a click in it reruns only this function, and a stored
+    submit reruns the page once to show the next item."""
+    reader_id = st.session_state.reader_id
+    form = _form_key(entry)
+    previous = store.response(reader_id, entry.item_id, entry.read_number)
+    # What this form is made from, fixed when it is first drawn: a submit from it is refused once
+    # the stored answer has changed (another tab) or the token has been reissued.
+    shown_key = f"{form}-shown"
+    if shown_key not in st.session_state:
+        st.session_state[shown_key] = Shown(
+            st.session_state.token_generation, previous.revision if previous else 0
+        )
+    if stale := st.session_state.pop("stale", None):
+        st.warning(stale)
+    answers_before = previous.answers if previous else {}
+    scores = [1, 2, 3, 4, 5]
     with st.form(form):
         chosen: dict[str, int | None] = {}
         for c in info.criteria:
@@ -276,14 +361,43 @@ def _form(entry: QueueEntry, info: study.StudyInfo, previous: Response | None, s
             )
         comment = None
         if info.comment:
-            comment = st.text_area("Comment (optional)", value=(previous.comment if previous else "") or "")
-        flagged = st.checkbox("Unreadable / flag this image", value=bool(previous and previous.flagged))
+            comment = st.text_area(
+                "Comment (optional)",
+                value=(previous.comment if previous else "") or "",
+                max_chars=text.MAX_TEXT,
+                key=f"{form}-comment",
+            )
+        flagged = st.checkbox(
+            "Unreadable / flag this image", value=bool(previous and previous.flagged), key=f"{form}-flag"
+        )
         reason = st.text_input(
-            "Reason for the flag", value=(previous.flag_reason if previous else "") or "", max_chars=500
+            "Reason for the flag",
+            value=(previous.flag_reason if previous else "") or "",
+            max_chars=text.MAX_TEXT,
+            key=f"{form}-reason",
         )
         submitted = st.form_submit_button("Submit", type="primary")
     if not submitted:
         return
+    _submit(entry, info, store, chosen, verdict, confidence, comment, bool(flagged), reason or "")
+
+
+def _submit(
+    entry: QueueEntry,
+    info: study.StudyInfo,
+    store: Store,
+    chosen: dict[str, int | None],
+    verdict: str | None,
+    confidence: int | None,
+    comment: str | None,
+    flagged: bool,
+    reason: str,
+) -> None:
+    # Widget values come from the browser: a hand-made client can send anything.
+    for what, value in (("comment", comment), ("flag reason", reason)):
+        if value is not None and (not isinstance(value, str) or len(value) > text.MAX_TEXT):
+            st.error(f"The {what} is too long: at most {text.MAX_TEXT} characters are kept. Shorten it.")
+            return
     missing = [c.question for c in info.criteria if chosen[c.name] is None]
     if info.turing and (verdict is None or confidence is None):
         missing.append(TURING_QUESTION)
@@ -300,7 +414,7 @@ def _form(entry: QueueEntry, info: study.StudyInfo, previous: Response | None, s
                 + ", or clear both hips."
             )
             return
-    if flagged and not reason.strip():
+    if flagged and not text.clean(reason):
         st.error("Give a reason for the flag, or untick it.")
         return
     if missing and not flagged:
@@ -309,19 +423,29 @@ def _form(entry: QueueEntry, info: study.StudyInfo, previous: Response | None, s
     answers = [Answer(name, score=score) for name, score in chosen.items() if score is not None]
     if info.turing and verdict is not None and confidence is not None:
         answers.append(Answer(TURING, turing_answer=verdict, confidence=confidence))
+    form = _form_key(entry)
     try:
         store.submit(
-            reader_id,
+            st.session_state.reader_id,
             entry.item_id,
             entry.read_number,
             st.session_state.submission,
             answers,
+            shown=st.session_state[f"{form}-shown"],
             flagged=flagged,
             flag_reason=reason if flagged else None,
             comment=comment,
             seconds=time.monotonic() - st.session_state.shown_at,
             points=points,
         )
+    except TokenRetired:
+        _sign_out(_SESSION_ENDED)
+        st.rerun(scope="app")
+    except StaleForm as exc:
+        # A new form (new key) is drawn from the stored answer, with the reason above it.
+        st.session_state.stale = str(exc)
+        _go(entry.position)
+        st.rerun(scope="app")
     except StoreError as exc:
         st.error(str(exc))
         return
@@ -331,10 +455,10 @@ def _form(entry: QueueEntry, info: study.StudyInfo, previous: Response | None, s
         )
         return
     st.session_state.saved = True
-    queue = store.queue(reader_id)
+    queue = store.queue(st.session_state.reader_id)
     nxt = _first_unrated(queue, after=entry.position)
     _go(entry.position if nxt is None else nxt)
-    st.rerun()
+    st.rerun(scope="app")
 
 
 def _reader_page(root: Path, info: study.StudyInfo, store: Store) -> None:
@@ -374,15 +498,17 @@ def _reader_page(root: Path, info: study.StudyInfo, store: Store) -> None:
         st.rerun()
     status = "rated, you can change your answers" if entry.done else "not rated yet"
     label = " · practice item" if entry.calibration else ""
-    nav[3].markdown(f"Item **{i + 1}** of {len(positions)}{label} · {status}")
+    # The item's place in the whole queue, re-reads included: a count of the items available now
+    # would grow right after the item that is to be re-read, and so point at it.
+    nav[3].markdown(f"Item **{entry.position + 1}** of {total}{label} · {status}")
 
     if first is None and done == total:
         st.success("All items are rated. Thank you! You can still go back and change an answer.")
     elif first is None and waiting:
         when = min(e.available_after for e in waiting if e.available_after)  # type: ignore[type-var]
         st.info(
-            f"{len(waiting)} repeat item(s) become available after "
-            f"{when.strftime('%Y-%m-%d %H:%M UTC') if when.year < 9999 else 'you finish the first reads'}."
+            f"{len(waiting)} further item(s) become available after "
+            f"{when.strftime('%Y-%m-%d %H:%M UTC') if when.year < 9999 else 'you finish the others'}."
         )
 
     left, right = st.columns([3, 2])
@@ -393,7 +519,7 @@ def _reader_page(root: Path, info: study.StudyInfo, store: Store) -> None:
             _landmark_help(info)
         if info.show_prompt and entry.prompt:
             st.info(f"Intended finding: {entry.prompt}")
-        _form(entry, info, store.response(reader_id, entry.item_id, entry.read_number), store)
+        _form(entry, info, store)
 
 
 def main() -> None:
@@ -410,6 +536,10 @@ def main() -> None:
         st.error(str(exc))
         return
     if "reader_id" not in st.session_state:
+        _login(store, info)
+        return
+    if store.token_generation(st.session_state.reader_id) != st.session_state.get("token_generation"):
+        _sign_out(_SESSION_ENDED)
         _login(store, info)
         return
     _reader_page(root, info, store)

@@ -12,15 +12,19 @@ Selection (:func:`select_cases`)
     no case more than ``ceil(items / cases)`` times) and the study records the largest reuse.
 
 Order (:func:`balanced_order`)
-    Each stratum's items are shuffled, then the session is built one position at a time. At
-    position ``m`` (of ``N``) stratum ``s`` of size ``n_s`` is *behind* by ``m * n_s / N`` minus the
-    items it already has. A stratum half an item or more behind is served at once (the most behind
-    first, ties at random); otherwise the next item comes from a random stratum that is behind.
-    No stratum ever gets ahead of its share by a whole item, and in every prefix of the session each
-    stratum has within 2 items of its proportional share, whatever the number and sizes of the
-    strata (checked over 20,000 random size sets of 2-15 strata, the worst was 1.42 items; the
-    tests repeat a smaller sweep).
-    With equal stratum sizes this is exactly blocks of one item per stratum, each block shuffled.
+    Each stratum's items are shuffled, then the session is drawn one position at a time like
+    balls from an urn (a stratum is drawn with probability proportional to its items left), under
+    two bounds that keep the session balanced: no stratum may get more than one item *ahead* of
+    its proportional share, and a stratum that would fall more than one item *behind* it is served
+    at once (the most behind first, ties at random). In every prefix of the session each stratum
+    therefore stays within 2 items of its share whatever the number and sizes of the strata
+    (over 3,000 random size sets of 2-11 strata the worst was 1.3 items; the tests repeat a smaller
+    sweep).
+    There is no block structure a reader could exploit. An earlier version served any stratum half
+    an item behind at once, which with equal strata made every run of ``S`` items (``S`` strata)
+    exactly one item of each: a reader who noticed could answer "real" once per block. Now, with
+    4 equal strata, 14 % of those runs hold one of each (a random shuffle: 9 %) and the number of
+    real images per run of 4 is spread like a shuffle's (0: 27 %, 1: 49 %, 2: 22 %, 3: 3 %).
     (Sorting by jittered keys ``(k + u) / n_s`` instead, as first done here, drifts up to ``S - 1``
     items with ``S`` strata: over 3 items for one large stratum among four small ones.)
 """
@@ -71,16 +75,20 @@ def balanced_order(strata: Mapping[str, Sequence[T]], rng: np.random.Generator) 
     taken = [0] * len(pools)
     out: list[T] = []
     for m in range(1, total + 1):
-        # total * (how far each stratum is behind its share of the first m items), in integers so
-        # that ties are exact. Sums to total, so some stratum is always behind; an exhausted one
-        # never is (m * n <= total * n).
-        behind = [m * n - c * total for n, c in zip(sizes, taken)]
-        most = max(behind)
-        if 2 * most >= total:
-            candidates = [i for i, b in enumerate(behind) if b == most]
+        # total * (how far each stratum would be ahead of its share of the first m items if it
+        # were not drawn now), in integers so that ties are exact.
+        ahead = [c * total - m * n for n, c in zip(sizes, taken)]
+        left = [n - c for n, c in zip(sizes, taken)]
+        late = [i for i, a in enumerate(ahead) if a < -total and left[i]]
+        if late:
+            most = min(ahead[i] for i in late)
+            candidates = [i for i in late if ahead[i] == most]
         else:
-            candidates = [i for i, b in enumerate(behind) if b > 0]
-        pick = candidates[int(rng.integers(len(candidates)))] if len(candidates) > 1 else candidates[0]
+            # Drawn now, it is at most one item ahead. Some stratum always qualifies: the shares
+            # sum to m, so not every stratum can already be at or above its share of m.
+            candidates = [i for i, a in enumerate(ahead) if a <= 0 and left[i]]
+        weights = np.array([left[i] for i in candidates], dtype=float)
+        pick = candidates[int(rng.choice(len(candidates), p=weights / weights.sum()))]
         out.append(pools[pick][taken[pick]])
         taken[pick] += 1
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -24,10 +25,10 @@ from tqdm.auto import tqdm
 
 from audit import rundir
 from audit.atomic import sha256_bytes, write_bytes
-from audit.images import ImageReadError, encode_png, read_image
+from audit.images import ImageReadError, read_image
 from audit.norberg.evaluation import run_settings
 from audit.norberg.geometry import PATIENT_LEFT_ON
-from reader_study import assignment, placement, rendering, study
+from reader_study import assignment, blinding, placement, rendering, study
 from reader_study.criteria import Criterion
 from reader_study.store import Store, new_token, sqlite_url
 
@@ -237,6 +238,9 @@ def create_study(
             src = options_for_case[int(rng.integers(len(options_for_case)))]
             picks.append((src, j >= counts[s]))  # the last calib[s] cases are calibration items
 
+    # Files are written and items inserted in a random order: otherwise inode numbers, file times
+    # and the database's row order would group the items by model for anyone with the folder.
+    picks = [picks[i] for i in rng.permutation(len(picks))]
     prompts = _prompts(cases) if options.show_prompt else {}
     final = out.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +253,7 @@ def create_study(
         bar = tqdm(picks, desc="re-encoding images", unit="img", disable=not progress)
         for src, is_calibration in bar:
             pixels, digest = _read_source(src)
-            png = encode_png(rendering.normalise(pixels, options.size), bit_depth=8)
+            png = rendering.encode(rendering.normalise(pixels, options.size))
             item = secrets.token_hex(8)
             while item in used_ids:
                 item = secrets.token_hex(8)
@@ -265,9 +269,13 @@ def create_study(
             item_rows.append(
                 {"id": item, "image_sha256": sha256_bytes(png), "prompt": prompts.get(src.case_id)}
             )
+        # In the seeded pick order: orders drawn from it are a function of the seed, not of the ids.
         key = pd.DataFrame(key_rows, columns=list(study.KEY_COLUMNS))
         key["sample"] = key["sample"].astype("Int64")
 
+        if options.database is None:
+            # Created owner-only before SQLite opens it: its -wal and -shm files take its mode.
+            os.close(os.open(tmp / study.DB_FILE, os.O_CREAT | os.O_WRONLY, 0o600))
         url = options.database or sqlite_url(tmp / study.DB_FILE)
         store = Store(url)
         store.create_schema()
@@ -277,9 +285,6 @@ def create_study(
         main = key[~key.calibration]
         main_strata = {s: list(g.item) for s, g in main.groupby("model", sort=True)}
         calib_strata = {s: list(g.item) for s, g in key[key.calibration].groupby("model", sort=True)}
-        calibration_order = assignment.balanced_order(
-            calib_strata, np.random.default_rng([options.seed, 0xCA1])
-        )
         for name in options.readers:
             token = new_token()
             reader_id = store.add_reader(name, token)
@@ -287,6 +292,8 @@ def create_study(
             r_rng = np.random.default_rng(
                 [options.seed, int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)]
             )
+            # Every reader gets the practice items in an order of their own.
+            calibration_order = assignment.balanced_order(calib_strata, r_rng)
             order = assignment.balanced_order(main_strata, r_rng)
             rows = [{"item_id": i, "read_number": 1, "calibration": True} for i in calibration_order]
             rows += [{"item_id": i, "read_number": 1, "calibration": False} for i in order]
@@ -312,7 +319,9 @@ def create_study(
             )
         store.close()
         store = None
+        key = key.sort_values("item", ignore_index=True)  # stored in id order: nothing to read from it
         key.to_parquet(tmp / study.KEY, index=False)
+        os.chmod(tmp / study.KEY, 0o600)  # the unblinding key: owner-only
         info = study.StudyInfo(
             title=options.title,
             criteria=options.criteria,
@@ -331,6 +340,12 @@ def create_study(
             # The annotations and the study must agree on sides: by default the run's convention.
             patient_left=options.patient_left or run_settings(run).patient_left,
         )
+        measured = blinding.measure(tmp, info, key, progress=progress)
+        bad = blinding.failures(measured)
+        if bad:
+            raise CreateError("the study's images would tell models apart by their byte size: " + "; ".join(bad[:5]))
+        blinding.save(tmp, measured)
+        _same_times(tmp / study.IMAGES_DIR, sorted(key.item))  # last: measuring read the files
         study.save(tmp, info)
         if final.exists():
             final.rmdir()  # empty, checked above
@@ -346,6 +361,15 @@ def create_study(
             )
         raise
     return CreatedStudy(final, tokens, len(key), reuse)
+
+
+def _same_times(images: Path, items: list[str]) -> None:
+    """Give every image file one access and modification time (the minute the study was made), so
+    that file times cannot order them; set in item-id order, which is random, as the change times
+    this leaves behind are."""
+    stamp = int(datetime.now(UTC).replace(second=0, microsecond=0).timestamp()) * 1_000_000_000
+    for item in items:
+        os.utime(images / f"{item}.png", ns=(stamp, stamp))
 
 
 def _prompts(cases: pd.DataFrame) -> dict[str, str]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from reader_study.blinding import BlindingError
 from reader_study.create import CreateError
 from reader_study.criteria import CriteriaError
 from reader_study.store import StoreError
 from reader_study.study import StudyError
 
-ERRORS: tuple[type[Exception], ...] = (CreateError, CriteriaError, StoreError, StudyError)
+ERRORS: tuple[type[Exception], ...] = (BlindingError, CreateError, CriteriaError, StoreError, StudyError)

@@ -15,6 +15,14 @@ Guarantees, enforced by the database rather than by the app:
   change: older databases lack it and are still read, as their studies have no landmarks.
 * ``submissions``: one row per submit, keyed by a client-made UUID (``UNIQUE``). A double click
   or a rerun repeats the UUID and changes nothing.
+* ``responses.edits`` counts the submits that changed a stored answer; with it every submit names
+  the revision of the answer its form showed (:class:`Shown`), and a form that is out of date (the
+  answer changed in another tab since) is refused (:class:`StaleForm`), with an audit row.
+* ``responses.comment`` and ``flag_reason`` hold at most :data:`reader_study.text.MAX_TEXT`
+  characters (``CHECK``), cleaned by :func:`reader_study.text.clean`.
+* ``readers.token_generation`` counts the reader's tokens (1 at creation, +1 per reissue). A
+  submit names the generation its session signed in with, is refused (:class:`TokenRetired`) once
+  the token was reissued, and every audit row a reader writes records it.
 * ``audit_log``: append-only (triggers reject ``UPDATE`` and ``DELETE`` on both backends); every
   created or changed answer is a row with who, what, old, new and when (UTC, ISO 8601).
 * SQLite connections run in WAL mode with a busy timeout and foreign keys on, and write
@@ -22,6 +30,10 @@ Guarantees, enforced by the database rather than by the app:
   lock fails at once with "database is locked" whatever the timeout, an immediate one waits.
 
 Tokens are never stored: ``readers.token_sha256`` holds the SHA-256 of a 192-bit random token.
+
+Schema version 2 added ``token_generation``, ``edits`` and the length checks; :meth:`Store.upgrade`
+adds the columns to a version-1 database (``status``, ``export`` and ``reissue`` call it), but the
+length ``CHECK`` only exists in databases created by version 2.
 """
 
 from __future__ import annotations
@@ -40,9 +52,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from reader_study import text
 from reader_study.placement import PlacementError, check_points, sort_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 SCORE_MIN, SCORE_MAX = 1, 5
 TURING_ANSWERS = ("real", "synthetic")
@@ -64,6 +77,7 @@ readers = sa.Table(
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("token_issued_at", sa.String(32), nullable=False),
+    sa.Column("token_generation", sa.Integer, nullable=False, server_default="1"),
 )
 
 items = sa.Table(
@@ -108,6 +122,10 @@ responses = sa.Table(
     sa.Column("seconds", sa.Float),
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("updated_at", sa.String(32), nullable=False),
+    # Submits that changed a stored answer after the first: the response's revision is 1 + edits.
+    sa.Column("edits", sa.Integer, nullable=False, server_default="0"),
+    sa.CheckConstraint(f"length(comment) <= {text.MAX_TEXT}", name="ck_response_comment_length"),
+    sa.CheckConstraint(f"length(flag_reason) <= {text.MAX_TEXT}", name="ck_response_flag_reason_length"),
     _assignment_fk,
 )
 
@@ -186,6 +204,8 @@ audit_log = sa.Table(
     sa.Column("old", sa.Text),
     sa.Column("new", sa.Text),
     sa.Column("submission_id", sa.String(36)),
+    # The reader's token generation that made the write (readers.token_generation); NULL for admin.
+    sa.Column("token_generation", sa.Integer),
 )
 
 _APPEND_ONLY_SQLITE = [
@@ -211,6 +231,18 @@ for _ddl in (*_APPEND_ONLY_SQLITE, *_APPEND_ONLY_POSTGRES):
 
 class StoreError(RuntimeError):
     """A request the study's database cannot honour (unknown item, bad answer, wrong schema)."""
+
+
+class TokenRetired(StoreError):
+    """The session's token was reissued: the session has ended (nothing was stored)."""
+
+
+class StaleForm(StoreError):
+    """The answer changed after the form was shown (another tab or window): nothing was stored."""
+
+    def __init__(self, message: str, stored: Response | None):
+        super().__init__(message)
+        self.stored = stored
 
 
 def utc_now() -> str:
@@ -307,12 +339,71 @@ class Response:
     flag_reason: str | None
     comment: str | None
     answers: dict[str, Answer]
+    edits: int = 0
+
+    @property
+    def revision(self) -> int:
+        """1 for the first stored answer, +1 per submit that changed it (0: nothing stored)."""
+        return 1 + self.edits
+
+    def describe(self) -> str:
+        """The stored answer in words, for a reader whose other tab changed it."""
+        parts = []
+        for name, a in sorted(self.answers.items()):
+            if a.turing_answer is not None:
+                parts.append(f"{name}: {a.turing_answer} (confidence {a.confidence})")
+            else:
+                parts.append(f"{name}: {a.score}")
+        if self.flagged:
+            parts.append(f"flagged ({self.flag_reason})")
+        return "; ".join(parts) or "no answers"
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedIn:
+    """Who a token belongs to, and which of the reader's tokens it is."""
+
+    reader_id: int
+    name: str
+    token_generation: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Shown:
+    """What a form was made from: the session's token generation and the answer's revision then
+    (0: no answer was stored). A submit is refused when either is no longer current."""
+
+    token_generation: int
+    revision: int
 
 
 @dataclasses.dataclass(frozen=True)
 class SubmitResult:
     created: bool  # False: this submission id was already stored (a double click), nothing changed
     changes: int  # audit rows written
+    refused: str | None = None  # "token" or "stale": refused, see Store.submit (raised, not returned)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Submission:
+    """One checked submit (Store.submit's arguments after validation)."""
+
+    reader_id: int
+    item_id: str
+    read_number: int
+    submission_id: str
+    answers: tuple[Answer, ...]
+    shown: Shown
+    flagged: bool
+    flag_reason: str | None
+    comment: str | None
+    seconds: float | None
+    points: dict[str, tuple[float, float]] | None
+
+    def describe(self) -> str:
+        return _describe(
+            {a.criterion: a.score if a.turing_answer is None else a.turing_answer for a in self.answers}
+        )
 
 
 class Store:
@@ -338,20 +429,52 @@ class Store:
             metadata.create_all(conn)
             conn.execute(meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
 
-    def check_schema(self) -> None:
+    def upgrade(self) -> bool:
+        """Bring a schema-1 database to version 2 (the added columns; not the length CHECKs, which
+        SQLite cannot add to a table). True when it upgraded."""
+        if self._schema_version() != 1:
+            return False
+        added = (
+            ("readers", "token_generation INTEGER NOT NULL DEFAULT 1"),
+            ("responses", "edits INTEGER NOT NULL DEFAULT 0"),
+            ("audit_log", "token_generation INTEGER"),
+        )
+        with self.engine.begin() as conn:
+            for table, column in added:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
+            conn.execute(
+                meta_table.update()
+                .where(meta_table.c.key == "schema_version")
+                .values(value=str(SCHEMA_VERSION))
+            )
+            self._log(conn, actor="admin", action="upgrade_schema", old="1", new=str(SCHEMA_VERSION))
+        return True
+
+    def _schema_version(self) -> int | None:
         try:
             with self._read() as conn:
                 row = conn.execute(
                     sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
                 ).first()
         except sa.exc.OperationalError as exc:
+            if "no such table" in str(exc.orig):
+                raise StoreError(f"the database holds no reader study ({exc.orig})") from exc
             raise StoreError(f"cannot open the study database: {exc.orig}") from exc
         except sa.exc.ProgrammingError as exc:
             raise StoreError(f"the database holds no reader study ({exc.orig})") from exc
-        if row is None or int(row[0]) != SCHEMA_VERSION:
+        return int(row[0]) if row is not None else None
+
+    def check_schema(self) -> None:
+        version = self._schema_version()
+        if version != SCHEMA_VERSION:
+            hint = (
+                " (made by an earlier xray-audit: `xray-audit reader-study status STUDY_DIR` upgrades it)"
+                if version == 1
+                else ""
+            )
             raise StoreError(
-                f"the study database has schema version {row[0] if row else 'none'}, this xray-audit "
-                f"reads version {SCHEMA_VERSION}"
+                f"the study database has schema version {version if version is not None else 'none'}, "
+                f"this xray-audit reads version {SCHEMA_VERSION}{hint}"
             )
 
     def add_items(self, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -376,7 +499,11 @@ class Store:
             result = conn.execute(
                 readers.update()
                 .where(readers.c.name == name)
-                .values(token_sha256=hash_token(token), token_issued_at=utc_now())
+                .values(
+                    token_sha256=hash_token(token),
+                    token_issued_at=utc_now(),
+                    token_generation=readers.c.token_generation + 1,
+                )
             )
             if result.rowcount != 1:
                 raise StoreError(f"no reader named {name!r} in this study (see `reader-study status`)")
@@ -388,18 +515,36 @@ class Store:
     def _read(self) -> Any:
         return self.engine.connect().execution_options(sqlite_begin="DEFERRED")
 
-    def authenticate(self, token: str) -> tuple[int, str] | None:
+    def authenticate(self, token: str) -> SignedIn | None:
         """The reader a token belongs to, or None. Compares digests in constant time."""
         if not token or len(token) > 200:
             return None
         digest = hash_token(token.strip())
         with self._read() as conn:
-            rows = conn.execute(sa.select(readers.c.id, readers.c.name, readers.c.token_sha256)).all()
+            rows = conn.execute(
+                sa.select(readers.c.id, readers.c.name, readers.c.token_sha256, readers.c.token_generation)
+            ).all()
         found = None
-        for reader_id, name, stored in rows:
+        for reader_id, name, stored, generation in rows:
             if hmac.compare_digest(stored, digest):
-                found = (int(reader_id), str(name))
+                found = SignedIn(int(reader_id), str(name), int(generation))
         return found
+
+    def token_generation(self, reader_id: int) -> int | None:
+        """The reader's current token generation (None: no such reader)."""
+        with self._read() as conn:
+            value = conn.execute(
+                sa.select(readers.c.token_generation).where(readers.c.id == reader_id)
+            ).scalar()
+        return None if value is None else int(value)
+
+    def shown(self, reader_id: int, item_id: str, read_number: int) -> Shown:
+        """What a form made now would show: the current token generation and answer revision."""
+        generation = self.token_generation(reader_id)
+        if generation is None:
+            raise StoreError(f"no reader with id {reader_id}")
+        response = self.response(reader_id, item_id, read_number)
+        return Shown(generation, response.revision if response else 0)
 
     def queue(self, reader_id: int, now: datetime | None = None) -> list[QueueEntry]:
         """The reader's items in order, with whether each is rated and when it becomes available."""
@@ -481,10 +626,7 @@ class Store:
                     & (ratings.c.read_number == read_number)
                 )
             ).all()
-        answers = {
-            row.criterion: Answer(row.criterion, row.score, row.turing_answer, row.confidence) for row in rows
-        }
-        return Response(bool(head.flagged), head.flag_reason, head.comment, answers)
+        return _response(head, rows)
 
     def landmarks(self, reader_id: int, item_id: str, read_number: int) -> dict[str, tuple[float, float]]:
         """The points the reader stored on the item (stored-image frame), by landmark name."""
@@ -512,6 +654,7 @@ class Store:
         submission_id: str,
         answers: Sequence[Answer],
         *,
+        shown: Shown,
         flagged: bool = False,
         flag_reason: str | None = None,
         comment: str | None = None,
@@ -520,14 +663,24 @@ class Store:
     ) -> SubmitResult:
         """Store one submit of one item. Idempotent in ``submission_id``; changes are audited.
 
-        ``points`` (landmark -> (x, y), stored-image frame) is the item's whole set of landmarks:
-        stored ones it lacks are deleted. None leaves the stored landmarks as they are.
+        ``shown`` is what the form was made from (:meth:`shown` when it was drawn): a submit from
+        a session whose token has since been reissued raises :class:`TokenRetired`, one from a form
+        whose answer has changed since (another tab) :class:`StaleForm`; both store nothing but an
+        audit row saying so. ``points`` (landmark -> (x, y), stored-image frame) is the item's whole
+        set of landmarks: stored ones it lacks are deleted. None leaves the stored landmarks as
+        they are.
         """
         for answer in answers:
             answer.validate()
         if len({a.criterion for a in answers}) != len(answers):
             raise StoreError("an answer is given twice for the same criterion")
-        if flagged and not (flag_reason or "").strip():
+        flag_reason, comment = text.clean(flag_reason), text.clean(comment)
+        for what, value in (("the flag reason", flag_reason), ("the comment", comment)):
+            if text.too_long(value):
+                raise StoreError(
+                    f"{what} is {len(value or '')} characters long; at most {text.MAX_TEXT} are kept"
+                )
+        if flagged and not flag_reason:
             raise StoreError("a flagged image needs a reason")
         checked = None
         if points is not None:
@@ -537,79 +690,92 @@ class Store:
                 raise StoreError(str(exc)) from exc
         if not flagged and not answers and not checked:
             raise StoreError("nothing to submit: answer the questions or flag the image")
+        sub = _Submission(
+            reader_id, item_id, read_number, submission_id, tuple(answers), shown, flagged,
+            flag_reason if flagged else None, comment, seconds, checked,
+        )  # fmt: skip
         for attempt in range(_RETRIES):
             try:
                 with self.engine.begin() as conn:
-                    return self._submit(
-                        conn, reader_id, item_id, read_number, submission_id, answers,
-                        flagged, (flag_reason or "").strip() or None, (comment or "").strip() or None, seconds,
-                        checked,
-                    )  # fmt: skip
+                    result = self._submit(conn, sub)
+                break
             except sa.exc.IntegrityError:
                 # PostgreSQL under READ COMMITTED: a concurrent submit of the same answer slot won
                 # the insert race. Retry; the second pass sees its row (or its submission id).
                 if attempt == _RETRIES - 1:
                     raise
                 time.sleep(0.01 * (attempt + 1))
-        raise AssertionError("unreachable")
+        # Raised after the commit, so that the audit row of the refusal is kept.
+        if result.refused == "token":
+            raise TokenRetired(
+                "your access token was reissued: this session has ended; sign in with the new token"
+            )
+        if result.refused == "stale":
+            stored = self.response(reader_id, item_id, read_number)
+            raise StaleForm(
+                "this item's answer was changed in another tab or window after this form was shown, so "
+                f"your answer was NOT saved. Stored now: {stored.describe() if stored else 'no answers'}.",
+                stored,
+            )
+        return result
 
-    def _submit(
-        self,
-        conn: Connection,
-        reader_id: int,
-        item_id: str,
-        read_number: int,
-        submission_id: str,
-        answers: Sequence[Answer],
-        flagged: bool,
-        flag_reason: str | None,
-        comment: str | None,
-        seconds: float | None,
-        points: dict[str, tuple[float, float]] | None,
-    ) -> SubmitResult:
-        if conn.execute(sa.select(submissions.c.id).where(submissions.c.id == submission_id)).first():
+    def _submit(self, conn: Connection, sub: _Submission) -> SubmitResult:
+        if conn.execute(sa.select(submissions.c.id).where(submissions.c.id == sub.submission_id)).first():
             return SubmitResult(created=False, changes=0)
         assigned = conn.execute(
             sa.select(assignments.c.position).where(
-                (assignments.c.reader_id == reader_id)
-                & (assignments.c.item_id == item_id)
-                & (assignments.c.read_number == read_number)
+                (assignments.c.reader_id == sub.reader_id)
+                & (assignments.c.item_id == sub.item_id)
+                & (assignments.c.read_number == sub.read_number)
             )
         ).first()
         if assigned is None:
             raise StoreError("this item is not in your queue")
         now = utc_now()
-        conn.execute(
-            submissions.insert().values(
-                id=submission_id, reader_id=reader_id, item_id=item_id, read_number=read_number, at=now
-            )
-        )
-        key = {"reader_id": reader_id, "item_id": item_id, "read_number": read_number}
+        key = {"reader_id": sub.reader_id, "item_id": sub.item_id, "read_number": sub.read_number}
 
         # Inserts are collected and sent as one batch per table: under SQLite every statement is
         # time spent holding the database's single write lock.
         audit_rows: list[dict[str, Any]] = []
         new_ratings: list[dict[str, Any]] = []
 
-        def log(action: str, field: str, old: Any, new: Any) -> None:
+        def log(action: str, field: str | None, old: Any, new: Any) -> None:
             audit_rows.append(
                 _audit_row(
-                    actor=f"reader:{reader_id}", action=action, field=field, old=old, new=new,
-                    submission_id=submission_id, **key,
+                    actor=f"reader:{sub.reader_id}", action=action, field=field, old=old, new=new,
+                    submission_id=sub.submission_id, token_generation=sub.shown.token_generation, **key,
                 )
             )  # fmt: skip
 
         where = (
-            (responses.c.reader_id == reader_id)
-            & (responses.c.item_id == item_id)
-            & (responses.c.read_number == read_number)
+            (responses.c.reader_id == sub.reader_id)
+            & (responses.c.item_id == sub.item_id)
+            & (responses.c.read_number == sub.read_number)
         )
+        generation = conn.execute(
+            sa.select(readers.c.token_generation).where(readers.c.id == sub.reader_id)
+        ).scalar()
         head = conn.execute(sa.select(responses).where(where)).first()
-        fields = {"flagged": flagged, "flag_reason": flag_reason, "comment": comment}
+        revision = 0 if head is None else 1 + int(head.edits)
+        # A retired token first: an ended session learns nothing about the stored answer.
+        refusals = (
+            ("token", "refuse_retired_token", "generation", generation, sub.shown.token_generation, ""),
+            ("stale", "refuse_stale_form", "revision", revision, sub.shown.revision, f": {sub.describe()}"),
+        )
+        for refused, action, what, current, shown, attempted in refusals:
+            if current != shown:
+                log(action, None, f"{what}={current}", f"{what}={shown}{attempted}")
+                conn.execute(audit_log.insert(), audit_rows)
+                return SubmitResult(created=False, changes=0, refused=refused)
+
+        conn.execute(submissions.insert().values(id=sub.submission_id, at=now, **key))
+        fields = {"flagged": sub.flagged, "flag_reason": sub.flag_reason, "comment": sub.comment}
         changed: dict[str, Any] = {}
         if head is None:
             conn.execute(
-                responses.insert().values(**key, **fields, seconds=seconds, created_at=now, updated_at=now)
+                responses.insert().values(
+                    **key, **fields, seconds=sub.seconds, created_at=now, updated_at=now
+                )
             )
             for name, value in fields.items():
                 if value not in (None, False):
@@ -623,13 +789,13 @@ class Store:
             row.criterion: row
             for row in conn.execute(
                 sa.select(ratings).where(
-                    (ratings.c.reader_id == reader_id)
-                    & (ratings.c.item_id == item_id)
-                    & (ratings.c.read_number == read_number)
+                    (ratings.c.reader_id == sub.reader_id)
+                    & (ratings.c.item_id == sub.item_id)
+                    & (ratings.c.read_number == sub.read_number)
                 )
             )
         }
-        for answer in answers:
+        for answer in sub.answers:
             values = {
                 "score": answer.score,
                 "turing_answer": answer.turing_answer,
@@ -650,16 +816,17 @@ class Store:
                     log("update", answer.criterion, _describe(old), _describe(values))
         if new_ratings:
             conn.execute(ratings.insert(), new_ratings)
-        if points is not None:
-            self._replace_landmarks(conn, key, points, now, log)
+        if sub.points is not None:
+            self._replace_landmarks(conn, key, sub.points, now, log)
         if head is not None:
             # Every stored submit adds its time, also one that only changed a score (or nothing):
             # `seconds` is the reader's time on the item summed over visits.
             update: dict[str, Any] = dict(changed)
-            if seconds is not None:
-                update["seconds"] = (head.seconds or 0.0) + seconds
+            if sub.seconds is not None:
+                update["seconds"] = (head.seconds or 0.0) + sub.seconds
             if audit_rows:
                 update["updated_at"] = now
+                update["edits"] = int(head.edits) + 1
             if update:
                 conn.execute(responses.update().where(where).values(**update))
         if audit_rows:
@@ -721,6 +888,13 @@ def _audit_row(**values: Any) -> dict[str, Any]:
         if row[name] is not None:
             row[name] = str(row[name])
     return row
+
+
+def _response(head: Any, rows: Sequence[Any]) -> Response:
+    answers = {
+        row.criterion: Answer(row.criterion, row.score, row.turing_answer, row.confidence) for row in rows
+    }
+    return Response(bool(head.flagged), head.flag_reason, head.comment, answers, int(head.edits))
 
 
 def _describe(values: Mapping[str, Any]) -> str:

@@ -30,6 +30,7 @@ KEY = "key.parquet"
 IMAGES_DIR = "images"
 DB_FILE = "ratings.sqlite"
 EXPORT_STEM = "ratings"
+COMMENTS_STEM = "comments"
 LANDMARKS_STEM = "landmarks"
 STUDY_FORMAT = 1
 ITEM_ID = re.compile(r"^[0-9a-f]{16}$")

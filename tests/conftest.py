@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -27,6 +29,45 @@ def _isolated_home(tmp_path_factory):
     if "XRAY_AUDIT_HOME" not in os.environ:
         os.environ["XRAY_AUDIT_HOME"] = str(tmp_path_factory.mktemp("xray-audit-home"))
     yield
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRun:
+    out: Path  # what `xray-audit demo --out` wrote: demo.toml and run/
+    exit_code: int
+    log: str  # the INFO and higher log lines of the run
+
+    @property
+    def run(self) -> Path:
+        return self.out / "run"
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, _isolated_home) -> DemoRun:
+    """The quick start's own ``xray-audit demo``, run once per session (about 80 s) and shared by
+    every test that needs a real run: treat it as read-only."""
+    from audit.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    root = logging.getLogger()
+    handler, level = _Lines(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        code = main(["-q", "demo", "--out", str(out)])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return DemoRun(out, code, "\n".join(handler.lines))
 
 
 def phantom(rng: np.random.Generator, size: int = 192) -> np.ndarray:

@@ -143,7 +143,10 @@ def rated_study(
                 answers.append(
                     Answer(TURING, turing_answer="real" if real else "synthetic", confidence=int(rng.integers(1, 6)))
                 )
-                store.submit(reader_id, entry.item_id, entry.read_number, str(uuid.uuid4()), answers, seconds=seconds)
+                store.submit(
+                    reader_id, entry.item_id, entry.read_number, str(uuid.uuid4()), answers, seconds=seconds,
+                    shown=store.shown(reader_id, entry.item_id, entry.read_number),
+                )  # fmt: skip
     finally:
         store.close()
     return made.path

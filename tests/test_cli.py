@@ -1,6 +1,5 @@
 """The command line as a user meets it: the demo quick start, exit codes and error messages."""
 
-import logging
 
 import pandas as pd
 
@@ -10,16 +9,14 @@ from audit.demo.study import DEMO_DEGRADATIONS, DEMO_GENERATORS
 from tests.conftest import RUN_DIR_FILES
 
 
-def test_demo_end_to_end(tmp_path, caplog):
+def test_demo_end_to_end(demo_run):
     """`xray-audit demo` builds the cohort, writes the study config and a full run directory."""
-    caplog.set_level(logging.INFO)
-    out = tmp_path / "demo"
-    assert main(["-q", "demo", "--out", str(out)]) == 0
-    run = out / "run"
+    out, run = demo_run.out, demo_run.run
+    assert demo_run.exit_code == 0
     assert (out / "demo.toml").is_file()
     for name in RUN_DIR_FILES:
         assert (run / name).is_file(), name
-    assert f"report: {run / 'report.html'}" in caplog.text
+    assert f"report: {run / 'report.html'}" in demo_run.log
 
     summary = pd.read_csv(run / rundir.SUMMARY, keep_default_na=False, na_values=[""])
     generators = [name for name, _ in DEMO_GENERATORS]

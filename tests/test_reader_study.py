@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import itertools
 import logging
 import math
 import re
@@ -21,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,13 +33,17 @@ from PIL import Image
 
 from audit import rundir
 from audit.cli import main as cli_main
-from reader_study import admin, assignment, placement, rendering, study
+from reader_study import admin, assignment, blinding, placement, rendering, study, text
 from reader_study.create import CreateError, CreateOptions, create_study
 from reader_study.criteria import FLAG, TURING, resolve
 from reader_study.store import (
     Answer,
+    Shown,
+    SignedIn,
+    StaleForm,
     Store,
     StoreError,
+    TokenRetired,
     assignments,
     audit_log,
     items,
@@ -167,20 +173,30 @@ def test_balanced_order_is_a_function_of_the_seed():
     assert first != assignment.balanced_order(strata, rng(4))
 
 
-@pytest.mark.parametrize("n_strata", [2, 3, 5])
-def test_balanced_order_equal_strata_come_in_shuffled_blocks(n_strata):
-    strata = _strata([7] * n_strata)
-    block_orders, item_orders = set(), set()
-    for seed in range(60):
-        order = assignment.balanced_order(strata, rng(seed))
-        assert len(order) == 7 * n_strata
+@pytest.mark.parametrize("n_strata", [2, 4, 5])
+def test_balanced_order_has_no_block_structure_to_exploit(n_strata):
+    """With equal strata, the first version dealt exactly one item of every stratum per run of
+    ``n_strata`` items: a reader who noticed could answer "real" once per block, and the last item
+    of a block without a real image so far was real for sure. Runs must look like a shuffle's."""
+    strata = _strata([30] * n_strata)
+    exact, last_forced, last_real, reals = 0, 0, 0, Counter()
+    item_orders = set()
+    seeds = 60
+    for seed in range(seeds):
+        order = [s for s, _ in assignment.balanced_order(strata, rng(seed))]
+        item_orders.add(tuple(k for s, k in assignment.balanced_order(strata, rng(seed)) if s == 0))
         for start in range(0, len(order), n_strata):
-            assert sorted(s for s, _ in order[start : start + n_strata]) == list(range(n_strata))
-        block_orders.add(tuple(s for s, _ in order[:n_strata]))
-        item_orders.add(tuple(k for s, k in order if s == 0))
-    # The blocks are shuffled and every stratum's own items too.
-    assert len(block_orders) == math.factorial(n_strata) if n_strata <= 3 else len(block_orders) > 20
-    assert len(item_orders) > 50
+            block = order[start : start + n_strata]
+            exact += sorted(block) == list(range(n_strata))
+            reals[block.count(0)] += 1  # stratum 0 plays "real"
+            if 0 not in block[:-1]:
+                last_forced += 1
+                last_real += block[-1] == 0
+    blocks = seeds * 30
+    assert exact / blocks < 0.5, exact / blocks  # the old order: 1.0
+    assert last_real / last_forced < 0.6, last_real / last_forced  # the old order: 1.0
+    assert reals[0] / blocks > 0.1 and reals[2] / blocks > 0.1, reals  # the old order: always 1
+    assert len(item_orders) > 50  # every stratum's own items are shuffled too
 
 
 def _prefix_deviation(order: list[tuple[int, int]], sizes: list[int]) -> tuple[float, float]:
@@ -207,8 +223,8 @@ def test_balanced_order_unequal_strata_stay_within_two_items_of_their_share():
             order = assignment.balanced_order(_strata(sizes), rng(1000 * trial + seed))
             assert sorted(order) == sorted(x for v in _strata(sizes).values() for x in v)
             ahead, behind = _prefix_deviation(order, sizes)
-            assert ahead < 1, (sizes, ahead)  # never a whole item ahead of its share
-            assert behind <= 2, (sizes, behind)
+            assert ahead <= 1, (sizes, ahead)  # never more than a whole item ahead of its share
+            assert behind < 2, (sizes, behind)
 
 
 def test_balanced_order_skips_empty_strata():
@@ -283,7 +299,9 @@ def test_item_ids_are_random_hex_unrelated_to_the_source(run_dir, tmp_path):
         assert key.item.is_unique
     # Same seed: the same images in the same order, but under fresh ids (not derived from them).
     assert _sequences(a.path) == _sequences(b.path)
-    assert list(key_a.model) == list(key_b.model) and list(key_a.case_id) == list(key_b.case_id)
+    # The key is stored in item-id order, which says nothing; the same images are in it.
+    assert sorted(zip(key_a.model, key_a.case_id)) == sorted(zip(key_b.model, key_b.case_id))
+    assert list(key_a.item) == sorted(key_a.item)
     assert not set(key_a.item) & set(key_b.item)
     c = create_study(run_dir, tmp_path / "c", _options(seed=4), progress=False)
     assert _sequences(c.path) != _sequences(a.path)
@@ -310,16 +328,54 @@ def test_nothing_but_the_key_names_a_model_or_a_case(created):
     run = created.path.parent / "run"
     needles = [m.encode() for m in MODELS] + [b"case-0", LEAKY_TEXT.encode(), str(run).encode(), b"samples/"]
     checked = []
+    key = pd.read_parquet(created.path / study.KEY)
     for path in sorted(created.path.rglob("*")):
         if path.is_file() and path.name != study.KEY:
             data = path.read_bytes()
             checked.append(path.name)
+            # blinding.json (owner-only, never read by the app) reports the byte-size AUC per model
+            # by name; like every other file it names no item or case, so it maps nothing to a model.
+            allowed = [m.encode() for m in MODELS] if path.name == blinding.BLINDING_FILE else []
             for needle in needles:
-                assert needle not in data, f"{path} contains {needle!r}"
+                assert needle in allowed or needle not in data, f"{path} contains {needle!r}"
+            if path.name == blinding.BLINDING_FILE:
+                assert not [i for i in key.item if i.encode() in data]
+                assert path.stat().st_mode & 0o777 == 0o600
     assert study.STUDY_JSON in checked and study.DB_FILE in checked and len(checked) > 10
+    assert blinding.BLINDING_FILE in checked
     # The key does hold them (so the needles are the right ones to look for).
-    key = pd.read_parquet(created.path / study.KEY)
     assert set(key.model) >= set(MODELS) and key.case_id.str.startswith("case-0").all()
+
+
+def _runs(labels: list[str]) -> int:
+    """How many runs of equal neighbours: len(set(labels)) when grouped, about len(labels) when not."""
+    return 1 + sum(a != b for a, b in itertools.pairwise(labels))
+
+
+def test_the_folder_and_database_do_not_group_items_by_model(tmp_path):
+    """Without the key, neither the database's row order nor the image files' times and inode
+    numbers may tell which items came from one model (the first version wrote and inserted them
+    stratum by stratum: real..., model-a..., model-b...)."""
+    models = ("m-a", "m-b", "m-c")
+    run = make_run(tmp_path, n_cases=16, models=models)
+    made = create_study(run, tmp_path / "study", _options(per_model=4, calibration=4), progress=False)
+    key = pd.read_parquet(made.path / study.KEY).set_index("item")["model"]
+    n_strata = len(models) + 1
+    with sqlite3.connect(made.path / study.DB_FILE) as db:
+        by_rowid = [row[0] for row in db.execute("SELECT id FROM items ORDER BY rowid")]
+    images = {i: (made.path / study.IMAGES_DIR / f"{i}.png").stat() for i in key.index}
+    by_inode = sorted(images, key=lambda i: images[i].st_ino)
+    assert len(by_rowid) == len(key) == 20
+    for order in (by_rowid, by_inode):
+        assert _runs([key[i] for i in order]) >= 2 * n_strata, [key[i] for i in order]
+    assert len({st.st_mtime_ns for st in images.values()}) == 1  # one time for every image
+    assert len({st.st_atime_ns for st in images.values()}) == 1
+    for name in (study.KEY, study.DB_FILE, blinding.BLINDING_FILE):
+        assert (made.path / name).stat().st_mode & 0o777 == 0o600, name
+    # Each reader gets the practice items in an order of their own.
+    sessions = _sequences(made.path)
+    practice = {r: [x[:2] for x in seq if x[4]] for r, seq in sessions.items()}
+    assert sorted(practice["alice"]) == sorted(practice["bob"]) and practice["alice"] != practice["bob"]
 
 
 def test_key_maps_every_item_back_to_its_source(created):
@@ -382,7 +438,7 @@ def test_tokens_are_stored_only_hashed(created):
         for name, token in created.tokens.items():
             assert len(token) >= 32  # 192 bits
             assert rows[name]["token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
-            assert store.authenticate(token) == (rows[name]["id"], name)
+            assert store.authenticate(token) == SignedIn(rows[name]["id"], name, 1)
     finally:
         store.close()
     for path in created.path.rglob("*"):
@@ -609,6 +665,7 @@ class Tiny:
 
     def submit(self, reader: int, item: str, read: int = 1, sid: str | None = None, **kw: Any) -> Any:
         answers = kw.pop("answers", [Answer("anatomy", score=3)])
+        kw.setdefault("shown", self.store.shown(reader, item, read))  # a form drawn just now
         return self.store.submit(reader, item, read, sid or str(uuid.uuid4()), answers, **kw)
 
     def rows(self, table: sa.Table) -> list[dict[str, Any]]:
@@ -771,8 +828,8 @@ def test_submit_validates_answers(tiny):
 
 
 def test_authenticate(tiny, monkeypatch):
-    assert tiny.store.authenticate(tiny.tokens["alice"]) == (tiny.alice, "alice")
-    assert tiny.store.authenticate(f"  {tiny.tokens['bob']}\n") == (tiny.bob, "bob")
+    assert tiny.store.authenticate(tiny.tokens["alice"]) == SignedIn(tiny.alice, "alice", 1)
+    assert tiny.store.authenticate(f"  {tiny.tokens['bob']}\n") == SignedIn(tiny.bob, "bob", 1)
     for wrong in ("", "   ", "nope", tiny.tokens["alice"][:-1], tiny.tokens["alice"] + "x", "a" * 201):
         assert tiny.store.authenticate(wrong) is None
     # Every stored digest is compared (no early exit on a match), each in constant time.
@@ -784,7 +841,7 @@ def test_authenticate(tiny, monkeypatch):
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", compare_digest)
-    assert tiny.store.authenticate(tiny.tokens["alice"]) == (tiny.alice, "alice")
+    assert tiny.store.authenticate(tiny.tokens["alice"]) == SignedIn(tiny.alice, "alice", 1)
     assert tiny.store.authenticate("wrong") is None
     assert len(calls) == 4
 
@@ -825,11 +882,140 @@ def test_reissue_retires_the_old_token(tiny):
     old = tiny.tokens["bob"]
     tiny.store.reissue_token("bob", "a-brand-new-token-for-bob-123456")
     assert tiny.store.authenticate(old) is None
-    assert tiny.store.authenticate("a-brand-new-token-for-bob-123456") == (tiny.bob, "bob")
-    assert tiny.store.authenticate(tiny.tokens["alice"]) == (tiny.alice, "alice")
+    assert tiny.store.authenticate("a-brand-new-token-for-bob-123456") == SignedIn(tiny.bob, "bob", 2)
+    assert tiny.store.authenticate(tiny.tokens["alice"]) == SignedIn(tiny.alice, "alice", 1)
     assert any(r["action"] == "reissue_token" and r["reader_id"] == tiny.bob for r in tiny.rows(audit_log))
     with pytest.raises(StoreError, match="no reader named 'carol'"):
         tiny.store.reissue_token("carol", "whatever-token-000000000000000")
+
+
+def test_a_retired_token_cannot_write_and_every_write_names_its_token_generation(tiny):
+    """A session signed in before a reissue is refused at its next submit (the app also checks on
+    every run); the refusal is audited, and each write records the generation that made it."""
+    i1 = ITEMS[1]
+    before = tiny.store.shown(tiny.bob, i1, 1)
+    assert before == Shown(token_generation=1, revision=0)
+    tiny.submit(tiny.bob, i1, shown=before)
+    tiny.store.reissue_token("bob", "a-brand-new-token-for-bob-123456")
+    assert tiny.store.token_generation(tiny.bob) == 2
+    with pytest.raises(TokenRetired, match="reissued"):
+        tiny.submit(tiny.bob, i1, answers=[Answer("anatomy", score=1)], shown=Shown(1, 1))
+    assert [(r["criterion"], r["score"]) for r in tiny.rows(ratings)] == [("anatomy", 3)]  # unchanged
+    tiny.submit(tiny.bob, i1, answers=[Answer("anatomy", score=5)], shown=Shown(2, 1))
+    trail = [(r["action"], r["token_generation"]) for r in tiny.rows(audit_log) if r["reader_id"] == tiny.bob]
+    assert trail == [
+        ("add_reader", None), ("create", 1), ("reissue_token", None), ("refuse_retired_token", 1), ("update", 2),
+    ]  # fmt: skip
+
+
+def test_a_form_that_is_out_of_date_is_refused_with_the_stored_answer(tiny):
+    """Two tabs of one reader: the second submit, made from a form drawn before the first was
+    stored, must not silently overwrite it."""
+    i0 = ITEMS[0]
+    tab_a = tab_b = tiny.store.shown(tiny.alice, i0, 1)  # both tabs drew the empty form
+    tiny.submit(tiny.alice, i0, answers=[Answer("anatomy", score=2)], shown=tab_a)
+    with pytest.raises(StaleForm, match="changed in another tab") as refused:
+        tiny.submit(tiny.alice, i0, answers=[Answer("anatomy", score=5)], shown=tab_b)
+    assert "anatomy: 2" in str(refused.value) and refused.value.stored.answers["anatomy"].score == 2
+    assert [(r["criterion"], r["score"]) for r in tiny.rows(ratings)] == [("anatomy", 2)]
+    refusals = [r for r in tiny.rows(audit_log) if r["action"] == "refuse_stale_form"]
+    assert len(refusals) == 1 and refusals[0]["old"] == "revision=1" and "anatomy=5" in refusals[0]["new"]
+    # A form drawn from the stored answer goes through, and counts as an edit.
+    tiny.submit(tiny.alice, i0, answers=[Answer("anatomy", score=5)], shown=tiny.store.shown(tiny.alice, i0, 1))
+    assert tiny.store.response(tiny.alice, i0, 1).edits == 1
+    assert tiny.store.shown(tiny.alice, i0, 1).revision == 2
+    # A double click repeats the submission id: still one stored submit, not a stale refusal.
+    sid = str(uuid.uuid4())
+    shown = tiny.store.shown(tiny.alice, i0, 1)
+    tiny.submit(tiny.alice, i0, sid=sid, answers=[Answer("anatomy", score=1)], shown=shown)
+    assert not tiny.submit(tiny.alice, i0, sid=sid, answers=[Answer("anatomy", score=1)], shown=shown).created
+
+
+def test_free_text_is_capped_and_cleaned(tiny):
+    i0, i1 = ITEMS[0], ITEMS[1]
+    with pytest.raises(StoreError, match="at most 2000"):
+        tiny.submit(tiny.alice, i0, comment="x" * 2001)
+    with pytest.raises(StoreError, match="at most 2000"):
+        tiny.submit(tiny.alice, i0, flagged=True, flag_reason="y" * 2001)
+    assert tiny.rows(responses) == []  # nothing of a refused submit is kept
+    tiny.submit(tiny.alice, i0, comment="ok\x00 \u202eevil\u202c  \x1b[31mred\r\nline2 " + "z" * 1960)
+    stored = tiny.store.response(tiny.alice, i0, 1).comment
+    assert stored.startswith("ok evil  [31mred\nline2 ") and len(stored) <= 2000
+    assert not any(ch in stored for ch in "\x00\u202e\u202c\x1b\r")
+    # The database holds the line too, whatever writes to it.
+    with pytest.raises(sa.exc.IntegrityError), tiny.store.engine.begin() as conn:
+        conn.execute(responses.update().where(responses.c.item_id == i0).values(comment="c" * 2001))
+    tiny.submit(tiny.alice, i1, comment="c" * 2000)  # the limit itself is allowed
+
+
+def test_text_helpers():
+    assert text.clean(None) is None and text.clean(" \x00 ") is None
+    assert text.clean("a\u2066b\u2069c\u200fd\x07e\tf") == "abcde\tf"
+    for cell in ("=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx"):
+        assert text.spreadsheet_safe(cell) == "'" + cell
+    assert text.spreadsheet_safe("fine") == "fine" and text.spreadsheet_safe(-2) == -2
+    assert text.printable("a\x1b[2J\x1b]0;pwned\x07b\x9b31mc\nd") == "abc d"
+
+
+def test_exports_defuse_spreadsheet_formulas(tmp_path):
+    made = make_study(tmp_path, comment=True, per_model=1, criteria="quality")
+    _, _, store = admin.open_store(made.path)
+    try:
+        rid = store.authenticate(made.tokens["alice"]).reader_id
+        first, second = store.queue(rid)[:2]
+        for entry, kw in ((first, {"comment": '=HYPERLINK("http://x","y")'}), (second, {"flagged": True, "flag_reason": "@SUM(1)"})):
+            store.submit(
+                rid, entry.item_id, 1, str(uuid.uuid4()), [Answer("quality", score=3)],
+                shown=store.shown(rid, entry.item_id, 1), **kw,
+            )  # fmt: skip
+    finally:
+        store.close()
+    admin.export(made.path)
+    ratings_csv = (made.path / "ratings.csv").read_text()
+    comments_csv = (made.path / "comments.csv").read_text()
+    assert "'@SUM(1)" in ratings_csv and ",@SUM" not in ratings_csv
+    assert "'=HYPERLINK" in comments_csv and ',"=HYPERLINK' not in comments_csv
+    # The Parquet files keep the exact text.
+    assert "@SUM(1)" in set(pd.read_parquet(made.path / "ratings.parquet").flag_reason)
+    assert pd.read_parquet(made.path / "comments.parquet").comment.tolist() == ['=HYPERLINK("http://x","y")']
+
+
+def test_status_prints_no_terminal_escape_sequences(tmp_path, capsys):
+    made = make_study(tmp_path, per_model=1, criteria="quality")
+    _, _, store = admin.open_store(made.path)
+    try:
+        rid = store.authenticate(made.tokens["alice"]).reader_id
+        entry = store.queue(rid)[0]
+        # Store.submit strips ESC itself; a row written around it (an older version) must not reach
+        # the terminal either.
+        store.submit(rid, entry.item_id, 1, str(uuid.uuid4()), [], flagged=True, flag_reason="dark",
+                     shown=store.shown(rid, entry.item_id, 1))  # fmt: skip
+        with store.engine.begin() as conn:
+            conn.execute(responses.update().values(flag_reason="dark\x1b[2J\x1b]0;owned\x07 image"))
+    finally:
+        store.close()
+    capsys.readouterr()
+    assert cli_main(["reader-study", "status", str(made.path)]) == 0
+    out = capsys.readouterr().out
+    assert "dark image" in out and "\x1b" not in out and "\x07" not in out
+
+
+def test_a_version_1_database_is_upgraded_by_the_admin_commands(tmp_path):
+    made = make_study(tmp_path, per_model=1, criteria="quality")
+    db = made.path / study.DB_FILE
+    with sqlite3.connect(db) as conn:  # what a study made by the previous release holds
+        for table, column in (("readers", "token_generation"), ("responses", "edits"), ("audit_log", "token_generation")):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.execute("UPDATE study_meta SET value = '1' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 1.*reader-study status STUDY_DIR` upgrades it"):
+        open_study_store(made.path).check_schema()
+    _, _, store = admin.open_store(made.path)  # status, export and reissue open it like this
+    try:
+        store.check_schema()
+        assert store.authenticate(made.tokens["alice"]).token_generation == 1
+        assert any(r["action"] == "upgrade_schema" for r in store.table(audit_log))
+    finally:
+        store.close()
 
 
 def test_schema_is_created_once_and_checked(db_url):
@@ -850,7 +1036,12 @@ def test_schema_is_created_once_and_checked(db_url):
 
 EXPECTED_COLUMNS = [
     "reader", "item", "model", "case_id", "sample", "criterion", "score", "turing_answer", "confidence",
-    "comment", "created_at", "read_number", "calibration", "flagged", "flag_reason", "seconds", "updated_at",
+    "created_at", "read_number", "calibration", "flagged", "flag_reason", "seconds", "updated_at",
+    "position", "edits",
+]  # fmt: skip
+COMMENT_COLUMNS = [
+    "reader", "item", "model", "case_id", "sample", "read_number", "position", "comment", "created_at",
+    "updated_at",
 ]  # fmt: skip
 
 
@@ -883,10 +1074,19 @@ def rated_study(request, tmp_path):
             given[("bob", entry.item_id, 1)] = ([Answer("quality", score=2)], False, None, None)
         for (reader, item, read), (answers, flagged, reason, comment) in given.items():
             store.submit(ids[reader], item, read, str(uuid.uuid4()), answers, flagged=flagged,
-                         flag_reason=reason, comment=comment, seconds=1.5)  # fmt: skip
+                         flag_reason=reason, comment=comment, seconds=1.5,
+                         shown=store.shown(ids[reader], item, read))  # fmt: skip
     finally:
         store.close()
     return made, given, request.param
+
+
+def store_rows(path: Path, table: sa.Table) -> list[Any]:
+    _, _, store = admin.open_store(path)
+    try:
+        return [SimpleNamespace(**r) for r in store.table(table)]
+    finally:
+        store.close()
 
 
 def test_export_is_the_right_unblinding_join(rated_study):
@@ -901,7 +1101,7 @@ def test_export_is_the_right_unblinding_join(rated_study):
         for a in answers or [Answer(FLAG)]:
             expected.add(
                 (reader, item, k.model, k.case_id, sample, a.criterion, a.score, a.turing_answer, a.confidence,
-                 comment, read, bool(k.calibration), flagged, reason)
+                 read, bool(k.calibration), flagged, reason, 0)
             )  # fmt: skip
 
     def plain(v: Any) -> Any:
@@ -909,7 +1109,9 @@ def test_export_is_the_right_unblinding_join(rated_study):
 
     got = {
         tuple(plain(v) for v in row)
-        for row in frame[[c for c in EXPECTED_COLUMNS if c not in ("created_at", "seconds", "updated_at")]]
+        for row in frame[
+            [c for c in EXPECTED_COLUMNS if c not in ("created_at", "seconds", "updated_at", "position")]
+        ]
         .astype(object)
         .itertuples(index=False)
     }
@@ -924,8 +1126,22 @@ def test_export_is_the_right_unblinding_join(rated_study):
         assert not (made.path / study.DB_FILE).exists()
         assert study.load(made.path)[1].database.startswith("postgresql")
 
+    # position: the item's place in that reader's queue, as the database has it.
+    positions = {(r.reader_id, r.item_id, r.read_number): r.position for r in store_rows(made.path, assignments)}
+    ids = {r.name: r.id for r in store_rows(made.path, readers)}
+    assert [positions[(ids[r.reader], r.item, r.read_number)] for r in frame.itertuples()] == list(frame.position)
+
+    # Comments: once per response, in their own file, not repeated on every criterion row.
+    notes = admin.comments_frame(made.path)
+    assert list(notes.columns) == COMMENT_COLUMNS
+    assert sorted(zip(notes.reader, notes.item, notes.comment)) == sorted(
+        (r, i, c) for (r, i, _), (_, _, _, c) in given.items() if c is not None
+    )
+
     paths = admin.export(made.path)
-    assert sorted(p.name for p in paths) == ["ratings.csv", "ratings.parquet"]
+    assert sorted(p.name for p in paths) == ["comments.csv", "comments.parquet", "ratings.csv", "ratings.parquet"]
+    for path in paths:
+        assert path.stat().st_mode & 0o777 == 0o600, path  # exports unblind: owner-only
 
     def nulls_as_none(f: pd.DataFrame) -> pd.DataFrame:
         f = f.astype(object)
@@ -939,7 +1155,8 @@ def test_export_is_the_right_unblinding_join(rated_study):
     assert list(csv.item) == list(frame.item) and list(csv.model) == list(frame.model)
     assert csv.score.fillna(-1).astype(int).tolist() == frame.score.fillna(-1).astype(int).tolist()
     single = admin.export(made.path, made.path.parent / "out" / "x.parquet")
-    assert single == [made.path.parent / "out" / "x.parquet"] and single[0].is_file()
+    assert single == [made.path.parent / "out" / "x.parquet", made.path.parent / "out" / "x-comments.parquet"]
+    assert all(p.is_file() for p in single)
     with pytest.raises(study.StudyError, match=r"\.csv or \.parquet"):
         admin.export(made.path, made.path.parent / "x.txt")
 
@@ -1009,10 +1226,13 @@ def test_cli_create_status_export_reissue(tmp_path, capsys):
             assert not any(t.encode() in path.read_bytes() for t in tokens.values()), path
     store = open_study_store(out)
     try:
-        alice, _ = store.authenticate(tokens["alice"])
-        assert store.authenticate(tokens["bob"])[1] == "bob"
+        alice = store.authenticate(tokens["alice"]).reader_id
+        assert store.authenticate(tokens["bob"]).name == "bob"
         entry = store.queue(alice)[0]
-        store.submit(alice, entry.item_id, 1, str(uuid.uuid4()), [], flagged=True, flag_reason="dark")
+        store.submit(
+            alice, entry.item_id, 1, str(uuid.uuid4()), [], flagged=True, flag_reason="dark",
+            shown=store.shown(alice, entry.item_id, 1),
+        )  # fmt: skip
     finally:
         store.close()
 
@@ -1033,7 +1253,7 @@ def test_cli_create_status_export_reissue(tmp_path, capsys):
     store = open_study_store(out)
     try:
         assert store.authenticate(tokens["bob"]) is None
-        assert store.authenticate(new)[1] == "bob"
+        assert store.authenticate(new).name == "bob"
     finally:
         store.close()
 
@@ -1301,7 +1521,10 @@ def landmark_study(tmp_path):
             given[("alice", first.item_id, 1)] = shifted
         given[("bob", store.queue(ids["bob"])[1].item_id, 1)] = POINTS
         for (reader, item, read), pts in given.items():
-            store.submit(ids[reader], item, read, str(uuid.uuid4()), [Answer("quality", score=3)], points=pts)
+            store.submit(
+                ids[reader], item, read, str(uuid.uuid4()), [Answer("quality", score=3)], points=pts,
+                shown=store.shown(ids[reader], item, read),
+            )  # fmt: skip
     finally:
         store.close()
     return made, given
@@ -1417,18 +1640,23 @@ def test_patient_left_comes_from_the_flag_or_the_run_config(tmp_path, capsys):
 
 
 def test_both_apps_are_served_with_the_same_locked_down_settings():
+    from audit import streamlit_server
     from dashboards import serve as dashboard_serve
     from reader_study import serve as study_serve
 
     for module in (dashboard_serve, study_serve):
         argv = module.streamlit_command(8600, "127.0.0.1")
-        assert argv[1:5] == ["-m", "streamlit", "run", str(module.APP)]
-        flags = dict(zip(argv[5::2], argv[6::2], strict=True))
+        # The ASGI wrapper (no-store, no metrics) runs the app's page script, named after "--".
+        assert argv[1:5] == ["-m", "streamlit", "run", str(streamlit_server.ASGI_MODULE)]
+        assert argv[-2:] == ["--", str(module.APP)]
+        flags = dict(zip(argv[5:-2:2], argv[6:-2:2], strict=True))
         assert flags == {
             "--server.port": "8600", "--server.address": "127.0.0.1", "--server.headless": "true",
             "--server.fileWatcherType": "none", "--server.runOnSave": "false",
             "--server.enableStaticServing": "false", "--server.enableXsrfProtection": "true",
-            "--server.enableAgentApi": "false", "--browser.gatherUsageStats": "false",
-            "--client.toolbarMode": "minimal", "--client.showErrorDetails": "false",
+            "--server.enableAgentApi": "false", "--server.enableWebsocketCompression": "false",
+            "--server.maxWidgetStateSize": "1", "--runner.postScriptGC": "false",
+            "--browser.gatherUsageStats": "false",
+            "--client.toolbarMode": "minimal", "--client.showErrorDetails": "none",
             "--global.developmentMode": "false",
         }  # fmt: skip

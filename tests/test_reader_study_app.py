@@ -23,7 +23,7 @@ from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from reader_study import placement, study
+from reader_study import admin, placement, study
 from reader_study.criteria import BUILTIN, DEFAULT_CRITERIA, TURING, TURING_QUESTION
 from reader_study.serve import APP
 from reader_study.store import Answer, Store, audit_log, ratings, readers, responses
@@ -261,7 +261,10 @@ def test_a_new_session_resumes_at_the_first_unrated_item(rs):
     assert progress_text(again) == f"2 of {N_ITEMS} rated · {N_ITEMS - 2} left"
     # A gap earlier in the queue comes first: item 5 rated elsewhere, item 3 still open.
     fifth = rs.queue()[4]
-    rs.store.submit(rs.ids["alice"], fifth.item_id, 1, "elsewhere", [Answer("anatomy", score=1)])
+    rs.store.submit(
+        rs.ids["alice"], fifth.item_id, 1, "elsewhere", [Answer("anatomy", score=1)],
+        shown=rs.store.shown(rs.ids["alice"], fifth.item_id, 1),
+    )  # fmt: skip
     later = sign_in(open_app(), rs.made.tokens["alice"])
     assert item_line(later).startswith("Item **3**")
     assert progress_text(later) == f"3 of {N_ITEMS} rated · {N_ITEMS - 3} left"
@@ -299,6 +302,109 @@ def test_sign_out_returns_to_the_login(rs):
     assert not at.radio and not at.get("image") and "reader_id" not in at.session_state
     assert [t.label for t in at.text_input] == ["Access token"]
     assert "alice" not in page_text(at)
+
+
+def _fresh_study(tmp_path, monkeypatch, **options: Any) -> Study:
+    st.cache_resource.clear()
+    s = Study.__new__(Study)
+    s.made = make_study(tmp_path, **{"turing": True, "per_model": 2, **options})
+    s.path = s.made.path
+    root_, _ = study.load(s.path)
+    s.store = Store(study.database_url(root_, study.load(s.path)[1]))
+    s.ids = {r["name"]: r["id"] for r in s.store.table(readers)}
+    monkeypatch.setenv(STUDY_ENV, str(s.path))
+    return s
+
+
+def test_a_reread_is_not_given_away_by_its_url_bytes_or_the_item_count(tmp_path, monkeypatch, media):
+    """The first version sent a re-read under its first read's URL (the same bytes) and counted
+    "Item N of M" over the items available now, so M grew right after the item to be re-read was
+    rated. Now M is the whole queue, and the re-read is other bytes of the same length."""
+    s = _fresh_study(tmp_path, monkeypatch, reread_percent=50, washout="0d")
+    try:
+        queue = s.queue()
+        total = len(queue)
+        assert [e.read_number for e in queue].count(2) == 3
+        at = sign_in(open_app(), s.made.tokens["alice"])
+        shown: dict[tuple[str, int], bytes] = {}
+        for entry in queue:
+            assert item_line(at).startswith(f"Item **{entry.position + 1}** of {total}"), item_line(at)
+            shown[(entry.item_id, entry.read_number)] = media[-1]
+            answer(at, ALL)
+            at = submit(at)
+            assert not errors(at) and not at.exception
+        assert progress_text(at) == f"{total} of {total} rated · 0 left"
+        for entry in (e for e in queue if e.read_number == 2):
+            first, again = shown[(entry.item_id, 1)], shown[(entry.item_id, 2)]
+            assert first != again and len(first) == len(again)  # so another content-hash URL
+            np.testing.assert_array_equal(
+                np.asarray(Image.open(io.BytesIO(first))), np.asarray(Image.open(io.BytesIO(again)))
+            )
+        assert len({len(png) for png in media}) == 1  # every image sent has one byte length
+    finally:
+        s.store.close()
+
+
+def test_a_session_ends_when_its_token_is_reissued(rs):
+    at = sign_in(open_app(), rs.made.tokens["alice"])
+    answer(at, ALL)
+    admin.reissue(rs.path, "alice")  # the study lead reissues while alice is signed in
+    at = submit(at)
+    assert [t.label for t in at.text_input] == ["Access token"] and not at.radio
+    assert any("token was reissued" in w.value for w in at.warning)
+    assert rs.rows(ratings) == []  # the old session stored nothing
+    # The old token is dead; a page run without a click (a rerun) shows the login too.
+    at = sign_in(at, rs.made.tokens["alice"])
+    assert errors(at) == ["Unknown token. Check it with your study lead."]
+
+
+def test_a_second_tab_cannot_silently_overwrite_the_first(rs):
+    tab_a = sign_in(open_app(), rs.made.tokens["alice"])
+    tab_b = sign_in(open_app(), rs.made.tokens["alice"])  # the same reader, a second tab
+    first = rs.queue()[0].item_id
+    answer(tab_a, {"anatomy": 2, "pathology": 2, "quality": 2})
+    tab_a = submit(tab_a)
+    assert not errors(tab_a)
+    answer(tab_b, {"anatomy": 5, "pathology": 5, "quality": 5})
+    tab_b = submit(tab_b)
+    [warning] = [w.value for w in tab_b.warning]
+    assert "changed in another tab" in warning and "NOT saved" in warning and "anatomy: 2" in warning
+    assert {r["criterion"]: r["score"] for r in rs.rows(ratings) if r["criterion"] != TURING} == {
+        "anatomy": 2, "pathology": 2, "quality": 2,
+    }  # fmt: skip
+    assert [r["action"] for r in rs.rows(audit_log)].count("refuse_stale_form") == 1
+    # The refused tab now shows the stored answer, and a submit from it goes through.
+    assert item_line(tab_b).startswith("Item **1**")
+    assert radio(tab_b, f"**{BUILTIN['anatomy'].question}**").value == 2
+    radio(tab_b, f"**{BUILTIN['anatomy'].question}**").set_value(4)
+    tab_b = submit(tab_b)
+    assert not tab_b.warning and not errors(tab_b)
+    assert {r["criterion"]: r["score"] for r in rs.rows(ratings) if r["item_id"] == first}["anatomy"] == 4
+
+
+def test_an_oversized_comment_is_capped_and_control_characters_are_stripped(tmp_path, monkeypatch):
+    """A 20 MB comment was stored twice (the audit log cannot be purged) and sent back on every
+    display. The browser's counter stops at 2,000 characters; what a hand-made client sends beyond
+    is cut by Streamlit at the widget's limit, and the store and the database refuse more."""
+    s = _fresh_study(tmp_path, monkeypatch, comment=True)
+    try:
+        at = sign_in(open_app(), s.made.tokens["alice"])
+        [box] = [t for t in at.text_area if t.label == "Comment (optional)"]
+        assert box.proto.max_chars == 2000  # the browser shows a counter and stops at the limit
+        box.set_value("x" * 20_000)  # as a hand-made client would send it (input() stops at the limit)
+        answer(at, ALL)
+        at = submit(at)
+        assert not errors(at) and not at.exception
+        assert [len(r["comment"]) for r in s.rows(responses)] == [2000]
+        assert all(len(r["new"] or "") <= 2000 for r in s.rows(audit_log))
+        [box] = [t for t in at.text_area if t.label == "Comment (optional)"]
+        box.input("looks \u202efine\u202c\x00 to me")
+        answer(at, ALL)
+        at = submit(at)
+        assert not errors(at)
+        assert min(r["comment"] for r in s.rows(responses)) == "looks fine to me"
+    finally:
+        s.store.close()
 
 
 def test_no_study_configured(monkeypatch):

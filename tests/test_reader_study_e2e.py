@@ -18,7 +18,6 @@ import socket
 import struct
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from urllib.parse import urlparse
 import pandas as pd
 import pytest
 
-from reader_study import study
+from benchmarks.streamlit_ws import wait_healthy
+from reader_study import admin, study
 from reader_study.criteria import TURING, TURING_QUESTION
 from reader_study.serve import streamlit_command
 from reader_study.store import Store, audit_log, ratings, readers, responses, submissions
@@ -43,7 +43,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 START_TIMEOUT_S = 30.0
 UI_TIMEOUT_MS = 20_000
 # Readers of the shared study: every test signs in as its own, so tests never see each other's ratings.
-SHARED_READERS = ("alice", "bob", "carol", "dave", "erin", "gina")
+SHARED_READERS = ("alice", "bob", "carol", "dave", "erin", "gina", "ivan")
 # reader_study.app reads it; importing the app module would run the app.
 STUDY_ENV = "XRAY_AUDIT_STUDY_DIR"
 PER_MODEL = 2  # 2 real + 2 per model = 6 items per reader
@@ -85,14 +85,8 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{self.url}_stcore/health", timeout=2) as r:
-                    if r.read() == b"ok":
-                        return
-            except OSError:
-                time.sleep(0.1)
+        if wait_healthy(self.url, self.proc, START_TIMEOUT_S):
+            return
         self.stop()
         pytest.fail(f"the reader-study app did not answer within {START_TIMEOUT_S:.0f} s:\n{self.log()}")
 
@@ -458,14 +452,20 @@ def test_nothing_reaching_the_reader_names_a_model_case_or_file(
         lambda ws: ws.on("framereceived", lambda f: frames.append(f if isinstance(f, bytes) else f.encode())),
     )
     sign_in(page, shared.server.url, shared.tokens[reader])
-    headers, bodies, urls = set(), set(), []
+    headers, bodies, urls, lengths = set(), set(), [], set()
     for k in range(1, total + 1):
         wait_for(page, k, 0, total)
         src = page.locator("[data-testid='stMain'] img").get_attribute("src")
         urls.append(src)
-        response = page.request.get(src)
+        response = page.request.get(src, headers={"Accept-Encoding": "gzip, deflate, br"})
         assert response.ok, src
         body = response.body()
+        # What crosses the wire: one length for every item (the byte size told real from generated
+        # before), never compressed on the way, never cached.
+        assert "content-encoding" not in response.headers and response.headers["cache-control"] == "no-store"
+        lengths.add(int(response.headers["content-length"]))
+        if k > 1:
+            assert page.request.get(urls[-2]).status == 404  # a media file lives while it is shown
         chunks = _png_chunks(body)
         assert [c for c, _ in chunks if c != "IDAT"] == ["IHDR", "IEND"], [c for c, _ in chunks]
         width, height, depth, colour, *_ = struct.unpack(">IIBBBBB", chunks[0][1])
@@ -477,6 +477,8 @@ def test_nothing_reaching_the_reader_names_a_model_case_or_file(
             page.get_by_role("button", name="Next ▶").click()
 
     assert headers == {(shared.info.image_size, shared.info.image_size, 8, 0)}  # 8-bit greyscale
+    assert len(lengths) == 1 and lengths == {len(next(iter(bodies)))}
+    assert page.request.get(f"{shared.server.url}_stcore/metrics").status == 404
     assert len(bodies) == total  # every item was visited, each a different image
     assert all(re.fullmatch(r"http://localhost:\d+/media/[0-9a-f]+\.png", u) for u in urls), urls
     everything = b"".join(frames)
@@ -516,6 +518,28 @@ def test_wrong_or_missing_token_sees_only_the_login(shared: Study, new_page: Cal
         sync_api.expect(page.locator(ERROR_ALERT)).to_contain_text("Unknown token")
         _assert_login_only(page)
     assert media == []
+
+
+def test_a_reissue_ends_a_live_session_at_its_next_click(shared: Study, new_page: Callable[[], Any]) -> None:
+    """The study lead reissues a token while the reader is signed in: the open tab's next Submit
+    stores nothing and shows the login, and the old token no longer signs in."""
+    total, reader = shared.info.n_items, "ivan"
+    page = new_page()
+    sign_in(page, shared.server.url, shared.tokens[reader])
+    wait_for(page, 1, 0, total)
+    rate(page, shared, answers_for(shared, 0), item=2, done=1, total=total)
+    new_token = admin.reissue(shared.path, reader)
+    choose(page, shared, answers_for(shared, 1))
+    submit(page).click()
+    sync_api.expect(page.get_by_text("token was reissued", exact=False)).to_be_visible()
+    wait_idle(page)
+    _assert_login_only(page)
+    assert len(shared.rows(ratings, reader)) == shared.n_answers  # the first item only
+    sign_in(page, shared.server.url, shared.tokens[reader])
+    sync_api.expect(page.locator(ERROR_ALERT)).to_contain_text("Unknown token")
+    sign_in(page, shared.server.url, new_token)
+    wait_for(page, 2, 1, total)  # resumes at the first unrated item
+    assert page_errors(page) == []
 
 
 def test_ratings_survive_a_killed_server_and_the_reader_resumes(

@@ -578,7 +578,10 @@ def test_cli_report_with_a_reader_study(run_dir: Path, tmp_path: Path, capsys) -
         for n, entry in enumerate(store.queue(reader_id)):
             answers = [Answer(c.name, score=1 + (n + j) % 5) for j, c in enumerate(criteria)]
             answers.append(Answer(TURING, turing_answer=("real", "synthetic")[n % 2], confidence=1 + n % 5))
-            store.submit(reader_id, entry.item_id, entry.read_number, str(uuid.uuid4()), answers, seconds=1.0)
+            store.submit(
+                reader_id, entry.item_id, entry.read_number, str(uuid.uuid4()), answers, seconds=1.0,
+                shown=store.shown(reader_id, entry.item_id, entry.read_number),
+            )  # fmt: skip
     finally:
         store.close()
     out = tmp_path / "out"
