@@ -764,6 +764,13 @@ class Store:
         )
         for refused, action, what, current, shown, attempted in refusals:
             if current != shown:
+                # PostgreSQL, READ COMMITTED: the other click of a double click may have committed
+                # since this transaction's first check, so that its answer looks like another tab's.
+                # Then its submission row is visible now too: this is the same submit, not a stale one.
+                if conn.execute(
+                    sa.select(submissions.c.id).where(submissions.c.id == sub.submission_id)
+                ).first():
+                    return SubmitResult(created=False, changes=0)
                 log(action, None, f"{what}={current}", f"{what}={shown}{attempted}")
                 conn.execute(audit_log.insert(), audit_rows)
                 return SubmitResult(created=False, changes=0, refused=refused)

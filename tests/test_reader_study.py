@@ -931,6 +931,35 @@ def test_a_form_that_is_out_of_date_is_refused_with_the_stored_answer(tiny):
     assert not tiny.submit(tiny.alice, i0, sid=sid, answers=[Answer("anatomy", score=1)], shown=shown).created
 
 
+def test_a_double_click_racing_on_postgresql_is_one_submit_not_a_stale_form(pg_server):
+    """PostgreSQL runs READ COMMITTED: the first click can commit between the second click's
+    idempotency check and its read of the answer, which then looks changed by another tab. The
+    second click must come out as the same submit (created=False), not as a refused stale form.
+    The interleaving is forced: the first click runs, on its own connection, just before the second
+    reads the answer. (SQLite's BEGIN IMMEDIATE serialises the two; nothing to race there.)"""
+    db_url = _new_pg_database(pg_server)
+    tiny = Tiny(db_url)
+    first_click = Store(db_url)
+    try:
+        i0, sid = ITEMS[0], str(uuid.uuid4())
+        shown = tiny.store.shown(tiny.alice, i0, 1)
+        answers = [Answer("anatomy", score=4)]
+        fired: list[Any] = []
+
+        @sa.event.listens_for(tiny.store.engine, "before_cursor_execute")
+        def _interleave(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if not fired and "FROM responses" in statement:
+                fired.append(first_click.submit(tiny.alice, i0, 1, sid, answers, shown=shown))
+
+        second = tiny.store.submit(tiny.alice, i0, 1, sid, answers, shown=shown)
+        assert fired and fired[0].created and not second.created
+        assert len(tiny.rows(submissions)) == 1 and len(tiny.rows(responses)) == 1
+        assert not [r for r in tiny.rows(audit_log) if r["action"].startswith("refuse")]
+    finally:
+        first_click.close()
+        tiny.store.close()
+
+
 def test_free_text_is_capped_and_cleaned(tiny):
     i0, i1 = ITEMS[0], ITEMS[1]
     with pytest.raises(StoreError, match="at most 2000"):
