@@ -187,7 +187,8 @@ def _reader_study_parser(sub: argparse._SubParsersAction) -> None:
         "--show-prompt", action="store_true", help="show each case's prompt or intended finding"
     )
     create.add_argument(
-        "--seed", type=int, default=0, metavar="S", help="selection and order seed (default 0)"
+        "--seed", type=int, default=0, metavar="S",
+        help="mixed into the selection and orders with 128 secret bits, so the seed cannot replay them (0)",
     )
     create.add_argument("--size", type=int, default=512, metavar="PX", help="common image size (default 512)")
     create.add_argument(

@@ -141,7 +141,11 @@ class Client:
         """Open the websocket and run the page once; seconds until it settled."""
         url = "ws" + self.base_url.removeprefix("http") + "/_stcore/stream"
         # The frontend sends its XSRF token and a session id to resume in the subprotocol list.
-        protocols = ["streamlit", "PLACEHOLDER_AUTH_TOKEN", existing_session_id] if existing_session_id else ["streamlit"]
+        protocols = (
+            ["streamlit", "PLACEHOLDER_AUTH_TOKEN", existing_session_id]
+            if existing_session_id
+            else ["streamlit"]
+        )
         self._ws = await websockets.connect(
             url, subprotocols=protocols, max_size=None, open_timeout=self._timeout, compression=None
         )

@@ -393,9 +393,10 @@ def _submit(
     flagged: bool,
     reason: str,
 ) -> None:
-    # Widget values come from the browser: a hand-made client can send anything.
+    # Widget values come from the browser: a hand-made client can send anything. Counted as stored
+    # (cleaned, NFC): a few characters grow under normalisation.
     for what, value in (("comment", comment), ("flag reason", reason)):
-        if value is not None and (not isinstance(value, str) or len(value) > text.MAX_TEXT):
+        if value is not None and (not isinstance(value, str) or text.too_long(text.clean(value))):
             st.error(f"The {what} is too long: at most {text.MAX_TEXT} characters are kept. Shorten it.")
             return
     missing = [c.question for c in info.criteria if chosen[c.name] is None]
@@ -533,7 +534,9 @@ def main() -> None:
     try:
         root, info, store = _open(study_dir)
     except (study.StudyError, StoreError) as exc:
-        st.error(str(exc))
+        # Anyone can load the page: the details (paths, database host and user) go to the log.
+        log.error("cannot open the study: %s", exc)
+        st.error("The study cannot be opened right now. Tell your study lead (details are in the server log).")
         return
     if "reader_id" not in st.session_state:
         _login(store, info)

@@ -10,7 +10,8 @@ This module measures that it holds, per study: for the stored file and for every
 app renders (:data:`VIEWS`: the default view, a narrow window, zoomed and panned views, and for a
 landmark study the drawn RGB view), the byte length of every item, and the AUC of byte length for
 ``real`` against each model (the Mann-Whitney statistic, ties counted half, computed exactly with
-integers). A study is blinded on this channel only when every AUC is exactly 1/2:
+integers). A study is blinded on this channel only when every view has one byte length for all its
+items (which also rules out sizes telling two models apart) and every AUC is exactly 1/2:
 ``reader-study create`` records the measurement in ``blinding.json`` (owner-only; it names the
 models, so the app never reads it) and refuses to write a study that fails, and ``reader-study
 serve`` measures again and refuses to start.
@@ -152,12 +153,17 @@ def report(sizes: Mapping[str, Mapping[str, Sequence[int]]]) -> dict[str, Any]:
 
 
 def failures(measured: Mapping[str, Any]) -> list[str]:
-    """Every (view, model) whose byte-size AUC against real is not exactly 1/2."""
+    """Every view whose items do not all have one byte length, and every (view, model) whose
+    byte-size AUC against real is not exactly 1/2. The AUC alone is not enough: real images of
+    100 and 300 bytes against a model's of 200 give 1/2 and are told apart at once; and sizes
+    could separate two models from each other."""
     out = []
     for view, entry in measured["views"].items():
+        if len(entry["bytes"]) > 1:
+            out.append(f"{view}: {len(entry['bytes'])} different byte lengths ({entry['bytes'][:4]}...)")
         for model, auc in entry["auc_vs_real"].items():
             if Fraction(auc["exact"]) != Fraction(1, 2):
-                out.append(f"{view}: {model} vs real AUC {auc['auc']:.3f} (sizes {entry['bytes'][:4]}...)")
+                out.append(f"{view}: {model} vs real AUC {auc['auc']:.3f}")
     return out
 
 

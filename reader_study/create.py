@@ -195,7 +195,11 @@ def create_study(
         )
     sources, cases = _sources(run, options.models)
     strata = list(sources)
-    rng = np.random.default_rng([options.seed, 0x5EED])
+    # Every draw mixes --seed with 128 secret bits: with the seed alone (it is in study.json, and
+    # 0 by default) and the public counts, a reader's order, and so the stratum at each position of
+    # their queue, could be replayed. What the draws chose is recorded in the key and the database.
+    secret = [secrets.randbits(32) for _ in range(4)]
+    rng = np.random.default_rng([options.seed, 0x5EED, *secret])
 
     by_case = {s: {} for s in strata}  # stratum -> case -> [sources]
     for s in strata:
@@ -210,10 +214,10 @@ def create_study(
         per_model = max(1, min(MAX_DEFAULT_PER_MODEL, spare // max(1, sharing)))
     n_real = per_model if options.real is None else options.real
     counts = {s: (n_real if s == REAL else per_model) for s in strata}
-    calib = {
-        s: options.calibration // len(strata) + (i < options.calibration % len(strata))
-        for i, s in enumerate(strata)
-    }
+    # Practice items are shared out evenly; the leftovers go to strata drawn at random (always the
+    # first strata, i.e. "real", would make a single practice item a real image for everyone).
+    extra = set(rng.permutation(len(strata))[: options.calibration % len(strata)])
+    calib = {s: options.calibration // len(strata) + (i in extra) for i, s in enumerate(strata)}
     wanted = {s: counts[s] + calib[s] for s in strata}
     short = {s: len(by_case[s]) for s in strata if wanted[s] > len(by_case[s])}
     if short:
@@ -269,7 +273,7 @@ def create_study(
             item_rows.append(
                 {"id": item, "image_sha256": sha256_bytes(png), "prompt": prompts.get(src.case_id)}
             )
-        # In the seeded pick order: orders drawn from it are a function of the seed, not of the ids.
+        # In the pick order: the draws below then depend on the random generator only, not on the ids.
         key = pd.DataFrame(key_rows, columns=list(study.KEY_COLUMNS))
         key["sample"] = key["sample"].astype("Int64")
 
@@ -290,7 +294,7 @@ def create_study(
             reader_id = store.add_reader(name, token)
             tokens[name] = token
             r_rng = np.random.default_rng(
-                [options.seed, int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)]
+                [options.seed, int(hashlib.sha256(name.encode()).hexdigest()[:15], 16), *secret]
             )
             # Every reader gets the practice items in an order of their own.
             calibration_order = assignment.balanced_order(calib_strata, r_rng)

@@ -440,6 +440,12 @@ class Store:
             ("audit_log", "token_generation INTEGER"),
         )
         with self.engine.begin() as conn:
+            # Again inside the write transaction: another admin command may have upgraded meanwhile.
+            version = conn.execute(
+                sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version").with_for_update()
+            ).scalar()
+            if version != "1":
+                return False
             for table, column in added:
                 conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column}")
             conn.execute(
@@ -720,17 +726,24 @@ class Store:
         return result
 
     def _submit(self, conn: Connection, sub: _Submission) -> SubmitResult:
-        if conn.execute(sa.select(submissions.c.id).where(submissions.c.id == sub.submission_id)).first():
-            return SubmitResult(created=False, changes=0)
+        # The answer's assignment row is locked first (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+        # serialises every write): two submits of one answer, a double click or two tabs, then run
+        # one after the other, and the second sees what the first committed. Under READ COMMITTED
+        # without it, a second tab's form could pass the revision check before the first tab
+        # committed and then overwrite it.
         assigned = conn.execute(
-            sa.select(assignments.c.position).where(
+            sa.select(assignments.c.position)
+            .where(
                 (assignments.c.reader_id == sub.reader_id)
                 & (assignments.c.item_id == sub.item_id)
                 & (assignments.c.read_number == sub.read_number)
             )
+            .with_for_update()
         ).first()
         if assigned is None:
             raise StoreError("this item is not in your queue")
+        if conn.execute(sa.select(submissions.c.id).where(submissions.c.id == sub.submission_id)).first():
+            return SubmitResult(created=False, changes=0)
         now = utc_now()
         key = {"reader_id": sub.reader_id, "item_id": sub.item_id, "read_number": sub.read_number}
 
@@ -752,8 +765,12 @@ class Store:
             & (responses.c.item_id == sub.item_id)
             & (responses.c.read_number == sub.read_number)
         )
+        # FOR SHARE: a reissue (an UPDATE of this row) waits for this submit, or this submit waits
+        # for the reissue and then sees the new generation; either way none slips between.
         generation = conn.execute(
-            sa.select(readers.c.token_generation).where(readers.c.id == sub.reader_id)
+            sa.select(readers.c.token_generation)
+            .where(readers.c.id == sub.reader_id)
+            .with_for_update(read=True)
         ).scalar()
         head = conn.execute(sa.select(responses).where(where)).first()
         revision = 0 if head is None else 1 + int(head.edits)
@@ -764,13 +781,6 @@ class Store:
         )
         for refused, action, what, current, shown, attempted in refusals:
             if current != shown:
-                # PostgreSQL, READ COMMITTED: the other click of a double click may have committed
-                # since this transaction's first check, so that its answer looks like another tab's.
-                # Then its submission row is visible now too: this is the same submit, not a stale one.
-                if conn.execute(
-                    sa.select(submissions.c.id).where(submissions.c.id == sub.submission_id)
-                ).first():
-                    return SubmitResult(created=False, changes=0)
                 log(action, None, f"{what}={current}", f"{what}={shown}{attempted}")
                 conn.execute(audit_log.insert(), audit_rows)
                 return SubmitResult(created=False, changes=0, refused=refused)

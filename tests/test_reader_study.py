@@ -16,6 +16,7 @@ import math
 import re
 import sqlite3
 import struct
+import threading
 import uuid
 import zlib
 from collections import Counter
@@ -297,10 +298,10 @@ def test_item_ids_are_random_hex_unrelated_to_the_source(run_dir, tmp_path):
     for key in (key_a, key_b):
         assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in key.item)
         assert key.item.is_unique
-    # Same seed: the same images in the same order, but under fresh ids (not derived from them).
-    assert _sequences(a.path) == _sequences(b.path)
-    # The key is stored in item-id order, which says nothing; the same images are in it.
-    assert sorted(zip(key_a.model, key_a.case_id)) == sorted(zip(key_b.model, key_b.case_id))
+    # The same seed does not replay a study: study.json holds the seed (0 by default) and the app
+    # shows the counts, so a seed-only order would tell a reader the stratum at each position.
+    assert _sequences(a.path) != _sequences(b.path)
+    # The key is stored in item-id order, which says nothing.
     assert list(key_a.item) == sorted(key_a.item)
     assert not set(key_a.item) & set(key_b.item)
     c = create_study(run_dir, tmp_path / "c", _options(seed=4), progress=False)
@@ -931,32 +932,80 @@ def test_a_form_that_is_out_of_date_is_refused_with_the_stored_answer(tiny):
     assert not tiny.submit(tiny.alice, i0, sid=sid, answers=[Answer("anatomy", score=1)], shown=shown).created
 
 
-def test_a_double_click_racing_on_postgresql_is_one_submit_not_a_stale_form(pg_server):
-    """PostgreSQL runs READ COMMITTED: the first click can commit between the second click's
-    idempotency check and its read of the answer, which then looks changed by another tab. The
-    second click must come out as the same submit (created=False), not as a refused stale form.
-    The interleaving is forced: the first click runs, on its own connection, just before the second
-    reads the answer. (SQLite's BEGIN IMMEDIATE serialises the two; nothing to race there.)"""
-    db_url = _new_pg_database(pg_server)
-    tiny = Tiny(db_url)
-    first_click = Store(db_url)
+@pytest.mark.parametrize("second", ["double click", "other tab"])
+def test_two_submits_of_one_answer_are_serialised_on_postgresql(pg_server, second):
+    """PostgreSQL runs READ COMMITTED. Two submits of one answer drawn from the same revision: a
+    double click (one submission id) or two tabs (two ids, two answers). The first is held just
+    after its checks passed, before it writes; the second starts then, in another thread. It must
+    wait for the first, and then count as the same submit (double click) or be refused as stale
+    (other tab). Without the lock on the answer's row the second passed its checks meanwhile and
+    the two tabs overwrote each other. (SQLite's BEGIN IMMEDIATE serialises every write.)"""
+    tiny = Tiny(_new_pg_database(pg_server))
+    other = Store(tiny.store.url)
     try:
-        i0, sid = ITEMS[0], str(uuid.uuid4())
+        i0 = ITEMS[0]
         shown = tiny.store.shown(tiny.alice, i0, 1)
-        answers = [Answer("anatomy", score=4)]
-        fired: list[Any] = []
+        first_sid = str(uuid.uuid4())
+        second_sid = first_sid if second == "double click" else str(uuid.uuid4())
+        outcome: dict[str, Any] = {}
+
+        def submit_second() -> None:
+            try:
+                outcome["result"] = other.submit(
+                    tiny.alice, i0, 1, second_sid, [Answer("anatomy", score=5)], shown=shown
+                )
+            except StoreError as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=submit_second)
 
         @sa.event.listens_for(tiny.store.engine, "before_cursor_execute")
-        def _interleave(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if not fired and "FROM responses" in statement:
-                fired.append(first_click.submit(tiny.alice, i0, 1, sid, answers, shown=shown))
+        def _hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.startswith("INSERT INTO submissions") and not thread.is_alive() and "result" not in outcome:
+                thread.start()
+                thread.join(timeout=1.0)  # the second submit runs now, as far as it can
 
-        second = tiny.store.submit(tiny.alice, i0, 1, sid, answers, shown=shown)
-        assert fired and fired[0].created and not second.created
-        assert len(tiny.rows(submissions)) == 1 and len(tiny.rows(responses)) == 1
-        assert not [r for r in tiny.rows(audit_log) if r["action"].startswith("refuse")]
+        first = tiny.store.submit(tiny.alice, i0, 1, first_sid, [Answer("anatomy", score=2)], shown=shown)
+        thread.join(timeout=30)
+        assert first.created and not thread.is_alive()
+        if second == "double click":
+            assert not outcome["result"].created and "error" not in outcome
+        else:
+            assert isinstance(outcome.get("error"), StaleForm), outcome
+        assert [(r["criterion"], r["score"]) for r in tiny.rows(ratings)] == [("anatomy", 2)]
+        assert [r["edits"] for r in tiny.rows(responses)] == [0]
+        assert len(tiny.rows(submissions)) == 1
     finally:
-        first_click.close()
+        other.close()
+        tiny.store.close()
+
+
+def test_a_reissue_waits_for_a_submit_in_flight_on_postgresql(pg_server):
+    """A reissue that commits while an old session's submit is between its token check and its
+    commit would let that submit through after the token was retired. The reissue must wait."""
+    tiny = Tiny(_new_pg_database(pg_server))
+    admin_store = Store(tiny.store.url)
+    try:
+        i1 = ITEMS[1]
+        shown = tiny.store.shown(tiny.bob, i1, 1)
+        thread = threading.Thread(target=admin_store.reissue_token, args=("bob", "new-token-for-bob-0123456789"))
+        waited: list[bool] = []
+
+        @sa.event.listens_for(tiny.store.engine, "before_cursor_execute")
+        def _hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.startswith("INSERT INTO submissions") and not waited:
+                thread.start()
+                thread.join(timeout=1.0)
+                waited.append(thread.is_alive())  # still waiting for this submit's lock
+
+        tiny.submit(tiny.bob, i1, shown=shown)
+        thread.join(timeout=30)
+        assert waited == [True] and not thread.is_alive()
+        actions = [r["action"] for r in sorted(tiny.rows(audit_log), key=lambda r: r["id"]) if r["reader_id"] == tiny.bob]
+        assert actions == ["add_reader", "create", "reissue_token"]  # the submit, then the reissue
+        assert tiny.store.token_generation(tiny.bob) == 2
+    finally:
+        admin_store.close()
         tiny.store.close()
 
 

@@ -47,6 +47,15 @@ def test_byte_size_auc_is_the_mann_whitney_auc_of_scikit_learn():
     assert blinding.byte_size_auc([5, 5, 5], [5, 5]) == blinding.Fraction(1, 2)
 
 
+def test_an_auc_of_one_half_is_not_enough():
+    """Real images of 100 and 300 bytes against a model's of 200: AUC 1/2, yet told apart at once.
+    And two models of different sizes, each against real, are no better."""
+    report = blinding.report({"stored": {"real": [100, 300], "m": [200, 200]}})
+    assert report["views"]["stored"]["auc_vs_real"]["m"]["exact"] == "1/2"
+    assert blinding.failures(report) == ["stored: 3 different byte lengths ([100, 200, 300]...)"]
+    assert blinding.failures(blinding.report({"v": {"real": [5, 5], "a": [5], "b": [5]}})) == []
+
+
 def test_fixed_size_pngs_decode_to_the_pixels_and_never_change_length():
     rng = np.random.default_rng(1)
     for shape, bits in (((64, 48), 8), ((33, 70), 16), ((40, 40, 3), 8), ((300, 300), 8)):
