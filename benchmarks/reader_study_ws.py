@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -33,17 +32,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks.streamlit_ws import Client, wait_healthy
+from benchmarks.streamlit_ws import Client, free_port, wait_healthy
 
 BASELINE_READER = "baseline"
 START_TIMEOUT_S = 60.0
 SCORES = (1, 2, 3, 4, 5)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -52,7 +45,7 @@ class Server:
     def __init__(self, study_dir: Path, log: Path):
         from reader_study.serve import streamlit_command
 
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://localhost:{self.port}"
         self.log_path = log
         self._log = log.open("wb")

@@ -19,6 +19,7 @@ by the reader-study tests that need the real server without Chromium.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.request
 from typing import Any
@@ -34,6 +35,13 @@ _SETTLED = (ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_S
 
 class ProtocolError(RuntimeError):
     pass
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_healthy(base_url: str, proc: Any, timeout: float) -> bool:

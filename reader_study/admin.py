@@ -177,7 +177,10 @@ def export_frame(study_dir: str | Path) -> pd.DataFrame:
     A flagged item without answers gets one row with ``criterion = "flag"`` so that it is counted.
     Comments are not here but in :func:`comments_frame`, once per response.
     """
-    t = _tables(study_dir)
+    return _ratings_frame(_tables(study_dir))
+
+
+def _ratings_frame(t: _Tables) -> pd.DataFrame:
     heads = t.responses.drop(columns=["comment"]).rename(
         columns={"created_at": "response_created_at", "updated_at": "response_updated_at"}
     )
@@ -213,7 +216,10 @@ def export_frame(study_dir: str | Path) -> pd.DataFrame:
 
 def comments_frame(study_dir: str | Path) -> pd.DataFrame:
     """One row per response with a comment: who wrote it on which item, and when."""
-    t = _tables(study_dir)
+    return _comments_frame(_tables(study_dir))
+
+
+def _comments_frame(t: _Tables) -> pd.DataFrame:
     notes = t.responses[t.responses.comment.notna()]
     out = _with_key(notes, t)
     return (
@@ -314,13 +320,13 @@ def export(study_dir: str | Path, out: Path | None = None) -> list[Path]:
     written = []
     # Ratings and comments hold what readers typed: defused for spreadsheets. Landmarks hold none,
     # and their CSV is an annotation file other commands read back: written as is.
-    parts = [(export_frame, [out] if out else _beside(None, root, study.EXPORT_STEM), True)]
+    tables = _tables(study_dir)  # read once for the ratings and the comments
+    parts = [(_ratings_frame(tables), [out] if out else _beside(None, root, study.EXPORT_STEM), True)]
     if info.comment:
-        parts.append((comments_frame, _beside(out, root, study.COMMENTS_STEM), True))
+        parts.append((_comments_frame(tables), _beside(out, root, study.COMMENTS_STEM), True))
     if info.landmarks is not None:
-        parts.append((landmarks_frame, _beside(out, root, study.LANDMARKS_STEM), False))
-    for make, targets, neutralise in parts:
-        frame = make(study_dir)
+        parts.append((landmarks_frame(study_dir), _beside(out, root, study.LANDMARKS_STEM), False))
+    for frame, targets, neutralise in parts:
         for target in targets:
             _write(frame, target, neutralise)
             written.append(target)

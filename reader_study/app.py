@@ -393,12 +393,6 @@ def _submit(
     flagged: bool,
     reason: str,
 ) -> None:
-    # Widget values come from the browser: a hand-made client can send anything. Counted as stored
-    # (cleaned, NFC): a few characters grow under normalisation.
-    for what, value in (("comment", comment), ("flag reason", reason)):
-        if value is not None and (not isinstance(value, str) or text.too_long(text.clean(value))):
-            st.error(f"The {what} is too long: at most {text.MAX_TEXT} characters are kept. Shorten it.")
-            return
     missing = [c.question for c in info.criteria if chosen[c.name] is None]
     if info.turing and (verdict is None or confidence is None):
         missing.append(TURING_QUESTION)

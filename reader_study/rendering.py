@@ -25,7 +25,7 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from audit.images import encode_png_fixed_size
+from audit.png import encode_png_fixed_size
 
 ZOOMS = (1.0, 1.5, 2.0, 3.0, 4.0)
 

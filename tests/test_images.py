@@ -28,7 +28,6 @@ from audit.images import (
     ImageReadError,
     XrayImage,
     _decode_pil,
-    _png_bytes,
     apply_window,
     encode_png,
     image_size,
@@ -36,6 +35,7 @@ from audit.images import (
     read_mask,
     write_png,
 )
+from audit.png import _png_bytes
 
 try:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut

@@ -14,7 +14,6 @@ import base64
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import time
@@ -27,7 +26,7 @@ from urllib.parse import urlparse
 import pandas as pd
 import pytest
 
-from benchmarks.streamlit_ws import wait_healthy
+from benchmarks.streamlit_ws import free_port, wait_healthy
 from reader_study import admin, study
 from reader_study.criteria import TURING, TURING_QUESTION
 from reader_study.serve import streamlit_command
@@ -57,12 +56,6 @@ Answers = dict[str, Any]
 sync_api.expect.set_options(timeout=UI_TIMEOUT_MS)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
     """``xray-audit reader-study serve`` as a subprocess, on a free port."""
 
@@ -77,7 +70,7 @@ class Server:
         return f"http://localhost:{self.port}/"
 
     def start(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 streamlit_command(self.port),
