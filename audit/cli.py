@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -48,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         "finish with `xray-audit merge RUN_DIR` once all N are done. `auto`: from RANK/WORLD_SIZE "
         "(accelerate launch, torchrun)",
     )
+    run.add_argument(
+        "--device",
+        type=_device,
+        metavar="DEVICE",
+        help="where the evaluator networks run: auto, cpu, cuda or cuda:N (overrides [evaluators].device; "
+        "recorded in run.json)",
+    )
 
     merge = sub.add_parser("merge", help="finish a run whose work was split with --shard i/n")
     merge.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
@@ -73,14 +82,29 @@ def _parser() -> argparse.ArgumentParser:
 
     weights = sub.add_parser("weights", help="manage pretrained evaluator weights (verified by sha256)")
     wsub = weights.add_subparsers(dest="weights_command", required=True, metavar="SUBCOMMAND")
-    wsub.add_parser("list", help="every known weights file with its local state")
+    wsub.add_parser("list", help="every known weights entry with its local state and pin")
     fetch = wsub.add_parser("fetch", help="download and verify weights (needs internet)")
-    fetch.add_argument("name", metavar="NAME")
-    fetch.add_argument("--sha256", metavar="HEX", help="expected hash, for entries this release does not pin")
-    verify = wsub.add_parser("verify", help="re-hash local files against their pins")
-    verify.add_argument("name", nargs="?", metavar="NAME")
-    imp = wsub.add_parser("import", help="copy weights brought from another machine, verifying each")
-    imp.add_argument("source", type=Path, metavar="DIR")
+    fetch.add_argument("name", metavar="NAME", help="a name from `weights list`, or hf:ORG/NAME@REVISION")
+    fetch_pin = fetch.add_mutually_exclusive_group()
+    fetch_pin.add_argument(
+        "--sha256", metavar="HEX", help="expected hash, for entries this release does not pin"
+    )
+    fetch_pin.add_argument(
+        "--trust",
+        action="store_true",
+        help="pin whatever this first download delivers (recorded with date and source, and marked "
+        "'pinned by you on first download' wherever its numbers appear)",
+    )
+    verify = wsub.add_parser(
+        "verify", help="check local files against their pins (default: what the default evaluators need)"
+    )
+    verify.add_argument("names", nargs="*", metavar="NAME")
+    imp = wsub.add_parser(
+        "import",
+        help="copy weights you already have, verifying each (default: search the torchxrayvision, "
+        "torch hub and Hugging Face caches)",
+    )
+    imp.add_argument("source", type=Path, nargs="?", metavar="DIR")
     imp.add_argument(
         "--sha256",
         action="append",
@@ -88,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=HEX",
         help="expected hash for an entry this release does not pin (repeatable)",
     )
+    imp.add_argument("--trust", action="store_true", help="pin the unpinned files found (with date and path)")
     path = wsub.add_parser("path", help="print the verified local path of NAME")
     path.add_argument("name", metavar="NAME")
 
@@ -187,7 +212,10 @@ def _reader_study_parser(sub: argparse._SubParsersAction) -> None:
         "--show-prompt", action="store_true", help="show each case's prompt or intended finding"
     )
     create.add_argument(
-        "--seed", type=int, default=0, metavar="S",
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
         help="mixed into the selection and orders with 128 secret bits, so the seed cannot replay them (0)",
     )
     create.add_argument("--size", type=int, default=512, metavar="PX", help="common image size (default 512)")
@@ -214,7 +242,8 @@ def _reader_study_parser(sub: argparse._SubParsersAction) -> None:
         help="readers also click landmarks on each image; norberg: femoral-head outline and rim per hip",
     )
     add_patient_left(
-        create, default_text=f"the run config's [norberg] patient_left, else {STANDARD_DISPLAY}; only with --landmarks norberg"
+        create,
+        default_text=f"the run config's [norberg] patient_left, else {STANDARD_DISPLAY}; only with --landmarks norberg",
     )
 
     serve = rsub.add_parser("serve", help="start the rating app (Streamlit)")
@@ -250,7 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             shard = _parse_shard(args.shard) if args.shard else None
-            return _run(args.config, args.keep_going, not args.no_report, progress, args.chunk_size, shard)
+            return _run(
+                args.config,
+                args.keep_going,
+                not args.no_report,
+                progress,
+                args.chunk_size,
+                shard,
+                args.device,
+            )
         if args.command == "merge":
             return _merge(args.run_dirs, args.out, not args.no_report, progress, args.chunk_size)
         if args.command == "demo":
@@ -290,8 +327,27 @@ def main(argv: list[str] | None = None) -> int:
         from audit.weights import WeightsError
         from reader_study.errors import ERRORS as READER_STUDY_ERRORS
 
+        # A refused pickle or a weights file that changed under a run is the user's to fix, not a bug;
+        # looked up only where already imported, so an error path never imports torch.
+        loaded = [
+            getattr(sys.modules[m], n)
+            for m, n in (
+                ("audit.evaluators.safe_pickle", "UnsafePickleError"),
+                ("audit.evaluators.base", "WeightsHashError"),
+            )
+            if m in sys.modules
+        ]
         if isinstance(
-            exc, (ConfigError, ManifestError, RunError, WeightsError, FileNotFoundError, *READER_STUDY_ERRORS)
+            exc,
+            (
+                ConfigError,
+                ManifestError,
+                RunError,
+                WeightsError,
+                FileNotFoundError,
+                *READER_STUDY_ERRORS,
+                *loaded,
+            ),
         ):
             log.error("error: %s", exc)
             return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_PROBLEMS
@@ -317,6 +373,13 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
+def _device(text: str) -> str:
+    """``--device``: what ``[evaluators].device`` accepts."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f'must be "auto", "cpu", "cuda" or "cuda:N", got {text!r}')
+    return text
+
+
 def _run(
     config_path: Path,
     keep_going: bool,
@@ -324,11 +387,15 @@ def _run(
     progress: bool,
     chunk_size: int = 64,
     shard: tuple[int, int] | None = None,
+    device: str | None = None,
 ) -> int:
     from audit.config import ConfigError, load_config
     from audit.runner import RunOptions, run_study
 
     config = load_config(config_path)
+    if device is not None:
+        # run.json and config.toml then record the device the evaluators actually ran on.
+        config = dataclasses.replace(config, evaluators=dataclasses.replace(config.evaluators, device=device))
     if chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     result = run_study(
@@ -406,24 +473,33 @@ def _weights(args: argparse.Namespace, progress: bool) -> int:
         print(f"weights dir: {weights.weights_dir()}")
         for st in weights.statuses():
             e = weights.entry(st.name)
-            pin = "pinned" if weights.expected_sha256(st.name) else "unpinned"
-            print(f"  {st.name:<30} {st.state:<9} {pin:<9} {e.filename}")
+            default = " (default)" if e.default else ""
+            print(f"  {st.name + default:<36} {st.state:<9} {_pin_label(st):<43} {e.description}")
         return EXIT_OK
     if cmd == "fetch":
-        print(weights.fetch(args.name, sha256=args.sha256, progress=progress))
+        path = weights.fetch(args.name, sha256=args.sha256, trust=args.trust, progress=progress)
+        st = weights.status(args.name)
+        for f in weights.entry(args.name).files:
+            file = path / f.filename if path.is_dir() else path
+            print(f"{file}  {file.stat().st_size:,} bytes  sha256 {_sha_of(weights, args.name, f.filename)}")
+        print(f"{args.name}: {st.state}; {st.pin_note}")
         return EXIT_OK
     if cmd == "verify":
-        names = (
-            [args.name]
-            if args.name
-            else [n for n in weights.MANIFEST if weights.status(n).state != "missing"]
-        )
-        bad = 0
+        names = args.names or weights.default_entries()
+        fixes = []
         for name in names:
             st = weights.status(name)
-            print(f"{name}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
-            bad += st.state != "ok"
-        return EXIT_PROBLEMS if bad else EXIT_OK
+            state = {"corrupt": "mismatch"}.get(st.state, st.state)
+            print(
+                f"{state:<9} {name:<34} "
+                + (st.detail or str(st.path))
+                + (f"  [{_pin_label(st)}]" if st.pin else "")
+            )
+            if st.state != "ok":
+                fixes.append(_fix_command(weights, name, st))
+        for fix in fixes:
+            print(fix, file=sys.stderr)
+        return EXIT_PROBLEMS if fixes else EXIT_OK
     if cmd == "import":
         pins = {}
         for item in args.sha256:
@@ -431,14 +507,52 @@ def _weights(args: argparse.Namespace, progress: bool) -> int:
             if not sep:
                 raise weights.WeightsError(f"--sha256 takes NAME=HEX, got {item!r}")
             pins[name] = hexdigest
-        imported, skipped = weights.import_dir(args.source, pins)
-        for name, dest in imported:
-            print(f"imported {name}: {dest}")
-        for reason in skipped:
+        report = weights.import_dir(args.source, pins, trust=args.trust)
+        if args.source is None:
+            print("searched: " + ", ".join(str(d) for d in report.searched))
+        for name, dest in report.imported:
+            print(f"imported {name}: {dest}  [{_pin_label(weights.status(name))}]")
+        for reason in report.skipped:
             print(f"skipped {reason}")
-        return EXIT_OK if imported else EXIT_PROBLEMS
+        for reason in report.mismatched:
+            print(f"mismatch {reason}", file=sys.stderr)
+        if not (report.imported or report.skipped or report.mismatched):
+            print("found no known weights files")
+        return (
+            EXIT_PROBLEMS
+            if report.mismatched or (args.source is not None and not report.imported)
+            else EXIT_OK
+        )
     print(weights.weights_path(args.name))
     return EXIT_OK
+
+
+def _pin_label(st) -> str:
+    return {
+        "release": "pinned by this release",
+        "release-one-source": "pinned by this release (one public source)",
+        "config": "hash from the study config",
+        "user-sha256": "pinned by you (--sha256)",
+        "user-trust": "pinned by you on first download",
+    }.get(st.pin, "not pinned")
+
+
+def _sha_of(weights, name: str, filename: str) -> str:
+    pin = weights.pins_of(weights.entry(name))[filename]
+    return pin.sha256 if pin else "?"
+
+
+def _fix_command(weights, name: str, st) -> str:
+    e = weights.entry(name)
+    if st.state == "unpinned":
+        return f"{name}: pin it with `xray-audit weights import {weights.entry_dir(e)} --trust`"
+    pinned = all(p is not None for p in weights.pins_of(e).values())
+    trust = "" if pinned else " --trust"
+    prefix = f"{name}: delete {st.path} and run" if st.state in ("mismatch", "corrupt") else f"{name}: run"
+    return (
+        f"{prefix} `xray-audit weights fetch {name}{trust}` (needs internet), or bring the files from another "
+        f"machine and run `xray-audit weights import DIR{trust}`"
+    )
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -21,7 +21,9 @@ DEFAULT_PIXEL_METRICS = ("mse", "mae", "psnr", "ssim", "ms_ssim")
 # Config entries of [metrics].clinical and [metrics].distribution; each expands to the metric names in
 # audit.metrics.registry ("dice" to dice_* and dice_mask_*, "prdc" to precision/recall/density/coverage).
 CLINICAL_ENTRIES = ("pathology_auc", "pathology_f1", "dice")
-DISTRIBUTION_ENTRIES = ("fid", "fxd", "kid", "prdc")
+DISTRIBUTION_ENTRIES = ("fid", "fxd", "kid", "prdc", "fd_raddino", "kid_raddino", "prdc_raddino")
+# A Hugging Face feature backbone at a fixed commit (a branch would move under the numbers).
+HF_FEATURES_RE = re.compile(r"^hf:[A-Za-z0-9][\w.-]*/[\w.-]+@[0-9a-f]{40}$")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\[\]-]*$")
 
 
@@ -90,12 +92,19 @@ class EvaluatorsSection:
     weights manager; ``demo``: the small networks shipped for the demo cohort (meaningless on other
     data); ``auto``: the pretrained network when its verified weights are present, else the demo one
     (meant for the demo: the report names the evaluator behind every number).
+
+    ``features`` may also name any Hugging Face image backbone at a commit, ``"hf:ORG/NAME@REVISION"``
+    (e.g. DINOv2 or BiomedCLIP): fid and kid are then computed on its ``pooler_output``. Its files are
+    verified against ``hf_sha256`` (file name -> sha256) or against the pins of
+    ``xray-audit weights fetch hf:ORG/NAME@REVISION --trust``. RadDino's ``fd_raddino``, ``kid_raddino``
+    and ``prdc_raddino`` always use ``microsoft/rad-dino`` at the commit this release pins.
     """
 
     classifier: Literal["xrv", "demo", "auto", "user"] = "xrv"
     classifier_weights: str = "densenet121-res224-all"
     segmenter: Literal["xrv", "demo", "auto"] = "xrv"
-    features: Literal["inception", "demo", "auto"] = "inception"
+    features: str = "inception"  # "inception" | "demo" | "auto" | "hf:ORG/NAME@REVISION"
+    hf_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
     device: str = "auto"
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = 16
@@ -331,7 +340,12 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
     if dupes:
         raise ConfigError(f"{where}: duplicate model name(s) {', '.join(dupes)}; names must be unique")
     return StudyConfig(
-        study=study, models=tuple(models), metrics=metrics, evaluators=evaluators, norberg=norberg, source=source
+        study=study,
+        models=tuple(models),
+        metrics=metrics,
+        evaluators=evaluators,
+        norberg=norberg,
+        source=source,
     )
 
 
@@ -389,6 +403,22 @@ def _check_evaluators(evaluators: EvaluatorsSection, where: str) -> None:
             f'{where}: [evaluators].device must be "auto", "cpu", "cuda" or "cuda:N", '
             f"got {evaluators.device!r}"
         )
+    if evaluators.features not in ("inception", "demo", "auto") and not HF_FEATURES_RE.fullmatch(
+        evaluators.features
+    ):
+        raise ConfigError(
+            f'{where}: [evaluators].features must be "inception", "demo", "auto" or "hf:ORG/NAME@REVISION" '
+            f"with the full 40-hex commit (a branch name moves), got {evaluators.features!r}"
+        )
+    if evaluators.hf_sha256 and not evaluators.features.startswith("hf:"):
+        raise ConfigError(
+            f'{where}: [evaluators].hf_sha256 only applies to features = "hf:ORG/NAME@REVISION"'
+        )
+    for filename, sha in evaluators.hf_sha256.items():
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+            raise ConfigError(
+                f"{where}: [evaluators].hf_sha256.{filename} must be a sha256 (64 hex characters), got {sha!r}"
+            )
     user = evaluators.user_classifier
     if (evaluators.classifier == "user") != (user is not None):
         raise ConfigError(
@@ -451,11 +481,16 @@ def dump_toml(config: StudyConfig) -> str:
     for key, table in d["evaluators"].items():
         if isinstance(table, dict):
             lines += ["", f"[evaluators.{key}]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None]
     if "norberg" in d:
         lines += ["", "[norberg]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in d["norberg"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_key(k: str) -> str:
+    # A file name such as model.safetensors would be a dotted (nested) key if written bare.
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
 
 
 def _toml_value(v: Any) -> str:

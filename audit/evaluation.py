@@ -52,7 +52,22 @@ ALL_CASES = ""  # the ``group`` of summary rows over every case
 MISSING_GROUP = "(missing)"
 PRDC_METRICS = ("precision", "recall", "density", "coverage")
 # What the distribution stage reads of each role's cached outputs (not the masks).
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {"classifier": ("probs", "features"), "features": ("features",)}
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "classifier": ("probs", "features"),
+    "features": ("features",),
+    "raddino": ("features",),
+}
+# Config entry -> (kernel, suffix of its metric names): the RadDino entries run the same kernels on
+# RadDino's features, named as CheXGenBench names them (fd_raddino, kid_raddino, precision_raddino...).
+FEATURE_ENTRIES: dict[str, tuple[str, str]] = {
+    "fid": ("fd", ""),
+    "fxd": ("fd", ""),
+    "kid": ("kid", ""),
+    "prdc": ("prdc", ""),
+    "fd_raddino": ("fd", ""),
+    "kid_raddino": ("kid", ""),
+    "prdc_raddino": ("prdc", "_raddino"),
+}
 
 
 class EvaluationError(RuntimeError):
@@ -61,8 +76,8 @@ class EvaluationError(RuntimeError):
 
 def entry_metrics(entry: str) -> tuple[str, ...]:
     """The metric names a config entry produces (before per-class names)."""
-    if entry == "prdc":
-        return PRDC_METRICS
+    if entry in ("prdc", "prdc_raddino"):
+        return tuple(m + FEATURE_ENTRIES[entry][1] for m in PRDC_METRICS)
     if entry == "dice":
         return tuple(f"dice_{s}" for s in (*fc.ANATOMY_STRUCTURES, "mean")) + tuple(
             f"dice_mask_{s}" for s in (*fc.ANATOMY_STRUCTURES, "mean")
@@ -432,7 +447,7 @@ def distribution_metrics(
                     )
             if is_real:
                 continue
-            for entry in ("fid", "fxd", "kid", "prdc"):
+            for entry in FEATURE_ENTRIES:
                 if not evaluation.wants(entry):
                     continue
                 role: Role = ENTRY_ROLE[entry]
@@ -535,9 +550,10 @@ def _feature_metric(
     record = (
         details.setdefault("feature_metrics", {}).setdefault(model, {}).setdefault(group or "all cases", {})
     )
-    names = PRDC_METRICS if entry == "prdc" else (entry,)
+    names = entry_metrics(entry)
+    kernel = FEATURE_ENTRIES[entry][0]
     try:
-        if entry in ("fid", "fxd"):
+        if kernel == "fd":
             res = fd.frechet_distance(fd.FeatureStats.from_features(real), fd.FeatureStats.from_features(gen))
             record[entry] = {
                 "n_real": res.n_real,
@@ -546,7 +562,7 @@ def _feature_metric(
                 "rank_deficient": res.rank_deficient,
             }
             values = {entry: res.value}
-        elif entry == "kid":
+        elif kernel == "kid":
             rng = np.random.default_rng(seed_for(model, f"kid:{group}"))
             kid = fd.kernel_inception_distance(real, gen, rng, cfg.kid_subsets, cfg.kid_subset_size)
             record[entry] = {
@@ -558,11 +574,11 @@ def _feature_metric(
                 "clamped": kid.clamped,
                 "requested_subset_size": kid.requested_subset_size,
             }
-            values = {"kid": kid.mean}
+            values = {entry: kid.mean}
         else:
             res = fd.prdc(real, gen, k=cfg.prdc_k)
-            record["prdc"] = {"n_real": res.n_real, "n_gen": res.n_gen, "k": res.k}
-            values = res.as_dict()
+            record[entry] = {"n_real": res.n_real, "n_gen": res.n_gen, "k": res.k}
+            values = {name: res.as_dict()[name.removesuffix("_raddino")] for name in names}
     except ValueError as exc:
         # A too-small group has no covariance or k-NN ball: say so rather than fail the whole run.
         record[entry] = {"error": str(exc), "n_real": int(real.shape[0]), "n_gen": int(gen.shape[0])}
@@ -577,8 +593,7 @@ def _feature_metric(
 
 # Why a replicate has no value, per config entry: the CI record names it when too many are missing.
 _DEGENERATE_REPLICATE = {
-    "fid": "fewer than 2 draws in a set, so no covariance",
-    "fxd": "fewer than 2 draws in a set, so no covariance",
+    "fd": "fewer than 2 draws in a set, so no covariance",
     "kid": "fewer than 2 draws in a set, so no unbiased MMD²",
     "prdc": "k or fewer distinct cases in a set, so no k-NN ball",
 }
@@ -607,13 +622,15 @@ def _feature_cis(
     real_w = counts[:, np.searchsorted(cases, real_cases)]
     gen_w = counts[:, np.searchsorted(cases, gen_cases)]
     record["ci"] = f"percentile bootstrap over cases, {cfg.bootstrap_resamples} replicates"
+    kernel, suffix = FEATURE_ENTRIES[entry]
     try:
-        if entry in ("fid", "fxd"):
+        if kernel == "fd":
             replicates = {entry: fd.frechet_distance_bootstrap(real, gen, real_w, gen_w)}
-        elif entry == "kid":
-            replicates = {"kid": fd.kid_bootstrap(real, gen, real_w, gen_w)}
+        elif kernel == "kid":
+            replicates = {entry: fd.kid_bootstrap(real, gen, real_w, gen_w)}
         else:
-            replicates = fd.prdc_bootstrap(real, gen, real_w, gen_w, k=cfg.prdc_k)
+            prdc = fd.prdc_bootstrap(real, gen, real_w, gen_w, k=cfg.prdc_k)
+            replicates = {name + suffix: values for name, values in prdc.items()}
     except ValueError as exc:
         record["ci_error"] = str(exc)
         return {name: (float("nan"), float("nan")) for name in entry_metrics(entry)}
@@ -621,14 +638,14 @@ def _feature_cis(
     defined = int(np.count_nonzero(~np.isnan(next(iter(replicates.values())))))
     record["ci_replicates"] = defined
     cis = {name: percentile_ci(values, cfg.confidence) for name, values in replicates.items()}
-    if entry in ("fid", "fxd") and defined:
+    if kernel == "fd" and defined:
         # A resample holds ~63 % distinct cases, and the Frechet distance's small-sample upward bias
         # lifts every replicate: the plain percentile interval can lie wholly above the value. Shift
         # it by the bootstrap's own bias estimate (mean replicate minus the full-set value).
         full = float(
-            fd.frechet_distance_bootstrap(
-                real, gen, np.ones((1, real.shape[0])), np.ones((1, gen.shape[0]))
-            )[0]
+            fd.frechet_distance_bootstrap(real, gen, np.ones((1, real.shape[0])), np.ones((1, gen.shape[0])))[
+                0
+            ]
         )
         values = replicates[entry]
         bias = float(np.nanmean(values)) - full
@@ -641,7 +658,7 @@ def _feature_cis(
     if any(np.isnan(lo) for lo, _ in cis.values()):
         record["ci_error"] = (
             f"only {defined} of {cfg.bootstrap_resamples} bootstrap replicates are defined (the others "
-            f"drew {_DEGENERATE_REPLICATE[entry]}); a CI needs at least half"
+            f"drew {_DEGENERATE_REPLICATE[kernel]}); a CI needs at least half"
         )
     return cis
 

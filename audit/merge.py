@@ -64,6 +64,8 @@ def _differences(a: StudyConfig, b: StudyConfig) -> list[str]:
     da, db = a.to_dict(), b.to_dict()
     for d in (da, db):
         d["study"].pop("output", None)
+        # Where a shard ran (`--device cuda:1`) does not change its numbers; the dtype does.
+        d["evaluators"].pop("device", None)
     out = [f"[{k}]" for k in ("study", "metrics", "evaluators") if da[k] != db[k]]
     if da["models"] != db["models"]:
         out.append("[[models]]")

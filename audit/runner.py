@@ -34,6 +34,8 @@ from audit.atomic import TMP_PREFIX, atomic_path, sha256_file, write_text
 from audit.cases import PATH_COLUMNS, Case, Manifest, load_manifest
 from audit.config import StudyConfig, dump_toml, stable_hash
 from audit.evaluation import ALL_CASES, Evaluation, EvaluationError, entry_metrics
+from audit.evaluators import speed
+from audit.feature_cache import FeatureCache
 from audit.models.base import (
     ModelAdapter,
     ModelLoadError,
@@ -135,11 +137,13 @@ def run_study(config: StudyConfig, options: RunOptions = RunOptions()) -> RunRes
     evaluation = _prepare_evaluation(config, cases, list(manifest.frame.columns), options)
     if not options.keep_going:
         _preflight(adapters, cases)
+    plan = _Plan(config, options, out, cases_hash, evaluation)
+    if evaluation is not None and not options.require_complete:
+        _warn_if_slow_on_cpu(plan, adapters, cases)
     # Before any generation, so a bad annotation file or detector fails in seconds, not hours.
     norberg = _prepare_norberg(config, manifest) if options.shard is None else None
 
     t = time.perf_counter()
-    plan = _Plan(config, options, out, cases_hash, evaluation)
     if options.require_complete:
         _check_complete(plan, adapters, cases)
     _process(plan, adapters, cases, options)
@@ -439,6 +443,69 @@ def _prepare_evaluation(
             "that could not be computed are then listed in run.json and the report."
         )
     return evaluation
+
+
+def _warn_if_slow_on_cpu(plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:
+    """Log a warning, before any work, when the evaluators would take over 30 minutes on CPU."""
+    device = plan.config.evaluators.device
+    if device.startswith("cuda"):
+        return
+    # The upper bound first (arithmetic only); the feature cache is only read for a run that looks slow.
+    work = _evaluator_work(plan, adapters, cases, cached=False)
+    if speed.cpu_seconds(work) > speed.SLOW_CPU_SECONDS:
+        work = _evaluator_work(plan, adapters, cases, cached=True)
+        message = speed.slow_cpu_warning(work, device, _cuda_available)
+        if message:
+            log.warning(message)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _evaluator_work(
+    plan: _Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case], *, cached: bool
+) -> list[speed.NetworkWork]:
+    """Images each evaluator network evaluates in this process: the references and every sample of a
+    non-reference model in this process's chunks. Sample hashes are unknown before generation, so
+    this is an upper bound; with ``cached``, images whose hash is known (references and samples
+    recorded by an earlier run) and whose outputs the feature cache holds are left out."""
+    evaluation = plan.evaluation
+    assert evaluation is not None
+    size, shard = plan.options.chunk_size, plan.options.shard
+    chunks = [
+        (ci, cases[start : start + size])
+        for ci, start in enumerate(range(0, len(cases), size))
+        if shard is None or ci % shard[1] == shard[0]
+    ]
+    models = [a for a in adapters if not a.self_reference]  # a real row's samples are the references
+    bound = sum(len(chunk) * (1 + sum(a.samples_per_case() for a in models)) for _, chunk in chunks)
+    networks = {p.key: p.name for p in evaluation.plans.values()}  # roles sharing a network count once
+    caches = [FeatureCache(evaluation.cache_root, key) for key in networks] if cached else []
+    if not any(c.dir.is_dir() for c in caches):
+        return [speed.NetworkWork(name, bound) for name in networks.values()]
+    unknown, shas = 0, set()
+    try:
+        for ci, chunk in chunks:
+            if plan.ref_shard(ci).exists():
+                shas.update(pq.read_table(plan.ref_shard(ci), columns=["sha256"]).column(0).to_pylist())
+            else:
+                unknown += len(chunk)
+            for a in models:
+                if plan.shard("samples", a, ci).exists():
+                    table = pq.read_table(plan.shard("samples", a, ci), columns=["sha256"])
+                    shas.update(s for s in table.column(0).to_pylist() if s)  # failures have none
+                else:
+                    unknown += len(chunk) * a.samples_per_case()
+        missing = [len(c.missing(sorted(shas))) if c.dir.is_dir() else None for c in caches]
+    except (OSError, pa.ArrowException):
+        return [speed.NetworkWork(name, bound) for name in networks.values()]  # never stops a run
+    return [
+        speed.NetworkWork(name, bound) if m is None else speed.NetworkWork(name, m + unknown, unknown > 0)
+        for name, m in zip(networks.values(), missing, strict=True)
+    ]
 
 
 def _metric_evaluators(evaluation: Evaluation) -> dict[str, str]:
@@ -849,7 +916,7 @@ def _evaluate_chunk(
         # Only fill the cache here (existence checks, no decoding): these outputs are read once, when
         # the run aggregates. References are shared by every model of the chunk, so this is cheap after
         # the first model.
-        for role in ("classifier", "features"):
+        for role in ("classifier", "features", "raddino"):
             if role in evaluation.plans:
                 evaluation.ensure(role, gen_items)
                 evaluation.ensure(role, ref_items)

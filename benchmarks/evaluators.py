@@ -1,6 +1,7 @@
 """Throughput and peak memory of the evaluator networks and of the clinical metric suite on the demo.
 
     python benchmarks/evaluators.py [--out results.json] [--quick] [--repeat N] [--threads T]
+                                    [--only evaluators|suite]
 
 Two measurements, every configuration in its own fresh subprocess so that its peak resident memory
 (``ru_maxrss``) is its own:
@@ -10,11 +11,14 @@ Two measurements, every configuration in its own fresh subprocess so that its pe
    untimed warm-up image goes first): the demo backends the demo study uses (``load_backend`` of the
    ``demo`` plans: the classifier, and the U-Net whose one pass gives both the masks and the FID/KID
    stand-in features) on 96 images of the demo study, and the pretrained architectures (xrv
-   DenseNet-121 at 224 px, xrv PSPNet at 512 px, torch-fidelity Inception-v3 at 299 px) with
-   *random-init* weights, for timing only: their real weights cannot be downloaded here, and speed
-   does not depend on weight values. PSPNet takes 6-15 s per image on two cores (depending on other
-   load), so it gets two images (its batch is then 2) and no warm-up. Memory is the peak RSS above the child's baseline
-   after imports, network and decoded images (total peak in brackets).
+   DenseNet-121 at 224 px, xrv PSPNet at 512 px, torch-fidelity Inception-v3 at 299 px, RadDino: a
+   DINOv2 ViT-B/14 at 518 px through ``HFFeatures`` with its ``BitImageProcessor``, from
+   ``audit.evaluators.hf.raddino_architecture``) with *random-init* weights, for timing only: their
+   real weights cannot be downloaded here, and speed does not depend on weight values. PSPNet takes
+   6-15 s per image on two cores (depending on other load), so it gets two images (its batch is then
+   2) and no warm-up. Memory is the peak RSS above the child's baseline after imports, network and
+   decoded images (total peak in brackets). ``audit/evaluators/speed.py`` keeps these images/s for
+   the run-time estimate of ``xray-audit run``; update it when they change.
 
 2. **The metric suite** (``pathology_auc``, ``pathology_f1``, ``dice``, ``fid``, ``fxd``, ``kid``,
    ``prdc`` with the demo evaluators) on the demo study's samples: the ``real`` row plus the six
@@ -39,7 +43,8 @@ Two measurements, every configuration in its own fresh subprocess so that its pe
    ``KID_ABS_TOL``) and the warm run's summary must equal the cold run's, or the script exits with
    status 1 after printing the tables.
 
-Prints markdown tables; ``--out`` writes every figure as JSON. The demo cohort is rendered under
+Prints markdown tables; ``--out`` writes every figure as JSON. ``--only evaluators`` (or ``suite``)
+measures one of the two parts. The demo cohort is rendered under
 ``$XRAY_AUDIT_HOME`` (a temporary directory when unset, about a minute of setup).
 """
 
@@ -80,6 +85,7 @@ EVALUATORS: dict[str, tuple[str, int, int, int]] = {
     "xrv-densenet121": ("xrv DenseNet-121, random-init, timing only", 224, 16, 8),
     "inception-v3": ("torch-fidelity Inception-v3, random-init, timing only", 299, 16, 8),
     "xrv-pspnet": ("xrv PSPNet (ChestX-Det), random-init, timing only", 512, 2, 1),
+    "rad-dino": ("RadDino (DINOv2 ViT-B/14 via HFFeatures), random-init, timing only", 518, 16, 4),
 }
 
 
@@ -277,6 +283,12 @@ def _build_evaluator(name: str):  # -> Callable[[list[np.ndarray]], list[dict[st
             extractor = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
         inc = InceptionFeatures(extractor, device="cpu")
         return lambda px: _rows(inc.run(px, batch_size=BATCH_SIZE), ("features",))
+    if name == "rad-dino":
+        from audit.evaluators.hf import HFFeatures, raddino_architecture
+
+        model, processor = raddino_architecture()
+        hf = HFFeatures(model, processor, name="rad-dino", weights_sha256=None, device="cpu")
+        return lambda px: _rows(hf.run(px, batch_size=BATCH_SIZE), ("features",))
     raise ValueError(f"unknown evaluator {name!r}; known: {', '.join(EVALUATORS)}")
 
 
@@ -499,23 +511,26 @@ def _same_summary(cold_csv: str, warm_csv: str) -> list[str]:
 
 
 def _tables(evals: list[dict[str, Any]], runs: dict[str, dict[str, Any]], load: tuple[float, float]) -> str:
-    naive, cold, warm = runs["naive"], runs["suite-cold"], runs["suite-warm"]
     threads = evals[0]["torch_threads"] if evals else "?"
     header = (
         f"CPU, {os.cpu_count()} cores, {threads} torch threads, float32, batch size {BATCH_SIZE}; 1-min load "
         f"average {load[0]:.1f} before / {load[1]:.1f} after."
     )
-    lines = [
-        header,
-        "",
-        "| evaluator | input | images | batch | images/s | peak RSS MB above baseline (total) |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = [header]
+    if evals:
+        lines += [
+            "",
+            "| evaluator | input | images | batch | images/s | peak RSS MB above baseline (total) |",
+            "|---|---|---|---|---|---|",
+        ]
     for e in evals:
         lines.append(
             f"| {e['description']} | {e['input_px']}² | {e['images']} | {e['batch']} | {e['images_per_s']:.2f} "
             f"| {e['peak_mb'] - e['baseline_mb']:.0f} ({e['peak_mb']:.0f}) |"
         )
+    if not runs:
+        return "\n".join(lines)
+    naive, cold, warm = runs["naive"], runs["suite-cold"], runs["suite-warm"]
     suite_header = (
         f"Metric suite ({', '.join(CLINICAL + DISTRIBUTION)}) on the demo study: {naive['images']} sample "
         "images (real + 6 degradations, 48 cases). Seconds of wall time from the child's first import to "
@@ -577,6 +592,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="interleaved repeats of the naive/cold/warm runs (median reported)",
     )
+    parser.add_argument(
+        "--only",
+        choices=("evaluators", "suite"),
+        help="measure only the evaluator networks, or only the metric suite (default: both)",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -613,12 +633,12 @@ def main(argv: list[str] | None = None) -> int:
         setup_s = time.perf_counter() - t
         load_before = os.getloadavg()[0]
         evals = []
-        for name, (_, _, full, quick) in EVALUATORS.items():
+        for name, (_, _, full, quick) in EVALUATORS.items() if args.only != "suite" else ():
             evals.append(_run_child("evaluator", name, str(quick if args.quick else full), str(setup_file)))
         samples: dict[str, list[dict[str, Any]]] = {"naive": [], "suite-cold": [], "suite-warm": []}
         problems: list[str] = []
         compared = 0
-        for r in range(args.repeat):
+        for r in range(args.repeat if args.only != "evaluators" else 0):
             # Interleaved, so that a change of machine load affects every kind of run alike.
             samples["naive"].append(_run_child("naive", str(setup_file)))
             cache = work / f"repeat-{r}" / "feature-cache"  # empty for the cold run, filled for the warm one
@@ -632,25 +652,27 @@ def main(argv: list[str] | None = None) -> int:
             problems += found + _same_summary(cold_csv, warm_csv)
         load_after = os.getloadavg()[0]
     # The run of median wall time stands for each kind (all of them go to the JSON).
-    runs = {k: sorted(v, key=lambda r: r["seconds"])[len(v) // 2] for k, v in samples.items()}
+    runs = {k: sorted(v, key=lambda r: r["seconds"])[len(v) // 2] for k, v in samples.items() if v}
     table = _tables(evals, runs, (load_before, load_after))
-    if args.repeat > 1:
+    if args.repeat > 1 and runs:
         table += f" Median of {args.repeat} interleaved repeats."
     print(table)
-    naive, cold, warm = runs["naive"], runs["suite-cold"], runs["suite-warm"]
-    targets = {
-        "suite_vs_naive": naive["seconds"] / cold["seconds"],
-        "warm_vs_naive": naive["seconds"] / warm["seconds"],
-        "warm_vs_cold": cold["seconds"] / warm["seconds"],
-        "suite_at_least_2x": naive["seconds"] / cold["seconds"] >= 2.0,
-        "warm_at_least_20x": naive["seconds"] / warm["seconds"] >= 20.0,
-    }
-    verdict = {True: "met", False: "NOT met"}
-    print(
-        f"\nsuite/naive {targets['suite_vs_naive']:.1f}× (target ≥ 2×: {verdict[targets['suite_at_least_2x']]}); "
-        f"warm/naive {targets['warm_vs_naive']:.1f}× (target ≥ 20×: {verdict[targets['warm_at_least_20x']]}); "
-        f"{compared} naive values checked against summary.csv; setup {setup_s:.0f} s (untimed)"
-    )
+    targets: dict[str, Any] = {}
+    if runs:
+        naive, cold, warm = runs["naive"], runs["suite-cold"], runs["suite-warm"]
+        targets = {
+            "suite_vs_naive": naive["seconds"] / cold["seconds"],
+            "warm_vs_naive": naive["seconds"] / warm["seconds"],
+            "warm_vs_cold": cold["seconds"] / warm["seconds"],
+            "suite_at_least_2x": naive["seconds"] / cold["seconds"] >= 2.0,
+            "warm_at_least_20x": naive["seconds"] / warm["seconds"] >= 20.0,
+        }
+        verdict = {True: "met", False: "NOT met"}
+        print(
+            f"\nsuite/naive {targets['suite_vs_naive']:.1f}× (target ≥ 2×: {verdict[targets['suite_at_least_2x']]}); "
+            f"warm/naive {targets['warm_vs_naive']:.1f}× (target ≥ 20×: {verdict[targets['warm_at_least_20x']]}); "
+            f"{compared} naive values checked against summary.csv; setup {setup_s:.0f} s (untimed)"
+        )
     if args.out:
         report = {
             "code": _code_version(),
@@ -658,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": [load_before, load_after],
             "batch_size": BATCH_SIZE,
             "quick": args.quick,
+            "only": args.only,
             "evaluators": evals,
             "repeat": args.repeat,
             "runs": {

@@ -11,6 +11,11 @@ order, metric columns, number formatting and best-value rule of :mod:`reports.ht
 - :func:`paired_tests`: model-vs-model Wilcoxon signed-rank tests (Pratt zeros) on shared cases with
   Holm-adjusted p-values and bootstrap CIs of the mean difference and the rank-biserial correlation.
 - :func:`to_markdown`, :func:`to_latex`, :func:`to_csv_frame` and :func:`write_exports`.
+
+Every clinical and distribution column names its evaluator (:mod:`reports.provenance`): in the header
+(Markdown) or as a lettered note (LaTeX), with how its weights were pinned, and a table scored by any
+demo stand-in says so in its first line; the CSVs carry ``evaluator``, ``weights_sha256`` and ``pin``
+per row (empty for pixel metrics and reader scores).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import itertools
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,15 @@ from reports.html import (
     order_models,
     reader_score_rows,
 )
+from reports.provenance import (
+    MARK_COLUMNS,
+    SEP,
+    EvaluatorMark,
+    demo_evaluators,
+    evaluator_tag,
+    mark_fields,
+    metric_mark,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +82,11 @@ TABLE_COLUMNS = [
     "ci_high",
     "n",
     "best",
+    *MARK_COLUMNS,
 ]
-MEAN_STD_COLUMNS = ["column", "group_value", "model", "kind", "metric", "label", "arrow", "mean", "std", "n"]
+MEAN_STD_COLUMNS = [
+    "column", "group_value", "model", "kind", "metric", "label", "arrow", "mean", "std", "n", *MARK_COLUMNS,
+]  # fmt: skip
 PAIRED_COLUMNS = [
     "metric",
     "label",
@@ -90,6 +107,7 @@ PAIRED_COLUMNS = [
     "pvalue",
     "pvalue_holm",
     "better",
+    *MARK_COLUMNS,
 ]
 
 
@@ -101,6 +119,8 @@ class ComparisonTable:
     frame: pd.DataFrame
     group: str  # "" = all cases, else "column=value" as summary.csv has it
     confidence: float
+    # metric -> who scored it (reports.provenance); absent for pixel metrics and reader scores
+    marks: Mapping[str, EvaluatorMark] = dataclasses.field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
@@ -187,6 +207,7 @@ def comparison_table(
     index = rows.drop_duplicates(["model", "metric"], keep="last").set_index(["model", "metric"])
     contenders = TableContext(run, models, evaluation, confidence).contenders
     best = {c.name: _best_value(index, contenders, c) for c in columns}
+    marks = {c.name: metric_mark(run.info, c.name, c.evaluator) for c in columns}
     out = []
     for model in models:
         for column in columns:
@@ -209,11 +230,12 @@ def comparison_table(
                     "best": bool(
                         best[column.name] is not None and model in contenders and value == best[column.name]
                     ),
+                    **mark_fields(marks[column.name]),
                 }
             )
     frame = pd.DataFrame(out, columns=TABLE_COLUMNS)
     frame["n"] = frame["n"].astype("Float64").astype("Int64")
-    return ComparisonTable(frame, group, confidence)
+    return ComparisonTable(frame, group, confidence, {k: m for k, m in marks.items() if m is not None})
 
 
 def _require_case_column(run: RunFiles, column: str) -> pd.DataFrame:
@@ -257,6 +279,10 @@ def mean_std_table(run: RunFiles, group_column: str) -> pd.DataFrame:
     model_rank = {m.name: i for i, m in enumerate(models)}
     metric_rank = {name: i for i, name in enumerate(columns)}
     kind = {m.name: m.kind for m in models}
+    marks = {
+        m: mark_fields(metric_mark(run.info, m, columns[m].evaluator if m in columns else ""))
+        for m in pd.unique(stats["metric"])
+    }
     stats = stats.sort_values(
         by=[group_column, "model", "metric"],
         key=lambda s: (
@@ -276,6 +302,7 @@ def mean_std_table(run: RunFiles, group_column: str) -> pd.DataFrame:
             "mean": stats["mean"].to_numpy(),
             "std": stats["std"].to_numpy(),
             "n": stats["n"].to_numpy(),
+            **{c: [marks[m][c] for m in stats["metric"]] for c in MARK_COLUMNS},
         },
         columns=MEAN_STD_COLUMNS,
     ).reset_index(drop=True)
@@ -313,6 +340,7 @@ def paired_tests(
     rows = []
     for metric in metrics:
         column = columns.get(metric, MetricColumn(metric, None, ""))
+        mark = mark_fields(metric_mark(run.info, metric, column.evaluator))
         values = per_case[per_case["metric"] == metric].pivot(
             index="case_id", columns="model", values="value"
         )
@@ -328,6 +356,7 @@ def paired_tests(
                 "model_a": a,
                 "model_b": b,
                 "n": 0,
+                **mark,
             }
             if a in column_of and b in column_of:
                 x, y = table[:, column_of[a]], table[:, column_of[b]]
@@ -428,15 +457,65 @@ def _md_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
 
 
+def _demo_sentence(table: ComparisonTable, where: str) -> str:
+    """That demo stand-ins scored some columns (``where``: how those columns are marked); "" if none."""
+    demo = demo_evaluators(table.marks.values())
+    if not demo:
+        return ""
+    n = sum(m.demo for m in table.marks.values())
+    return _demo_words(f"{n} of the {len(table.metrics)} metric columns ({where})", demo)
+
+
+def _demo_words(columns: str, names: Sequence[str]) -> str:
+    return (
+        f"Demo stand-in evaluators: {columns} were scored by {' and '.join(names)}, networks trained on "
+        "synthetic DRRs of the demo cohort, not by published chest X-ray models: their values are not "
+        "comparable to published values."
+    )
+
+
+def _evaluator_legend(
+    marks: Mapping[str, EvaluatorMark], labels: Mapping[str, str]
+) -> list[tuple[EvaluatorMark, str, str]]:
+    """(mark, its columns, text) per distinct evaluator mark, in column order."""
+    grouped: dict[EvaluatorMark, list[str]] = {}
+    for metric, mark in marks.items():
+        grouped.setdefault(mark, []).append(labels.get(metric, metric))
+    out = []
+    for mark, columns in grouped.items():
+        about = (mark.note or mark.tag).rstrip(".")
+        out.append((mark, ", ".join(columns), f"{mark.evaluator or 'evaluator not recorded'} — {about}."))
+    return out
+
+
+def _weights_words(mark: EvaluatorMark, escape: Callable[[str], str], sha: str) -> str:
+    """' Weights FILE, sha256 SHA' (``sha``: the hash as the format shows it), or less when unknown."""
+    parts = [f"weights {escape(mark.weights)}"] if mark.weights else []
+    if mark.weights_sha256:
+        parts.append(f"sha256 {sha}")
+    return (" " + ", ".join(parts)).replace(" weights", " Weights", 1) if parts else ""
+
+
+def _labels(table: ComparisonTable) -> dict[str, str]:
+    return dict(zip(table.frame["metric"], table.frame["label"], strict=False))
+
+
 def to_markdown(table: ComparisonTable) -> str:
     """A GitHub-flavoured Markdown table: model, kind, then one column per metric; a last N row
-    (or "n=…" in the cells of a column whose N differs between models)."""
+    (or "n=…" in the cells of a column whose N differs between models). Each evaluator column's header
+    names its evaluator and pin (or says "demo stand-in"); a table scored by a demo stand-in starts
+    with a line that says so, and the evaluators, their weights sha256 and pins close it."""
     heads, models, cells, n_row = _grid(table)
     kinds = _kinds(table)
-    header = ["model", "kind"] + [
-        f"{label} {arrow}".strip() + (f" ({unit})" if unit else "") for label, arrow, unit in heads
-    ]
-    lines = [
+    labels = _labels(table)
+    header = ["model", "kind"]
+    for metric, (label, arrow, unit) in zip(table.metrics, heads, strict=True):
+        mark = table.marks.get(metric)
+        about = "; ".join(t for t in (unit, mark.tag if mark else "") if t)
+        header.append(f"{label} {arrow}".strip() + (f" ({about})" if about else ""))
+    demo = _demo_sentence(table, "marked “demo stand-in”")
+    lines = [f"**⚠ {_md_escape(demo)}**", ""] if demo else []
+    lines += [
         "| " + " | ".join(_md_escape(h) for h in header) + " |",
         "| " + " | ".join([":---", ":---"] + ["---:"] * len(heads)) + " |",
     ]
@@ -447,6 +526,13 @@ def to_markdown(table: ComparisonTable) -> str:
             texts.append(" ".join(t for t in (main, c.ci, f"({c.n})" if c.n else "") if t))
         lines.append("| " + " | ".join([_md_escape(model), _md_escape(kinds[model]), *texts]) + " |")
     lines.append("| " + " | ".join(["N", "", *n_row]) + " |")
+    legend = _evaluator_legend(table.marks, labels)
+    if legend:
+        lines += ["", _footnote(table), "", "Evaluators (weights sha256 and where the hash came from):", ""]
+        for mark, columns, text in legend:
+            weights = _weights_words(mark, _md_escape, f"`{mark.weights_sha256}`")
+            lines.append(f"- {_md_escape(columns)}: {_md_escape(text)}{weights}")
+        return "\n".join(lines) + "\n"
     return "\n".join(lines) + "\n\n" + _footnote(table) + "\n"
 
 
@@ -485,11 +571,22 @@ def to_latex(table: ComparisonTable, caption: str | None = None, label: str = "t
     before the baselines and before the real row, the N per column in a last row."""
     heads, models, cells, n_row = _grid(table)
     kinds = _kinds(table)
-    head = ["Model"] + [
-        tex_escape(f"{label} {arrow}".strip()) + (f" {{\\scriptsize ({tex_escape(unit)})}}" if unit else "")
-        for label, arrow, unit in heads
-    ]
-    lines = [
+    labels = _labels(table)
+    letters = {mark: _letter(i) for i, mark in enumerate(dict.fromkeys(table.marks.values()))}
+    head = ["Model"]
+    for metric, (name, arrow, unit) in zip(table.metrics, heads, strict=True):
+        mark = table.marks.get(metric)
+        head.append(
+            tex_escape(f"{name} {arrow}".strip())
+            + (r"\textsuperscript{" + letters[mark] + "}" if mark else "")
+            + (f" {{\\scriptsize ({tex_escape(unit)})}}" if unit else "")
+        )
+    demo = _demo_sentence(
+        table,
+        "notes " + ", ".join(letters[m] for m in dict.fromkeys(m for m in table.marks.values() if m.demo)),
+    )
+    lines = [f"% {demo}"] if demo else []  # the file's first line says so, even where LaTeX hides it
+    lines += [
         r"\begin{table}[t]",
         r"\centering",
         r"\caption{" + tex_escape(caption or _footnote(table)) + "}",
@@ -518,9 +615,27 @@ def to_latex(table: ComparisonTable, caption: str | None = None, label: str = "t
         " & ".join([r"\textit{N}", *(tex_escape(n) for n in n_row)]) + r" \\",
         r"\bottomrule",
         r"\end{tabular}",
-        r"\end{table}",
     ]
+    legend = _evaluator_legend(table.marks, labels)
+    if legend:
+        lines += [r"\par\smallskip", r"{\footnotesize"]
+        if demo:
+            lines.append(r"\textbf{" + tex_escape(demo) + r"}\par")
+        for mark, columns, text in legend:
+            # The first 12 hex digits: 64 would not break across lines (the CSV has them all).
+            sha = r"\texttt{" + tex_escape(mark.weights_sha256[:12]) + r"}\ldots{}"
+            lines.append(
+                r"\textsuperscript{" + letters[mark] + "}~" + tex_escape(f"{columns}: {text}")
+                + _weights_words(mark, tex_escape, sha) + r"\par"
+            )  # fmt: skip
+        lines.append("}")
+    lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+def _letter(i: int) -> str:
+    """a, b, ..., z, aa, ab, ... (LaTeX note marks)."""
+    return _letter(i // 26 - 1) + chr(ord("a") + i % 26) if i >= 26 else chr(ord("a") + i)
 
 
 def to_csv_frame(table: ComparisonTable | Sequence[ComparisonTable]) -> pd.DataFrame:
@@ -552,11 +667,22 @@ def mean_std_markdown(frame: pd.DataFrame) -> str:
         return ""
     column = str(frame["column"].iloc[0])
     metrics = list(dict.fromkeys(frame["metric"]))
-    heads = {
-        m: f"{lab} {arr}".strip()
-        for m, lab, arr in zip(frame["metric"], frame["label"], frame["arrow"], strict=True)
-    }
-    lines = [
+    firsts = frame.drop_duplicates("metric").set_index("metric")
+    heads, demo = {}, []
+    for m in metrics:
+        r = firsts.loc[m]
+        evaluator, pin = str(r.get("evaluator", "") or ""), str(r.get("pin", "") or "")
+        heads[m] = f"{r['label']} {r['arrow']}".strip() + (
+            f" ({evaluator_tag(evaluator, pin)})" if evaluator else ""
+        )
+        demo += [
+            name for name, how in zip(evaluator.split(SEP), pin.split(SEP), strict=False) if how == "demo"
+        ]
+    lines = []
+    if demo:
+        sentence = _demo_words("the columns marked “demo stand-in”", list(dict.fromkeys(demo)))
+        lines += [f"**⚠ {_md_escape(sentence)}**", ""]
+    lines += [
         "| " + " | ".join(_md_escape(h) for h in [column, "model", *(heads[m] for m in metrics)]) + " |",
         "| " + " | ".join([":---", ":---"] + ["---:"] * len(metrics)) + " |",
     ]
@@ -653,7 +779,8 @@ def write_exports(
     ``comparison-<column>=<value>.<ext>`` per value and ``mean_std-<column>.md`` / ``.csv``; groups the
     run did not summarise (not in ``[metrics].group_by``) are computed from per_sample.parquet.
     ``seed`` (default ``[study].seed``, else 0) and ``resamples`` (default
-    ``[metrics].bootstrap_resamples``, else 2000) drive the bootstrap CIs computed here.
+    ``[metrics].bootstrap_resamples``, else 2000) drive the bootstrap CIs computed here. Every table
+    names the evaluator of each clinical and distribution column (:mod:`reports.provenance`).
     """
     bad = [f for f in formats if f not in EXPORT_FORMATS]
     if bad:

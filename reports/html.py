@@ -43,6 +43,7 @@ from audit.cases import is_phantom
 from audit.metrics.functional.norberg import METRIC_ORDER as NORBERG_METRICS
 from reports.norberg import METRIC_LABELS as NORBERG_LABELS
 from reports.norberg import phantom_callout, render_norberg, render_norberg_provenance
+from reports.provenance import MARK_COLUMNS, is_demo, pin_sentence
 
 if TYPE_CHECKING:  # reader_stats pulls in scipy.stats; the page imports it only with a reader study
     from reports.reader_stats import ReaderStatistics
@@ -65,9 +66,12 @@ PIXEL_METRICS = (
 PATHOLOGY_METRICS = ("pathology_auc", "pathology_f1")
 DICE_METRICS = ("dice_lungs", "dice_heart", "dice_aorta", "dice_mean")
 DICE_MASK_METRICS = ("dice_mask_lungs", "dice_mask_heart", "dice_mask_aorta", "dice_mask_mean")
-FRECHET_METRICS = ("fid", "fxd")
+FRECHET_METRICS = ("fid", "fxd", "fd_raddino")
+KID_METRICS = ("kid", "kid_raddino")
 PRDC_METRICS = ("precision", "recall", "density", "coverage")
-FEATURE_METRICS = (*FRECHET_METRICS, "kid", *PRDC_METRICS)
+# CheXGenBench's fidelity metrics on RadDino CLS embeddings (audit.evaluation.FEATURE_ENTRIES).
+RADDINO_PRDC = tuple(f"{m}_raddino" for m in PRDC_METRICS)
+FEATURE_METRICS = ("fid", "fxd", "kid", *PRDC_METRICS, "fd_raddino", "kid_raddino", *RADDINO_PRDC)
 METRIC_ORDER = (
     *PIXEL_METRICS, *PATHOLOGY_METRICS, *DICE_METRICS, *DICE_MASK_METRICS, *FEATURE_METRICS, *NORBERG_METRICS,
 )  # fmt: skip
@@ -97,6 +101,9 @@ METRIC_LABELS = {
     "recall": "recall",
     "density": "density",
     "coverage": "coverage",
+    "fd_raddino": "FD RadDino",
+    "kid_raddino": "KID RadDino",
+    **{f"{m}_raddino": f"{m} RadDino" for m in PRDC_METRICS},
     **NORBERG_LABELS,
 }
 # (id, heading, metrics) of the results tables; metrics in none of them get an "other" table.
@@ -122,7 +129,11 @@ SELF_COMPARISON_REASONS = {
 # Metrics that compare a sample with its own reference: meaningless for the real model itself.
 PAIRED_METRICS = frozenset(PIXEL_METRICS)
 # run.json "feature_metrics" has one record per config entry, and prdc covers four metric names.
-FEATURE_ENTRY = {"fid": "fid", "fxd": "fxd", "kid": "kid", **dict.fromkeys(PRDC_METRICS, "prdc")}
+FEATURE_ENTRY = {
+    **{m: m for m in (*FRECHET_METRICS, *KID_METRICS)},
+    **dict.fromkeys(PRDC_METRICS, "prdc"),
+    **dict.fromkeys(RADDINO_PRDC, "prdc_raddino"),
+}
 ALL_CASES_KEY = "all cases"  # run.json's name for the summary rows with group ""
 # Reader-study criteria join the results as metrics "reader_<criterion>" (as in reports.comparison).
 READER_PREFIX = "reader_"
@@ -591,10 +602,6 @@ def _int_or(value: Any, default: str = "?") -> str:
     return str(int(x)) if x is not None else default
 
 
-def _is_demo(desc: Mapping[str, Any]) -> bool:
-    return str(desc.get("source", "")) == "demo"
-
-
 def _metric_head(m: MetricColumn, evaluation: EvaluationInfo) -> str:
     direction = {True: "higher is better", False: "lower is better", None: "direction unknown"}
     unit = f'<div class="unit">{_e(m.unit)}</div>' if m.unit else ""
@@ -605,7 +612,7 @@ def _metric_head(m: MetricColumn, evaluation: EvaluationInfo) -> str:
         about = "; ".join(
             f"{n}: {d.get('label')}" if d.get("label") else n for n, d in zip(names, descs, strict=True)
         )
-        demo = ' <span class="demo-flag">demo</span>' if any(_is_demo(d) for d in descs) else ""
+        demo = ' <span class="demo-flag">demo</span>' if any(is_demo(d) for d in descs) else ""
         by = f'<div class="by" title="{_e("evaluator " + about)}">by {_e(m.evaluator)}{demo}</div>'
     return (
         f'<th data-metric="{_e(m.name)}" title="{_e(m.name)}: {direction[m.higher_is_better]}">'
@@ -686,7 +693,7 @@ def _estimate_cell(
         flag = f' <span class="flag" title="{_e(warning)}">⚠</span>'
         tip += f"; ⚠ {warning}"
     spread = ""
-    std = _finite(record.get("std")) if metric.name == "kid" else None
+    std = _finite(record.get("std")) if metric.name in KID_METRICS else None
     if std is not None:
         about = (
             f"std over {_int_or(record.get('subsets'))} random subsets of "
@@ -972,7 +979,7 @@ def _distribution_notes(ctx: TableContext, metrics: Sequence[MetricColumn]) -> s
         }
     )
     if rank:
-        cases = "; ".join(f"{m.upper()}: N={n} ≤ D={d}" for m, n, d in rank)
+        cases = "; ".join(f"{METRIC_LABELS.get(m, m)}: N={n} ≤ D={d}" for m, n, d in rank)
         notes.append(
             '<span class="warn-note">⚠ Rank-deficient covariance</span> '
             f"(cells marked ⚠; {_e(cases)}). "
@@ -1052,7 +1059,7 @@ def render_unavailable(evaluation: EvaluationInfo) -> str:
 
 
 def render_demo_warning(evaluation: EvaluationInfo) -> str:
-    demo = [d for d in evaluation.evaluators.values() if _is_demo(d)]
+    demo = [d for d in evaluation.evaluators.values() if is_demo(d)]
     if not demo:
         return ""
     items = "".join(
@@ -1083,7 +1090,7 @@ def render_evaluators(evaluation: EvaluationInfo) -> str:
         if sha:
             weights += f'<div class="sub" title="sha256 {_e(sha)}">sha256 <code>{_e(sha[:12])}</code></div>'
         source = _e(d.get("source", ""))
-        if _is_demo(d):
+        if is_demo(d):
             source = f'<span class="demo-flag">{source}</span>'
         note = str(d.get("note") or "")
         rows.append(
@@ -1091,7 +1098,7 @@ def render_evaluators(evaluation: EvaluationInfo) -> str:
             f'<div class="sub">{_e(", ".join(produced.get(name, [])))}</div></td>'
             f"<td>{_e(d.get('label', ''))}</td><td>{source}</td><td>{weights}</td>"
             f"<td><code>{_e(d.get('preprocessing', ''))}</code></td>"
-            f'<td class="{"warn" if note and _is_demo(d) else ""}">{_e(note)}</td></tr>'
+            f'<td class="{"warn" if note and is_demo(d) else ""}">{_e(note)}</td></tr>'
         )
     raw = evaluation.raw
     extra = ", ".join(
@@ -1551,12 +1558,15 @@ def read_paired_tests(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     # Model names such as "NA" or "" stay text: nothing is parsed as missing but the empty numbers.
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in MARK_COLUMNS:  # files written before the evaluator columns
+        if col not in frame.columns:
+            frame[col] = ""
     missing = [c for c in PAIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(
             f"{path}: missing column(s) {', '.join(missing)}; rewrite it with `xray-audit report`"
         )
-    text = {"metric", "label", "model_a", "model_b", "better", "higher_is_better"}
+    text = {"metric", "label", "model_a", "model_b", "better", "higher_is_better", *MARK_COLUMNS}
     for col in PAIRED_COLUMNS:
         if col not in text:
             frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="raise")
@@ -2643,13 +2653,15 @@ def _evaluator_provenance(evaluation: EvaluationInfo) -> str:
             f'<td data-col="source">{_e(d.get("source", ""))}</td>'
             f'<td data-col="weights">{_e(d.get("weights") or "—")}</td>'
             f'<td data-col="weights_sha256"><code>{_e(sha)}</code></td>'
+            f'<td data-col="pin" class="{"warn" if is_demo(d) or d.get("pin") == "user-trust" else ""}">'
+            f"{_e(pin_sentence(d))}</td>"
             f'<td data-col="preprocessing">{_e(describe_preprocessing(prep) or "—")}'
             f'<div class="sub"><code>{_e(prep)}</code></div></td></tr>'
         )
     return (
         '<div class="table-wrap"><table class="plain evaluators-provenance"><thead><tr><th>role</th>'
         "<th>name</th><th>source</th><th>weights file</th><th>weights sha256</th>"
-        "<th>input contract / preprocessing</th>"
+        "<th>where the hash came from</th><th>input contract / preprocessing</th>"
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>"
     )
 

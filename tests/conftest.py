@@ -23,6 +23,10 @@ RUN_DIR_FILES = (
 )
 
 
+# The user's own XRAY_AUDIT_HOME (None: the platform cache dir), for the slow tests of real weights.
+USER_HOME = os.environ.get("XRAY_AUDIT_HOME")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_home(tmp_path_factory):
     """Caches go to a throw-away dir unless CI already points XRAY_AUDIT_HOME somewhere."""

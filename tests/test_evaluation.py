@@ -189,7 +189,13 @@ def test_feature_distances_match_published_formula_and_prdc_package(finished):
     info = json.loads((run / rundir.RUN_JSON).read_text())["evaluation"]
     fid = info["feature_metrics"]["blur"]["all cases"]["fid"]
     assert fid.pop("ci").startswith("bias-corrected percentile bootstrap over cases, 200 replicates")
-    assert fid == {"n_real": N_CASES, "n_gen": N_CASES, "dim": 256, "rank_deficient": True, "ci_replicates": 200}
+    assert fid == {
+        "n_real": N_CASES,
+        "n_gen": N_CASES,
+        "dim": 256,
+        "rank_deficient": True,
+        "ci_replicates": 200,
+    }
     assert info["feature_metrics"]["blur"]["all cases"]["kid"]["clamped"] is True
     # Real vs itself is degenerate for every feature distance: no rows.
     assert not any(m in ("fid", "fxd", "kid", "precision") for m in s.loc["real"].index.get_level_values(0))
@@ -308,19 +314,25 @@ def test_resolution_of_evaluators(monkeypatch, tmp_path):
     )
     assert {v.source for v in auto.values()} == {"demo"}
     assert all("demo evaluator was used" in v.note for v in auto.values())
-    # With verified weights present, auto picks the pretrained network (a file pinned by the user).
+    # With verified weights present, auto picks the pretrained network (here a file the user pinned).
     from audit import weights
 
     src = tmp_path / "src"
     src.mkdir()
-    fake = src / weights.MANIFEST["inception-v3-fid"].filename
-    fake.write_bytes(b"not really inception")
+    fake = src / weights.MANIFEST["densenet121-res224-nih"].filename
+    fake.write_bytes(b"not really a densenet")
     from audit.atomic import sha256_file
 
     sha = sha256_file(fake)
-    weights.import_dir(src, {"inception-v3-fid": sha})
-    picked = resolve_evaluators(metrics, EvaluatorsSection(features="auto"))["features"]
-    assert picked.source == "inception" and picked.key.weights_sha256 == sha and picked.weights_path.is_file()
+    weights.import_dir(src, trust=True)
+    picked = resolve_evaluators(
+        metrics, EvaluatorsSection(classifier="auto", classifier_weights="densenet121-res224-nih")
+    )["classifier"]
+    assert picked.source == "xrv" and picked.key.weights_sha256 == sha and picked.weights_path.is_file()
+    described = picked.describe()
+    assert described["pin"] == "user-trust" and "pinned by you on first download" in described["pin_note"]
+    demo = auto["classifier"].describe()
+    assert demo["pin"] == "demo" and "not comparable to published values" in demo["pin_note"]
 
 
 def test_config_keys_for_clinical_metrics(tmp_path):

@@ -22,6 +22,7 @@ from audit.atomic import sha256_file
 from audit.evaluators.base import (
     ContractError,
     InputContract,
+    UnsafePickleError,
     WeightsHashError,
     load_verified,
     resolve_device,
@@ -273,13 +274,14 @@ def test_classifier_from_file_uses_the_named_weights_metadata(tmp_path, densenet
     assert out.calibration == "sigmoid+op_norm"
     untrained = [i for i, name in enumerate(out.pathologies) if name == ""]
     assert untrained and np.all(out.probabilities[:, untrained] == 0.5)
-    # A whole pickled module (xrv's download format) loads only when pickles are explicitly allowed.
+    # A whole pickled module (xrv's download format) loads through the allowlisted stand-ins, never by
+    # running its classes (tests/test_safe_load.py); plain weights-only loading still refuses it.
     pickled = tmp_path / "module.pt"
     torch.save(densenet, pickled)
-    with pytest.raises(Exception, match="[Ww]eights only load failed|weights_only"):
-        PathologyClassifier.from_file(pickled, sha256_file(pickled), weights="densenet121-res224-nih")
+    with pytest.raises(UnsafePickleError, match="torchxrayvision.models.DenseNet"):
+        load_verified(pickled, sha256_file(pickled))
     again = PathologyClassifier.from_file(
-        pickled, sha256_file(pickled), weights="densenet121-res224-nih", allow_pickle=True, device="cpu"
+        pickled, sha256_file(pickled), weights="densenet121-res224-nih", device="cpu"
     )
     np.testing.assert_array_equal(again.run(_images(7, [(224, 224)])).probabilities, out.probabilities)
     with pytest.raises(ValueError, match="unknown xrv DenseNet weights"):

@@ -123,3 +123,12 @@ def test_shard_auto_reads_rank_and_world_size(tmp_path, cohort, monkeypatch):
     assert main(["-q", "run", str(path), "--shard", "auto", "--chunk-size", "2"]) == 0
     records = sorted(p.name for p in (tmp_path / "run" / "parts" / "shards").iterdir())
     assert records == ["shard-1-of-2.json"]
+
+
+def test_shards_run_on_different_devices_are_one_study(tmp_path, cohort):
+    from audit.merge import _differences
+
+    cfg = load_config(study(tmp_path, cohort, MODELS))
+    on = lambda **kw: dataclasses.replace(cfg, evaluators=dataclasses.replace(cfg.evaluators, **kw))  # noqa: E731
+    assert _differences(on(device="cuda:0"), on(device="cuda:1")) == []  # `--device` per node
+    assert _differences(on(dtype="fp32"), on(dtype="fp16")) == ["[evaluators]"]  # changes the numbers

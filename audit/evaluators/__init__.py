@@ -1,7 +1,9 @@
 """Pretrained evaluator networks behind one interface (see :mod:`audit.evaluators.base`).
 
 Submodules import their network libraries (torch, torchxrayvision, torch-fidelity) on import, so
-import the one you need: :mod:`.classifier`, :mod:`.segmenter`, :mod:`.inception`, :mod:`.user`.
+import the one you need: :mod:`.classifier`, :mod:`.segmenter`, :mod:`.inception`, :mod:`.user`,
+:mod:`.hf` (Hugging Face backbones such as RadDino); :mod:`.safe_pickle` reads weight files without
+running code from them, and :mod:`.speed` holds the measured CPU throughputs.
 The names below are loaded on first access, so that :mod:`.suite` (which only resolves which
 evaluator to use) and a run whose outputs are all cached never import torch.
 """
@@ -15,7 +17,9 @@ __all__ = [
     "ContractError",
     "Evaluator",
     "InputContract",
+    "UnsafePickleError",
     "WeightsHashError",
+    "load_state_dict_verified",
     "load_verified",
     "resolve_device",
     "resolve_dtype",

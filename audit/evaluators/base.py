@@ -18,9 +18,13 @@ network: it silently produces plausible numbers. The pipeline from the canonical
 is cast to the network's dtype, so an image outside ``[0, 1]`` anywhere in the input raises
 :class:`ContractError` instead of reaching the network (and, for ``uint8``, instead of wrapping).
 
-Weights are read once into memory, hashed, compared with the expected sha256 and only then handed
-to ``torch.load`` (``weights_only=True`` unless the caller explicitly allows pickles), so the bytes
-that were verified are the bytes that get loaded.
+Weights are read once into memory, hashed, compared with the expected sha256 and only then
+unpickled, so the bytes that were verified are the bytes that get loaded. No file is ever unpickled
+with code execution, pinned or not: :func:`load_verified` is ``torch.load(weights_only=True)``, and
+:func:`load_state_dict_verified` (every torchxrayvision and torch-fidelity file) also reads
+torchxrayvision's pickled DenseNet modules, through inert stand-ins for an explicit allowlist of
+classes (:mod:`audit.evaluators.safe_pickle`); anything else a pickle names raises
+:class:`UnsafePickleError`.
 """
 
 from __future__ import annotations
@@ -40,13 +44,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from audit.atomic import sha256_bytes
+from audit.evaluators.safe_pickle import (
+    PICKLE_ALLOWLIST,
+    UnsafePickleError,
+    load_state_dict,
+    load_weights_only,
+)
 
 __all__ = [
     "DTYPES",
+    "PICKLE_ALLOWLIST",
     "ContractError",
     "Evaluator",
     "InputContract",
+    "UnsafePickleError",
     "WeightsHashError",
+    "load_state_dict_verified",
     "load_verified",
     "load_verified_torchscript",
     "read_verified",
@@ -231,14 +244,25 @@ def read_verified(path: str | os.PathLike[str], sha256: str) -> bytes:
     return data
 
 
-def load_verified(path: str | os.PathLike[str], sha256: str, *, allow_pickle: bool = False) -> Any:
-    """``torch.load`` of a hash-verified file on CPU; ``weights_only=True`` unless ``allow_pickle``.
+def load_verified(path: str | os.PathLike[str], sha256: str) -> Any:
+    """``torch.load(weights_only=True)`` of a hash-verified file on CPU.
 
-    ``allow_pickle`` is for files that store a whole pickled module (torchxrayvision's DenseNet
-    ``.pt`` files do); the pinned sha256 is then the only protection against arbitrary code.
+    A pickle that needs more than torch's tensor types raises :class:`UnsafePickleError`; use
+    :func:`load_state_dict_verified` for torchxrayvision's pickled DenseNet modules.
     """
-    data = read_verified(path, sha256)
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=not allow_pickle)
+    return load_weights_only(read_verified(path, sha256), path)
+
+
+def load_state_dict_verified(path: str | os.PathLike[str], sha256: str) -> dict[str, Tensor]:
+    """The state dict of a hash-verified weights file: a saved state dict, or an allowlisted pickled module.
+
+    The one loading path for torchxrayvision and torch-fidelity files. A pickled module (xrv's DenseNet
+    ``.pt`` downloads, zip or legacy format) is read through inert stand-ins and flattened into what
+    its ``state_dict()`` would be; no class from the file is imported or run. Raises
+    :class:`WeightsHashError` before anything is unpickled, and :class:`UnsafePickleError` when the
+    pickle names a global outside torch's tensor types and :data:`PICKLE_ALLOWLIST`.
+    """
+    return load_state_dict(read_verified(path, sha256), path)
 
 
 def load_verified_torchscript(path: str | os.PathLike[str], sha256: str) -> torch.jit.ScriptModule:

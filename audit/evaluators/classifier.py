@@ -20,7 +20,7 @@ import torch
 import torchxrayvision as xrv
 from torch import Tensor, nn
 
-from audit.evaluators.base import Evaluator, InputContract, load_verified, strip_data_parallel
+from audit.evaluators.base import Evaluator, InputContract, load_state_dict_verified, strip_data_parallel
 
 __all__ = ["DEFAULT_WEIGHTS", "XRV_CLASSIFIER_CONTRACT", "ClassifierOutput", "PathologyClassifier"]
 
@@ -98,23 +98,22 @@ class PathologyClassifier(Evaluator[ClassifierOutput]):
         sha256: str,
         *,
         weights: str = DEFAULT_WEIGHTS,
-        allow_pickle: bool = False,
         use_op_norm: bool = True,
         device: str = "auto",
         dtype: str = "fp32",
     ) -> PathologyClassifier:
         """Load local weights for the named xrv weights (labels and operating points come from xrv).
 
-        The file may hold a state dict or, with ``allow_pickle=True``, a whole pickled module (the
-        format of xrv's own ``.pt`` downloads). The sha256 is checked before ``torch.load`` runs.
-        Nothing is downloaded.
+        The file may hold a state dict or a whole pickled xrv DenseNet (the format of xrv's own
+        ``.pt`` downloads), which is read without running any of its code
+        (:func:`~audit.evaluators.base.load_state_dict_verified`). The sha256 is checked before
+        anything is unpickled. Nothing is downloaded.
         """
         if weights not in xrv.models.model_urls or not weights.startswith("densenet"):
             known = sorted(k for k in xrv.models.model_urls if k.startswith("densenet"))
             raise ValueError(f"unknown xrv DenseNet weights {weights!r}; known: {known}")
         meta = xrv.models.model_urls[weights]
-        loaded = load_verified(path, sha256, allow_pickle=allow_pickle)
-        state = loaded.state_dict() if isinstance(loaded, nn.Module) else loaded
+        state = load_state_dict_verified(path, sha256)
         model = xrv.models.DenseNet(weights=None, num_classes=len(meta["labels"]))
         try:
             model.load_state_dict(strip_data_parallel(state))

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from audit.evaluators.base import Evaluator, InputContract, load_verified
+from audit.evaluators.base import Evaluator, InputContract, load_state_dict_verified
 
 __all__ = ["INCEPTION_CONTRACT", "INCEPTION_FEATURES", "InceptionFeatures", "InceptionOutput"]
 
@@ -65,7 +65,7 @@ class InceptionFeatures(Evaluator[InceptionOutput]):
         """Load torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (a state dict) from ``path``."""
         if feature not in INCEPTION_FEATURES:
             raise ValueError(f"feature must be one of {INCEPTION_FEATURES}, got {feature!r}")
-        state = load_verified(path, sha256)
+        state = load_state_dict_verified(path, sha256)
         # torch-fidelity loads with weights_only=False; hand it a re-serialised copy of the tensors we
         # already loaded safely, so it never unpickles the user's file.
         buffer = io.BytesIO()

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchxrayvision.baseline_models.chestx_det import PSPNet
 from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
 
-from audit.evaluators.base import Evaluator, InputContract, load_verified, strip_data_parallel
+from audit.evaluators.base import Evaluator, InputContract, load_state_dict_verified, strip_data_parallel
 from audit.metrics.functional.clinical import ANATOMY_STRUCTURES
 
 __all__ = [
@@ -104,7 +104,7 @@ class AnatomySegmenter(Evaluator[SegmenterOutput]):
         cls, path: str | os.PathLike[str], sha256: str, *, device: str = "auto", dtype: str = "fp32"
     ) -> AnatomySegmenter:
         """Load a local PSPNet state dict (xrv's ``pspnet_chestxray_best_model_4.pth`` format)."""
-        state = strip_data_parallel(load_verified(path, sha256))
+        state = strip_data_parallel(load_state_dict_verified(path, sha256))
         model = build_pspnet()
         try:
             model.model.load_state_dict(state)

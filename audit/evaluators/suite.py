@@ -4,7 +4,8 @@ A study's ``[evaluators]`` table names a source per role:
 
 ``classifier``  pathology probabilities and pooled features (pathology_auc/f1, fxd, prdc)
 ``segmenter``   lungs/heart/aorta masks (dice_*, dice_mask_*)
-``features``    the FID feature extractor (fid, kid)
+``features``    the FID feature extractor (fid, kid): Inception-v3, or any ``hf:ORG/NAME@REVISION``
+``raddino``     RadDino's CLS features (fd_raddino, kid_raddino, prdc_raddino), as CheXGenBench ranks
 
 :func:`resolve_evaluators` turns that into an :class:`EvaluatorPlan` per role without importing torch
 or loading a network: it only checks that verified weights exist (hashing the file). A role whose
@@ -34,8 +35,8 @@ import numpy as np
 from audit.config import EvaluatorsSection, MetricsSection
 from audit.feature_cache import EvaluatorKey
 
-Role = Literal["classifier", "segmenter", "features"]
-ROLES: tuple[Role, ...] = ("classifier", "segmenter", "features")
+Role = Literal["classifier", "segmenter", "features", "raddino"]
+ROLES: tuple[Role, ...] = ("classifier", "segmenter", "features", "raddino")
 
 # Config entry of [metrics].clinical / .distribution -> the role whose outputs it needs.
 ENTRY_ROLE: dict[str, Role] = {
@@ -46,6 +47,9 @@ ENTRY_ROLE: dict[str, Role] = {
     "dice": "segmenter",
     "fid": "features",
     "kid": "features",
+    "fd_raddino": "raddino",
+    "kid_raddino": "raddino",
+    "prdc_raddino": "raddino",
 }
 
 # Bump when a backend's output format changes; part of every cache key.
@@ -53,6 +57,10 @@ OUTPUT_VERSION = "outputs-v1"
 
 PSPNET_WEIGHTS = "pspnet-chestx-det"
 INCEPTION_WEIGHTS = "inception-v3-fid"
+RADDINO_WEIGHTS = "rad-dino"
+DEMO_PIN_NOTE = (
+    "demo stand-in trained on synthetic DRRs of the demo cohort; not comparable to published values"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +68,17 @@ class EvaluatorPlan:
     """A resolved evaluator: what it is, where its verified weights are, and why it was chosen."""
 
     role: Role
-    source: Literal["xrv", "inception", "demo", "user"]
+    source: Literal["xrv", "inception", "demo", "user", "hf"]
     key: EvaluatorKey
     label: str
     weights: str | None  # weights-manager name, or a demo file name
-    weights_path: Path | None
+    weights_path: Path | None  # a file; for "hf", the verified snapshot directory
     note: str = ""
+    # Where the hash the weights were verified against comes from (audit.weights.store.PinSource, or
+    # "demo" for the shipped demo networks), and that in words for run.json and the report.
+    pin: str = ""
+    pin_note: str = ""
+    files: tuple[tuple[str, str], ...] = ()  # hf: (file name, sha256) of every verified file
 
     @property
     def name(self) -> str:
@@ -81,6 +94,9 @@ class EvaluatorPlan:
             "weights_sha256": self.key.weights_sha256,
             "preprocessing": self.key.preprocessing,
             "note": self.note,
+            "pin": self.pin,
+            "pin_note": self.pin_note,
+            **({"files": dict(self.files)} if self.files else {}),
         }
 
 
@@ -110,6 +126,7 @@ def resolve_evaluators(
             "classifier": evaluators.classifier,
             "segmenter": evaluators.segmenter,
             "features": evaluators.features,
+            "raddino": RADDINO_WEIGHTS,
         }[role]
         out[role] = _resolve(role, choice, evaluators)
     return out
@@ -122,6 +139,8 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
         return _demo_plan(role, note="")
     if choice == "user":
         return _user_plan(evaluators)
+    if role == "raddino" or choice.startswith("hf:"):
+        return _hf_plan(role, choice, evaluators)
     name = {
         "classifier": evaluators.classifier_weights,
         "segmenter": PSPNET_WEIGHTS,
@@ -137,8 +156,9 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
                 "so the demo evaluator was used; its numbers are only meaningful on the demo cohort",
             )
         return Unavailable(role, str(exc))
-    sha = weights.expected_sha256(name)  # weights_path just verified the file against it
-    assert sha is not None
+    st = weights.status(name)  # weights_path just verified the file against its pin
+    sha = st.weights_sha256
+    pin = {"pin": st.pin, "pin_note": st.pin_note}
     if role == "classifier":
         contract = XRV_CLASSIFIER_INPUT
         return EvaluatorPlan(
@@ -149,6 +169,7 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
             name,
             path,
             note="auto: verified weights present" if choice == "auto" else "",
+            **pin,
         )
     if role == "segmenter":
         contract = PSPNET_INPUT
@@ -160,6 +181,7 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
             name,
             path,
             note="auto: verified weights present" if choice == "auto" else "",
+            **pin,
         )
     contract = INCEPTION_INPUT
     return EvaluatorPlan(
@@ -171,6 +193,45 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
         name,
         path,
         note="auto: verified weights present" if choice == "auto" else "",
+        **pin,
+    )
+
+
+def _hf_plan(role: Role, spec: str, evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
+    """RadDino (role ``raddino``) or the ``hf:`` backbone of ``features``, verified file by file."""
+    from audit import weights
+
+    config_pins = evaluators.hf_sha256 if role == "features" else {}
+    try:
+        path = weights.weights_path(spec, config_pins)
+    except weights.WeightsError as exc:
+        return Unavailable(role, str(exc))
+    e = weights.entry(spec)
+    st = weights.status(spec, config_pins)
+    pins = weights.pins_of(e, config_pins)
+    files = tuple((f, p.sha256) for f, p in sorted(pins.items()) if p is not None)
+    # The processor's settings are part of what it pins (preprocessor_config.json), so its hash keys
+    # the cache; a processor change in transformers itself is caught by the transformers version.
+    from importlib.metadata import version  # not `import transformers`: resolving loads no torch
+
+    pinned = dict(files)
+    preprocessing = (
+        f"hf-processor;{pinned['preprocessor_config.json'][:16]};config;{pinned['config.json'][:16]};"
+        f"rint-uint8-rgb;pooler_output;transformers-{version('transformers')};{OUTPUT_VERSION}"
+    )
+    name = "rad-dino" if e.name == RADDINO_WEIGHTS else spec
+    what = "RadDino (microsoft/rad-dino)" if e.name == RADDINO_WEIGHTS else e.repo
+    return EvaluatorPlan(
+        role,
+        "hf",
+        EvaluatorKey(name, st.weights_sha256, preprocessing),
+        f"{what} at {e.revision[:12]}: CLS embedding (pooler_output); the model's own image processor "
+        "(preprocessor_config.json) at its own resolution",
+        e.name,
+        path,
+        pin=st.pin,
+        pin_note=st.pin_note,
+        files=files,
     )
 
 
@@ -207,6 +268,8 @@ def _user_plan(evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
         f"{'sigmoid of its logits' if user.output == 'logits' else 'its own probabilities'}; no pooled features",
         path.name,
         path,
+        pin="config",
+        pin_note="verified against the hash given in the study config ([evaluators.user_classifier].sha256)",
     )
 
 
@@ -264,7 +327,9 @@ def _demo_plan(role: Role, note: str) -> EvaluatorPlan:
         )
     sha = manifest["files"][file]["sha256"]
     preprocessing = f"demo;{demo.PREPROCESSING};{size}px;{OUTPUT_VERSION}"
-    return EvaluatorPlan(role, "demo", EvaluatorKey(name, sha, preprocessing), label, file, None, note)
+    return EvaluatorPlan(
+        role, "demo", EvaluatorKey(name, sha, preprocessing), label, file, None, note, "demo", DEMO_PIN_NOTE
+    )
 
 
 # --------------------------------------------------------------------------------------------- backends
@@ -284,6 +349,8 @@ def load_backend(plan: EvaluatorPlan, device: str, dtype: str, batch_size: int) 
         return _DemoBackend(plan, device, dtype, batch_size)
     if plan.source in ("xrv", "inception"):
         return _PretrainedBackend(plan, device, dtype, batch_size)
+    if plan.source == "hf":
+        return _HFBackend(plan, device, dtype, batch_size)
     raise ValueError(f"{plan.name}: a user classifier is loaded with load_user_backend")
 
 
@@ -353,12 +420,13 @@ class _PretrainedBackend:
         if plan.role == "classifier":
             from audit.evaluators.classifier import PathologyClassifier
 
-            # xrv publishes its DenseNets as pickled modules; the sha256 was verified before unpickling.
+            # xrv publishes its DenseNets as pickled modules: from_file verifies the sha256, then rebuilds
+            # the state dict through the allowlist unpickler (audit.evaluators.safe_pickle), never running
+            # code from the file.
             self.net = PathologyClassifier.from_file(
                 plan.weights_path,
                 sha,
                 weights=str(plan.weights),
-                allow_pickle=True,
                 device=device,
                 dtype=dtype,
             )
@@ -383,6 +451,24 @@ class _PretrainedBackend:
         if self.plan.role == "segmenter":
             return [{"masks": out.masks[i]} for i in range(len(images))]
         return [{"features": out.features[i]} for i in range(len(images))]
+
+
+class _HFBackend:
+    def __init__(self, plan: EvaluatorPlan, device: str, dtype: str, batch_size: int):
+        from audit.evaluators.hf import HFFeatures
+
+        assert plan.weights_path is not None
+        self.plan = plan
+        self.batch_size = batch_size
+        self.classes: tuple[str, ...] = ()
+        self.calibration = ""
+        self.net = HFFeatures.from_dir(
+            plan.weights_path, dict(plan.files), name=plan.name, device=device, dtype=dtype
+        )
+
+    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        out = self.net.run(list(images), batch_size=self.batch_size).features
+        return [{"features": out[i]} for i in range(len(images))]
 
 
 class _DemoBackend:

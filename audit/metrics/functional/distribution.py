@@ -52,7 +52,7 @@ class DistributionMetric:
 
     name: str
     higher_is_better: bool
-    features: str  # which evaluator's features: "features" (FID extractor) or "classifier"
+    features: str  # which evaluator's features: "features" (FID extractor), "classifier" or "raddino"
     description: str
     aggregation: str = "distribution"
 
@@ -104,6 +104,28 @@ DISTRIBUTION_METRICS: dict[str, DistributionMetric] = {
             True,
             "classifier",
             "Fraction of real samples whose k-NN ball holds some generated sample (Naeem et al. 2020).",
+        ),
+        DistributionMetric(
+            "fd_raddino",
+            False,
+            "raddino",
+            "Fréchet distance on RadDino CLS embeddings (microsoft/rad-dino, its own processor at 518 px): "
+            "the fidelity ranking of CheXGenBench.",
+        ),
+        DistributionMetric(
+            "kid_raddino",
+            False,
+            "raddino",
+            "Kernel distance (unbiased polynomial-kernel MMD², as kid) on RadDino CLS embeddings.",
+        ),
+        *(
+            DistributionMetric(
+                f"{name}_raddino",
+                True,
+                "raddino",
+                f"{name.capitalize()} (as {name}) on RadDino CLS embeddings.",
+            )
+            for name in ("precision", "recall", "density", "coverage")
         ),
     )
 }
