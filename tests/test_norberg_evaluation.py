@@ -185,7 +185,9 @@ def test_report_shows_the_norberg_section(phantom_run):
     assert __import__("audit.atomic").atomic.sha256_file(cohort / "landmarks.csv") in provenance
     assert main(["-q", "report", str(run), "--format", "md", "--out", str(root / "tables")]) == 0
     table = (root / "tables" / "comparison.md").read_text()
-    assert "| Norberg r ↑ |" in table and "Norberg MAE ↓ (degrees)" in table
+    # Each Norberg column names the detector that measured it (reports.provenance).
+    assert "| Norberg r ↑ (landmark detector detector/model.ts" in table
+    assert "Norberg MAE ↓ (degrees; landmark detector" in table and detector.spec.sha256 in table
 
 
 def _summary(path):

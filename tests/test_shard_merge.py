@@ -129,6 +129,6 @@ def test_shards_run_on_different_devices_are_one_study(tmp_path, cohort):
     from audit.merge import _differences
 
     cfg = load_config(study(tmp_path, cohort, MODELS))
-    on = lambda **kw: dataclasses.replace(cfg, evaluators=dataclasses.replace(cfg.evaluators, **kw))  # noqa: E731
+    on = lambda **kw: dataclasses.replace(cfg, evaluators=dataclasses.replace(cfg.evaluators, **kw))
     assert _differences(on(device="cuda:0"), on(device="cuda:1")) == []  # `--device` per node
     assert _differences(on(dtype="fp32"), on(dtype="fp16")) == ["[evaluators]"]  # changes the numbers
