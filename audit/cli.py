@@ -113,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
         help="expected hash for an entry this release does not pin (repeatable)",
     )
     imp.add_argument("--trust", action="store_true", help="pin the unpinned files found (with date and path)")
+    imp.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the entry DIR holds, e.g. hf:ORG/NAME@REVISION for a `huggingface-cli download --local-dir` folder",
+    )
     path = wsub.add_parser("path", help="print the verified local path of NAME")
     path.add_argument("name", metavar="NAME")
 
@@ -483,7 +488,7 @@ def _weights(args: argparse.Namespace, progress: bool) -> int:
             file = path / f.filename if path.is_dir() else path
             print(f"{file}  {file.stat().st_size:,} bytes  sha256 {_sha_of(weights, args.name, f.filename)}")
         print(f"{args.name}: {st.state}; {st.pin_note}")
-        return EXIT_OK
+        return EXIT_OK if st.state == "ok" else EXIT_PROBLEMS
     if cmd == "verify":
         names = args.names or weights.default_entries()
         fixes = []
@@ -507,7 +512,7 @@ def _weights(args: argparse.Namespace, progress: bool) -> int:
             if not sep:
                 raise weights.WeightsError(f"--sha256 takes NAME=HEX, got {item!r}")
             pins[name] = hexdigest
-        report = weights.import_dir(args.source, pins, trust=args.trust)
+        report = weights.import_dir(args.source, pins, trust=args.trust, name=args.name)
         if args.source is None:
             print("searched: " + ", ".join(str(d) for d in report.searched))
         for name, dest in report.imported:
@@ -545,9 +550,10 @@ def _sha_of(weights, name: str, filename: str) -> str:
 def _fix_command(weights, name: str, st) -> str:
     e = weights.entry(name)
     if st.state == "unpinned":
-        return f"{name}: pin it with `xray-audit weights import {weights.entry_dir(e)} --trust`"
+        named = f" --name {name}" if e.hub else ""
+        return f"{name}: pin it with `xray-audit weights import {weights.entry_dir(e)}{named} --trust`"
     pinned = all(p is not None for p in weights.pins_of(e).values())
-    trust = "" if pinned else " --trust"
+    trust = ("" if pinned else " --trust") if not e.hub or pinned else f" --name {name} --trust"
     prefix = f"{name}: delete {st.path} and run" if st.state in ("mismatch", "corrupt") else f"{name}: run"
     return (
         f"{prefix} `xray-audit weights fetch {name}{trust}` (needs internet), or bring the files from another "

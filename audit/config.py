@@ -414,6 +414,14 @@ def _check_evaluators(evaluators: EvaluatorsSection, where: str) -> None:
         raise ConfigError(
             f'{where}: [evaluators].hf_sha256 only applies to features = "hf:ORG/NAME@REVISION"'
         )
+    from audit.weights.manifest import HUB_FILES
+
+    unknown = sorted(set(evaluators.hf_sha256) - set(HUB_FILES))
+    if unknown:
+        raise ConfigError(
+            f"{where}: [evaluators].hf_sha256 names {', '.join(map(repr, unknown))}; the files of a feature "
+            f"backbone are {', '.join(HUB_FILES)}"
+        )
     for filename, sha in evaluators.hf_sha256.items():
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
             raise ConfigError(

@@ -295,3 +295,54 @@ def test_hf_sha256_round_trips_through_the_written_config(tmp_path):
     written = dump_toml(parse_config(raw))
     assert '"model.safetensors" = ' in written  # quoted: a bare dotted key would nest
     assert parse_config(tomllib.loads(written)).evaluators.hf_sha256 == {"model.safetensors": "a" * 64}
+
+
+def test_files_beside_the_pinned_ones_never_reach_the_model(snapshot, tmp_path):
+    # transformers would let an unpinned processor_config.json override the pinned preprocessor.
+    copy = tmp_path / "snap"
+    shutil.copytree(snapshot, copy)
+    stray = json.loads((copy / "preprocessor_config.json").read_text())
+    (copy / "processor_config.json").write_text(
+        json.dumps({"image_processor": {**stray, "image_mean": [0, 0, 0]}})
+    )
+    img = _images(2)
+    pinned = HFFeatures.from_dir(snapshot, _hashes(snapshot), name="tiny", device="cpu").run(img).features
+    beside = HFFeatures.from_dir(copy, _hashes(snapshot), name="tiny", device="cpu").run(img).features
+    np.testing.assert_array_equal(pinned, beside)
+
+
+def test_the_cache_key_separates_half_precision_outputs():
+    from audit.config import EvaluatorsSection, MetricsSection
+    from audit.evaluators.suite import resolve_evaluators
+
+    metrics = MetricsSection(distribution=("fid",))
+    fp32 = resolve_evaluators(metrics, EvaluatorsSection(features="demo"))["features"].key
+    bf16 = resolve_evaluators(metrics, EvaluatorsSection(features="demo", dtype="bf16"))["features"].key
+    assert fp32 != bf16 and bf16.preprocessing.endswith(";dtype=bf16") and ";dtype" not in fp32.preprocessing
+
+
+def test_an_offline_copy_of_any_hub_backbone_is_imported_by_name(hub, snapshot, capsys):
+    from audit.cli import main
+
+    spec = f"hf:acme/tiny-dino@{REV}"
+    assert main(["weights", "import", str(snapshot), "--name", spec]) == 1  # not pinned: says how
+    assert f"--name {spec} --trust" in capsys.readouterr().out
+    assert main(["weights", "import", str(snapshot), "--name", spec, "--trust"]) == 0
+    st = weights.status(spec)
+    assert st.state == "ok" and st.pin == "user-trust" and str(snapshot) in st.pin_note
+    assert main(["weights", "verify", spec]) == 0
+
+
+def test_hf_sha256_names_only_backbone_files(tmp_path):
+    from tests.test_evaluation import study
+
+    cases = tmp_path / "cases.csv"
+    cases.write_text("case_id,image\na,a.png\n")
+    typo = study(
+        tmp_path,
+        cases,
+        features=f"hf:acme/tiny-dino@{REV}",
+        evaluators=f'hf_sha256 = {{ "model.safetensor" = "{"0" * 64}" }}',
+    )
+    with pytest.raises(ConfigError, match="model.safetensor'.*config.json, preprocessor_config.json"):
+        load_config(typo)

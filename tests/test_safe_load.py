@@ -29,6 +29,7 @@ from audit.evaluators.base import (
     load_verified,
 )
 from audit.evaluators.classifier import XRV_CLASSIFIER_CONTRACT, PathologyClassifier
+from audit.evaluators.safe_pickle import load_state_dict
 
 FORMATS = pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
 SYSTEM = f"{os.system.__module__}.system"  # posix.system here; what a pickle of os.system names
@@ -261,3 +262,85 @@ def test_a_trusted_but_malicious_weights_file_stops_the_run_and_never_runs(tmp_p
     assert main(["-q", "run", str(cfg), "--no-report"]) == 1
     assert not marker.exists()
     assert "refused to load weights file" in caplog.text and "posix.system" in caplog.text
+
+
+# Hand-assembled legacy (non-zip) files: what an attacker, not torch.save, would write.
+MARK, TUPLE, REDUCE, STOP, BUILD, NEWOBJ = b"(", b"t", b"R", b".", b"b", b"\x81"
+EMPTY_DICT, SETITEM, SETITEMS, EMPTY_TUPLE, EMPTY_LIST = b"}", b"s", b"u", b")", b"]"
+
+
+def _legacy(main: bytes) -> bytes:
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    info = {
+        "protocol_version": PROTOCOL_VERSION,
+        "little_endian": True,
+        "type_sizes": {"short": 2, "int": 4, "long": 4},
+    }
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (MAGIC_NUMBER, PROTOCOL_VERSION, info))
+    return head + b"\x80\x02" + main + STOP + pickle.dumps([], protocol=2)
+
+
+def _g(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _u(text: str) -> bytes:
+    return b"X" + len(text.encode()).to_bytes(4, "little") + text.encode()
+
+
+def _i(n: int) -> bytes:
+    return b"J" + n.to_bytes(4, "little", signed=True)
+
+
+def _tensor(kind: str, rows: list[list[int]] | list[float]) -> bytes:
+    """``torch.<kind>(rows)`` through REDUCE on an allowlisted tensor type."""
+    import struct
+
+    def item(v):
+        return _i(v) if isinstance(v, int) else b"G" + struct.pack(">d", v)
+
+    def seq(values):
+        return EMPTY_LIST + MARK + b"".join(seq(v) if isinstance(v, list) else item(v) for v in values) + b"e"
+
+    return _g("torch", kind) + MARK + seq(rows) + TUPLE + REDUCE
+
+
+def test_a_sparse_tensor_with_out_of_bounds_indices_is_refused():
+    """torch's legacy reader skips the sparse bounds check weights_only applies: dense CPU tensors only."""
+    indices = _tensor("LongTensor", [[10_000_000], [0]])  # row 10M of a 2 x 2 tensor
+    size = _g("torch", "Size") + MARK + MARK + _i(2) + _i(2) + TUPLE + TUPLE + REDUCE
+    layout = _g("torch.serialization", "_get_layout") + MARK + _u("torch.sparse_coo") + TUPLE + REDUCE
+    args = MARK + indices + _tensor("FloatTensor", [1.0]) + size + TUPLE
+    sparse = _g("torch._utils", "_rebuild_sparse_tensor") + MARK + layout + args + TUPLE + REDUCE
+    with pytest.raises(ValueError, match="not a state dict"):
+        load_state_dict(_legacy(EMPTY_DICT + _u("weight") + sparse + SETITEM), "sparse.pt")
+
+
+def test_shared_or_deep_module_trees_are_refused_quickly():
+    import time
+
+    seq = _g("torch.nn.modules.container", "Sequential")
+
+    def module(children: bytes) -> bytes:
+        state = (
+            MARK + _u("_parameters") + EMPTY_DICT + _u("_buffers") + EMPTY_DICT + _u("_modules") + children
+        )
+        return seq + EMPTY_TUPLE + NEWOBJ + EMPTY_DICT + state + SETITEMS + BUILD
+
+    def memo(op: bytes, i: int) -> bytes:
+        return op + i.to_bytes(4, "little")
+
+    body = module(EMPTY_DICT) + memo(b"r", 0)
+    for i in range(1, 25):  # every level holds the previous one twice: 2**24 paths if walked naively
+        twice = EMPTY_DICT + MARK + _u("a") + memo(b"j", i - 1) + _u("b") + memo(b"j", i - 1) + SETITEMS
+        body += module(twice) + memo(b"r", i)
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match="appears twice"):
+        load_state_dict(_legacy(body), "dag.pt")
+    assert time.perf_counter() - t < 5
+    chain = module(EMPTY_DICT) + memo(b"r", 0)
+    for i in range(1, 40):
+        chain += module(EMPTY_DICT + _u("a") + memo(b"j", i - 1) + SETITEM) + memo(b"r", i)
+    with pytest.raises(ValueError, match="deeper than 32 levels"):
+        load_state_dict(_legacy(chain), "deep.pt")

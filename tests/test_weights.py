@@ -53,6 +53,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(PAYLOAD[:-10])
         elif route == "long":
             self._send(PAYLOAD + b"extra")
+        elif route == "wrongrange" and not self.headers.get("Range"):
+            self._send(PAYLOAD)
+        elif route == "wrongrange":  # answers every range request with the file from byte 0
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
         elif route in ("flaky", "flaky_norange"):
             _Handler.flaky_calls += 1
             if _Handler.flaky_calls == 1:  # first try: promise everything, send CUT bytes, hang up
@@ -95,6 +103,8 @@ def store(tmp_path, monkeypatch, server):
         "flaky": _entry("flaky", f"{server}/flaky.pt"),
         "flaky_norange": _entry("flaky_norange", f"{server}/flaky_norange.pt"),
         "offline": _entry("offline", "http://127.0.0.1:9/x.pt"),
+        "wrongrange": _entry("wrongrange", f"{server}/wrongrange.pt"),
+        "trusted": _entry("trusted", f"{server}/good.pt", None, None),
     }
     monkeypatch.setattr(manifest, "MANIFEST", entries)
     return weights.weights_dir()
@@ -146,6 +156,29 @@ def test_interrupted_download_restarts_when_the_server_ignores_range(store):
         weights.fetch("flaky_norange", progress=False)
     path = weights.fetch("flaky_norange", progress=False)  # 200 instead of 206: start over, not append
     assert path.read_bytes() == PAYLOAD and no_temps(store)
+
+
+def test_a_range_the_client_did_not_ask_for_is_never_stitched_on(store):
+    (store / "wrongrange.pt.part").write_bytes(PAYLOAD[:CUT])
+    with pytest.raises(WeightsError, match="range we did not ask for"):
+        weights.fetch("wrongrange", progress=False)
+    assert not (store / "wrongrange.pt.part").exists()  # the next try asks for the whole file
+    assert weights.fetch("wrongrange", progress=False).read_bytes() == PAYLOAD
+
+
+def test_trust_never_resumes_a_stale_part(store):
+    # A captive-portal page left from an earlier try would otherwise be pinned as the file's start.
+    (store / "trusted.pt.part").write_bytes(b"<html>please log in</html>")
+    path = weights.fetch("trusted", trust=True, progress=False)
+    assert path.read_bytes() == PAYLOAD and weights.status("trusted").weights_sha256 == SHA
+
+
+def test_a_trusted_hash_from_elsewhere_replaces_a_first_download_pin(store):
+    weights.fetch("trusted", trust=True, progress=False)
+    assert weights.status("trusted").pin == "user-trust"
+    # Already downloaded and matching: the pin is still recorded (and upgraded), not skipped.
+    weights.fetch("trusted", sha256=SHA, progress=False)
+    assert weights.status("trusted").pin == "user-sha256"
 
 
 def test_offline_error_names_file_and_fix(store):

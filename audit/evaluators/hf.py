@@ -9,9 +9,10 @@ canonical image (float ``(H, W)`` in ``[0, 1]``) reaches the processor the way t
 as an 8-bit RGB PIL image (``rint(255 x)``, grey repeated), so the processor's own ``1/255`` rescale
 applies exactly once.
 
-Loading is local only: every file of the snapshot is hashed against its pin first, then
-``transformers`` builds the model from that directory with ``use_safetensors=True``,
-``local_files_only=True`` and ``trust_remote_code=False``. A config that asks for remote code
+Loading is local only: every pinned file is read once and hashed, and exactly those bytes are
+written to a private temporary folder from which ``transformers`` builds the model
+(``use_safetensors=True``, ``local_files_only=True``, ``trust_remote_code=False``): nothing else in
+the store folder, and nothing changed after the check, can reach the model. A config that asks for remote code
 (``auto_map``) or a snapshot without safetensors weights is refused: those paths execute or unpickle
 code from the download.
 """
@@ -92,30 +93,34 @@ class HFFeatures(Evaluator[HFFeaturesOutput]):
         dtype: str = "fp32",
     ) -> HFFeatures:
         """Build from a local snapshot after checking every file in ``files`` (name -> sha256)."""
+        import tempfile
+
         from transformers import AutoImageProcessor, AutoModel
 
         root = Path(directory)
-        for filename, sha in files.items():
-            read_verified(
-                root / filename, sha
-            )  # raises WeightsHashError / FileNotFoundError, naming the file
         if weights_file not in files or not weights_file.endswith(".safetensors"):
             raise ContractError(
                 f"{name}: the snapshot must pin safetensors weights ({weights_file}); pickled "
                 "pytorch_model.bin files are not loaded"
             )
-        config = json.loads((root / "config.json").read_text())
-        if "auto_map" in config:
-            raise ContractError(
-                f"{name}: {root / 'config.json'} asks for remote code (auto_map); only architectures "
-                "built into transformers are loaded"
-            )
-        common = {"local_files_only": True, "trust_remote_code": False}
-        model = AutoModel.from_pretrained(root, use_safetensors=True, **common)
-        processor = AutoImageProcessor.from_pretrained(root, **common)
-        return cls(
-            model, processor, name=name, weights_sha256=files[weights_file], device=device, dtype=dtype
-        )
+        # transformers reads whatever else lies in a model folder (a stray processor_config.json
+        # overrides the pinned preprocessor_config.json) and reads it after our check; so it gets a
+        # private folder holding exactly the verified bytes and nothing else.
+        with tempfile.TemporaryDirectory(prefix="xray-audit-hf-") as private:
+            for filename, sha in files.items():
+                data = read_verified(root / filename, sha)  # raises naming the file
+                (Path(private) / filename).write_bytes(data)
+                del data
+            config = json.loads((Path(private) / "config.json").read_text())
+            if "auto_map" in config:
+                raise ContractError(
+                    f"{name}: {root / 'config.json'} asks for remote code (auto_map); only architectures "
+                    "built into transformers are loaded"
+                )
+            common = {"local_files_only": True, "trust_remote_code": False}
+            model = AutoModel.from_pretrained(private, use_safetensors=True, **common)
+            processor = AutoImageProcessor.from_pretrained(private, **common)
+        return cls(model, processor, name=name, weights_sha256=files[weights_file], device=device, dtype=dtype)
 
     def _pixel_values(self, images: Sequence[np.ndarray], batch_index: int) -> Tensor:
         from PIL import Image

@@ -280,7 +280,9 @@ class _LegacyPickleModule:
 
 def _refusal(source: str | os.PathLike[str], exc: pickle.UnpicklingError) -> UnsafePickleError:
     message = str(exc)
-    found = re.search(r"GLOBAL (\S+)", message)
+    # torch words it "Unsupported global: GLOBAL x.y ..." or "unsupported GLOBAL x.y whose module ...";
+    # "opcode STACK_GLOBAL is not supported" names no global.
+    found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", message)
     if found:
         return UnsafePickleError(source, found.group(1), is_global=True)
     detail = message.split("WeightsUnpickler error:", 1)[-1].strip()
@@ -312,6 +314,32 @@ def _unpickle(data: bytes, source: str | os.PathLike[str]) -> Any:
         )
     except pickle.UnpicklingError as exc:
         raise _refusal(source, exc) from exc
+    except (
+        RecursionError,
+        TypeError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        EOFError,
+        MemoryError,
+    ) as exc:
+        # Allowed callables fed malformed arguments, impossible sizes, truncated streams: nothing ran
+        # that was not allowed, but the file is not a weights file this suite can read.
+        raise UnsafePickleError(
+            source, f"malformed weights file: {type(exc).__name__}: {exc}"[:300], is_global=False
+        ) from None
+
+
+def _plain_tensor(value: Any) -> bool:
+    # Only dense CPU tensors: a sparse or nested tensor rebuilt by the legacy path skips the bounds
+    # checks torch's weights_only loader applies, and a subclass could carry behaviour.
+    return (
+        type(value) in (Tensor, torch.nn.Parameter)
+        and value.layout is torch.strided
+        and not value.is_nested
+        and value.device.type == "cpu"
+    )
 
 
 def _module_state_dict(root: _PickledModule, source: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -320,9 +348,18 @@ def _module_state_dict(root: _PickledModule, source: str | os.PathLike[str]) -> 
     def bad(what: str) -> ValueError:
         return ValueError(f"weights file {source} holds a pickled module that is not a plain module: {what}")
 
+    seen: set[int] = set()
+
     def visit(module: _PickledModule, prefix: str, ancestors: tuple[int, ...]) -> None:
         if id(module) in ancestors:
             raise bad(f"module {prefix[:-1]!r} contains itself")
+        # A real DenseNet is a tree about 6 levels deep; shared submodules would make the walk
+        # exponential and a deep chain would exhaust the stack.
+        if id(module) in seen:
+            raise bad(f"module {prefix[:-1]!r} appears twice in the module tree")
+        if len(ancestors) > 32:
+            raise bad(f"the module tree is deeper than 32 levels at {prefix[:-1]!r}")
+        seen.add(id(module))
         attrs = module.state
         if isinstance(attrs, tuple) and len(attrs) == 2:  # (dict, slots) from BUILD
             attrs = attrs[0]
@@ -336,9 +373,9 @@ def _module_state_dict(root: _PickledModule, source: str | os.PathLike[str]) -> 
             for name, value in groups[group].items():
                 if value is None or (group == "_buffers" and name in non_persistent):
                     continue
-                if not isinstance(name, str) or not isinstance(value, Tensor):
-                    raise bad(f"{group} entry {prefix}{name} is a {type(value).__name__}, not a tensor")
-                out[prefix + name] = value.detach()
+                if not isinstance(name, str) or not _plain_tensor(value):
+                    raise bad(f"{group} entry {prefix}{name} is a {type(value).__name__}, not a dense tensor")
+                out[prefix + name] = value.detach().clone()
         for name, child in groups["_modules"].items():
             if child is None:
                 continue
@@ -361,8 +398,8 @@ def load_state_dict(data: bytes, source: str | os.PathLike[str]) -> dict[str, Te
     obj = _unpickle(data, source)
     if isinstance(obj, _PickledModule):
         return _module_state_dict(obj, source)
-    if isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-        return obj
+    if isinstance(obj, dict) and all(isinstance(k, str) and _plain_tensor(v) for k, v in obj.items()):
+        return {k: v.detach().clone() for k, v in obj.items()}
     raise ValueError(
         f"weights file {source} holds a {type(obj).__name__}, not a state dict (str -> tensor) or a "
         "pickled torchxrayvision DenseNet"

@@ -128,7 +128,15 @@ def resolve_evaluators(
             "features": evaluators.features,
             "raddino": RADDINO_WEIGHTS,
         }[role]
-        out[role] = _resolve(role, choice, evaluators)
+        resolved = _resolve(role, choice, evaluators)
+        if isinstance(resolved, EvaluatorPlan) and evaluators.dtype != "fp32":
+            # Half-precision outputs differ from float32 ones: they must not share cache entries
+            # (fp32 keys stay as they were, so existing caches remain valid).
+            key = dataclasses.replace(
+                resolved.key, preprocessing=f"{resolved.key.preprocessing};dtype={evaluators.dtype}"
+            )
+            resolved = dataclasses.replace(resolved, key=key)
+        out[role] = resolved
     return out
 
 

@@ -46,8 +46,8 @@ def fetch(
     if e.hub:
         if sha256:
             raise WeightsError(
-                f"{name} has several files; give their hashes as [evaluators].hf_sha256 in the study config, "
-                "or pin them with --trust"
+                f"{name} has several files, so one --sha256 cannot pin it: fetch it with --trust, and put the "
+                "hashes you trust in the study's [evaluators].hf_sha256, which every run checks"
             )
         return _fetch_hub(e, trust=trust, progress=progress, config=config)
     return _fetch_url(e, sha256, trust=trust, progress=progress, timeout=timeout)
@@ -56,6 +56,9 @@ def fetch(
 def _expected(e: WeightsEntry, sha256: str | None, trust: bool) -> store.Pin | None:
     pin = store.pins_of(e)[e.filename]
     given = store.check_sha256(sha256) if sha256 else None
+    if given and pin and pin.source == "user-trust":
+        # A hash from a source the user trusts is better evidence than their own first download.
+        return store.Pin(given, None, "user-sha256")
     if given and pin and given != pin.sha256:
         raise WeightsError(f"--sha256 {given} contradicts the pin {pin.sha256} ({pin.source}) for {e.name}")
     if pin:
@@ -74,10 +77,17 @@ def _expected(e: WeightsEntry, sha256: str | None, trust: bool) -> store.Pin | N
 def _fetch_url(e: WeightsEntry, sha256: str | None, *, trust: bool, progress: bool, timeout: float) -> Path:
     previous = store.pins_of(e)[e.filename]
     expected = _expected(e, sha256, trust)
+    record = previous is None or (expected is not None and expected.source != previous.source)
     dest = store.entry_path(e)
-    if dest.is_file() and expected is not None and not store.check_file(dest, expected):
-        return dest
     part = dest.with_name(dest.name + PART_SUFFIX)
+    if expected is None:
+        # Nothing can check a resumed part, so a stale one (an error page, another version) would be
+        # pinned as if it came from the URL: a --trust download always starts from nothing.
+        part.unlink(missing_ok=True)
+    if dest.is_file() and expected is not None and not store.check_file(dest, expected):
+        if record:
+            store.record_pin(e.name, {e.filename: (expected.sha256, dest.stat().st_size)}, "sha256", e.url)
+        return dest
     _download(e, part, expected.size if expected else None, progress, timeout)
     size = part.stat().st_size
     actual = sha256_file(part)
@@ -92,9 +102,22 @@ def _fetch_url(e: WeightsEntry, sha256: str | None, *, trust: bool, progress: bo
     with open(part, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(part, dest)
-    if previous is None:
-        store.record_pin(e.name, {e.filename: (actual, size)}, "trust" if trust else "sha256", e.url)
+    if record:
+        store.record_pin(
+            e.name, {e.filename: (actual, size)}, "trust" if expected is None else "sha256", e.url
+        )
     return dest
+
+
+def _content_range(value: str | None) -> tuple[int, int | None] | None:
+    """``bytes START-END/TOTAL`` -> (START, TOTAL or None); None when absent or malformed."""
+    if not value or not value.startswith("bytes "):
+        return None
+    span, _, total = value[6:].partition("/")
+    start = span.split("-", 1)[0]
+    if not start.isdigit():
+        return None
+    return int(start), int(total) if total.isdigit() else None
 
 
 def _download(e: WeightsEntry, part: Path, size: int | None, progress: bool, timeout: float) -> None:
@@ -108,8 +131,14 @@ def _download(e: WeightsEntry, part: Path, size: int | None, progress: bool, tim
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # our part already holds every byte the server has
-            return
+        unsatisfiable = _content_range((exc.headers or {}).get("Content-Range", "").replace("*", "0-0"))
+        if exc.code == 416 and have and unsatisfiable and unsatisfiable[1] == have:
+            return  # the part holds exactly the bytes the server has; the pin check follows
+        if exc.code == 416 and have:
+            part.unlink()  # the part does not fit this file: the next try starts over
+            raise WeightsError(
+                f"the partial download {part} does not fit {e.url}; it was deleted, run the command again"
+            ) from None
         raise WeightsError(f"cannot download {e.url} (HTTP {exc.code}). {store.fix_hint(e)}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise WeightsError(f"cannot download {e.url} ({exc}). {store.fix_hint(e)}") from None
@@ -117,10 +146,23 @@ def _download(e: WeightsEntry, part: Path, size: int | None, progress: bool, tim
 
     with response:
         resumed = have > 0 and response.status == 206
+        expected_total = None
+        if resumed:
+            span = _content_range(response.headers.get("Content-Range"))
+            if span is None or span[0] != have:
+                resumed = False  # a range we did not ask for: never stitch it onto our part
+            else:
+                expected_total = span[1]
         if not resumed:
             have = 0  # the server ignored the range: start over
         length = int(response.headers.get("Content-Length") or 0)
-        total = size or (have + length if length else None)
+        if not resumed and response.status == 206:
+            part.unlink(missing_ok=True)  # so the next try asks for the whole file
+            raise WeightsError(
+                f"{e.url} answered with a range we did not ask for; the partial file was deleted, run the "
+                "command again to download the whole file"
+            )
+        total = size or expected_total or (have + length if length else None)
         with (
             open(part, "ab" if resumed else "wb") as fh,
             tqdm(
@@ -146,11 +188,15 @@ def _download(e: WeightsEntry, part: Path, size: int | None, progress: bool, tim
             f"download of {e.url} is larger than the pinned {size:,} bytes; the file was discarded (a "
             "changed upstream file or a proxy error page)"
         )
-    if length and not resumed and have < length:
+    complete = expected_total if resumed else (length or None)
+    if complete and have < complete:
         raise WeightsError(
-            f"download of {e.url} ended after {have:,} of {length:,} bytes; the partial file {part} was "
+            f"download of {e.url} ended after {have:,} of {complete:,} bytes; the partial file {part} was "
             "kept: run the same command again to resume it"
         )
+    if complete and have > complete:
+        part.unlink()
+        raise WeightsError(f"download of {e.url} gave more bytes than the server announced; discarded")
 
 
 def _fetch_hub(e: WeightsEntry, *, trust: bool, progress: bool, config: Mapping[str, str] | None) -> Path:
@@ -158,9 +204,9 @@ def _fetch_hub(e: WeightsEntry, *, trust: bool, progress: bool, config: Mapping[
     unpinned = [f for f, p in pins.items() if p is None]
     if unpinned and not trust:
         raise WeightsError(
-            f"nothing pins {', '.join(unpinned)} of {e.repo}@{e.revision}; give their sha256 as "
-            "[evaluators].hf_sha256 in the study config, or pass --trust to pin what this first download "
-            "delivers"
+            f"nothing pins {', '.join(unpinned)} of {e.repo}@{e.revision}; pass --trust to pin what this "
+            "first download delivers (a study's [evaluators].hf_sha256, where given, is checked again "
+            "against these files at every run)"
         )
     final = store.entry_dir(e)
     if store.status(e.name, config).state == "ok":

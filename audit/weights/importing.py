@@ -40,7 +40,22 @@ def default_search_dirs() -> list[Path]:
 def _hub_entries() -> list[WeightsEntry]:
     names = [n for n, e in manifest.MANIFEST.items() if e.hub]
     names += [n for n in store.user_pins() if manifest.is_hub_spec(n) and n not in names]
-    return [manifest.entry(n) for n in names]
+    return [e for e in map(store.entry_or_none, names) if e is not None]
+
+
+def _files_for(e: WeightsEntry, directory: Path) -> dict[str, Path]:
+    """The files of ``e`` in ``directory`` (a hub entry's also in the Hugging Face cache layout)."""
+    if e.hub:
+        snap = directory / f"models--{e.repo.replace('/', '--')}" / "snapshots" / e.revision
+        for root in (snap, directory):
+            found = {f.filename: root / f.filename for f in e.files if (root / f.filename).is_file()}
+            if found:
+                return found
+        return {}
+    for name in (e.filename, *e.aliases):
+        if (directory / name).is_file():
+            return {e.filename: directory / name}
+    return {}
 
 
 def _candidates(directory: Path, explicit: bool) -> Iterator[tuple[WeightsEntry, dict[str, Path]]]:
@@ -72,18 +87,36 @@ def _matches_release(e: WeightsEntry, found: Mapping[str, Path]) -> bool:
 
 
 def import_dir(
-    source: Path | None = None, pins: Mapping[str, str] | None = None, *, trust: bool = False
+    source: Path | None = None,
+    pins: Mapping[str, str] | None = None,
+    *,
+    trust: bool = False,
+    name: str | None = None,
 ) -> ImportReport:
     """Copy the known weights found in ``source`` (default: the usual caches) into the store.
 
     ``pins`` maps a weights name to a user-supplied sha256 for single-file entries this release does
     not pin; ``trust`` pins whatever unpinned file is found (recorded with the date and the path).
+    ``name`` says which entry ``source`` holds (needed for an ``hf:ORG/NAME@REVISION`` folder, whose
+    file names alone do not say which model it is).
     """
     pins = {k: store.check_sha256(v) for k, v in (pins or {}).items()}
-    for name in pins:
-        if manifest.entry(name).hub:
+    if name is not None:
+        if source is None:
+            raise WeightsError("--name says which entry DIR holds; give DIR as well")
+        e = manifest.entry(name)
+        source = Path(source).expanduser()
+        found = _files_for(e, source) if source.is_dir() else {}
+        if not found:
+            wanted = ", ".join(f.filename for f in e.files)
+            raise WeightsError(f"{source} holds none of {wanted} for {name}")
+        report = ImportReport(searched=[source])
+        _import_entry(e, found, pins.get(name), trust, report)
+        return report
+    for pinned in pins:
+        if manifest.entry(pinned).hub:
             raise WeightsError(
-                f"--sha256 {name}=...: a hub entry has several files; use --trust or hf_sha256"
+                f"--sha256 {pinned}=...: a hub entry has several files; use --trust or hf_sha256"
             )
     explicit = source is not None
     if explicit:
@@ -128,9 +161,11 @@ def _import_entry(
         pins[e.filename] = pins[e.filename] or store.Pin(given, None, "user-sha256")
     unpinned = [f for f, p in pins.items() if p is None]
     if unpinned and not trust:
+        folder = Path(next(iter(found.values()))).parent
+        named = f" --name {e.name}" if e.hub else ""
         report.skipped.append(
             f"{where}: {e.name} is not pinned by this release; run `xray-audit weights import "
-            f"{Path(next(iter(found.values()))).parent} --trust` to pin it"
+            f"{folder}{named} --trust` to pin it"
             + (f" (or --sha256 {e.name}=<HEX> from a source you trust)" if not e.hub else "")
         )
         return False

@@ -214,11 +214,19 @@ def status(name: str, config: Mapping[str, str] | None = None) -> Status:
     return Status(name, "ok", path, **common)
 
 
+def entry_or_none(name: str) -> WeightsEntry | None:
+    """The entry ``name``, or None for a name this release does not know (a hand-edited pins.json)."""
+    try:
+        return manifest.entry(name)
+    except WeightsError:
+        return None
+
+
 def statuses() -> Iterator[Status]:
     for name in manifest.MANIFEST:
         yield status(name)
     for name in sorted(user_pins()):
-        if manifest.is_hub_spec(name) and name not in manifest.MANIFEST:
+        if manifest.is_hub_spec(name) and name not in manifest.MANIFEST and entry_or_none(name):
             yield status(name)
 
 
@@ -226,10 +234,11 @@ def fix_hint(e: WeightsEntry) -> str:
     if e.hub:
         files = " ".join(f.filename for f in e.files)
         trust = "" if e.released_pins() else " --trust"
+        named = "" if e.released_pins() else f" --name {e.name}"
         return (
             f"Fix: `xray-audit weights fetch {e.name}{trust}` (needs internet), or on another machine run "
             f"`huggingface-cli download {e.repo} {files} --revision {e.revision} --local-dir DIR`, copy DIR "
-            f"here and run `xray-audit weights import DIR{trust}`."
+            f"here and run `xray-audit weights import DIR{named}{trust}`."
         )
     pin = "" if e.released_pins() else " --trust (or --sha256 <HEX> from a source you trust)"
     import_pin = "" if e.released_pins() else " --trust"
@@ -252,7 +261,7 @@ def weights_path(name: str, config: Mapping[str, str] | None = None) -> Path:
     if st.state == "unpinned":
         raise WeightsError(
             f"weights {name!r} at {st.path} cannot be verified: {st.detail}. Pin them with "
-            f"`xray-audit weights import {entry_dir(e)} --trust`"
+            f"`xray-audit weights import {entry_dir(e)}{f' --name {name}' if e.hub else ''} --trust`"
             + (" or [evaluators].hf_sha256 in the study config" if e.hub else "")
             + (f" or `--sha256 {name}=<HEX>`" if not e.hub else "")
             + "."
