@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             for m, n in (
                 ("audit.evaluators.safe_pickle", "UnsafePickleError"),
                 ("audit.evaluators.base", "WeightsHashError"),
+                ("audit.demo.cohort", "DemoDataMissing"),
             )
             if m in sys.modules
         ]
@@ -569,32 +570,36 @@ def _report(args: argparse.Namespace) -> int:
     unknown = sorted(set(formats) - {"html", "md", "tex", "csv"})
     if unknown or not formats:
         raise ConfigError(f"--format takes html, md, tex and/or csv, got {args.format!r}")
-    run = rundir.require_run_dir(args.run_dir)
-    out = args.out or run
+    run_dir = rundir.require_run_dir(args.run_dir)
+    out = args.out or run_dir
+    from reports.comparison import run_paired_tests
+    from reports.html import load_run
+
+    # Read once: every statistic below uses the run's settings (rundir.RunSettings: [metrics].confidence,
+    # [metrics].bootstrap_resamples, [study].seed).
+    run = load_run(run_dir)
     reader_scores = ratings = stats = None
     if args.reader_study is not None:
-        import numpy as np
-
         from reader_study.admin import export_frame
-        from reports.reader_stats import reader_statistics
+        from reports.reader_stats import run_reader_statistics
 
         ratings = export_frame(args.reader_study)
         if ratings.empty:
             raise ConfigError(f"{args.reader_study}: no ratings yet (see `xray-audit reader-study status`)")
-        stats = reader_statistics(ratings, rng=np.random.default_rng(0))
+        stats = run_reader_statistics(ratings, run.settings)
         reader_scores = stats.scores
     written = []
     tables = [f for f in formats if f != "html"]
+    # The model-vs-model tests, computed once for paired_tests.csv and the page (metrics with non-finite
+    # values, e.g. an identical image's +inf PSNR, left out and named in both and in comparison.md).
+    paired = run_paired_tests(run) if "csv" in tables or "html" in formats else None
     if tables:
         from reports.comparison import write_exports
 
-        written += write_exports(run, out, tables, args.group_by, reader_scores)
+        written += write_exports(run, out, tables, args.group_by, reader_scores, paired=paired)
     if "html" in formats:
-        from reports.html import read_paired_tests, write_html_report
+        from reports.html import write_html_report
 
-        # paired_tests.csv was just written with the seed and resamples the page would use: reading it
-        # back (exactly) saves a second bootstrap over every pair of models.
-        paired = read_paired_tests(Path(out) / "paired_tests.csv") if "csv" in tables else None
         written.append(
             write_html_report(
                 run,

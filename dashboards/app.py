@@ -51,7 +51,7 @@ def main() -> None:
     with st.sidebar:
         st.markdown(f"**Run** `{view.run_dir.name}`")
         st.caption(str(view.run_dir))
-        study = (view.files.config.get("study") or {}).get("name")
+        study = view.files.settings.name
         if study:
             st.caption(f"study: {study}")
         st.caption(

@@ -92,9 +92,11 @@ class RunView:
 
 
 def build_view(files: RunFiles) -> RunView:
-    pixel_range = float((files.config.get("metrics") or {}).get("pixel_range", 1.0))
     return RunView(
-        files, order_models(files), metric_columns(files, pixel_range), per_case_values(files.per_sample)
+        files,
+        order_models(files),
+        metric_columns(files, files.settings.pixel_range),
+        per_case_values(files.per_sample),
     )
 
 

@@ -10,8 +10,12 @@ order, metric columns, number formatting and best-value rule of :mod:`reports.ht
 - :func:`mean_std_table`: the knee paper's format, mean ± std over cases per value of a case column.
 - :func:`paired_tests`: model-vs-model Wilcoxon signed-rank tests (Pratt zeros) on shared cases with
   Holm-adjusted p-values and bootstrap CIs of the mean difference and the rank-biserial correlation.
+- :func:`run_paired_tests`: those tests as every output shows them (paired_tests.csv, the note of
+  comparison.md, report.html), computed once with the run's settings, metrics with non-finite
+  per-sample values (an identical image's +∞ PSNR) left out and named in :attr:`PairedTests.skipped`.
 - :func:`to_markdown`, :func:`to_latex`, :func:`to_csv_frame` and :func:`write_exports`.
 
+The run's confidence, bootstrap resamples and seed come from :class:`audit.rundir.RunSettings`.
 Every clinical and distribution column names its evaluator (:mod:`reports.provenance`): in the header
 (Markdown) or as a lettered note (LaTeX), with how its weights were pinned, and a table scored by any
 demo stand-in says so in its first line; the CSVs carry ``evaluator``, ``weights_sha256`` and ``pin``
@@ -36,6 +40,7 @@ from audit.atomic import atomic_path, write_text
 from audit.stats import bootstrap_mean_ci
 from reports.functional.paired import holm, paired_effect, wilcoxon_pratt
 from reports.html import (
+    METRIC_LABELS,
     EvaluationInfo,
     MetricColumn,
     ModelRow,
@@ -48,6 +53,7 @@ from reports.html import (
     format_number,
     load_run,
     metric_columns,
+    nonfinite_metrics,
     order_models,
     reader_score_rows,
 )
@@ -136,11 +142,6 @@ class ComparisonTable:
 # ------------------------------------------------------------------------------------------------
 
 
-def _metrics_cfg(run: RunFiles) -> Mapping[str, Any]:
-    cfg = run.config.get("metrics", {})
-    return cfg if isinstance(cfg, Mapping) else {}
-
-
 def comparison_models(run: RunFiles) -> list[ModelRow]:
     """:func:`reports.html.order_models`, generators grouped by kind (first appearance order), so
     e.g. two diffusers models stay together even when the config interleaves them; real stays last."""
@@ -183,8 +184,7 @@ def comparison_table(
     ratings) as "reader <criterion>", higher is better. ``per_class`` adds the per-class
     ``metric:Class`` columns (the CSV export has them; the paper tables would be too wide).
     """
-    metrics_cfg = _metrics_cfg(run)
-    confidence = float(metrics_cfg.get("confidence", 0.95))
+    confidence = run.settings.confidence
     models = comparison_models(run)
     evaluation = EvaluationInfo.from_info(run.info)
     summary = run.summary[run.summary["group"] == group]
@@ -195,7 +195,7 @@ def comparison_table(
             f"{', '.join(repr(g) for g in groups) or 'none (all cases only)'}"
         )
     present = set(summary["metric"])
-    all_columns = metric_columns(run, float(metrics_cfg.get("pixel_range", 1.0)), evaluation)
+    all_columns = metric_columns(run, run.settings.pixel_range, evaluation)
     columns = [m for _, _, cols in _split_tables(all_columns) for m in cols if m.name in present]
     if per_class:
         columns += [m for m in all_columns if ":" in m.name and m.name in present]
@@ -270,7 +270,7 @@ def mean_std_table(run: RunFiles, group_column: str) -> pd.DataFrame:
     cases = _require_case_column(run, group_column)
     per_case = _per_case(run).merge(cases, on="case_id", how="inner")
     models = comparison_models(run)
-    columns = {m.name: m for m in metric_columns(run, float(_metrics_cfg(run).get("pixel_range", 1.0)))}
+    columns = {m.name: m for m in metric_columns(run, run.settings.pixel_range)}
     stats = (
         per_case.groupby(["model", "metric", group_column], sort=False)["value"]
         .agg(mean="mean", std="std", n="count")
@@ -335,7 +335,7 @@ def paired_tests(
             f"paired_tests: no per-sample values for metric(s) {', '.join(unknown)} in "
             f"{run.run_dir / 'per_sample.parquet'}; available: {', '.join(available) or 'none'}"
         )
-    columns = {m.name: m for m in metric_columns(run, float(_metrics_cfg(run).get("pixel_range", 1.0)))}
+    columns = {m.name: m for m in metric_columns(run, run.settings.pixel_range)}
     models = [m.name for m in comparison_models(run) if not m.is_real]
     rows = []
     for metric in metrics:
@@ -391,6 +391,67 @@ def paired_tests(
     frame["pvalue_holm"] = holm(frame["pvalue"].astype(np.float64).to_numpy()) if len(frame) else []
     frame["better"] = frame["better"].fillna("")
     return frame
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedTests:
+    """The model-vs-model tests of a run as every output shows them (paired_tests.csv, the note of
+    comparison.md, report.html); made once by :func:`run_paired_tests` and handed to each writer.
+
+    ``frame`` has :data:`PAIRED_COLUMNS` and no row for a metric in ``skipped`` ({metric: why}, from
+    :func:`reports.html.nonfinite_metrics`): the CSV keeps its columns, and comparison.md and
+    report.html name the metrics left out and why. ``seed`` and ``resamples`` are None for a frame
+    given by a caller (e.g. :func:`reports.html.read_paired_tests` of a paired_tests.csv).
+    """
+
+    frame: pd.DataFrame
+    skipped: Mapping[str, str]
+    confidence: float
+    seed: int | None = None
+    resamples: int | None = None
+    # The generator's state after the tests: write_exports' per-group bootstraps continue from it, as
+    # when the tests and those bootstraps drew from one generator (their numbers stay the same).
+    rng_state: Mapping[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def given(cls, run: RunFiles, frame: pd.DataFrame) -> PairedTests:
+        """A frame computed elsewhere (e.g. read back from paired_tests.csv), with the run's exclusions."""
+        return cls(frame, nonfinite_metrics(run), run.settings.confidence)
+
+    @property
+    def provenance(self) -> str:
+        if self.seed is None:
+            return "given by the caller (read from paired_tests.csv)"
+        return f"seed {self.seed}, {self.resamples} bootstrap resamples"
+
+
+def skipped_note(skipped: Mapping[str, str]) -> str:
+    """One sentence naming the metrics left out of the model-vs-model tests and why; "" if none."""
+    if not skipped:
+        return ""
+    why = "; ".join(f"{METRIC_LABELS.get(m, m)} ({m}): {reason}" for m, reason in skipped.items())
+    return f"Left out of the model-vs-model tests (paired_tests.csv, report.html): {why}."
+
+
+def run_paired_tests(run: RunFiles, *, seed: int | None = None, resamples: int | None = None) -> PairedTests:
+    """:func:`paired_tests` of every per-sample metric with finite values, drawn from a generator seeded
+    with ``seed`` (default ``[study].seed``) with ``resamples`` (default
+    ``[metrics].bootstrap_resamples``) and the run's ``[metrics].confidence``
+    (:class:`audit.rundir.RunSettings`). Metrics with an infinite per-sample value among the compared
+    models (:func:`reports.html.nonfinite_metrics`, e.g. the +∞ PSNR of a sample identical to its
+    reference) are left out and listed in ``skipped``: a difference of ∞ has no rank or mean."""
+    settings = run.settings
+    seed = settings.seed if seed is None else int(seed)
+    resamples = settings.bootstrap_resamples if resamples is None else int(resamples)
+    skipped = nonfinite_metrics(run)
+    if skipped:
+        log.warning("%s", skipped_note(skipped))
+    metrics = [
+        m for m in dict.fromkeys(run.per_sample.dropna(subset=["value"])["metric"]) if m not in skipped
+    ]
+    rng = np.random.default_rng(seed)
+    frame = paired_tests(run, metrics, rng=rng, resamples=resamples, confidence=settings.confidence)
+    return PairedTests(frame, skipped, settings.confidence, seed, resamples, rng.bit_generator.state)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -710,7 +771,7 @@ def _group_rows(run: RunFiles, column: str, rng: np.random.Generator, resamples:
     """summary.csv-shaped rows for the ``column=value`` groups the run did not summarise: per-case
     metrics only (set-level metrics need the images), mean over cases with a bootstrap CI."""
     cases = _require_case_column(run, column)
-    confidence = float(_metrics_cfg(run).get("confidence", 0.95))
+    confidence = run.settings.confidence
     per_case = _per_case(run).merge(cases, on="case_id", how="inner")
     hib = run.summary.drop_duplicates("metric").set_index("metric")["higher_is_better"]
     rows = []
@@ -763,7 +824,7 @@ def _write_csv(dest: Path, frame: pd.DataFrame) -> None:
 
 
 def write_exports(
-    run_dir: str | Path,
+    run_dir: str | Path | RunFiles,
     out_dir: str | Path | None = None,
     formats: Sequence[str] = EXPORT_FORMATS,
     group_by: str | None = None,
@@ -771,41 +832,45 @@ def write_exports(
     *,
     seed: int | None = None,
     resamples: int | None = None,
+    paired: PairedTests | None = None,
 ) -> list[Path]:
-    """Write the comparison exports of a run directory and return the paths written (atomically).
+    """Write the comparison exports of a run directory (or its :func:`reports.html.load_run`) and
+    return the paths written (atomically).
 
     Files in ``out_dir`` (default ``run_dir``): ``comparison.md`` / ``.tex`` / ``.csv`` per format,
     ``paired_tests.csv`` with "csv". With ``group_by`` (a case column) also one
     ``comparison-<column>=<value>.<ext>`` per value and ``mean_std-<column>.md`` / ``.csv``; groups the
     run did not summarise (not in ``[metrics].group_by``) are computed from per_sample.parquet.
-    ``seed`` (default ``[study].seed``, else 0) and ``resamples`` (default
-    ``[metrics].bootstrap_resamples``, else 2000) drive the bootstrap CIs computed here. Every table
-    names the evaluator of each clinical and distribution column (:mod:`reports.provenance`).
+    ``seed`` (default ``[study].seed``) and ``resamples`` (default ``[metrics].bootstrap_resamples``)
+    drive the bootstrap CIs computed here, at the run's ``[metrics].confidence``
+    (:class:`audit.rundir.RunSettings`). ``paired`` (:func:`run_paired_tests` of the same run and
+    settings) is written as paired_tests.csv instead of computing the tests again. Metrics left out of
+    the tests (non-finite per-sample values) have no rows in paired_tests.csv; comparison.md ends with
+    a line naming them and why. Every table names the evaluator of each clinical and distribution
+    column (:mod:`reports.provenance`).
     """
     bad = [f for f in formats if f not in EXPORT_FORMATS]
     if bad:
         raise ValueError(
             f"unknown export format(s) {', '.join(bad)}; choose from {', '.join(EXPORT_FORMATS)}"
         )
-    run = load_run(run_dir)
+    run = run_dir if isinstance(run_dir, RunFiles) else load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.run_dir
-    study = run.config.get("study", {}) if isinstance(run.config.get("study"), Mapping) else {}
-    seed = int(seed if seed is not None else study.get("seed", 0) or 0)
-    resamples = int(
-        resamples if resamples is not None else _metrics_cfg(run).get("bootstrap_resamples", 2000)
-    )
+    seed = run.settings.seed if seed is None else int(seed)
+    resamples = run.settings.bootstrap_resamples if resamples is None else int(resamples)
     rng = np.random.default_rng(seed)
-    confidence = float(_metrics_cfg(run).get("confidence", 0.95))
+    # The same rule of what the tests leave out, whether or not they are computed here.
+    note = skipped_note(paired.skipped if paired is not None else nonfinite_metrics(run))
     written: list[Path] = []
     if group_by and not any(g.startswith(f"{group_by}=") for g in run.summary["group"]):
         _require_case_column(run, group_by)  # a bad column fails before any file is written
 
-    def emit(stem: str, source: RunFiles, group: str, scores: pd.DataFrame | None) -> None:
+    def emit(stem: str, source: RunFiles, group: str, scores: pd.DataFrame | None, notes: str = "") -> None:
         table = comparison_table(source, group=group, reader_scores=scores)
         for fmt in formats:
             dest = out / f"{stem}.{fmt}"
             if fmt == "md":
-                write_text(dest, to_markdown(table))
+                write_text(dest, to_markdown(table) + (f"\n{_md_escape(notes)}\n" if notes else ""))
             elif fmt == "tex":
                 write_text(dest, to_latex(table))
             else:  # the CSV has every number, per-class metrics included
@@ -813,10 +878,14 @@ def write_exports(
                 _write_csv(dest, to_csv_frame(full))
             written.append(dest)
 
-    emit("comparison", run, "", reader_scores)
+    emit("comparison", run, "", reader_scores, note)
     if "csv" in formats:
+        if paired is None:
+            paired = run_paired_tests(run, seed=seed, resamples=resamples)
+        if paired.rng_state is not None:
+            rng.bit_generator.state = paired.rng_state
         dest = out / "paired_tests.csv"
-        _write_csv(dest, paired_tests(run, rng=rng, resamples=resamples, confidence=confidence))
+        _write_csv(dest, paired.frame)
         written.append(dest)
     if group_by:
         grouped, groups = _groups_for(run, group_by, rng, resamples)
@@ -843,11 +912,14 @@ def write_exports(
 __all__ = [
     "EXPORT_FORMATS",
     "ComparisonTable",
+    "PairedTests",
     "comparison_models",
     "comparison_table",
     "mean_std_markdown",
     "mean_std_table",
     "paired_tests",
+    "run_paired_tests",
+    "skipped_note",
     "tex_escape",
     "to_csv_frame",
     "to_latex",

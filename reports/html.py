@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import platform
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ from reports.norberg import phantom_callout, render_norberg, render_norberg_prov
 from reports.provenance import MARK_COLUMNS, is_demo, pin_sentence
 
 if TYPE_CHECKING:  # reader_stats pulls in scipy.stats; the page imports it only with a reader study
+    from reports.comparison import PairedTests
     from reports.reader_stats import ReaderStatistics
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,18 @@ class RunFiles:
     per_sample: pd.DataFrame
     samples: pd.DataFrame
     cases: pd.DataFrame | None
-    config: Mapping[str, Any]
-    config_text: str
+    settings: rundir.RunSettings  # config.toml, parsed once (defaults when it is missing)
     info: Mapping[str, Any]
     failures: pd.DataFrame | None
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """config.toml as parsed TOML ({} when missing or invalid); read settings from ``settings``."""
+        return self.settings.raw
+
+    @property
+    def config_text(self) -> str:
+        return self.settings.text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,15 +281,8 @@ def load_run(run_dir: str | Path) -> RunFiles:
         _require_columns(cases, ("case_id", "image"), cases_path)
         cases["case_id"] = cases["case_id"].astype(str)
 
-    config: Mapping[str, Any] = {}
-    config_text = ""
-    config_path = run / rundir.CONFIG_TOML
-    if config_path.exists():
-        config_text = config_path.read_text(encoding="utf-8")
-        try:
-            config = tomllib.loads(config_text)
-        except tomllib.TOMLDecodeError as exc:
-            log.warning("%s is not valid TOML (%s); the report shows it as text only", config_path, exc)
+    # An invalid config.toml is logged by RunSettings and shown as text only.
+    settings = rundir.RunSettings.read(run)
 
     info_path = run / rundir.RUN_JSON
     try:
@@ -300,7 +301,7 @@ def load_run(run_dir: str | Path) -> RunFiles:
             if col not in failures.columns:
                 failures[col] = ""
 
-    return RunFiles(run, summary, per_sample, samples, cases, config, config_text, info, failures)
+    return RunFiles(run, summary, per_sample, samples, cases, settings, info, failures)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -368,8 +369,8 @@ class EvaluationInfo:
 def order_models(run: RunFiles) -> list[ModelRow]:
     """Generators in config order, then degrade baselines, then the real (upper-bound) row last."""
     spec = {}
-    for table in run.config.get("models", []) or []:
-        if isinstance(table, Mapping) and "name" in table:
+    for table in run.settings.models:
+        if "name" in table:
             spec[str(table["name"])] = table
     names = list(spec)
     for frame in (run.summary, run.samples, run.per_sample):
@@ -790,8 +791,8 @@ def render_per_class(ctx: TableContext, base: str, columns: Sequence[MetricColum
 # ------------------------------------------------------------------------------------------------
 
 
-def _general_notes(ctx: TableContext, metrics_cfg: Mapping[str, Any], names: set[str]) -> str:
-    resamples = metrics_cfg.get("bootstrap_resamples")
+def _general_notes(ctx: TableContext, settings: rundir.RunSettings, names: set[str]) -> str:
+    resamples = settings.bootstrap_resamples if settings.found else None
     notes = [
         "↑ higher is better, ↓ lower is better. Each cell is the mean over cases with its "
         f"{ctx.confidence:.0%} percentile-bootstrap confidence interval"
@@ -831,8 +832,8 @@ def _general_notes(ctx: TableContext, metrics_cfg: Mapping[str, Any], names: set
     return "".join(f"<p>{n}</p>" for n in notes)
 
 
-def _paired_notes(metrics_cfg: Mapping[str, Any], names: set[str]) -> str:
-    pixel_range = float(metrics_cfg.get("pixel_range", 1.0))
+def _paired_notes(settings: rundir.RunSettings, names: set[str]) -> str:
+    pixel_range = settings.pixel_range
     notes = []
     if names & {"mse", "mae", "psnr"}:
         notes.append(
@@ -840,13 +841,13 @@ def _paired_notes(metrics_cfg: Mapping[str, Any], names: set[str]) -> str:
             f"(<code>[metrics] pixel_range = {pixel_range:g}</code>): MSE in {_e(default_unit('mse', pixel_range))}, "
             f"MAE in {_e(default_unit('mae', pixel_range))}, PSNR in dB."
         )
-    if metrics_cfg.get("resize") == "to_reference":
+    if settings.resize == "to_reference":
         notes.append(
             'Samples were resized to the reference size before comparison (<code>resize = "to_reference"</code>).'
         )
-    if any(n.startswith("overlap_") for n in names) and "overlap_threshold" in metrics_cfg:
+    if any(n.startswith("overlap_") for n in names) and settings.found:
         notes.append(
-            f"Overlap metrics binarise at threshold {_e(metrics_cfg['overlap_threshold'])} "
+            f"Overlap metrics binarise at threshold {_e(settings.overlap_threshold)} "
             "(<code>[metrics] overlap_threshold</code>)."
         )
     return "".join(f"<p>{n}</p>" for n in notes)
@@ -1209,7 +1210,7 @@ TABLE_INTROS = {
 }
 
 
-def render_results(ctx: TableContext, metrics: Sequence[MetricColumn], metrics_cfg: Mapping[str, Any]) -> str:
+def render_results(ctx: TableContext, metrics: Sequence[MetricColumn], settings: rundir.RunSettings) -> str:
     """The results section's body: callouts, one table per family, per-class pathology, notes, evaluators."""
     ev = ctx.evaluation
     parts = [render_unavailable(ev), render_demo_warning(ev)]
@@ -1217,7 +1218,7 @@ def render_results(ctx: TableContext, metrics: Sequence[MetricColumn], metrics_c
     for table_id, heading, columns in tables:
         names = {m.name for m in columns}
         if table_id == "paired":
-            notes = _paired_notes(metrics_cfg, names)
+            notes = _paired_notes(settings, names)
         elif table_id == "clinical":
             notes = _clinical_notes(ctx, names)
         elif table_id == "mask":
@@ -1249,7 +1250,7 @@ def render_results(ctx: TableContext, metrics: Sequence[MetricColumn], metrics_c
     main = [m for _, _, columns in tables for m in columns]
     names = {m.name for m in main}
     parts.append(
-        f'<div class="notes">{_general_notes(ctx, metrics_cfg, names)}'
+        f'<div class="notes">{_general_notes(ctx, settings, names)}'
         f"{_baseline_callout(ctx.run, ctx.models, main)}</div>"
     )
     parts.append(render_evaluators(ev))
@@ -1502,20 +1503,11 @@ def _metric_title(metric: MetricColumn) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def report_seed(run: RunFiles) -> int:
-    """The bootstrap seed of the report's own statistics: ``[study].seed``, else 0 (as the exports)."""
-    study = run.config.get("study", {}) if isinstance(run.config.get("study"), Mapping) else {}
-    return int(study.get("seed", 0) or 0)
-
-
-def report_resamples(run: RunFiles) -> int:
-    metrics_cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
-    return int(metrics_cfg.get("bootstrap_resamples", 2000))
-
-
 def nonfinite_metrics(run: RunFiles) -> dict[str, str]:
     """{metric: why} for the per-sample metrics with infinite per-case values among the compared models
-    (e.g. PSNR of an identical image): a paired difference of ∞ has no rank or mean."""
+    (e.g. PSNR of an identical image): a paired difference of ∞ has no rank or mean. The one rule of
+    what the model-vs-model tests leave out, in every output (:func:`reports.comparison.run_paired_tests`).
+    """
     ps = run.per_sample
     compared = ps[ps["model"].isin([m.name for m in order_models(run) if not m.is_real])]
     values = compared["value"].to_numpy(dtype=np.float64)
@@ -1527,26 +1519,6 @@ def nonfinite_metrics(run: RunFiles) -> dict[str, str]:
             f"{len(rows)} infinite per-sample value(s) ({models}); paired differences need finite values"
         )
     return out
-
-
-def compute_paired_tests(
-    run: RunFiles, seed: int | None = None, resamples: int | None = None
-) -> pd.DataFrame:
-    """:func:`reports.comparison.paired_tests` as ``xray-audit report`` writes paired_tests.csv (same
-    seed and resamples, so the same numbers), over the metrics with finite per-sample values."""
-    from reports.comparison import paired_tests
-
-    metrics_cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
-    skip = nonfinite_metrics(run)
-    metrics = [m for m in dict.fromkeys(run.per_sample.dropna(subset=["value"])["metric"]) if m not in skip]
-    rng = np.random.default_rng(report_seed(run) if seed is None else seed)
-    return paired_tests(
-        run,
-        metrics,
-        rng=rng,
-        resamples=report_resamples(run) if resamples is None else resamples,
-        confidence=float(metrics_cfg.get("confidence", 0.95)),
-    )
 
 
 def read_paired_tests(path: str | Path) -> pd.DataFrame:
@@ -2671,11 +2643,12 @@ def _recorded(value: Any) -> str:
 
 
 def _policy_rows(run: RunFiles, evaluation: EvaluationInfo) -> dict[str, str]:
-    cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
+    settings = run.settings
     policies = _mapping(run.info.get("policies"))
 
     def pick(key: str) -> Any:
-        return policies.get(key, cfg.get(key))
+        # run.json's record first; else the config's setting (its default when the key is not written).
+        return policies.get(key, getattr(settings.metrics, key) if settings.found else None)
 
     resize = pick("resize")
     resize_text = {
@@ -2687,7 +2660,7 @@ def _policy_rows(run: RunFiles, evaluation: EvaluationInfo) -> dict[str, str]:
         "[metrics].pixel_range": _recorded(pick("pixel_range")),
         "[metrics].overlap_threshold": _recorded(pick("overlap_threshold")),
         "confidence intervals": _recorded(policies.get("ci") or None),
-        "[metrics].group_by": ", ".join(map(str, policies.get("group_by") or cfg.get("group_by") or []))
+        "[metrics].group_by": ", ".join(map(str, policies.get("group_by") or settings.group_by))
         or "none",
     }
     refs = policies.get("self_reference_models")
@@ -2738,8 +2711,7 @@ def render_provenance(
     evaluation = evaluation or EvaluationInfo.from_info(info)
     models = order_models(run) if models is None else models
     if metrics is None:
-        metrics_cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
-        metrics = metric_columns(run, float(metrics_cfg.get("pixel_range", 1.0)), evaluation)
+        metrics = metric_columns(run, run.settings.pixel_range, evaluation)
     versions = info.get("versions") if isinstance(info.get("versions"), Mapping) else {}
     timings = info.get("timings") if isinstance(info.get("timings"), Mapping) else {}
     labelled = {
@@ -2899,33 +2871,37 @@ def _plotly_script() -> str:
 
 
 def render_html_report(
-    run_dir: str | Path,
+    run_dir: str | Path | RunFiles,
     grid_cases: int = 4,
     reader_ratings: pd.DataFrame | None = None,
     *,
     reader_stats: ReaderStatistics | None = None,
     reader_source: str = "",
-    paired: pd.DataFrame | None = None,
+    paired: PairedTests | pd.DataFrame | None = None,
     seed: int | None = None,
     resamples: int | None = None,
 ) -> str:
-    """The report page for a finished run directory, as one self-contained HTML string.
+    """The report page for a finished run directory (or its :func:`load_run`), as one self-contained
+    HTML string.
 
     ``reader_ratings`` is the reader-study export (``reader_study.admin.export_frame``); with it the
     page gets the reader scores in the results, a reader-study section and metric validity.
-    ``reader_stats`` (``reports.reader_stats.reader_statistics`` of those ratings) and ``paired``
-    (``reports.comparison.paired_tests``, e.g. :func:`read_paired_tests` of the paired_tests.csv just
-    written) are reused when given, otherwise computed here with ``seed`` (default ``[study].seed``,
-    else 0) and ``resamples`` (default ``[metrics].bootstrap_resamples``, else 2000), the defaults of
-    the exports, so that the numbers match paired_tests.csv.
+    ``reader_stats`` (``reports.reader_stats.run_reader_statistics`` of those ratings) and ``paired``
+    (``reports.comparison.run_paired_tests``, or a frame such as :func:`read_paired_tests` of a
+    paired_tests.csv) are reused when given, otherwise computed here with ``seed`` (default
+    ``[study].seed``) and ``resamples`` (default ``[metrics].bootstrap_resamples``), the run's settings
+    (:class:`audit.rundir.RunSettings`) as the exports use them, so that the numbers match
+    paired_tests.csv. Metrics with non-finite per-sample values are left out of the tests with a note
+    (:func:`nonfinite_metrics`), whichever way the tests came.
     """
-    run = load_run(run_dir)
-    study = run.config.get("study", {}) if isinstance(run.config.get("study"), Mapping) else {}
-    metrics_cfg = run.config.get("metrics", {}) if isinstance(run.config.get("metrics"), Mapping) else {}
-    pixel_range = float(metrics_cfg.get("pixel_range", 1.0))
-    confidence = float(metrics_cfg.get("confidence", 0.95))
-    seed = report_seed(run) if seed is None else int(seed)
-    resamples = report_resamples(run) if resamples is None else int(resamples)
+    from reports.comparison import PairedTests, run_paired_tests
+
+    run = run_dir if isinstance(run_dir, RunFiles) else load_run(run_dir)
+    settings = run.settings
+    pixel_range = settings.pixel_range
+    confidence = settings.confidence
+    seed = settings.seed if seed is None else int(seed)
+    resamples = settings.bootstrap_resamples if resamples is None else int(resamples)
     models = order_models(run)
     evaluation = EvaluationInfo.from_info(run.info)
     metrics = metric_columns(run, pixel_range, evaluation)
@@ -2937,21 +2913,23 @@ def render_html_report(
     plot_metrics = [m for m in metrics if m.name in per_case]
 
     statistics: dict[str, str] = {}
-    skipped = nonfinite_metrics(run)
     if paired is None:
-        paired = compute_paired_tests(run, seed, resamples)
-        statistics["paired tests"] = f"seed {seed}, {resamples} bootstrap resamples"
+        tests = run_paired_tests(run, seed=seed, resamples=resamples)
+    elif isinstance(paired, PairedTests):
+        tests = paired
     else:
-        statistics["paired tests"] = "given by the caller (xray-audit report: read from paired_tests.csv)"
+        tests = PairedTests.given(run, paired)
+    statistics["paired tests"] = tests.provenance
+    # A frame read back from a file does not say how it was drawn: the page names the run's settings.
+    shown_seed = seed if tests.seed is None else tests.seed
+    shown_resamples = resamples if tests.resamples is None else tests.resamples
     reader_section = validity_section = ""
     table_run = run
     if reader_ratings is not None:
-        from reports.reader_stats import correlate_points, reader_statistics, validity_points
+        from reports.reader_stats import correlate_points, run_reader_statistics, validity_points
 
         if reader_stats is None:
-            reader_stats = reader_statistics(
-                reader_ratings, rng=np.random.default_rng(seed), resamples=resamples, confidence=confidence
-            )
+            reader_stats = run_reader_statistics(reader_ratings, settings, seed=seed, resamples=resamples)
             statistics["reader statistics"] = f"seed {seed}, {resamples} bootstrap resamples"
         else:
             statistics["reader statistics"] = "computed by the caller"
@@ -2977,7 +2955,7 @@ def render_html_report(
     ctx = TableContext(table_run, models, evaluation, confidence)
     groups_html = render_groups(ctx, table_metrics)
 
-    name = str(study.get("name") or run.run_dir.resolve().name)
+    name = settings.name or run.run_dir.resolve().name
     info = run.info
     n_cases = info.get("n_cases")
     if n_cases is None:
@@ -2990,8 +2968,8 @@ def render_html_report(
         f"<span>date <b>{_e(date)}</b></span>",
         f'<span title="{_e(config_hash)}">config <b><code>{_e(config_hash[:12] or "—")}</code></b></span>',
         f"<span>cases <b>{_e(n_cases)}</b></span>",
-        f"<span>samples/case <b>{_e(study.get('samples_per_case', '—'))}</b></span>",
-        f"<span>seed <b>{_e(study.get('seed', '—'))}</b></span>",
+        f"<span>samples/case <b>{_e(settings.samples_per_case if settings.found else '—')}</b></span>",
+        f"<span>seed <b>{_e(settings.seed if settings.found else '—')}</b></span>",
         f'<span class="{"bad" if n_failures else ""}">failures <b>{n_failures}</b></span>',
     ]
     failures_section = render_failures(run.failures, n_failures)
@@ -3025,11 +3003,11 @@ def render_html_report(
 {phantom_callout() if is_phantom(run.cases) else ""}
 </header>
 <section id="results"><h2>Results per model</h2>
-{render_results(ctx, table_metrics, metrics_cfg)}
+{render_results(ctx, table_metrics, settings)}
 </section>
 {f'<section id="groups"><h2>Results by group</h2>{groups_html}</section>' if groups_html else ""}
 <section id="model-tests"><h2>Model-vs-model tests</h2>
-{render_paired(paired, metrics, confidence, skipped, seed, resamples)}
+{render_paired(tests.frame, metrics, tests.confidence, tests.skipped, shown_seed, shown_resamples)}
 </section>
 {f'<section id="norberg"><h2>Norberg angles</h2>{norberg_html}</section>' if norberg_html else ""}
 {reader_section}
@@ -3056,21 +3034,21 @@ median and the dashed line the mean.{_unplotted_note(unplotted, plot_metrics)}</
 
 
 def write_html_report(
-    run_dir: str | Path,
+    run_dir: str | Path | RunFiles,
     out: str | Path | None = None,
     grid_cases: int = 4,
     reader_ratings: pd.DataFrame | None = None,
     *,
     reader_stats: ReaderStatistics | None = None,
     reader_source: str = "",
-    paired: pd.DataFrame | None = None,
+    paired: PairedTests | pd.DataFrame | None = None,
     seed: int | None = None,
     resamples: int | None = None,
 ) -> Path:
     """Render the report (see :func:`render_html_report`) and write it atomically (default
     ``<run_dir>/report.html``)."""
-    run_dir = Path(run_dir)
-    dest = Path(out) if out is not None else run_dir / rundir.REPORT_HTML
+    where = run_dir.run_dir if isinstance(run_dir, RunFiles) else Path(run_dir)
+    dest = Path(out) if out is not None else where / rundir.REPORT_HTML
     page = render_html_report(
         run_dir,
         grid_cases=grid_cases,

@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,9 @@ from reports.functional.agreement import (
     weighted_kappa,
 )
 from reports.functional.paired import two_way_bootstrap_mean
+
+if TYPE_CHECKING:
+    from audit.rundir import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +183,9 @@ def _warning_text(caught: list[warnings.WarningMessage]) -> str:
 # --- tables ------------------------------------------------------------------------------------------
 
 
-def _scores_table(first: pd.DataFrame, reference: str, rng: np.random.Generator, resamples: int):
+def _scores_table(
+    first: pd.DataFrame, reference: str, rng: np.random.Generator, resamples: int, confidence: float
+):
     rows = []
     for criterion in sorted(first["criterion"].unique()):
         crit = first[first["criterion"] == criterion]
@@ -187,7 +193,13 @@ def _scores_table(first: pd.DataFrame, reference: str, rng: np.random.Generator,
             group = crit[crit["model"] == model]
             # The item is the rated unit: a model's case can appear as several samples.
             out = two_way_bootstrap_mean(
-                group, reader="reader", case="item", score="score", rng=rng, resamples=resamples
+                group,
+                reader="reader",
+                case="item",
+                score="score",
+                rng=rng,
+                resamples=resamples,
+                confidence=confidence,
             )
             rows.append(
                 {
@@ -434,9 +446,11 @@ def reader_statistics(
 
     ``scores`` resamples readers and items (:func:`two_way_bootstrap_mean`), criteria and models in
     sorted order (reference first) from the one ``rng``, so a seeded generator reproduces the CIs.
-    ``mixed`` and ``ordinal`` hold one row per non-reference model and criterion; their Wald CIs use
-    ``confidence``. Fit warnings (e.g. statsmodels' ConvergenceWarning, a variance on the boundary)
-    go to the ``warnings`` column and the log. ``ordinal`` adjusts for reader severity with reader
+    ``mixed`` and ``ordinal`` hold one row per non-reference model and criterion. Every CI (the
+    scores' percentile intervals and the Wald intervals) has coverage ``confidence``; for a run's
+    report use :func:`run_reader_statistics`, which takes it from the run's config. Fit warnings (e.g.
+    statsmodels' ConvergenceWarning, a variance on the boundary) go to the ``warnings`` column and the
+    log. ``ordinal`` adjusts for reader severity with reader
     indicators; the case effect is left to the mixed model (with disjoint cases per model it would be
     confounded with the model).
 
@@ -451,12 +465,34 @@ def reader_statistics(
             f"are {sorted(set(first['model']))}. Pass reference=<one of them>."
         )
     return ReaderStatistics(
-        scores=_scores_table(first, reference, rng, resamples),
+        scores=_scores_table(first, reference, rng, resamples, confidence),
         mixed=_mixed_table(first, reference, confidence),
         ordinal=_ordinal_table(first, reference, confidence),
         agreement=_agreement_table(first),
         intra=_intra_table(scored),
         turing=_turing_table(turing, reference),
+    )
+
+
+def run_reader_statistics(
+    ratings: pd.DataFrame,
+    settings: RunSettings,
+    *,
+    seed: int | None = None,
+    resamples: int | None = None,
+    reference: str = REFERENCE,
+) -> ReaderStatistics:
+    """:func:`reader_statistics` with the settings of the run the study was made from
+    (:class:`audit.rundir.RunSettings`): ``[metrics].confidence``, ``[metrics].bootstrap_resamples``
+    (or ``resamples``) and a generator seeded with ``[study].seed`` (or ``seed``), as the run's other
+    bootstrap CIs. ``xray-audit report --reader-study`` and report.html both use it, so the CIs have the
+    coverage the page labels them with, and a rerun gives the same numbers."""
+    return reader_statistics(
+        ratings,
+        rng=np.random.default_rng(settings.seed if seed is None else int(seed)),
+        resamples=settings.bootstrap_resamples if resamples is None else int(resamples),
+        reference=reference,
+        confidence=settings.confidence,
     )
 
 

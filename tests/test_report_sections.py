@@ -25,9 +25,8 @@ from scipy import stats as sps
 
 from audit import rundir
 from audit.atomic import sha256_file
-from reports.comparison import paired_tests, write_exports
+from reports.comparison import paired_tests, run_paired_tests, write_exports
 from reports.html import (
-    compute_paired_tests,
     describe_preprocessing,
     load_run,
     metric_columns,
@@ -83,14 +82,18 @@ def simulate_ratings(cases: list[str], seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = make_clinical_run(tmp_path_factory.mktemp("sections"))
-    # Real checksums, so that a reader study can be created from this run (test_cli_report_...).
+def make_studyable_run(root: Path) -> Path:
+    """make_clinical_run with real checksums, so that a reader study can be created from it."""
+    run = make_clinical_run(root)
     samples = pd.read_parquet(run / rundir.SAMPLES)
     samples["sha256"] = [sha256_file(p) for p in samples["path"]]
     samples.to_parquet(run / rundir.SAMPLES)
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_studyable_run(tmp_path_factory.mktemp("sections"))
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +283,7 @@ def test_paired_csv_is_what_the_page_computes(run_dir: Path, tmp_path: Path) -> 
     # `xray-audit report --format csv,html` reads paired_tests.csv back instead of recomputing it.
     write_exports(run_dir, tmp_path, ["csv"], resamples=100)
     read = read_paired_tests(tmp_path / "paired_tests.csv")
-    computed = compute_paired_tests(load_run(run_dir), resamples=100)
+    computed = run_paired_tests(load_run(run_dir), resamples=100).frame
     pd.testing.assert_frame_equal(read, computed, check_dtype=False, check_exact=True)
 
 
@@ -290,7 +293,7 @@ def test_infinite_metric_is_left_out_of_the_tests(tmp_path: Path) -> None:
     per_sample.loc[(per_sample.model == "gen_a") & (per_sample.metric == "psnr"), "value"] = np.inf
     per_sample.to_parquet(run / rundir.PER_SAMPLE)
     loaded = load_run(run)
-    frame = compute_paired_tests(loaded, resamples=50)
+    frame = run_paired_tests(loaded, resamples=50).frame
     assert "psnr" not in set(frame.metric) and "ssim" in set(frame.metric)
     skipped = nonfinite_metrics(loaded)
     assert list(skipped) == ["psnr"]
@@ -560,38 +563,51 @@ def test_describe_preprocessing() -> None:
 # --- CLI --------------------------------------------------------------------------------------------
 
 
-def test_cli_report_with_a_reader_study(run_dir: Path, tmp_path: Path, capsys) -> None:
-    from audit.cli import main
+def rated_study(run_dir: Path, dest: Path, readers: tuple[str, ...] = ("alice",)) -> Path:
+    """A study of ``run_dir`` on one criterion (each one costs a model fit) plus the Turing question,
+    every item rated by every reader with scores that differ between readers and items."""
     from reader_study import admin
     from reader_study.create import CreateOptions, create_study
     from reader_study.criteria import TURING, resolve
-    from reader_study.store import Answer, readers
+    from reader_study.store import Answer
+    from reader_study.store import readers as readers_table
 
-    criteria = resolve("quality", None)  # one criterion: each one costs a model fit
+    criteria = resolve("quality", None)
     made = create_study(
-        run_dir, tmp_path / "study", CreateOptions(readers=("alice",), criteria=criteria, per_model=2,
-                                                   turing=True, size=64), progress=False
+        run_dir, dest, CreateOptions(readers=readers, criteria=criteria, per_model=2, turing=True, size=64),
+        progress=False,
     )  # fmt: skip
     _, _, store = admin.open_store(made.path)
     try:
-        reader_id = next(r["id"] for r in store.table(readers))
-        for n, entry in enumerate(store.queue(reader_id)):
-            answers = [Answer(c.name, score=1 + (n + j) % 5) for j, c in enumerate(criteria)]
-            answers.append(Answer(TURING, turing_answer=("real", "synthetic")[n % 2], confidence=1 + n % 5))
-            store.submit(
-                reader_id, entry.item_id, entry.read_number, str(uuid.uuid4()), answers, seconds=1.0,
-                shown=store.shown(reader_id, entry.item_id, entry.read_number),
-            )  # fmt: skip
+        for k, reader_id in enumerate(r["id"] for r in store.table(readers_table)):
+            for n, entry in enumerate(store.queue(reader_id)):
+                answers = [
+                    Answer(c.name, score=1 + (n * (k + 1) + j + k) % 5) for j, c in enumerate(criteria)
+                ]
+                answers.append(
+                    Answer(TURING, turing_answer=("real", "synthetic")[n % 2], confidence=1 + n % 5)
+                )
+                store.submit(
+                    reader_id, entry.item_id, entry.read_number, str(uuid.uuid4()), answers, seconds=1.0,
+                    shown=store.shown(reader_id, entry.item_id, entry.read_number),
+                )  # fmt: skip
     finally:
         store.close()
+    return made.path
+
+
+def test_cli_report_with_a_reader_study(run_dir: Path, tmp_path: Path, capsys) -> None:
+    from audit.cli import main
+
+    study = rated_study(run_dir, tmp_path / "study")
     out = tmp_path / "out"
-    assert main(["report", str(run_dir), "--reader-study", str(made.path), "--format", "csv,html",
+    assert main(["report", str(run_dir), "--reader-study", str(study), "--format", "csv,html",
                  "--out", str(out)]) == 0  # fmt: skip
     names = sorted(Path(p).name for p in capsys.readouterr().out.split())
     assert names == ["comparison.csv", "paired_tests.csv", "report.html"]
     page = (out / "report.html").read_text(encoding="utf-8")
     assert '<section id="reader-study">' in page and '<section id="metric-validity">' in page
-    assert str(made.path) in _section(page, "provenance")
+    assert str(study) in _section(page, "provenance")
     # The page's reader columns are comparison.csv's reader rows (one reader_statistics call).
     exported = pd.read_csv(out / "comparison.csv")
     reader = exported[exported.metric.str.startswith("reader_")].dropna(subset=["value"])
@@ -610,4 +626,129 @@ def test_cli_report_with_a_reader_study(run_dir: Path, tmp_path: Path, capsys) -
     cells = _cells(_row(table, model_a=first.model_a, model_b=first.model_b))
     assert_estimate(cells["mean_difference"], first.mean_difference, first.mean_difference_ci_low,
                     first.mean_difference_ci_high)  # fmt: skip
+    # Computed once (run_paired_tests) for the CSV and the page, with the run's seed and resamples.
+    assert f"seed {SEED}, {RUN_RESAMPLES} bootstrap resamples" in _section(page, "provenance")
+
+
+def _with_infinite_psnr(root: Path) -> Path:
+    """A run where every gen_a sample is identical to its reference: PSNR +∞ (as the README says)."""
+    run = make_clinical_run(root)
+    per_sample = pd.read_parquet(run / rundir.PER_SAMPLE)
+    per_sample.loc[(per_sample.model == "gen_a") & (per_sample.metric == "psnr"), "value"] = np.inf
+    per_sample.to_parquet(run / rundir.PER_SAMPLE)
+    return run
+
+
+PSNR_LEFT_OUT = "PSNR (psnr): 6 infinite per-sample value(s) (gen_a); paired differences need finite values"
+
+
+def test_cli_report_with_an_infinite_psnr_writes_every_format(tmp_path: Path, capsys) -> None:
+    # Issue 18: `report --format csv,md` failed with "wilcoxon_pratt: pair 0 is not finite" and wrote
+    # neither paired_tests.csv nor report.html.
+    from audit.cli import main
+
+    run = _with_infinite_psnr(tmp_path)
+    out = tmp_path / "out"
+    assert main(["report", str(run), "--format", "csv,md,html", "--out", str(out)]) == 0
+    names = sorted(Path(p).name for p in capsys.readouterr().out.split())
+    assert names == ["comparison.csv", "comparison.md", "paired_tests.csv", "report.html"]
+    # paired_tests.csv: no rows for the metric left out, the others tested as always.
+    csv = read_paired_tests(out / "paired_tests.csv")
+    assert "psnr" not in set(csv.metric) and {"ssim", "mse", "mae"} <= set(csv.metric)
+    assert np.isfinite(csv.pvalue.to_numpy(dtype=np.float64)).all()
+    # comparison.md names it and says why.
+    md = (out / "comparison.md").read_text(encoding="utf-8")
+    assert "Left out of the model-vs-model tests (paired\\_tests.csv, report.html)" in md
+    assert PSNR_LEFT_OUT.replace("_", "\\_") in md
+    # report.html: the note, no PSNR tests, and the same numbers as paired_tests.csv (one computation).
+    section = _section((out / "report.html").read_text(encoding="utf-8"), "model-tests")
+    assert "Not tested: PSNR: 6 infinite per-sample value(s) (gen_a)" in _text(section)
+    assert 'data-metric="psnr"' not in section
+    assert f"over all {int(csv.pvalue.notna().sum())} comparisons" in section
+    first = csv[csv.metric == "ssim"].iloc[0]
+    table = re.search(r'<details class="paired-metric" data-metric="ssim".*?</details>', section, re.DOTALL)
+    cells = _cells(_row(table.group(0), model_a=first.model_a, model_b=first.model_b))
+    assert_estimate(cells["mean_difference"], first.mean_difference, first.mean_difference_ci_low,
+                    first.mean_difference_ci_high)  # fmt: skip
+    assert_shown(_numbers(cells["pvalue_holm"])[0], first.pvalue_holm)
+
+
+def test_every_output_leaves_out_the_same_metrics(tmp_path: Path) -> None:
+    run = _with_infinite_psnr(tmp_path)
+    loaded = load_run(run)
+    tests = run_paired_tests(loaded, resamples=50)
+    assert dict(tests.skipped) == nonfinite_metrics(loaded) and list(tests.skipped) == ["psnr"]
+    assert "psnr" not in set(tests.frame.metric)
+    assert (tests.seed, tests.resamples, tests.confidence) == (SEED, 50, 0.95)
+    # The exports write the frame they are given; without "csv" comparison.md still names the metric.
+    written = write_exports(loaded, tmp_path / "given", ["csv", "md"], paired=tests)
+    pd.testing.assert_frame_equal(read_paired_tests(written[-1]), tests.frame, check_dtype=False)
+    write_exports(run, tmp_path / "md", ["md"], resamples=50)
+    md = (tmp_path / "md" / "comparison.md").read_text(encoding="utf-8")
+    assert PSNR_LEFT_OUT.replace("_", "\\_") in md
+    # A frame read back from paired_tests.csv gets the same note on the page.
+    page = render_html_report(run, grid_cases=0, paired=read_paired_tests(written[-1]))
+    section = _section(page, "model-tests")
+    assert "Not tested: PSNR: 6 infinite per-sample value(s) (gen_a)" in _text(section)
     assert "read from paired_tests.csv" in _section(page, "provenance")
+    # Nothing is left out of a run with finite values, and comparison.md has no note then.
+    write_exports(make_clinical_run(tmp_path / "finite"), tmp_path / "clean", ["md"])
+    assert "Left out" not in (tmp_path / "clean" / "comparison.md").read_text(encoding="utf-8")
+
+
+def test_cli_reader_cis_use_the_runs_confidence_and_resamples(tmp_path: Path) -> None:
+    # Issue 18: `report --reader-study` drew the reader CIs with rng 0, 2000 resamples and 95% (the
+    # score CIs ignored `confidence` altogether) while the page labelled them with the config's.
+    from audit.cli import main
+    from reader_study.admin import export_frame
+
+    run = make_studyable_run(tmp_path)
+    config = (run / rundir.CONFIG_TOML).read_text(encoding="utf-8")
+    for old, new in (("seed = 7", "seed = 11"), ("bootstrap_resamples = 1000", "bootstrap_resamples = 300"),
+                     ("confidence = 0.95", "confidence = 0.9")):  # fmt: skip
+        assert old in config
+        config = config.replace(old, new)
+    (run / rundir.CONFIG_TOML).write_text(config, encoding="utf-8")
+    study = rated_study(run, tmp_path / "study", readers=("alice", "bob", "cho"))
+    out = tmp_path / "out"
+    args = ["report", str(run), "--reader-study", str(study), "--format", "csv,html", "--out", str(out)]
+    assert main(args) == 0
+    exported = pd.read_csv(out / "comparison.csv")
+    reader = exported[exported.metric == "reader_quality"].dropna(subset=["value"]).set_index("model")
+    assert (reader["confidence"] == 0.9).all()
+    ratings = export_frame(study)
+    expected = reader_statistics(ratings, rng=np.random.default_rng(11), resamples=300, confidence=0.9)
+    scores = expected.scores[expected.scores.criterion == "quality"].set_index("model").loc[reader.index]
+    assert scores.ci_low.notna().all()
+    np.testing.assert_array_equal(reader["value"], scores["mean"])
+    np.testing.assert_array_equal(reader["ci_low"], scores["ci_low"])
+    np.testing.assert_array_equal(reader["ci_high"], scores["ci_high"])
+    # The 90% intervals are the narrower ones of the same draws (the confidence is applied, not just
+    # the seed and resamples).
+    wide = reader_statistics(ratings, rng=np.random.default_rng(11), resamples=300, confidence=0.95).scores
+    wide = wide[wide.criterion == "quality"].set_index("model").loc[reader.index]
+    assert ((scores.ci_high - scores.ci_low) <= (wide.ci_high - wide.ci_low)).all()
+    assert ((scores.ci_high - scores.ci_low) < (wide.ci_high - wide.ci_low)).any()
+    # The page shows those intervals under a 90% label.
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "90% two-way bootstrap CI" in _text(_section(page, "reader-study"))
+    table = re.search(r'data-table="reader" id="results-reader">(.*?)</table>', page, re.DOTALL).group(1)
+    for model, r in reader.iterrows():
+        row = re.search(rf'data-model="{re.escape(model)}">(.*?)</tr>', table, re.DOTALL).group(1)
+        assert_estimate(re.findall(r"<td.*?</td>", row, re.DOTALL)[0], r.value, r.ci_low, r.ci_high)
+
+
+def test_unset_settings_are_audit_configs_defaults_in_every_output(tmp_path: Path) -> None:
+    # Issue 18: without [metrics].bootstrap_resamples the page and the exports drew 2000 resamples,
+    # audit.config's default (what the run used) is 1000.
+    run = make_clinical_run(tmp_path)
+    config = (run / rundir.CONFIG_TOML).read_text(encoding="utf-8")
+    (run / rundir.CONFIG_TOML).write_text(
+        config.replace("bootstrap_resamples = 1000\n", ""), encoding="utf-8"
+    )
+    expected = paired_tests(load_run(run), rng=np.random.default_rng(SEED), resamples=1000)
+    write_exports(run, tmp_path / "out", ["csv"])
+    read = read_paired_tests(tmp_path / "out" / "paired_tests.csv")
+    pd.testing.assert_frame_equal(read, expected, check_dtype=False, check_exact=True)
+    page = render_html_report(run, grid_cases=0)
+    assert f"seed {SEED}, 1000 bootstrap resamples" in _text(_section(page, "provenance"))

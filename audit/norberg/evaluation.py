@@ -91,21 +91,16 @@ class RunSettings:
 
 def run_settings(run_dir: Path) -> RunSettings:
     """What a finished run's config.toml fixes for a later Norberg measurement: seed, bootstrap and
-    display convention (the reader study takes its sides from it too)."""
-    import tomllib
-
-    config_path = run_dir / rundir.CONFIG_TOML
-    config = tomllib.loads(config_path.read_text()) if config_path.exists() else {}
-
-    def table(name: str) -> Mapping[str, Any]:
-        value = config.get(name, {})
-        return value if isinstance(value, Mapping) else {}
-
+    display convention (the reader study takes its sides from it too), read by the one reader of run
+    settings, :class:`audit.rundir.RunSettings`."""
+    settings = rundir.RunSettings.read(run_dir)
+    norberg = settings.raw.get("norberg", {})
+    side = norberg.get("patient_left", PATIENT_LEFT_ON[0]) if isinstance(norberg, Mapping) else None
     return RunSettings(
-        int(table("study").get("seed", 0) or 0),
-        int(table("metrics").get("bootstrap_resamples", 1000)),
-        float(table("metrics").get("confidence", 0.95)),
-        str(table("norberg").get("patient_left", PATIENT_LEFT_ON[0])),
+        settings.seed,
+        settings.bootstrap_resamples,
+        settings.confidence,
+        str(side or PATIENT_LEFT_ON[0]),
     )
 
 
