@@ -573,7 +573,7 @@ def _report(args: argparse.Namespace) -> int:
     run_dir = rundir.require_run_dir(args.run_dir)
     out = args.out or run_dir
     from reports.comparison import run_paired_tests
-    from reports.html import load_run
+    from reports.run import load_run
 
     # Read once: every statistic below uses the run's settings (rundir.RunSettings: [metrics].confidence,
     # [metrics].bootstrap_resamples, [study].seed).

@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+# Defined below this module (the model adapters subclass ModelSpec) and importable from here as before.
+from audit.config_base import ConfigError, ModelSpec, StudySection
+
 PIXEL_METRICS = ("mse", "mae", "psnr", "ssim", "ms_ssim", "overlap_precision", "overlap_recall", "overlap_f1")
 DEFAULT_PIXEL_METRICS = ("mse", "mae", "psnr", "ssim", "ms_ssim")
 # Config entries of [metrics].clinical and [metrics].distribution; each expands to the metric names in
@@ -25,19 +28,6 @@ DISTRIBUTION_ENTRIES = ("fid", "fxd", "kid", "prdc", "fd_raddino", "kid_raddino"
 # A Hugging Face feature backbone at a fixed commit (a branch would move under the numbers).
 HF_FEATURES_RE = re.compile(r"^hf:[A-Za-z0-9][\w.-]*/[\w.-]+@[0-9a-f]{40}$")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\[\]-]*$")
-
-
-class ConfigError(ValueError):
-    """A study config that cannot be used as written."""
-
-
-@dataclasses.dataclass(frozen=True)
-class StudySection:
-    name: str
-    cases: Path
-    output: Path
-    seed: int = 0
-    samples_per_case: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,14 +117,6 @@ class NorbergSection:
     detector: Path
     # Where the patient's left hip appears in the annotated images (standard display: image-right).
     patient_left: Literal["image-right", "image-left"] = "image-right"
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """Fields every model kind shares; each kind subclasses this with its own keys."""
-
-    name: str
-    kind: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +262,8 @@ def load_config(path: str | Path) -> StudyConfig:
 
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyConfig:
     """Parse a config mapping; relative paths resolve against the config file's directory."""
-    from audit.registry import model_kinds  # the registry imports this module
+    # Deferred so that importing this module does not load every model adapter (and numpy).
+    from audit.registry import model_kinds
 
     where = str(source) if source else "<config>"
     base_dir = source.parent if source else Path.cwd()

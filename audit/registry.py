@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from audit.config import ModelSpec, StudySection
+from audit.config_base import ModelSpec, StudySection
 from audit.models.base import ModelAdapter
 from audit.models.degrade import DegradeAdapter, DegradeSpec, validate_degrade
 from audit.models.diffusion import (

@@ -1,7 +1,7 @@
 """What the dashboard pages show, computed from a run directory: torch-free and, apart from the
 cached loaders at the bottom, pure functions of pandas frames and numpy arrays (unit-tested).
 
-Loading reuses :func:`reports.html.load_run`, so the report and the dashboard read a run the same way.
+Loading reuses :func:`reports.run.load_run`, so the report and the dashboard read a run the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 
 from audit import images, rundir
 from dashboards.serve import COMPARE_ENV, RATINGS_FILE, RUN_ENV, STUDY_ENV  # noqa: F401  (pages use data.*)
-from reports.html import (
+from reports.run import (
     RESULT_TABLES,
     MetricColumn,
     ModelRow,

@@ -1,7 +1,8 @@
 """The comparison table of ``xray-audit report`` and its paper exports (Markdown, LaTeX, CSV).
 
 Built only from the run directory (see :mod:`audit.rundir`), torch-free, reusing the loaders, model
-order, metric columns, number formatting and best-value rule of :mod:`reports.html`:
+order, metric columns and best-value rule of :mod:`reports.run` and the number formatting of
+:mod:`reports.format`:
 
 - :func:`comparison_table`: Table I of the XReal paper as a tidy frame: one row per (model, metric),
   models grouped by kind with the ``real`` row last (the upper bound), every summary metric of one
@@ -38,25 +39,8 @@ import pandas as pd
 
 from audit.atomic import atomic_path, write_text
 from audit.stats import bootstrap_mean_ci
+from reports.format import decimals, format_estimate, format_number
 from reports.functional.paired import holm, paired_effect, wilcoxon_pratt
-from reports.html import (
-    METRIC_LABELS,
-    EvaluationInfo,
-    MetricColumn,
-    ModelRow,
-    RunFiles,
-    TableContext,
-    _best_value,
-    _decimals,
-    _split_tables,
-    format_estimate,
-    format_number,
-    load_run,
-    metric_columns,
-    nonfinite_metrics,
-    order_models,
-    reader_score_rows,
-)
 from reports.provenance import (
     MARK_COLUMNS,
     SEP,
@@ -65,6 +49,21 @@ from reports.provenance import (
     evaluator_tag,
     mark_fields,
     metric_mark,
+)
+from reports.run import (
+    METRIC_LABELS,
+    EvaluationInfo,
+    MetricColumn,
+    ModelRow,
+    RunFiles,
+    TableContext,
+    best_value,
+    load_run,
+    metric_columns,
+    nonfinite_metrics,
+    order_models,
+    reader_score_rows,
+    split_tables,
 )
 
 log = logging.getLogger(__name__)
@@ -143,7 +142,7 @@ class ComparisonTable:
 
 
 def comparison_models(run: RunFiles) -> list[ModelRow]:
-    """:func:`reports.html.order_models`, generators grouped by kind (first appearance order), so
+    """:func:`reports.run.order_models`, generators grouped by kind (first appearance order), so
     e.g. two diffusers models stay together even when the config interleaves them; real stays last."""
     models = order_models(run)
     generators = [m for m in models if not m.is_real and not m.is_baseline]
@@ -196,7 +195,7 @@ def comparison_table(
         )
     present = set(summary["metric"])
     all_columns = metric_columns(run, run.settings.pixel_range, evaluation)
-    columns = [m for _, _, cols in _split_tables(all_columns) for m in cols if m.name in present]
+    columns = [m for _, _, cols in split_tables(all_columns) for m in cols if m.name in present]
     if per_class:
         columns += [m for m in all_columns if ":" in m.name and m.name in present]
     rows = summary.loc[:, ["model", "metric", "value", "ci_low", "ci_high", "n", "group"]]
@@ -206,7 +205,7 @@ def comparison_table(
         columns += [MetricColumn(name, True, "1–5") for name in dict.fromkeys(reader["metric"])]
     index = rows.drop_duplicates(["model", "metric"], keep="last").set_index(["model", "metric"])
     contenders = TableContext(run, models, evaluation, confidence).contenders
-    best = {c.name: _best_value(index, contenders, c) for c in columns}
+    best = {c.name: best_value(index, contenders, c) for c in columns}
     marks = {c.name: metric_mark(run.info, c.name, c.evaluator) for c in columns}
     out = []
     for model in models:
@@ -399,7 +398,7 @@ class PairedTests:
     comparison.md, report.html); made once by :func:`run_paired_tests` and handed to each writer.
 
     ``frame`` has :data:`PAIRED_COLUMNS` and no row for a metric in ``skipped`` ({metric: why}, from
-    :func:`reports.html.nonfinite_metrics`): the CSV keeps its columns, and comparison.md and
+    :func:`reports.run.nonfinite_metrics`): the CSV keeps its columns, and comparison.md and
     report.html name the metrics left out and why. ``seed`` and ``resamples`` are None for a frame
     given by a caller (e.g. :func:`reports.html.read_paired_tests` of a paired_tests.csv).
     """
@@ -438,7 +437,7 @@ def run_paired_tests(run: RunFiles, *, seed: int | None = None, resamples: int |
     with ``seed`` (default ``[study].seed``) with ``resamples`` (default
     ``[metrics].bootstrap_resamples``) and the run's ``[metrics].confidence``
     (:class:`audit.rundir.RunSettings`). Metrics with an infinite per-sample value among the compared
-    models (:func:`reports.html.nonfinite_metrics`, e.g. the +∞ PSNR of a sample identical to its
+    models (:func:`reports.run.nonfinite_metrics`, e.g. the +∞ PSNR of a sample identical to its
     reference) are left out and listed in ``skipped``: a difference of ∞ has no rank or mean."""
     settings = run.settings
     seed = settings.seed if seed is None else int(seed)
@@ -717,8 +716,8 @@ def to_csv_frame(table: ComparisonTable | Sequence[ComparisonTable]) -> pd.DataF
 
 def _mean_std_text(mean: float, std: float) -> str:
     if pd.isna(std):
-        return format_number(mean, _decimals(mean, math.nan, math.nan))
-    d = _decimals(mean, mean - std, mean + std)
+        return format_number(mean, decimals(mean, math.nan, math.nan))
+    d = decimals(mean, mean - std, mean + std)
     return f"{format_number(mean, d)} ± {format_number(std, d)}"
 
 
@@ -834,7 +833,7 @@ def write_exports(
     resamples: int | None = None,
     paired: PairedTests | None = None,
 ) -> list[Path]:
-    """Write the comparison exports of a run directory (or its :func:`reports.html.load_run`) and
+    """Write the comparison exports of a run directory (or its :func:`reports.run.load_run`) and
     return the paths written (atomically).
 
     Files in ``out_dir`` (default ``run_dir``): ``comparison.md`` / ``.tex`` / ``.csv`` per format,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime as dt
 import html
 import importlib.metadata
 import itertools
@@ -40,9 +39,52 @@ from audit import __version__, images, rundir
 from audit.atomic import write_text
 from audit.cases import is_phantom
 from audit.metrics.functional.norberg import METRIC_ORDER as NORBERG_METRICS
-from reports.norberg import METRIC_LABELS as NORBERG_LABELS
+from reports.format import (
+    decimals,
+    finite,
+    fixed,
+    format_estimate,
+    format_number,
+    format_p,
+    format_seconds,
+    format_time,
+    int_or,
+    precise,
+    sig,
+    to_float,
+)
 from reports.norberg import phantom_callout, render_norberg, render_norberg_provenance
 from reports.provenance import MARK_COLUMNS, is_demo, pin_sentence
+from reports.run import (
+    ALL_CASES_KEY,
+    DICE_MASK_METRICS,
+    DICE_METRICS,
+    FEATURE_ENTRY,
+    FEATURE_METRICS,
+    FRECHET_METRICS,
+    KID_METRICS,
+    METRIC_LABELS,
+    PATHOLOGY_METRICS,
+    PRDC_METRICS,
+    READER_PREFIX,
+    SELF_COMPARISON_REASONS,
+    EvaluationInfo,
+    MetricColumn,
+    ModelRow,
+    RunFiles,
+    TableContext,
+    as_bool,
+    best_value,
+    default_unit,
+    load_run,
+    mapping,
+    metric_columns,
+    model_colours,
+    order_models,
+    reader_score_rows,
+    split_tables,
+    summary_index,
+)
 
 if TYPE_CHECKING:  # reader_stats pulls in scipy.stats; the page imports it only with a reader study
     from reports.comparison import PairedTests
@@ -50,93 +92,6 @@ if TYPE_CHECKING:  # reader_stats pulls in scipy.stats; the page imports it only
 
 log = logging.getLogger(__name__)
 
-# One results table per family. Pixel: structure, then error magnitudes, then mask overlap (the order
-# papers use); clinical: the XReal paper's Table I; distribution: Fréchet distances, KID, then the
-# Naeem et al. k-NN metrics.
-PIXEL_METRICS = (
-    "ms_ssim",
-    "ssim",
-    "psnr",
-    "mse",
-    "mae",
-    "overlap_precision",
-    "overlap_recall",
-    "overlap_f1",
-)
-PATHOLOGY_METRICS = ("pathology_auc", "pathology_f1")
-DICE_METRICS = ("dice_lungs", "dice_heart", "dice_aorta", "dice_mean")
-DICE_MASK_METRICS = ("dice_mask_lungs", "dice_mask_heart", "dice_mask_aorta", "dice_mask_mean")
-FRECHET_METRICS = ("fid", "fxd", "fd_raddino")
-KID_METRICS = ("kid", "kid_raddino")
-PRDC_METRICS = ("precision", "recall", "density", "coverage")
-# CheXGenBench's fidelity metrics on RadDino CLS embeddings (audit.evaluation.FEATURE_ENTRIES).
-RADDINO_PRDC = tuple(f"{m}_raddino" for m in PRDC_METRICS)
-FEATURE_METRICS = ("fid", "fxd", "kid", *PRDC_METRICS, "fd_raddino", "kid_raddino", *RADDINO_PRDC)
-METRIC_ORDER = (
-    *PIXEL_METRICS, *PATHOLOGY_METRICS, *DICE_METRICS, *DICE_MASK_METRICS, *FEATURE_METRICS, *NORBERG_METRICS,
-)  # fmt: skip
-METRIC_LABELS = {
-    "ms_ssim": "MS-SSIM",
-    "ssim": "SSIM",
-    "psnr": "PSNR",
-    "mse": "MSE",
-    "mae": "MAE",
-    "overlap_precision": "overlap precision",
-    "overlap_recall": "overlap recall",
-    "overlap_f1": "overlap F1",
-    "pathology_auc": "AUC",
-    "pathology_f1": "F1",
-    "dice_lungs": "Dice lungs",
-    "dice_heart": "Dice heart",
-    "dice_aorta": "Dice aorta",
-    "dice_mean": "Dice mean",
-    "dice_mask_lungs": "mask Dice lungs",
-    "dice_mask_heart": "mask Dice heart",
-    "dice_mask_aorta": "mask Dice aorta",
-    "dice_mask_mean": "mask Dice mean",
-    "fid": "FID",
-    "fxd": "FXD",
-    "kid": "KID",
-    "precision": "precision",
-    "recall": "recall",
-    "density": "density",
-    "coverage": "coverage",
-    "fd_raddino": "FD RadDino",
-    "kid_raddino": "KID RadDino",
-    **{f"{m}_raddino": f"{m} RadDino" for m in PRDC_METRICS},
-    **NORBERG_LABELS,
-}
-# (id, heading, metrics) of the results tables; metrics in none of them get an "other" table.
-RESULT_TABLES = (
-    ("paired", "Paired image quality", PIXEL_METRICS),
-    ("clinical", "Clinical realism", (*PATHOLOGY_METRICS, *DICE_METRICS)),
-    ("mask", "Adherence to the input anatomy mask", DICE_MASK_METRICS),
-    ("distribution", "Distribution", FEATURE_METRICS),
-    ("norberg", "Norberg-angle agreement", NORBERG_METRICS),
-)
-# Why the real row has no value: it would be compared with itself.
-_SELF_PAIRED = "not computed: real compared with itself is identical by construction"
-_SELF_DICE = "not computed: the real image's segmentation compared with itself has Dice 1 by construction"
-_SELF_SET = (
-    "not computed: the reference set compared with itself is degenerate (FID, FXD and KID are 0, "
-    "precision, recall and coverage 1 by construction)"
-)
-SELF_COMPARISON_REASONS = {
-    **dict.fromkeys(PIXEL_METRICS, _SELF_PAIRED),
-    **dict.fromkeys(DICE_METRICS, _SELF_DICE),
-    **dict.fromkeys(FEATURE_METRICS, _SELF_SET),
-}
-# Metrics that compare a sample with its own reference: meaningless for the real model itself.
-PAIRED_METRICS = frozenset(PIXEL_METRICS)
-# run.json "feature_metrics" has one record per config entry, and prdc covers four metric names.
-FEATURE_ENTRY = {
-    **{m: m for m in (*FRECHET_METRICS, *KID_METRICS)},
-    **dict.fromkeys(PRDC_METRICS, "prdc"),
-    **dict.fromkeys(RADDINO_PRDC, "prdc_raddino"),
-}
-ALL_CASES_KEY = "all cases"  # run.json's name for the summary rows with group ""
-# Reader-study criteria join the results as metrics "reader_<criterion>" (as in reports.comparison).
-READER_PREFIX = "reader_"
 THUMB_PX = 160
 FAILURE_ROWS = 50
 # Up to this many cases per model every point is drawn; above it only outliers, to keep the page light.
@@ -144,388 +99,11 @@ ALL_POINTS_MAX = 100
 # Case-id hover labels cost ~10 bytes a point; beyond this many points per plot they are dropped.
 HOVER_LABELS_MAX = 20_000
 MAX_ERROR_CHARS = 400
-GENERATOR_COLOURS = (
-    "#4C72B0",
-    "#DD8452",
-    "#55A868",
-    "#C44E52",
-    "#8172B3",
-    "#937860",
-    "#DA8BC3",
-    "#8C8C8C",
-    "#CCB974",
-    "#64B5CD",
-)
-BASELINE_COLOUR = "#A0A0A0"
-REAL_COLOUR = "#333333"
 
 
 def _e(value: Any) -> str:
     """HTML-escape anything (attribute-safe)."""
     return html.escape(str(value), quote=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RunFiles:
-    """Everything the report reads from a run directory, loaded once."""
-
-    run_dir: Path
-    summary: pd.DataFrame
-    per_sample: pd.DataFrame
-    samples: pd.DataFrame
-    cases: pd.DataFrame | None
-    settings: rundir.RunSettings  # config.toml, parsed once (defaults when it is missing)
-    info: Mapping[str, Any]
-    failures: pd.DataFrame | None
-
-    @property
-    def config(self) -> Mapping[str, Any]:
-        """config.toml as parsed TOML ({} when missing or invalid); read settings from ``settings``."""
-        return self.settings.raw
-
-    @property
-    def config_text(self) -> str:
-        return self.settings.text
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelRow:
-    name: str
-    kind: str
-    params: Mapping[str, Any]  # kind-specific config keys (e.g. degradation, level)
-
-    @property
-    def is_real(self) -> bool:
-        return self.kind == "real"
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.kind == "degrade"
-
-
-@dataclasses.dataclass(frozen=True)
-class MetricColumn:
-    name: str
-    higher_is_better: bool | None
-    unit: str
-    evaluator: str = ""  # the evaluator(s) that produced the column's numbers; "" for pixel metrics
-
-    @property
-    def base(self) -> str:
-        """``pathology_auc`` for ``pathology_auc:Nodule``."""
-        return self.name.split(":", 1)[0]
-
-    @property
-    def label(self) -> str:
-        if self.name.startswith(READER_PREFIX):
-            return "reader " + self.name[len(READER_PREFIX) :]
-        if ":" in self.name:
-            return f"{METRIC_LABELS.get(self.base, self.base)} · {self.name.split(':', 1)[1]}"
-        return METRIC_LABELS.get(self.name, self.name)
-
-    @property
-    def arrow(self) -> str:
-        return {True: "↑", False: "↓", None: ""}[self.higher_is_better]
-
-
-SUMMARY_TEXT_COLUMNS = ("model", "metric", "group", "evaluator")
-
-
-def _require_columns(frame: pd.DataFrame, columns: Iterable[str], path: Path) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns))}); "
-            "it was not written by this version of xray-audit — re-run `xray-audit run STUDY.toml`"
-        )
-
-
-def load_run(run_dir: str | Path) -> RunFiles:
-    """Read the run directory's files; optional ones (cases, config, failures) may be absent."""
-    run = rundir.require_run_dir(run_dir)
-
-    summary_path = run / rundir.SUMMARY
-    # No NA parsing: a model named "NA" stays a name and an empty group means "all cases"; the numeric
-    # columns are converted below ("" and "nan" become NaN, "inf" stays infinite).
-    summary = pd.read_csv(summary_path, dtype=str, keep_default_na=False)
-    _require_columns(summary, rundir.SUMMARY_COLUMNS, summary_path)
-    for col in SUMMARY_TEXT_COLUMNS:
-        if col not in summary.columns:  # runs from before clinical metrics: every row is over all cases
-            summary[col] = ""
-        summary[col] = summary[col].astype(str).str.strip()
-    for col in ("value", "ci_low", "ci_high", "n"):
-        summary[col] = pd.to_numeric(summary[col], errors="coerce")
-
-    per_sample_path = run / rundir.PER_SAMPLE
-    per_sample = pd.read_parquet(per_sample_path)
-    _require_columns(per_sample, rundir.PER_SAMPLE_COLUMNS, per_sample_path)
-    per_sample = per_sample.loc[:, list(rundir.PER_SAMPLE_COLUMNS)]
-    per_sample["value"] = pd.to_numeric(per_sample["value"], errors="coerce").astype(np.float64)
-
-    samples_path = run / rundir.SAMPLES
-    samples = pd.read_parquet(samples_path)
-    _require_columns(samples, ("model", "case_id", "sample", "path"), samples_path)
-    for frame in (per_sample, samples):
-        frame["model"] = frame["model"].astype(str)
-        frame["case_id"] = frame["case_id"].astype(str)
-
-    cases: pd.DataFrame | None = None
-    cases_path = run / rundir.CASES
-    if cases_path.exists():
-        cases = pd.read_parquet(cases_path)
-        _require_columns(cases, ("case_id", "image"), cases_path)
-        cases["case_id"] = cases["case_id"].astype(str)
-
-    # An invalid config.toml is logged by RunSettings and shown as text only.
-    settings = rundir.RunSettings.read(run)
-
-    info_path = run / rundir.RUN_JSON
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{info_path}: not valid JSON ({exc}); re-run `xray-audit run STUDY.toml`") from None
-    if not isinstance(info, Mapping):
-        # The file's content is wrong, not the caller's argument type.
-        raise ValueError(f"{info_path}: expected a JSON object, got {type(info).__name__}")  # noqa: TRY004
-
-    failures: pd.DataFrame | None = None
-    failures_path = run / rundir.FAILURES
-    if failures_path.exists():
-        failures = pd.read_csv(failures_path, dtype=str, keep_default_na=False)
-        for col in rundir.FAILURES_COLUMNS:
-            if col not in failures.columns:
-                failures[col] = ""
-
-    return RunFiles(run, summary, per_sample, samples, cases, settings, info, failures)
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _group_key(group: str) -> str:
-    return group or ALL_CASES_KEY
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluationInfo:
-    """run.json's ``"evaluation"`` block; every part empty when the run has none (pixel metrics only)."""
-
-    evaluators: Mapping[str, Mapping[str, Any]]  # role -> {name, source, label, weights_sha256, ...}
-    metric_evaluators: Mapping[str, str]
-    unavailable: Mapping[str, str]  # metric -> why it was requested but not computed
-    pathology: Mapping[str, Any]
-    feature_metrics: Mapping[str, Any]  # model -> group key -> entry -> record
-    raw: Mapping[str, Any]
-
-    @classmethod
-    def from_info(cls, info: Mapping[str, Any]) -> EvaluationInfo:
-        block = _mapping(info.get("evaluation"))
-        return cls(
-            evaluators={str(role): _mapping(d) for role, d in _mapping(block.get("evaluators")).items()},
-            metric_evaluators={str(k): str(v) for k, v in _mapping(block.get("metric_evaluators")).items()},
-            unavailable={str(k): str(v) for k, v in _mapping(block.get("unavailable")).items()},
-            pathology=_mapping(block.get("pathology")),
-            feature_metrics=_mapping(block.get("feature_metrics")),
-            raw=block,
-        )
-
-    def evaluator(self, name: str) -> Mapping[str, Any]:
-        for desc in self.evaluators.values():
-            if str(desc.get("name", "")) == name:
-                return desc
-        return {}
-
-    def feature_record(self, model: str, group: str, metric: str) -> Mapping[str, Any]:
-        entry = FEATURE_ENTRY.get(metric)
-        if entry is None:
-            return {}
-        return _mapping(_mapping(_mapping(self.feature_metrics.get(model)).get(_group_key(group))).get(entry))
-
-    def skipped(self, model: str, group: str, metric: str) -> Mapping[str, str]:
-        """{class: reason} of the classes ``metric`` (pathology_auc/_f1) could not score."""
-        per_model = _mapping(_mapping(self.pathology.get("skipped")).get(model))
-        return {
-            str(c): str(r)
-            for c, r in _mapping(_mapping(per_model.get(_group_key(group))).get(metric)).items()
-        }
-
-    @property
-    def classes(self) -> list[str]:
-        classes = self.pathology.get("classes")
-        return [str(c) for c in classes] if isinstance(classes, list) else []
-
-
-# ------------------------------------------------------------------------------------------------
-# Models and metrics
-# ------------------------------------------------------------------------------------------------
-
-
-def order_models(run: RunFiles) -> list[ModelRow]:
-    """Generators in config order, then degrade baselines, then the real (upper-bound) row last."""
-    spec = {}
-    for table in run.settings.models:
-        if "name" in table:
-            spec[str(table["name"])] = table
-    names = list(spec)
-    for frame in (run.summary, run.samples, run.per_sample):
-        for name in pd.unique(frame["model"]):
-            if name not in spec and name not in names:
-                names.append(name)
-    sample_kinds: dict[str, str] = {}
-    if "kind" in run.samples.columns:
-        kinds = run.samples.dropna(subset=["kind"]).drop_duplicates("model")
-        sample_kinds = dict(zip(kinds["model"], kinds["kind"].astype(str), strict=True))
-    rows = []
-    for name in names:
-        table = spec.get(name, {})
-        kind = sample_kinds.get(name) or str(table.get("kind", "unknown"))
-        params = {k: v for k, v in table.items() if k not in ("name", "kind")}
-        rows.append(ModelRow(name, kind, params))
-    generators = [m for m in rows if not m.is_real and not m.is_baseline]
-    baselines = [m for m in rows if m.is_baseline]
-    real = [m for m in rows if m.is_real]
-    return generators + baselines + real
-
-
-def _metric_rank(name: str) -> tuple[int, int, str]:
-    """Documented order; a per-class ``metric:Class`` right after its macro metric."""
-    base, _, cls = name.partition(":")
-    index = METRIC_ORDER.index(base) if base in METRIC_ORDER else len(METRIC_ORDER)
-    return (index, 1 if cls else 0, name if index == len(METRIC_ORDER) else cls)
-
-
-def _as_bool(value: Any) -> bool | None:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, float, np.integer, np.floating)) and not pd.isna(value):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return value.strip().lower() in ("true", "1")
-    return None
-
-
-def default_unit(metric: str, pixel_range: float) -> str:
-    """The unit implied by the config when summary.csv carries none."""
-    scale = f"[0, {pixel_range:g}]"
-    return {"psnr": "dB", "mse": f"{scale}²", "mae": scale}.get(metric, "")
-
-
-def metric_columns(
-    run: RunFiles, pixel_range: float, evaluation: EvaluationInfo | None = None
-) -> list[MetricColumn]:
-    evaluation = evaluation or EvaluationInfo.from_info(run.info)
-    summary = run.summary
-    names = sorted(set(summary["metric"]) | set(pd.unique(run.per_sample["metric"])), key=_metric_rank)
-    has_unit = "unit" in summary.columns
-    columns = []
-    for name in names:
-        rows = summary[summary["metric"] == name]
-        hib_values = [b for b in map(_as_bool, rows["higher_is_better"]) if b is not None]
-        unit = ""
-        if has_unit:
-            units = [str(u) for u in rows["unit"] if isinstance(u, str) and u.strip()]
-            unit = units[0] if units else ""
-        evaluators = list(dict.fromkeys(e for e in rows["evaluator"] if e))
-        if not evaluators:
-            fallback = evaluation.metric_evaluators.get(name) or evaluation.metric_evaluators.get(
-                name.split(":")[0]
-            )
-            evaluators = [fallback] if fallback else []
-        columns.append(
-            MetricColumn(
-                name,
-                hib_values[0] if hib_values else None,
-                unit or default_unit(name, pixel_range),
-                ", ".join(evaluators),
-            )
-        )
-    return columns
-
-
-# ------------------------------------------------------------------------------------------------
-# Number formatting
-# ------------------------------------------------------------------------------------------------
-
-
-def _decimals(value: float, low: float, high: float) -> int | None:
-    """Decimals that show ~3 significant digits of the value and at least one of the CI width.
-
-    None means "use scientific notation" (very large or very small magnitudes).
-    """
-    finite = [abs(x) for x in (value, low, high) if math.isfinite(x)]
-    if not finite:
-        return 3
-    top = max(finite)
-    if top >= 1e6 or 0 < top < 1e-4:
-        return None
-    decimals = 3 - 1 - math.floor(math.log10(top)) if top > 0 else 3
-    if math.isfinite(low) and math.isfinite(high) and high > low:
-        decimals = max(decimals, -math.floor(math.log10(high - low)))
-    return min(max(decimals, 0), 6)
-
-
-def format_number(x: float, decimals: int | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    x = float(x)
-    if math.isnan(x):
-        return "—"
-    if math.isinf(x):
-        return "∞" if x > 0 else "−∞"
-    text = f"{x:.3g}" if decimals is None else f"{x:.{decimals}f}"
-    return text.replace("-", "−")
-
-
-def _precise(x: float) -> str:
-    """Six significant digits, for tooltips."""
-    x = float(x)
-    if math.isnan(x) or math.isinf(x):
-        return format_number(x, 0)
-    return f"{x:.6g}".replace("-", "−")
-
-
-def format_estimate(value: float, low: float, high: float) -> tuple[str, str]:
-    """("0.912", "[0.905, 0.918]") with shared decimals; the CI part is "" when there is none."""
-    d = _decimals(value, low, high)
-    main = format_number(value, d)
-    if (pd.isna(low) and pd.isna(high)) or pd.isna(value):
-        return main, ""
-    return main, f"[{format_number(low, d)}, {format_number(high, d)}]"
-
-
-def _format_seconds(seconds: Any) -> str:
-    try:
-        s = float(seconds)
-    except (TypeError, ValueError):
-        return str(seconds)
-    if not math.isfinite(s):
-        return str(seconds)
-    if s < 60:
-        return f"{s:.3g} s" if s < 10 else f"{s:.1f} s"
-    minutes, rest = divmod(s, 60)
-    if minutes < 60:
-        return f"{int(minutes)} min {rest:.0f} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{int(hours)} h {int(minutes)} min"
-
-
-def _format_time(value: Any) -> str:
-    if value is None or value == "":
-        return "—"
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return dt.datetime.fromtimestamp(value, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    try:
-        parsed = dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        return str(value)
-    suffix = f" {parsed.tzname()}" if parsed.tzinfo else ""
-    return parsed.strftime("%Y-%m-%d %H:%M:%S") + suffix
 
 
 # ------------------------------------------------------------------------------------------------
@@ -553,56 +131,6 @@ def _model_label(model: ModelRow) -> str:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class TableContext:
-    """What every results table needs besides its metrics."""
-
-    run: RunFiles
-    models: Sequence[ModelRow]
-    evaluation: EvaluationInfo
-    confidence: float
-
-    @property
-    def contenders(self) -> list[ModelRow]:
-        # Bold marks the winner among the models under evaluation; baselines compete only when there is
-        # no generator at all (a demo run), and the real row never does.
-        models = self.models
-        return [r for r in models if not r.is_real and not r.is_baseline] or [
-            r for r in models if r.is_baseline
-        ]
-
-
-def _summary_index(summary: pd.DataFrame, group: str) -> pd.DataFrame:
-    """The rows of one group ("" = all cases), indexed by (model, metric)."""
-    rows = summary[summary["group"] == group]
-    return rows.drop_duplicates(["model", "metric"], keep="last").set_index(["model", "metric"])
-
-
-def _best_value(index: pd.DataFrame, contenders: Sequence[ModelRow], metric: MetricColumn) -> float | None:
-    if metric.higher_is_better is None:
-        return None
-    candidates = [
-        index.at[(r.name, metric.name), "value"] for r in contenders if (r.name, metric.name) in index.index
-    ]
-    candidates = [v for v in candidates if not pd.isna(v)]
-    if len(candidates) < 2:
-        return None
-    return max(candidates) if metric.higher_is_better else min(candidates)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _int_or(value: Any, default: str = "?") -> str:
-    x = _finite(value)
-    return str(int(x)) if x is not None else default
-
-
 def _metric_head(m: MetricColumn, evaluation: EvaluationInfo) -> str:
     direction = {True: "higher is better", False: "lower is better", None: "direction unknown"}
     unit = f'<div class="unit">{_e(m.unit)}</div>' if m.unit else ""
@@ -622,11 +150,11 @@ def _metric_head(m: MetricColumn, evaluation: EvaluationInfo) -> str:
 
 
 def _rank_warning(metric: MetricColumn, record: Mapping[str, Any]) -> str:
-    n_real, n_gen = _finite(record.get("n_real")), _finite(record.get("n_gen"))
+    n_real, n_gen = finite(record.get("n_real")), finite(record.get("n_gen"))
     sizes = [int(x) for x in (n_real, n_gen) if x is not None]
     n = str(min(sizes)) if sizes else "?"
     return (
-        f"N={n} ≤ D={_int_or(record.get('dim'))}: the covariance is rank-deficient; "
+        f"N={n} ≤ D={int_or(record.get('dim'))}: the covariance is rank-deficient; "
         f"{metric.label} is biased upwards and not comparable across N"
     )
 
@@ -670,13 +198,13 @@ def _estimate_cell(
     n = row["n"]
     n_text = "" if pd.isna(n) else f"n={int(n)}"
     record = ctx.evaluation.feature_record(model.name, group, metric.name)
-    full = [_precise(row[c]) for c in ("value", "ci_low", "ci_high")]
+    full = [precise(row[c]) for c in ("value", "ci_low", "ci_high")]
     if metric.name in FEATURE_METRICS:
         tip = f"{model.name} · {metric.name}: {full[0]} [{full[1]}, {full[2]}] (one value for the whole set; CI: {record.get('ci', 'none')})"
         if n_text:
             tip += f"; {int(n)} generated samples"
-            if _finite(record.get("n_real")) is not None:
-                tip += f" vs {_int_or(record.get('n_real'))} real images"
+            if finite(record.get("n_real")) is not None:
+                tip += f" vs {int_or(record.get('n_real'))} real images"
     elif metric.name.startswith(READER_PREFIX):
         tip = (
             f"{model.name} · {metric.label}: mean 1–5 score {full[0]}; {ctx.confidence:.0%} CI "
@@ -694,15 +222,15 @@ def _estimate_cell(
         flag = f' <span class="flag" title="{_e(warning)}">⚠</span>'
         tip += f"; ⚠ {warning}"
     spread = ""
-    std = _finite(record.get("std")) if metric.name in KID_METRICS else None
+    std = finite(record.get("std")) if metric.name in KID_METRICS else None
     if std is not None:
         about = (
-            f"std over {_int_or(record.get('subsets'))} random subsets of "
-            f"{_int_or(record.get('subset_size'))} samples per set"
+            f"std over {int_or(record.get('subsets'))} random subsets of "
+            f"{int_or(record.get('subset_size'))} samples per set"
         )
-        std_text = format_number(std, _decimals(std, math.nan, math.nan))
+        std_text = format_number(std, decimals(std, math.nan, math.nan))
         spread = f' <span class="pm" title="{_e(about)}">± {_e(std_text)}</span>'
-        tip += f"; {about}: {_precise(std)}"
+        tip += f"; {about}: {precise(std)}"
     is_best = best is not None and model in ctx.contenders and value == best
     value_html = f"<strong>{_e(main)}</strong>" if is_best else _e(main)
     return (
@@ -719,8 +247,8 @@ def _summary_table(
     head = ['<th class="model-col">model</th>'] + [_metric_head(m, ctx.evaluation) for m in metrics]
     body = []
     for group, title in bands:
-        index = _summary_index(ctx.run.summary, group)
-        best = {m.name: _best_value(index, ctx.contenders, m) for m in metrics}
+        index = summary_index(ctx.run.summary, group)
+        best = {m.name: best_value(index, ctx.contenders, m) for m in metrics}
         if title:
             body.append(f'<tr class="band"><th colspan="{len(metrics) + 1}">{_e(title)}</th></tr>')
         for r in ctx.models:
@@ -761,12 +289,12 @@ def _class_order(evaluation: EvaluationInfo, names: Iterable[str]) -> list[str]:
 def render_per_class(ctx: TableContext, base: str, columns: Sequence[MetricColumn]) -> str:
     """Per-class ``base:<Class>`` values: rows = classes, columns = models (many classes stay readable)."""
     by_class = {m.name.split(":", 1)[1]: m for m in columns}
-    index = _summary_index(ctx.run.summary, "")
+    index = summary_index(ctx.run.summary, "")
     head = '<th class="model-col">class</th>' + "".join(f"<th>{_model_label(m)}</th>" for m in ctx.models)
     body = []
     for cls in _class_order(ctx.evaluation, [m.name for m in columns]):
         metric = by_class[cls]
-        best = _best_value(index, ctx.contenders, metric)
+        best = best_value(index, ctx.contenders, metric)
         cells = "".join(_estimate_cell(ctx, r, metric, "", index, best) for r in ctx.models)
         body.append(
             f'<tr class="generator" data-class="{_e(cls)}"><th scope="row">{_e(cls)}</th>{cells}</tr>'
@@ -869,10 +397,10 @@ def _clinical_notes(ctx: TableContext, names: set[str]) -> str:
                 + (" With one class the macro value is that class's value." if len(classes) == 1 else "")
             )
         policy = str(ev.pathology.get("threshold_policy") or "")
-        thresholds = _mapping(ev.pathology.get("thresholds"))
+        thresholds = mapping(ev.pathology.get("thresholds"))
         if policy or thresholds:
             thr = ", ".join(
-                f"{c} {_precise(v)}" if _finite(v) is not None else f"{c} {v}" for c, v in thresholds.items()
+                f"{c} {precise(v)}" if finite(v) is not None else f"{c} {v}" for c, v in thresholds.items()
             )
             notes.append(
                 f"F1 threshold policy: {_e(policy or 'not recorded')}"
@@ -889,12 +417,12 @@ def _clinical_notes(ctx: TableContext, names: set[str]) -> str:
 
 def _skipped_block(ctx: TableContext) -> str:
     """Every (group, metric, class) the classifier could not score, with the models it applies to."""
-    skipped = _mapping(ctx.evaluation.pathology.get("skipped"))
+    skipped = mapping(ctx.evaluation.pathology.get("skipped"))
     entries: dict[tuple[str, str, str, str], list[str]] = {}
     for model, per_group in skipped.items():
-        for group, per_metric in _mapping(per_group).items():
-            for metric, per_class in _mapping(per_metric).items():
-                for cls, reason in _mapping(per_class).items():
+        for group, per_metric in mapping(per_group).items():
+            for metric, per_class in mapping(per_metric).items():
+                for cls, reason in mapping(per_class).items():
                     entries.setdefault((str(group), str(metric), str(cls), str(reason)), []).append(
                         str(model)
                     )
@@ -963,19 +491,19 @@ def _distribution_notes(ctx: TableContext, metrics: Sequence[MetricColumn]) -> s
     records = [
         (model, rec)
         for model, per_group in ev.feature_metrics.items()
-        for rec in [_mapping(_mapping(per_group).get(ALL_CASES_KEY))]
+        for rec in [mapping(mapping(per_group).get(ALL_CASES_KEY))]
     ]
     rank = sorted(
         {
             (
                 FEATURE_ENTRY[m],
-                _int_or(min((_finite(r.get("n_real")) or 0), (_finite(r.get("n_gen")) or 0))),
-                _int_or(r.get("dim")),
+                int_or(min((finite(r.get("n_real")) or 0), (finite(r.get("n_gen")) or 0))),
+                int_or(r.get("dim")),
             )
             for m in FRECHET_METRICS
             if m in names
             for _, rec in records
-            for r in [_mapping(rec.get(m))]
+            for r in [mapping(rec.get(m))]
             if r.get("rank_deficient") is True
         }
     )
@@ -989,18 +517,18 @@ def _distribution_notes(ctx: TableContext, metrics: Sequence[MetricColumn]) -> s
             "never with published values. Use more samples than dimensions (ideally many times more)."
         )
     if "kid" in names:
-        kids = [_mapping(rec.get("kid")) for _, rec in records]
+        kids = [mapping(rec.get("kid")) for _, rec in records]
         kids = [k for k in kids if "std" in k]
         if kids:
-            subsets = sorted({_int_or(k.get("subsets")) for k in kids})
-            sizes = sorted({_int_or(k.get("subset_size")) for k in kids})
+            subsets = sorted({int_or(k.get("subsets")) for k in kids})
+            sizes = sorted({int_or(k.get("subset_size")) for k in kids})
             text = (
                 f"KID is the mean ± std over {_e('/'.join(subsets))} random subsets of "
                 f"{_e('/'.join(sizes))} samples per set"
             )
             clamped = [k for k in kids if k.get("clamped") is True]
             if clamped:
-                requested = sorted({_int_or(k.get("requested_subset_size")) for k in clamped})
+                requested = sorted({int_or(k.get("requested_subset_size")) for k in clamped})
                 text += (
                     f"; the requested subset size {_e('/'.join(requested))} "
                     "(<code>[metrics] kid_subset_size</code>) was clamped to the size of the smaller set"
@@ -1008,9 +536,9 @@ def _distribution_notes(ctx: TableContext, metrics: Sequence[MetricColumn]) -> s
                 whole = [
                     k
                     for k in clamped
-                    if _finite(k.get("subset_size")) is not None
-                    and _finite(k.get("subset_size"))
-                    >= min(_finite(k.get("n_real")) or 0, _finite(k.get("n_gen")) or 0)
+                    if finite(k.get("subset_size")) is not None
+                    and finite(k.get("subset_size"))
+                    >= min(finite(k.get("n_real")) or 0, finite(k.get("n_gen")) or 0)
                 ]
                 if whole:
                     text += (
@@ -1019,7 +547,7 @@ def _distribution_notes(ctx: TableContext, metrics: Sequence[MetricColumn]) -> s
             text += ". KID is unbiased and can be slightly negative when the two sets match."
             notes.append(text)
     if names & set(PRDC_METRICS):
-        ks = sorted({_int_or(_mapping(rec.get("prdc")).get("k")) for _, rec in records if "prdc" in rec})
+        ks = sorted({int_or(mapping(rec.get("prdc")).get("k")) for _, rec in records if "prdc" in rec})
         notes.append(
             "Precision, recall, density and coverage (Naeem et al. 2020)"
             + (f" use k = {_e('/'.join(ks))} nearest neighbours" if ks else "")
@@ -1030,7 +558,7 @@ def _distribution_notes(ctx: TableContext, metrics: Sequence[MetricColumn]) -> s
             f"{model}: {rec_name}"
             for model, rec in records
             for rec_name, r in rec.items()
-            if "error" in _mapping(r)
+            if "error" in mapping(r)
         }
     )
     if errors:
@@ -1129,7 +657,7 @@ def _monotonicity(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[M
             except (TypeError, ValueError):
                 continue
             by_kind.setdefault(str(m.params["degradation"]), []).append((level, m.name))
-    summary = _summary_index(run.summary, "")["value"]
+    summary = summary_index(run.summary, "")["value"]
     lines = []
     for degradation, levels in sorted(by_kind.items()):
         if len(levels) < 2:
@@ -1173,25 +701,6 @@ def _baseline_callout(run: RunFiles, models: Sequence[ModelRow], metrics: Sequen
     )
 
 
-def _split_tables(metrics: Sequence[MetricColumn]) -> list[tuple[str, str, list[MetricColumn]]]:
-    """(id, heading, columns) of the non-empty results tables; per-class metrics are not in them."""
-    placed: set[str] = set()
-    out = []
-    for table_id, heading, names in RESULT_TABLES:
-        columns = [m for m in metrics if m.name in names]
-        placed.update(m.name for m in columns)
-        if columns:
-            out.append((table_id, heading, columns))
-    reader = [m for m in metrics if m.name.startswith(READER_PREFIX) and m.name not in placed]
-    if reader:
-        out.append(("reader", "Reader study", reader))
-        placed.update(m.name for m in reader)
-    other = [m for m in metrics if m.name not in placed and ":" not in m.name]
-    if other:
-        out.append(("other", "Other metrics", other))
-    return out
-
-
 TABLE_INTROS = {
     "paired": "Each generated sample against its own reference image, per case, then averaged over cases.",
     "clinical": "Does a clinical network see the same findings and anatomy in the generated image as in the "
@@ -1214,7 +723,7 @@ def render_results(ctx: TableContext, metrics: Sequence[MetricColumn], settings:
     """The results section's body: callouts, one table per family, per-class pathology, notes, evaluators."""
     ev = ctx.evaluation
     parts = [render_unavailable(ev), render_demo_warning(ev)]
-    tables = _split_tables(metrics)
+    tables = split_tables(metrics)
     for table_id, heading, columns in tables:
         names = {m.name for m in columns}
         if table_id == "paired":
@@ -1259,7 +768,7 @@ def render_results(ctx: TableContext, metrics: Sequence[MetricColumn], settings:
 
 def _group_columns(run: RunFiles, groups: Sequence[str]) -> list[tuple[str, list[str]]]:
     """[(column, [group labels])], columns in ``[metrics].group_by`` order, values as the summary has them."""
-    policies = _mapping(run.info.get("policies"))
+    policies = mapping(run.info.get("policies"))
     declared = (
         [str(c) for c in policies.get("group_by", []) or []]
         if isinstance(policies.get("group_by"), list)
@@ -1299,7 +808,7 @@ def render_groups(ctx: TableContext, metrics: Sequence[MetricColumn]) -> str:
             for g in values
         ]
         tables = []
-        for table_id, heading, columns in _split_tables(metrics):
+        for table_id, heading, columns in split_tables(metrics):
             columns = [m for m in columns if m.name in set(present["metric"])]
             if columns:
                 tables.append(
@@ -1314,20 +823,6 @@ def render_groups(ctx: TableContext, metrics: Sequence[MetricColumn]) -> str:
             + "</details>"
         )
     return "".join(parts)
-
-
-def model_colours(models: Sequence[ModelRow]) -> dict[str, str]:
-    colours: dict[str, str] = {}
-    i = 0
-    for m in models:
-        if m.is_real:
-            colours[m.name] = REAL_COLOUR
-        elif m.is_baseline:
-            colours[m.name] = BASELINE_COLOUR
-        else:
-            colours[m.name] = GENERATOR_COLOURS[i % len(GENERATOR_COLOURS)]
-            i += 1
-    return colours
 
 
 def render_distributions(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[MetricColumn]) -> str:
@@ -1442,35 +937,8 @@ def _json_floats(values: Any) -> list[float | None]:
     return [float(x) if math.isfinite(x) else None for x in arr.tolist()]
 
 
-def _f(value: Any) -> float:
-    x = _finite(value)
-    if x is not None:
-        return x
-    try:
-        return float(value)  # keeps ±inf
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _fixed(value: Any, decimals: int = 3) -> str:
-    return format_number(_f(value), decimals)
-
-
-def _sig(value: Any) -> str:
-    """About three significant digits (variances, scores on any scale)."""
-    x = _f(value)
-    return format_number(x, _decimals(x, math.nan, math.nan))
-
-
-def _format_p(value: Any) -> str:
-    p = _f(value)
-    if math.isnan(p):
-        return "—"
-    return format_number(p, None if 0 < p < 0.001 else 3)
-
-
 def _estimate_text(value: Any, low: Any, high: Any) -> str:
-    main, ci = format_estimate(_f(value), _f(low), _f(high))
+    main, ci = format_estimate(to_float(value), to_float(low), to_float(high))
     return f'{_e(main)} <span class="ci">{_e(ci)}</span>' if ci else _e(main)
 
 
@@ -1503,24 +971,6 @@ def _metric_title(metric: MetricColumn) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def nonfinite_metrics(run: RunFiles) -> dict[str, str]:
-    """{metric: why} for the per-sample metrics with infinite per-case values among the compared models
-    (e.g. PSNR of an identical image): a paired difference of ∞ has no rank or mean. The one rule of
-    what the model-vs-model tests leave out, in every output (:func:`reports.comparison.run_paired_tests`).
-    """
-    ps = run.per_sample
-    compared = ps[ps["model"].isin([m.name for m in order_models(run) if not m.is_real])]
-    values = compared["value"].to_numpy(dtype=np.float64)
-    bad = compared[np.isinf(values)]
-    out = {}
-    for metric, rows in bad.groupby("metric", sort=True):
-        models = ", ".join(sorted(pd.unique(rows["model"])))
-        out[str(metric)] = (
-            f"{len(rows)} infinite per-sample value(s) ({models}); paired differences need finite values"
-        )
-    return out
-
-
 def read_paired_tests(path: str | Path) -> pd.DataFrame:
     """paired_tests.csv (written by :func:`reports.comparison.write_exports`) back as the frame
     :func:`reports.comparison.paired_tests` returned: pandas writes floats exactly, so the HTML can
@@ -1542,7 +992,7 @@ def read_paired_tests(path: str | Path) -> pd.DataFrame:
     for col in PAIRED_COLUMNS:
         if col not in text:
             frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="raise")
-    frame["higher_is_better"] = frame["higher_is_better"].map(_as_bool)
+    frame["higher_is_better"] = frame["higher_is_better"].map(as_bool)
     return frame.loc[:, list(PAIRED_COLUMNS)]
 
 
@@ -1555,9 +1005,9 @@ def _forest_figure(rows: pd.DataFrame, metric: MetricColumn, div_id: str, confid
     significant = holm_p < SIGNIFICANCE
     hover = [
         html.escape(
-            f"{a} − {b}: {format_number(d, _decimals(d, l, h))} "
-            f"[{format_number(l, _decimals(d, l, h))}, {format_number(h, _decimals(d, l, h))}]; "
-            f"Holm p {_format_p(p)}; n {int(n)}"
+            f"{a} − {b}: {format_number(d, decimals(d, l, h))} "
+            f"[{format_number(l, decimals(d, l, h))}, {format_number(h, decimals(d, l, h))}]; "
+            f"Holm p {format_p(p)}; n {int(n)}"
         )
         for a, b, d, l, h, p, n in zip(
             rows["model_a"], rows["model_b"], md, lo, hi, holm_p, rows["n"], strict=True
@@ -1622,13 +1072,13 @@ def _forest_figure(rows: pd.DataFrame, metric: MetricColumn, div_id: str, confid
 def _paired_rows(rows: pd.DataFrame) -> list[str]:
     out = []
     for r in rows.itertuples(index=False):
-        holm_p = _f(r.pvalue_holm)
+        holm_p = to_float(r.pvalue_holm)
         significant = holm_p < SIGNIFICANCE
-        n = _f(r.n)
+        n = to_float(r.n)
         if not math.isfinite(n) or n == 0:
             cells = _td("n", "0") + '<td colspan="5" class="na">no shared cases</td>' + _td("better", "")
         else:
-            zero = _f(r.n_zero)
+            zero = to_float(r.n_zero)
             n_title = f"{int(n)} shared cases" + (
                 f", {int(zero)} with a zero difference (Pratt)" if math.isfinite(zero) else ""
             )
@@ -1645,15 +1095,15 @@ def _paired_rows(rows: pd.DataFrame) -> list[str]:
                 + _td(
                     "mean_difference",
                     _estimate_text(r.mean_difference, r.mean_difference_ci_low, r.mean_difference_ci_high),
-                    f"mean A {_precise(_f(r.mean_a))}, mean B {_precise(_f(r.mean_b))}; "
-                    f"difference {_precise(_f(r.mean_difference))}",
+                    f"mean A {precise(to_float(r.mean_a))}, mean B {precise(to_float(r.mean_b))}; "
+                    f"difference {precise(to_float(r.mean_difference))}",
                 )
                 + _td(
                     "rank_biserial",
                     _estimate_text(r.rank_biserial, r.rank_biserial_ci_low, r.rank_biserial_ci_high),
                 )
-                + _td("pvalue", _e(_format_p(r.pvalue)), f"W = {_precise(_f(r.statistic))}")
-                + _td("pvalue_holm", _e(_format_p(r.pvalue_holm)), cls="sig" if significant else "")
+                + _td("pvalue", _e(format_p(r.pvalue)), f"W = {precise(to_float(r.statistic))}")
+                + _td("pvalue_holm", _e(format_p(r.pvalue_holm)), cls="sig" if significant else "")
                 + _td("better", better_html, verdict)
             )
         out.append(
@@ -1735,32 +1185,6 @@ def render_paired(
 # ------------------------------------------------------------------------------------------------
 
 
-def reader_score_rows(scores: pd.DataFrame, models: Sequence[ModelRow]) -> pd.DataFrame:
-    """summary.csv-shaped rows ("reader_<criterion>", group "") of ``ReaderStatistics.scores`` for the
-    models of the run; the value is the mean score, n the number of ratings."""
-    known = {m.name for m in models}
-    unknown = sorted(set(scores["model"].astype(str)) - known)
-    if unknown:
-        log.warning(
-            "reader scores for model(s) %s that are not in the run are left out of the results",
-            ", ".join(unknown),
-        )
-    rows = scores[scores["model"].astype(str).isin(known)]
-    return pd.DataFrame(
-        {
-            "model": rows["model"].astype(str),
-            "metric": READER_PREFIX + rows["criterion"].astype(str),
-            "value": pd.to_numeric(rows["mean"], errors="coerce"),
-            "ci_low": pd.to_numeric(rows["ci_low"], errors="coerce"),
-            "ci_high": pd.to_numeric(rows["ci_high"], errors="coerce"),
-            "n": pd.to_numeric(rows["n_ratings"], errors="coerce"),
-            "higher_is_better": "True",
-            "group": "",
-            "evaluator": "",
-        }
-    )
-
-
 def _reader_model_order(present: Iterable[str], models: Sequence[ModelRow]) -> list[str]:
     present = list(dict.fromkeys(str(m) for m in present))
     ordered = [m.name for m in models if m.name in present]
@@ -1782,13 +1206,14 @@ def _reader_scores_table(scores: pd.DataFrame, models: Sequence[ModelRow], confi
                 cells.append('<td class="na" data-criterion="' + _e(criterion) + '">—</td>')
                 continue
             r = index.loc[(name, criterion)]
-            main, ci = format_estimate(_f(r["mean"]), _f(r["ci_low"]), _f(r["ci_high"]))
+            main, ci = format_estimate(to_float(r["mean"]), to_float(r["ci_low"]), to_float(r["ci_high"]))
             detail = (
                 f"n={int(r['n_ratings'])} · {int(r['n_readers'])} readers · {int(r['n_items'])} items"
             )
             tip = (
-                f"{name} · {criterion}: mean {_precise(_f(r['mean']))}; {confidence:.0%} CI "
-                f"[{_precise(_f(r['ci_low']))}, {_precise(_f(r['ci_high']))}]; {int(r['n_cases'])} cases"
+                f"{name} · {criterion}: mean {precise(to_float(r['mean']))}; {confidence:.0%} CI "
+                f"[{precise(to_float(r['ci_low']))}, {precise(to_float(r['ci_high']))}]; "
+                f"{int(r['n_cases'])} cases"
             )
             cells.append(
                 f'<td data-criterion="{_e(criterion)}" title="{_e(tip)}"><span class="v">{_e(main)}</span> '
@@ -1895,14 +1320,14 @@ def _mixed_block(mixed: pd.DataFrame, models: Sequence[ModelRow], confidence: fl
     parts = []
     for criterion, rows in _by_model_order(mixed, models).groupby("criterion", sort=True):
         first = rows.iloc[0]
-        converged = _as_bool(first["converged"])
+        converged = as_bool(first["converged"])
         facts = (
             f'<p class="small mixed-facts" data-criterion="{_e(criterion)}">{_e(reference)} mean (intercept) '
-            f'<span data-col="reference_mean">{_e(_sig(first["reference_mean"]))}</span>; '
+            f'<span data-col="reference_mean">{_e(sig(first["reference_mean"]))}</span>; '
             "variance components: "
-            f'reader <span data-col="var_reader">{_e(_sig(first["var_reader"]))}</span>, '
-            f'case <span data-col="var_case">{_e(_sig(first["var_case"]))}</span>, '
-            f'residual <span data-col="var_residual">{_e(_sig(first["var_residual"]))}</span>; '
+            f'reader <span data-col="var_reader">{_e(sig(first["var_reader"]))}</span>, '
+            f'case <span data-col="var_case">{_e(sig(first["var_case"]))}</span>, '
+            f'residual <span data-col="var_residual">{_e(sig(first["var_residual"]))}</span>; '
             f"{int(first['n_ratings'])} ratings, {int(first['n_readers'])} readers, "
             f"{int(first['n_cases'])} cases; "
             + (
@@ -1914,9 +1339,13 @@ def _mixed_block(mixed: pd.DataFrame, models: Sequence[ModelRow], confidence: fl
         )
         body = [
             f'<tr data-criterion="{_e(criterion)}" data-model="{_e(r.model)}"><th>{_e(r.model)}</th>'
-            + _td("coef", _estimate_text(r.coef, r.ci_low, r.ci_high), f"coefficient {_precise(_f(r.coef))}")
-            + _td("se", _e(_sig(r.se)))
-            + _td("pvalue", _e(_format_p(r.pvalue)))
+            + _td(
+                "coef",
+                _estimate_text(r.coef, r.ci_low, r.ci_high),
+                f"coefficient {precise(to_float(r.coef))}",
+            )
+            + _td("se", _e(sig(r.se)))
+            + _td("pvalue", _e(format_p(r.pvalue)))
             + "</tr>"
             for r in rows.itertuples(index=False)
         ]
@@ -1938,14 +1367,16 @@ def _ordinal_block(
     body = [
         f'<tr data-criterion="{_e(r.criterion)}" data-model="{_e(r.model)}"><th>{_e(r.criterion)}</th>'
         f"<th>{_e(r.model)}</th>"
-        + _td("coef", _estimate_text(r.coef, r.ci_low, r.ci_high), f"log odds ratio {_precise(_f(r.coef))}")
-        + _td("se", _e(_sig(r.se)))
-        + _td("pvalue", _e(_format_p(r.pvalue)))
+        + _td(
+            "coef", _estimate_text(r.coef, r.ci_low, r.ci_high), f"log odds ratio {precise(to_float(r.coef))}"
+        )
+        + _td("se", _e(sig(r.se)))
+        + _td("pvalue", _e(format_p(r.pvalue)))
         + _td("n_ratings", _e(r.n_ratings))
         + _td(
             "converged",
-            "✓" if _as_bool(r.converged) else "✗ not converged",
-            cls="" if _as_bool(r.converged) else "warn",
+            "✓" if as_bool(r.converged) else "✗ not converged",
+            cls="" if as_bool(r.converged) else "warn",
         )
         + "</tr>"
         for r in ordinal.itertuples(index=False)
@@ -1975,15 +1406,15 @@ def _agreement_block(agreement: pd.DataFrame) -> str:
             + _td("icc2_k", _estimate_text(r.icc2_k, r.icc2_k_ci_low, r.icc2_k_ci_high))
             + _td(
                 "icc_n_items",
-                _e(_int_or(r.icc_n_items, "—")),
+                _e(int_or(r.icc_n_items, "—")),
                 "items every reader rated (ICC needs a complete table)",
             )
-            + _td("kappa_quadratic", _e(_fixed(r.kappa_quadratic)))
-            + _td("n_reader_pairs", _e(_int_or(r.n_reader_pairs, "—")))
-            + _td("alpha_ordinal", _e(_fixed(r.alpha_ordinal)))
-            + _td("n_items", _e(_int_or(r.n_items, "—")))
-            + _td("n_readers", _e(_int_or(r.n_readers, "—")))
-            + _td("n_ratings", _e(_int_or(r.n_ratings, "—")))
+            + _td("kappa_quadratic", _e(fixed(r.kappa_quadratic)))
+            + _td("n_reader_pairs", _e(int_or(r.n_reader_pairs, "—")))
+            + _td("alpha_ordinal", _e(fixed(r.alpha_ordinal)))
+            + _td("n_items", _e(int_or(r.n_items, "—")))
+            + _td("n_readers", _e(int_or(r.n_readers, "—")))
+            + _td("n_ratings", _e(int_or(r.n_ratings, "—")))
             + _td("note", _e(note), cls="warn" if note else "")
             + "</tr>"
         )
@@ -2011,9 +1442,9 @@ def _intra_block(intra: pd.DataFrame) -> str:
         body.append(
             f'<tr data-criterion="{_e(r.criterion)}" data-reader="{_e(r.reader)}"><th>{_e(r.reader)}</th>'
             f"<th>{_e(r.criterion)}</th>"
-            + _td("kappa_quadratic", _e(_fixed(r.kappa_quadratic)))
-            + _td("exact_agreement", _e(_fixed(r.exact_agreement)))
-            + _td("n_pairs", _e(_int_or(r.n_pairs, "—")))
+            + _td("kappa_quadratic", _e(fixed(r.kappa_quadratic)))
+            + _td("exact_agreement", _e(fixed(r.exact_agreement)))
+            + _td("n_pairs", _e(int_or(r.n_pairs, "—")))
             + "</tr>"
         )
     head = ["reader", "criterion", "κ (quadratic), read 1 vs 2", "exact agreement", "re-read pairs"]
@@ -2027,13 +1458,13 @@ def _turing_block(turing: pd.DataFrame) -> str:
     for r in turing.itertuples(index=False):
         body.append(
             f'<tr data-reader="{_e(r.reader)}"><th>{_e(r.reader)}</th>'
-            + _td("n", _e(_int_or(r.n, "—")))
-            + _td("n_synthetic", _e(_int_or(r.n_synthetic, "—")))
-            + _td("n_real", _e(_int_or(r.n_real, "—")))
-            + _td("accuracy", _e(_fixed(r.accuracy)))
-            + _td("sensitivity", _e(_fixed(r.sensitivity)))
-            + _td("specificity", _e(_fixed(r.specificity)))
-            + _td("auc", _e(_fixed(r.auc)))
+            + _td("n", _e(int_or(r.n, "—")))
+            + _td("n_synthetic", _e(int_or(r.n_synthetic, "—")))
+            + _td("n_real", _e(int_or(r.n_real, "—")))
+            + _td("accuracy", _e(fixed(r.accuracy)))
+            + _td("sensitivity", _e(fixed(r.sensitivity)))
+            + _td("specificity", _e(fixed(r.specificity)))
+            + _td("auc", _e(fixed(r.auc)))
             + "</tr>"
         )
     from reports.reader_stats import POOLED
@@ -2041,7 +1472,7 @@ def _turing_block(turing: pd.DataFrame) -> str:
     pooled = turing[turing["reader"] == POOLED]
     verdict = ""
     if len(pooled):
-        auc = _f(pooled["auc"].iloc[0])
+        auc = to_float(pooled["auc"].iloc[0])
         if math.isfinite(auc):
             if abs(auc - 0.5) < 0.1:
                 meaning = "close to chance, the readers cannot tell the synthetic images apart"
@@ -2049,7 +1480,7 @@ def _turing_block(turing: pd.DataFrame) -> str:
                 meaning = "the readers tell synthetic from real better than chance"
             else:
                 meaning = "below chance, readers take the synthetic images for the real ones"
-            verdict = f" Pooled AUC {_fixed(auc)}: {meaning}."
+            verdict = f" Pooled AUC {fixed(auc)}: {meaning}."
     text = (
         '<p class="small">"Positive" is synthetic: sensitivity is the share of synthetic images called '
         "synthetic, specificity the share of real images called real. The AUC ranks every answer by its "
@@ -2123,17 +1554,17 @@ def render_reader_study(
 
 
 def _validity_cell(rho: Any, p: Any, n: Any, col: str, criterion: str, unit: str) -> str:
-    r = _f(rho)
-    count = _int_or(n, "0")
-    detail = f"n={count} {unit}" + (f" · p={_format_p(p)}" if math.isfinite(r) else "")
+    r = to_float(rho)
+    count = int_or(n, "0")
+    detail = f"n={count} {unit}" + (f" · p={format_p(p)}" if math.isfinite(r) else "")
     title = (
-        f"Spearman ρ {_precise(r)}, p {_precise(_f(p))}, {count} {unit}"
+        f"Spearman ρ {precise(r)}, p {precise(to_float(p))}, {count} {unit}"
         if math.isfinite(r)
         else f"no correlation: {count} {unit} (ρ needs at least 3 and no constant side)"
     )
     return (
         f'<td data-criterion="{_e(criterion)}" data-col="{col}" title="{_e(title)}">'
-        f'<span class="v">{_e(_fixed(r))}</span><span class="n">{_e(detail)}</span></td>'
+        f'<span class="v">{_e(fixed(r))}</span><span class="n">{_e(detail)}</span></td>'
     )
 
 
@@ -2147,14 +1578,14 @@ def _frechet_sentence(validity: pd.DataFrame, labels: Mapping[str, MetricColumn]
         label = labels[name].label if name in labels else METRIC_LABELS[name]
         parts = []
         for r in rows.itertuples(index=False):
-            rho = _f(r.rho_model)
+            rho = to_float(r.rho_model)
             if not math.isfinite(rho):
                 parts.append(f"{r.criterion}: not enough models ({int(r.n_model)})")
                 continue
             tracks = "tracks" if rho <= -0.5 else "weakly tracks" if rho < 0 else "does not track"
             parts.append(
-                f"{r.criterion}: ρ = {_fixed(rho)} over {int(r.n_model)} models "
-                f"(p {_format_p(r.p_model)}), {tracks}"
+                f"{r.criterion}: ρ = {fixed(rho)} over {int(r.n_model)} models "
+                f"(p {format_p(r.p_model)}), {tracks}"
             )
         lines.append(f"<li><b>{_e(label)}</b> vs reader scores per model: {_e('; '.join(parts))}.</li>")
     if not lines:
@@ -2194,12 +1625,12 @@ def _validity_scatter(points: pd.DataFrame, metrics: Sequence[MetricColumn], val
             level = str(g["level"].iloc[0])  # one level per metric (see reader_stats.correlate_points)
             key = (name, criterion)
             column = "rho_model" if level == "model" else "rho_image"
-            r = _f(rho.at[key, column]) if key in rho.index else math.nan
+            r = to_float(rho.at[key, column]) if key in rho.index else math.nan
             trace: dict[str, Any] = {
                 "type": "scatter",
                 "x": _json_floats(g["value"]),
                 "y": _json_floats(g["score"]),
-                "name": html.escape(f"{criterion} (ρ {_fixed(r, 2)})"),
+                "name": html.escape(f"{criterion} (ρ {fixed(r, 2)})"),
                 "mode": "markers+text" if level == "model" else "markers",
                 "marker": {
                     "color": colours[criterion],
@@ -2644,7 +2075,7 @@ def _recorded(value: Any) -> str:
 
 def _policy_rows(run: RunFiles, evaluation: EvaluationInfo) -> dict[str, str]:
     settings = run.settings
-    policies = _mapping(run.info.get("policies"))
+    policies = mapping(run.info.get("policies"))
 
     def pick(key: str) -> Any:
         # run.json's record first; else the config's setting (its default when the key is not written).
@@ -2673,7 +2104,7 @@ def _policy_rows(run: RunFiles, evaluation: EvaluationInfo) -> dict[str, str]:
 
 
 def _n_per_metric(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[MetricColumn]) -> str:
-    index = _summary_index(run.summary, "")
+    index = summary_index(run.summary, "")
     # Per-class pathology columns share the macro metric's N: left out to keep the table compact.
     shown = [m for m in metrics if ":" not in m.name and any((r.name, m.name) in index.index for r in models)]
     if not shown:
@@ -2688,7 +2119,7 @@ def _n_per_metric(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[M
             key = (r.name, m.name)
             # No value, no N: a NaN row (real's self-comparison) counts nothing.
             n = index.at[key, "n"] if key in index.index and not pd.isna(index.at[key, "value"]) else math.nan
-            cells.append(f'<td data-col="{_e(m.name)}">{_e(_int_or(n, "—"))}</td>')
+            cells.append(f'<td data-col="{_e(m.name)}">{_e(int_or(n, "—"))}</td>')
         body.append(f'<tr data-model="{_e(r.name)}"><th>{_e(r.name)}</th>{"".join(cells)}</tr>')
     return (
         '<p class="small">Cases per model and metric in summary.csv (all cases); generated samples for the '
@@ -2717,8 +2148,8 @@ def render_provenance(
     labelled = {
         "config hash": ("config_hash", str),
         "cases hash": ("cases_hash", str),
-        "started": ("started", _format_time),
-        "finished": ("finished", _format_time),
+        "started": ("started", format_time),
+        "finished": ("finished", format_time),
         "cases": ("n_cases", str),
         "models": ("n_models", str),
         "samples": ("n_samples", str),
@@ -2752,7 +2183,7 @@ def render_provenance(
     return (
         f'<div class="cols"><div><h3>Run</h3>{_kv_table(run_rows)}</div>'
         f'<div><h3>Package versions</h3>{_versions_table(versions)}</div>'
-        f"<div><h3>Timings</h3>{_kv_table(timings, _format_seconds)}</div></div>"
+        f"<div><h3>Timings</h3>{_kv_table(timings, format_seconds)}</div></div>"
         f'<h3 id="provenance-evaluators">Evaluators and weights</h3>{_evaluator_provenance(evaluation)}'
         + (f"<h3>Norberg-angle measurement</h3>{norberg}" if norberg else "")
         + f'<h3>Preprocessing and resize policy</h3>{_kv_table(_policy_rows(run, evaluation))}'
@@ -2962,7 +2393,7 @@ def render_html_report(
         n_cases = len(run.cases) if run.cases is not None else run.samples["case_id"].nunique()
     n_failures = len(run.failures) if run.failures is not None else int(info.get("n_failures") or 0)
     config_hash = str(info.get("config_hash") or "")
-    date = _format_time(info.get("finished") or info.get("started"))
+    date = format_time(info.get("finished") or info.get("started"))
     model_list = ", ".join(f'{_e(m.name)} <span class="sub">({_e(m.kind)})</span>' for m in models)
     meta = [
         f"<span>date <b>{_e(date)}</b></span>",

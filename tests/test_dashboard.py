@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from audit import rundir
 from audit.images import write_png
 from dashboards import data, serve
-from reports.html import MetricColumn, load_run
+from reports.run import MetricColumn, load_run
 from tests.test_report_html import make_run
 
 REPO = Path(__file__).resolve().parents[1]

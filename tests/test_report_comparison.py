@@ -28,8 +28,8 @@ from reports.comparison import (
     to_markdown,
     write_exports,
 )
-from reports.html import load_run
 from reports.reader_stats import SCORES_COLUMNS
+from reports.run import load_run
 from tests.test_report_html import METRICS, PAIRED, make_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,7 +203,7 @@ def test_markdown_table_structure(run) -> None:
     # every column has one N (all n = N_CASES here), in the N row
     assert _md_cells(lines[-1]) == ["N", "", *[str(N_CASES)] * len(table.metrics)]
     gen_a_ssim = body[EXPECTED_ORDER.index("gen_a")][2]
-    assert gen_a_ssim == "0.912 [0.905, 0.918]"  # reports.html.format_estimate's text
+    assert gen_a_ssim == "0.912 [0.905, 0.918]"  # reports.format.format_estimate's text
 
 
 def _strip_escaped(tex: str) -> str:

@@ -19,7 +19,8 @@ from PIL import Image
 
 from audit import rundir
 from audit.images import write_png
-from reports.html import choose_grid_cases, format_estimate, render_html_report, write_html_report
+from reports.format import format_estimate
+from reports.html import choose_grid_cases, render_html_report, write_html_report
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = {"ssim": True, "psnr": True, "mse": False, "mae": False, "overlap_f1": True}

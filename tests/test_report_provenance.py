@@ -21,8 +21,9 @@ from audit import rundir
 from audit.metrics.functional.clinical import CLINICAL_METRICS
 from audit.metrics.functional.distribution import DISTRIBUTION_METRICS
 from reports.comparison import comparison_table, write_exports
-from reports.html import RESULT_TABLES, MetricColumn, load_run, read_paired_tests, render_provenance
+from reports.html import read_paired_tests, render_provenance
 from reports.provenance import DEMO_TAG, metric_mark
+from reports.run import RESULT_TABLES, MetricColumn, load_run
 
 EVALUATOR_METRICS = {*CLINICAL_METRICS, *DISTRIBUTION_METRICS}
 RESAMPLES = 40

@@ -26,16 +26,9 @@ from scipy import stats as sps
 from audit import rundir
 from audit.atomic import sha256_file
 from reports.comparison import paired_tests, run_paired_tests, write_exports
-from reports.html import (
-    describe_preprocessing,
-    load_run,
-    metric_columns,
-    nonfinite_metrics,
-    read_paired_tests,
-    render_html_report,
-    render_paired,
-)
+from reports.html import describe_preprocessing, read_paired_tests, render_html_report, render_paired
 from reports.reader_stats import POOLED, metric_validity, reader_statistics, validity_points
+from reports.run import load_run, metric_columns, nonfinite_metrics
 from tests.test_report_clinical import MODELS, SHA, make_clinical_run
 from tests.test_report_html import _outside_plotly_js
 

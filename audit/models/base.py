@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from audit.cases import Case
-from audit.config import ModelSpec, StudySection
+from audit.config_base import ModelSpec, StudySection
 from audit.images import XrayImage
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")

@@ -15,7 +15,7 @@ import numpy as np
 
 from audit import images
 from audit.cases import Case
-from audit.config import ConfigError, ModelSpec, StudySection
+from audit.config_base import ConfigError, ModelSpec, StudySection
 from audit.images import XrayImage
 from audit.models.base import ModelAdapter, SampleFailure, SampleRequest
 

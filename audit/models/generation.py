@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from audit.config import ConfigError, ModelSpec
+from audit.config_base import ConfigError, ModelSpec
 
 if TYPE_CHECKING:
     import torch

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from audit.cases import Case
-from audit.config import ModelSpec, StudySection
+from audit.config_base import ModelSpec, StudySection
 from audit.images import XrayImage
 from audit.models.base import ModelAdapter, SampleFailure, SampleRequest
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from audit import images
 from audit.cases import Case
-from audit.config import ConfigError, ModelSpec, StudySection
+from audit.config_base import ConfigError, ModelSpec, StudySection
 from audit.images import XrayImage
 from audit.models.base import ModelAdapter, ModelLoadError, SampleFailure, SampleRequest
 from audit.models.generation import (

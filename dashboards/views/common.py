@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from dashboards import data
-from reports.html import MetricColumn, ModelRow, model_colours
+from reports.run import MetricColumn, ModelRow, model_colours
 
 
 def current_view() -> data.RunView:
