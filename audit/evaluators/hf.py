@@ -208,25 +208,17 @@ def raddino_architecture(seed: int = 0, *, image_size: int = 518, tiny: bool = F
     64-wide model at ``image_size`` for fast tests)."""
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
-    if tiny:
-        config = Dinov2Config(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            patch_size=14,
-            image_size=image_size,
-        )
-    else:
-        config = Dinov2Config(
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            patch_size=14,
-            image_size=image_size,
-            layerscale_value=1.0,
-        )
+    # ViT-B/14 as in RadDino's config.json; the tiny variant only shrinks width and depth.
+    width, depth, heads, mlp = (64, 2, 4, 128) if tiny else (768, 12, 12, 3072)
+    config = Dinov2Config(
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        patch_size=14,
+        image_size=image_size,
+        layerscale_value=1.0,
+    )
     generator = torch.Generator().manual_seed(seed)
     model = Dinov2Model(config)
     with torch.no_grad():

@@ -154,17 +154,17 @@ def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> Evaluato
         "segmenter": PSPNET_WEIGHTS,
         "features": INCEPTION_WEIGHTS,
     }[role]
+    st = weights.status(name)  # one hash of the file: the check and the pin come from it
     try:
-        path = weights.weights_path(name)
+        path = weights.require(st)
     except weights.WeightsError as exc:
         if choice == "auto":
             return _demo_plan(
                 role,
-                note=f"auto: verified {name} weights are not present ({weights.status(name).state}), "
+                note=f"auto: verified {name} weights are not present ({st.state}), "
                 "so the demo evaluator was used; its numbers are only meaningful on the demo cohort",
             )
         return Unavailable(role, str(exc))
-    st = weights.status(name)  # weights_path just verified the file against its pin
     sha = st.weights_sha256
     pin = {"pin": st.pin, "pin_note": st.pin_note}
     if role == "classifier":
@@ -210,12 +210,12 @@ def _hf_plan(role: Role, spec: str, evaluators: EvaluatorsSection) -> EvaluatorP
     from audit import weights
 
     config_pins = evaluators.hf_sha256 if role == "features" else {}
+    st = weights.status(spec, config_pins)
     try:
-        path = weights.weights_path(spec, config_pins)
+        path = weights.require(st)
     except weights.WeightsError as exc:
         return Unavailable(role, str(exc))
     e = weights.entry(spec)
-    st = weights.status(spec, config_pins)
     pins = weights.pins_of(e, config_pins)
     files = tuple((f, p.sha256) for f, p in sorted(pins.items()) if p is not None)
     # The processor's settings are part of what it pins (preprocessor_config.json), so its hash keys

@@ -18,7 +18,6 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from audit.atomic import sha256_file
 from audit.weights import manifest, store
 from audit.weights.manifest import WeightsEntry, WeightsError
 
@@ -90,15 +89,9 @@ def _fetch_url(e: WeightsEntry, sha256: str | None, *, trust: bool, progress: bo
         return dest
     _download(e, part, expected.size if expected else None, progress, timeout)
     size = part.stat().st_size
-    actual = sha256_file(part)
-    if expected is not None:
-        problem = store.check_file(part, expected)
-        if problem:
-            part.unlink()
-            raise WeightsError(
-                f"download of {e.url} does not match its pin ({problem}); the file was discarded (a changed "
-                "upstream file, a proxy rewriting it, or a wrong --sha256)"
-            )
+    actual = _accept(
+        part, expected, e.url, "a changed upstream file, a proxy rewriting it, or a wrong --sha256"
+    )
     with open(part, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(part, dest)
@@ -107,6 +100,17 @@ def _fetch_url(e: WeightsEntry, sha256: str | None, *, trust: bool, progress: bo
             e.name, {e.filename: (actual, size)}, "trust" if expected is None else "sha256", e.url
         )
     return dest
+
+
+def _accept(path: Path, pin: store.Pin | None, what: str, likely: str) -> str:
+    """The sha256 of a fresh download (hashed once); one that does not match its pin is deleted."""
+    problem, sha = store.measure_file(path, pin)
+    if problem:
+        path.unlink()
+        raise WeightsError(
+            f"download of {what} does not match its pin ({problem}); the file was discarded ({likely})"
+        )
+    return sha
 
 
 def _content_range(value: str | None) -> tuple[int, int | None] | None:
@@ -244,16 +248,8 @@ def _fetch_hub(e: WeightsEntry, *, trust: bool, progress: bool, config: Mapping[
                 f"{e.repo}@{e.revision} has no {f.filename}; a feature backbone needs "
                 f"{', '.join(manifest.HUB_FILES)} (safetensors weights, no pickles)"
             )
-        pin = pins[f.filename]
-        if pin is not None:
-            problem = store.check_file(src, pin)
-            if problem:
-                src.unlink()
-                raise WeightsError(
-                    f"download of {e.repo}@{e.revision} does not match its pin ({problem}); the file was "
-                    "discarded"
-                )
-        found[f.filename] = (sha256_file(src), src.stat().st_size)
+        sha = _accept(src, pins[f.filename], f"{e.repo}@{e.revision}", "a changed file at that commit")
+        found[f.filename] = (sha, src.stat().st_size)
     final.mkdir(parents=True, exist_ok=True)
     for f in e.files:
         os.replace(staging / f.filename, final / f.filename)

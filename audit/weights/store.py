@@ -174,13 +174,19 @@ _STRENGTH = ("release", "release-one-source", "config", "user-sha256", "user-tru
 
 def check_file(path: Path, pin: Pin) -> str:
     """Why ``path`` does not match ``pin`` ("" when it does): size first, then the hash."""
+    return measure_file(path, pin)[0]
+
+
+def measure_file(path: Path, pin: Pin | None) -> tuple[str, str]:
+    """(why ``path`` does not match ``pin`` or "", its sha256): the size is checked first, and the
+    file is hashed at most once (no hash when the size already fails). ``pin`` None: only hashed."""
     size = path.stat().st_size
-    if pin.size is not None and size != pin.size:
-        return f"{path.name}: {size:,} bytes, expected {pin.size:,} (truncated or a different file)"
+    if pin is not None and pin.size is not None and size != pin.size:
+        return f"{path.name}: {size:,} bytes, expected {pin.size:,} (truncated or a different file)", ""
     actual = sha256_file(path)
-    if actual != pin.sha256:
-        return f"{path.name}: sha256 {actual}, expected {pin.sha256}"
-    return ""
+    if pin is not None and actual != pin.sha256:
+        return f"{path.name}: sha256 {actual}, expected {pin.sha256}", actual
+    return "", actual
 
 
 def status(name: str, config: Mapping[str, str] | None = None) -> Status:
@@ -250,8 +256,14 @@ def fix_hint(e: WeightsEntry) -> str:
 
 def weights_path(name: str, config: Mapping[str, str] | None = None) -> Path:
     """The verified local file (hub: snapshot dir) of ``name``; raises WeightsError naming the fix."""
+    return require(status(name, config))
+
+
+def require(st: Status) -> Path:
+    """The path of an ``ok`` status; otherwise the WeightsError that names the fix. Callers that also
+    need the pin take the status once and pass it here, so a 270 MB file is hashed once."""
+    name = st.name
     e = manifest.entry(name)
-    st = status(name, config)
     if st.state == "ok":
         return st.path
     if st.state == "missing":
