@@ -18,13 +18,14 @@ from typing import Any, Literal
 
 # Defined below this module (the model adapters subclass ModelSpec) and importable from here as before.
 from audit.config_base import ConfigError, ModelSpec, StudySection
+from audit.metrics import catalogue
 
-PIXEL_METRICS = ("mse", "mae", "psnr", "ssim", "ms_ssim", "overlap_precision", "overlap_recall", "overlap_f1")
+PIXEL_METRICS = catalogue.entries("pixel")
 DEFAULT_PIXEL_METRICS = ("mse", "mae", "psnr", "ssim", "ms_ssim")
-# Config entries of [metrics].clinical and [metrics].distribution; each expands to the metric names in
-# audit.metrics.registry ("dice" to dice_* and dice_mask_*, "prdc" to precision/recall/density/coverage).
-CLINICAL_ENTRIES = ("pathology_auc", "pathology_f1", "dice")
-DISTRIBUTION_ENTRIES = ("fid", "fxd", "kid", "prdc", "fd_raddino", "kid_raddino", "prdc_raddino")
+# Config entries of [metrics].clinical and [metrics].distribution; each turns on the catalogue's metrics
+# of that entry ("dice" gives dice_* and dice_mask_*, "prdc" precision/recall/density/coverage).
+CLINICAL_ENTRIES = catalogue.entries("clinical")
+DISTRIBUTION_ENTRIES = catalogue.entries("distribution")
 # A Hugging Face feature backbone at a fixed commit (a branch would move under the numbers).
 HF_FEATURES_RE = re.compile(r"^hf:[A-Za-z0-9][\w.-]*/[\w.-]+@[0-9a-f]{40}$")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,\[\]-]*$")
@@ -332,6 +333,17 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
     )
 
 
+def _entry_hint(bad: list[str]) -> str:
+    """Say which entry turns on a metric listed by its own name (``precision`` comes with ``prdc``)."""
+    hints = {}
+    for name in bad:
+        m = catalogue.METRICS.get(name)
+        if m is not None and m.entry and m.family in ("clinical", "distribution"):
+            together = [o.name for o in catalogue.CATALOGUE if (o.family, o.entry) == (m.family, m.entry)]
+            hints[m.entry] = f'list "{m.entry}" in [metrics].{m.family}: it gives {", ".join(together)}'
+    return f" ({'; '.join(hints.values())})" if hints else ""
+
+
 def _check_metrics(metrics: MetricsSection, where: str) -> None:
     bad = [m for m in metrics.pixel if m not in PIXEL_METRICS]
     if bad:
@@ -353,14 +365,9 @@ def _check_metrics(metrics: MetricsSection, where: str) -> None:
         listed = getattr(metrics, key)
         bad = [m for m in listed if m not in known]
         if bad:
-            hint = ""
-            if key == "distribution" and set(bad) & {"precision", "recall", "density", "coverage"}:
-                hint = ' (precision, recall, density and coverage are computed together: list "prdc")'
-            if key == "clinical" and any(b.startswith("dice") for b in bad):
-                hint = ' (list "dice": it gives dice_lungs/heart/aorta/mean, and dice_mask_* where cases have an anatomy_mask)'
             raise ConfigError(
                 f"{where}: [metrics].{key} has unknown entr(y/ies) {', '.join(map(repr, bad))}; "
-                f"known are {', '.join(known)}{hint}"
+                f"known are {', '.join(known)}{_entry_hint(bad)}"
             )
         if len(set(listed)) != len(listed):
             raise ConfigError(f"{where}: [metrics].{key} lists an entry twice")

@@ -30,12 +30,9 @@ import pandas as pd
 from audit import images
 from audit.cases import Case
 from audit.config import StudyConfig
+from audit.evaluators.plan import Backend, EvaluatorPlan, Role, Unavailable
 from audit.evaluators.suite import (
     ENTRY_ROLE,
-    Backend,
-    EvaluatorPlan,
-    Role,
-    Unavailable,
     load_backend,
     load_user_backend,
     mask_frame,
@@ -45,6 +42,7 @@ from audit.evaluators.suite import (
 from audit.feature_cache import EvaluatorKey, FeatureCache, compute_with_cache, default_cache_root
 from audit.metrics.functional import clinical as fc
 from audit.metrics.functional import distribution as fd
+from audit.metrics.functional import distribution_bootstrap as fb
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +195,7 @@ class Evaluation:
         key = (case_id, str(path), frame)
         if key not in self._masks:
             from audit.atomic import sha256_file
-            from audit.evaluators.suite import PIPELINE_VERSION
+            from audit.evaluators.plan import PIPELINE_VERSION
 
             mask_key = EvaluatorKey(
                 "anatomy-mask-frame", "none", f"{PIPELINE_VERSION};rgb-mask;{frame}px;>0.5;v1"
@@ -625,11 +623,11 @@ def _feature_cis(
     kernel, suffix = FEATURE_ENTRIES[entry]
     try:
         if kernel == "fd":
-            replicates = {entry: fd.frechet_distance_bootstrap(real, gen, real_w, gen_w)}
+            replicates = {entry: fb.frechet_distance_bootstrap(real, gen, real_w, gen_w)}
         elif kernel == "kid":
-            replicates = {entry: fd.kid_bootstrap(real, gen, real_w, gen_w)}
+            replicates = {entry: fb.kid_bootstrap(real, gen, real_w, gen_w)}
         else:
-            prdc = fd.prdc_bootstrap(real, gen, real_w, gen_w, k=cfg.prdc_k)
+            prdc = fb.prdc_bootstrap(real, gen, real_w, gen_w, k=cfg.prdc_k)
             replicates = {name + suffix: values for name, values in prdc.items()}
     except ValueError as exc:
         record["ci_error"] = str(exc)
@@ -643,7 +641,7 @@ def _feature_cis(
         # lifts every replicate: the plain percentile interval can lie wholly above the value. Shift
         # it by the bootstrap's own bias estimate (mean replicate minus the full-set value).
         full = float(
-            fd.frechet_distance_bootstrap(real, gen, np.ones((1, real.shape[0])), np.ones((1, gen.shape[0])))[
+            fb.frechet_distance_bootstrap(real, gen, np.ones((1, real.shape[0])), np.ones((1, gen.shape[0])))[
                 0
             ]
         )

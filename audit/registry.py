@@ -1,4 +1,5 @@
-"""Every built-in model kind and metric, listed explicitly in one place.
+"""Every built-in model kind, listed explicitly in one place, and the metadata lookup of every metric
+(the metrics themselves are listed in :mod:`audit.metrics.catalogue`).
 
 Later kinds (diffusers pipelines, user callables) are added here without touching the runner.
 """
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from audit.config_base import ModelSpec, StudySection
+from audit.metrics import catalogue
 from audit.models.base import ModelAdapter
 from audit.models.degrade import DegradeAdapter, DegradeSpec, validate_degrade
 from audit.models.diffusion import (
@@ -98,17 +100,10 @@ def build_adapter(spec: ModelSpec, study: StudySection) -> ModelAdapter:
     return MODEL_KINDS[spec.kind].adapter(spec, study)
 
 
-def pixel_metrics():
-    """The pixel metric registry (imports torch, so it is loaded on demand)."""
-    from audit.metrics.pixel import PIXEL_METRICS
-
-    return PIXEL_METRICS
-
-
 @dataclasses.dataclass(frozen=True)
 class MetricInfo:
     """Registered metadata of one metric name (per-class names such as ``pathology_auc:Nodule``
-    share their metric's)."""
+    share their metric's), with the unit at the run's ``pixel_range``."""
 
     name: str
     family: str  # "pixel" | "clinical" | "distribution" | "norberg"
@@ -120,34 +115,8 @@ class MetricInfo:
 
 
 def metric_info(name: str, pixel_range: float = 1.0) -> MetricInfo:
-    """Metadata of any built-in metric: pixel (audit.metrics.pixel), clinical
-    (audit.metrics.functional.clinical), distribution (audit.metrics.functional.distribution) and
-    Norberg-angle agreement (audit.metrics.functional.norberg)."""
-    from audit.metrics.functional.clinical import CLINICAL_METRICS
-    from audit.metrics.functional.distribution import DISTRIBUTION_METRICS
-
-    base = name.split(":", 1)[0]
-    if base in CLINICAL_METRICS:
-        c = CLINICAL_METRICS[base]
-        return MetricInfo(name, "clinical", c.higher_is_better, c.aggregation, c.unit, c.description)
-    if base in DISTRIBUTION_METRICS:
-        d = DISTRIBUTION_METRICS[base]
-        return MetricInfo(name, "distribution", d.higher_is_better, d.aggregation, "", d.description)
-    from audit.metrics.functional.norberg import NORBERG_METRICS
-
-    if base in NORBERG_METRICS:
-        nm = NORBERG_METRICS[base]
-        return MetricInfo(name, "norberg", nm.higher_is_better, nm.aggregation, nm.unit, nm.description)
-    from audit.metrics.pixel import PIXEL_METRICS, metric_unit
-
-    if base in PIXEL_METRICS:
-        p = PIXEL_METRICS[base]
-        return MetricInfo(
-            name,
-            "pixel",
-            p.higher_is_better,
-            "per_sample_mean",
-            metric_unit(base, pixel_range),
-            p.description,
-        )
-    raise KeyError(f"unknown metric {name!r}")
+    """Metadata of any built-in metric, from :mod:`audit.metrics.catalogue`."""
+    m = catalogue.spec(name)
+    return MetricInfo(
+        name, m.family, m.higher_is_better, m.aggregation, m.unit_at(pixel_range), m.description
+    )

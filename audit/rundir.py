@@ -11,6 +11,9 @@ Layout of ``<output>/`` after ``xray-audit run STUDY.toml``::
     per_sample.parquet  long format: model, case_id, sample, metric, value
     summary.csv         model, metric, value, ci_low, ci_high, n, higher_is_better (+ unit)
     failures.csv        model, case_id, sample, stage, error   (only when something failed)
+    norberg_angles.parquet  every measured Norberg angle (only with [norberg] or `norberg evaluate`)
+    norberg_summary.csv     Norberg agreement per source, model and metric   (same)
+    norberg.json            how the Norberg angles were measured: sources, files, sha256   (same)
     report.html         self-contained report
     samples/<model>/    images the suite generated itself (degrade baselines, later diffusers)
     parts/              resumable per-(model, chunk) shards; safe to delete after a finished run
@@ -42,6 +45,9 @@ SAMPLES = "samples.parquet"
 PER_SAMPLE = "per_sample.parquet"
 SUMMARY = "summary.csv"
 FAILURES = "failures.csv"
+NORBERG_ANGLES = "norberg_angles.parquet"
+NORBERG_SUMMARY = "norberg_summary.csv"
+NORBERG_INFO = "norberg.json"
 REPORT_HTML = "report.html"
 SAMPLES_DIR = "samples"
 PARTS_DIR = "parts"

@@ -108,7 +108,8 @@ def _setup(work: Path) -> dict[str, Any]:
     from audit.demo.cohort import build_cohort
     from audit.demo.study import DEMO_DEGRADATIONS
     from audit.models.base import safe_name
-    from audit.runner import RunOptions, run_study
+    from audit.plan import RunOptions
+    from audit.runner import run_study
 
     manifest = build_cohort(progress=False).resolve()
     gen_toml = work / "generate.toml"
@@ -128,7 +129,7 @@ def _setup(work: Path) -> dict[str, Any]:
         lines += [f'degradation = "{degradation}"', f"level = {level}"]
     lines += ["", "[metrics]", "pixel = []", ""]
     write_text(gen_toml, "\n".join(lines))
-    run_study(load_config(gen_toml), RunOptions(progress=False, report=False))
+    run_study(load_config(gen_toml), RunOptions(progress=False))
 
     models: list[dict[str, str | None]] = [{"name": "real", "template": None}]
     for name, _, _ in DEMO_DEGRADATIONS:
@@ -244,7 +245,8 @@ def _evaluator_child(name: str, n_images: int, setup: dict[str, Any]) -> dict[st
 def _build_evaluator(name: str):  # -> Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]]
     if name.startswith("demo-"):
         from audit.config import EvaluatorsSection, MetricsSection
-        from audit.evaluators.suite import Unavailable, load_backend, resolve_evaluators
+        from audit.evaluators.plan import Unavailable
+        from audit.evaluators.suite import load_backend, resolve_evaluators
 
         # The demo "features" role is the segmenter's plan (one pass, one cache entry for both).
         role = "classifier" if name == "demo-classifier" else "segmenter"
@@ -421,7 +423,8 @@ def _suite_child(mode: str, config: str) -> dict[str, Any]:
 
     import audit.evaluation
     from audit.config import load_config
-    from audit.runner import RunOptions, run_study
+    from audit.plan import RunOptions
+    from audit.runner import run_study
 
     imports = time.perf_counter() - start
     loads: list[str] = []
@@ -433,7 +436,7 @@ def _suite_child(mode: str, config: str) -> dict[str, Any]:
 
     # Counted where Evaluation.backend looks it up: a warm run should build no network at all.
     with mock.patch.object(audit.evaluation, "load_backend", counted):
-        result = run_study(load_config(config), RunOptions(progress=False, report=False))
+        result = run_study(load_config(config), RunOptions(progress=False))
     seconds, cpu = time.perf_counter() - start, _cpu_s() - cpu0
     return {
         "mode": f"suite-{mode}",

@@ -104,7 +104,8 @@ def _model_toml(kind: str, setup: dict[str, Any], args: dict[str, Any]) -> list[
 
 def _suite_child(kind: str, setup: dict[str, Any], args: dict[str, Any], work: Path) -> dict[str, Any]:
     from audit.config import load_config
-    from audit.runner import RunOptions, run_study
+    from audit.plan import RunOptions
+    from audit.runner import run_study
 
     toml = work / f"{kind}.toml"
     text = [
@@ -121,7 +122,7 @@ def _suite_child(kind: str, setup: dict[str, Any], args: dict[str, Any], work: P
         "",
     ]
     toml.write_text("\n".join(text))
-    run_study(load_config(toml), RunOptions(progress=False, report=False))
+    run_study(load_config(toml), RunOptions(progress=False))
     info = json.loads((work / f"run-{kind}" / "run.json").read_text())["generation"]["bench"]
     proc = info["this_process"]
     import pandas as pd

@@ -3,14 +3,14 @@
     python benchmarks/report.py [--models 10] [--cases 1000] [--readers 4] [--items 200] [--quick]
                                 [--json FILE] [--keep DIR]
 
-Builds a synthetic finished run directory in the runner's format, without running any network:
-``--models`` models (generators of several kinds, two ``degrade`` sanity baselines and ``real``) x
-``--cases`` cases x 1 sample, with per-sample pixel metrics (mse, mae, psnr, ssim, ms_ssim) and Dice
-(sample vs reference, and vs the input anatomy mask), a ``summary.csv`` written by the runner's own
-:func:`audit.runner.summarise` (bootstrap CIs over cases) plus pathology AUC/F1 (macro and per class,
-with CIs) and distribution rows (FID, FXD, KID, PRDC), ``samples.parquet``, ``cases.parquet``, 64 px
-PNGs from :func:`audit.images.encode_png` (reference, anatomy mask, every sample), ``config.toml``
-(:func:`audit.config.dump_toml` of a parsed config) and ``run.json`` with the runner's keys. With
+Builds a synthetic finished run directory in the runner's format with :mod:`audit.fake_run`, without
+running any network: ``--models`` models (generators of several kinds, two ``degrade`` sanity baselines
+and ``real``) x ``--cases`` cases x 1 sample, with per-sample pixel metrics (mse, mae, psnr, ssim,
+ms_ssim) and Dice (sample vs reference, and vs the input anatomy mask), a ``summary.csv`` written by the
+runner's own :func:`audit.summary.summarise` (bootstrap CIs over cases) plus pathology AUC/F1 (macro and
+per class, with CIs) and distribution rows (FID, FXD, KID, PRDC), ``samples.parquet``,
+``cases.parquet``, 64 px PNGs (radiograph-like references, their anatomy masks, every sample the
+reference plus noise), ``config.toml`` and ``run.json`` with the runner's keys. With
 ``--readers`` > 0 a reader study of the run is created (``reader_study.create``, 64 px) and every
 reader rates all ``--items`` items (three criteria and the Turing question) through the store.
 
@@ -39,10 +39,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from audit.fake_run import FakeModel
 
 _REPO = Path(__file__).resolve().parent.parent
 FORMATS = "html,md,tex,csv"
@@ -113,14 +116,6 @@ def _reference(rng: np.random.Generator, y: np.ndarray, x: np.ndarray) -> tuple[
     return np.clip(img, 0, 1).astype(np.float32), np.stack([lungs, heart, aorta], axis=2)
 
 
-def _write_png(path: Path, pixels: np.ndarray) -> None:
-    from audit.images import encode_png
-
-    # Scratch data: the writer's bytes without its fsync'd atomic rename, which would take most of the build.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(pixels))
-
-
 def _per_case_metrics(
     quality: float, difficulty: np.ndarray, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
@@ -148,15 +143,12 @@ def _per_case_metrics(
 
 def build_run(root: Path, n_models: int, n_cases: int, seed: int = 0) -> Path:
     """A finished run directory at ``root/run`` (see the module docstring)."""
-    from audit import rundir
-    from audit.atomic import sha256_file
-    from audit.config import dump_toml, parse_config, stable_hash
-    from audit.runner import _versions, summarise
+    from audit.config import parse_config
+    from audit.fake_run import FakeRun, write_fake_run
+    from audit.runner import collect_versions
+    from audit.summary import summarise
 
     rng = np.random.default_rng(seed)
-    run = root / "run"
-    data = root / "data"
-    run.mkdir(parents=True)
     tables = model_tables(n_models)
     raw = {
         "study": {"name": f"benchmark {n_models} models x {n_cases} cases", "cases": "cases.csv",
@@ -171,84 +163,78 @@ def build_run(root: Path, n_models: int, n_cases: int, seed: int = 0) -> Path:
     y, x = np.mgrid[0:IMAGE_PX, 0:IMAGE_PX].astype(np.float32) / IMAGE_PX
     case_ids = [f"case{i:05d}" for i in range(n_cases)]
     labels = rng.random((n_cases, len(CLASSES))) < 0.25
-    cases, references = [], {}
-    for i, case_id in enumerate(case_ids):
-        img, mask = _reference(rng, y, x)
-        references[case_id] = img
-        _write_png(data / f"{case_id}.png", img)
-        _write_png(data / f"{case_id}_anatomy.png", mask.astype(np.float32))
-        found = [c for c, on in zip(CLASSES, labels[i], strict=True) if on]
-        findings = "".join(f", {f.lower()}" for f in found)
-        cases.append(
-            {
-                "case_id": case_id,
-                "image": str(data / f"{case_id}.png"),
-                "prompt": f"chest x-ray, frontal view{findings}",
-                "labels": ";".join(found) or "No Finding",
-                "anatomy_mask": str(data / f"{case_id}_anatomy.png"),
-                "view": "PA" if i % 3 else "AP",
-            }
-        )
-    cases_frame = pd.DataFrame(cases)
-    cases_frame.to_parquet(run / rundir.CASES, index=False)
+    references, masks = zip(*(_reference(rng, y, x) for _ in case_ids), strict=True)
+    found = [[c for c, on in zip(CLASSES, row, strict=True) if on] for row in labels]
+    columns = {
+        "prompt": ["chest x-ray, frontal view" + "".join(f", {f.lower()}" for f in fs) for fs in found],
+        "labels": [";".join(fs) or "No Finding" for fs in found],
+        "view": ["PA" if i % 3 else "AP" for i in range(n_cases)],
+    }
 
     difficulty = rng.normal(0, 1, n_cases)
     quality = dict(zip([t["name"] for t in tables], np.linspace(0.9, 0.3, len(tables)), strict=True))
-    sample_rows, per_sample, per_case = [], [], {}
-    for spec, table in zip(config.models, tables, strict=True):
-        name, kind = spec.name, spec.kind
-        generated = kind not in ("real", "degrade", "folder")
-        noise = 0.02 + 0.1 * (1 - quality[name])
-        for case_id, case in zip(case_ids, cases, strict=True):
-            if kind == "real":
-                path = Path(case["image"])
-            else:
-                path = (
-                    root / "generated" / name / f"{case_id}.png"
-                    if kind == "folder"
-                    else run / rundir.SAMPLES_DIR / name / f"{case_id}_s0.png"
-                )
-                noisy = references[case_id] + rng.normal(0, noise, (IMAGE_PX, IMAGE_PX))
-                _write_png(path, np.clip(noisy, 0, 1))
-            row = {"model": name, "case_id": case_id, "sample": 0, "seed": int(rng.integers(2**31)),
-                   "path": str(path), "sha256": sha256_file(path), "kind": kind}  # fmt: skip
-            if generated:
-                row.update(
-                    steps=int(table.get("steps", table.get("options", {}).get("steps", 0))),
-                    guidance=float(table.get("guidance", 1.0)),
-                    strength=table.get("strength"),
-                    scheduler="DDIMScheduler",
-                    dtype="fp16",
-                    weights="sha256:" + stable_hash(table)[:16],
-                    prompt=case["prompt"],
-                    perturbation=None,
-                    seconds=float(rng.uniform(0.5, 2.0)),
-                )
-            sample_rows.append(row)
-        values = _per_case_metrics(float(quality[name]), difficulty, rng)
-        for metric, v in values.items():
-            if kind == "real" and not metric.startswith("dice_mask"):
+    per_sample, per_case = [], {}
+    for spec in config.models:
+        for metric, v in _per_case_metrics(float(quality[spec.name]), difficulty, rng).items():
+            if spec.kind == "real" and not metric.startswith("dice_mask"):
                 continue  # real against itself: not computed (the runner writes no such rows)
-            per_case[(name, metric)] = (np.array(case_ids), v.astype(np.float64))
+            per_case[(spec.name, metric)] = (np.array(case_ids), v.astype(np.float64))
             per_sample.append(
-                pd.DataFrame({"model": name, "case_id": case_ids, "sample": 0, "metric": metric, "value": v})
+                pd.DataFrame(
+                    {"model": spec.name, "case_id": case_ids, "sample": 0, "metric": metric, "value": v}
+                )
             )
-    samples = pd.DataFrame(sample_rows)
-    for col in rundir.GENERATION_COLUMNS:
-        if col not in samples:
-            samples[col] = None
-    samples.to_parquet(run / rundir.SAMPLES, index=False)
-    pd.concat(per_sample, ignore_index=True).to_parquet(run / rundir.PER_SAMPLE, index=False)
 
     names = {"classifier": "xrv-densenet121-res224-all", "segmenter": "xrv-pspnet-chestx-det",
              "features": "inception-v3-fid"}  # fmt: skip
     set_rows = _set_level_rows(tables, quality, n_cases, names, rng)
-    summary = summarise(per_case, config, cases_frame, set_rows)
+    summary = summarise(per_case, config, None, set_rows)
     summary.loc[summary["metric"].str.startswith("dice"), "evaluator"] = names["segmenter"]
-    summary.to_csv(run / rundir.SUMMARY, index=False)
-    (run / rundir.CONFIG_TOML).write_text(dump_toml(config), encoding="utf-8")
-    _write_run_json(run, config, tables, cases_frame, samples, names, n_cases, _versions())
-    return run
+    spec = FakeRun(
+        models=tuple(_fake_model(t, float(quality[t["name"]])) for t in tables),
+        case_ids=tuple(case_ids),
+        name=config.study.name,
+        seed=seed,
+        draw_seed=seed + 1,
+        image_shape=(IMAGE_PX, IMAGE_PX),
+        references=references,
+        masks=masks,
+        columns=columns,
+        per_sample=pd.concat(per_sample, ignore_index=True),
+        summary=summary,
+        config={"metrics": raw["metrics"], "evaluators": raw["evaluators"]},
+        run_info=_run_info(root, config, tables, case_ids, names, collect_versions()),
+    )
+    return write_fake_run(root, spec)
+
+
+def _fake_model(table: dict[str, Any], quality: float) -> FakeModel:
+    """The model of a ``[[models]]`` table: samples are its cases' references plus noise that
+    shrinks with ``quality``; generators record how they generated."""
+    from audit.config import stable_hash
+    from audit.fake_run import FakeModel
+
+    kind = table["kind"]
+    generation = {}
+    if kind not in ("real", "degrade", "folder"):
+        generation = {
+            "steps": int(table.get("steps", table.get("options", {}).get("steps", 0))),
+            "guidance": float(table.get("guidance", 1.0)),
+            "strength": table.get("strength"),
+            "scheduler": "DDIMScheduler",
+            "dtype": "fp16",
+            "weights": "sha256:" + stable_hash(table)[:16],
+            "perturbation": None,
+            "seconds": 1.2,
+        }
+    return FakeModel(
+        table["name"],
+        kind,
+        {k: v for k, v in table.items() if k not in ("name", "kind")},
+        noise=0.02 + 0.1 * (1 - quality),
+        generation=generation,
+        path="generated/{model}/{case_id}.png" if kind == "folder" else None,
+    )
 
 
 def _set_level_rows(tables, quality, n_cases, names, rng) -> list[dict[str, Any]]:
@@ -283,10 +269,12 @@ def _set_level_rows(tables, quality, n_cases, names, rng) -> list[dict[str, Any]
     return rows
 
 
-def _write_run_json(run, config, tables, cases, samples, names, n_cases, versions) -> None:
-    from audit import __version__, rundir
-    from audit.atomic import write_text
+def _run_info(root, config, tables, case_ids, names, versions) -> dict[str, Any]:
+    """run.json's keys as the runner writes them (besides the counts the fake run fills in)."""
     from audit.config import stable_hash
+    from audit.fake_run import RUN_DIR
+
+    n_cases = len(case_ids)
 
     now = dt.datetime.now(dt.UTC)
     generating = [t["name"] for t in tables if t["kind"] not in ("real", "degrade", "folder")]
@@ -306,17 +294,11 @@ def _write_run_json(run, config, tables, cases, samples, names, n_cases, version
                "note": ""}
         for role, name in names.items()
     }  # fmt: skip
-    info = {
-        "xray_audit_version": __version__,
-        "study": config.study.name,
+    return {
         "config_hash": config.hash(),
-        "cases_hash": stable_hash(cases.to_dict("records")),
+        "cases_hash": stable_hash(case_ids),
         "started": (now - dt.timedelta(hours=3)).isoformat(),
         "finished": now.isoformat(),
-        "n_cases": n_cases,
-        "n_models": len(tables),
-        "n_samples": len(samples),
-        "n_failures": 0,
         "timings": {"load_s": 1.2, "samples_and_metrics_s": 9000.0, "aggregate_s": 3.1, "summary_s": 2.0},
         "versions": versions,
         "policies": {
@@ -328,8 +310,13 @@ def _write_run_json(run, config, tables, cases, samples, names, n_cases, version
             "group_by": [],
         },
         "generation": {
-            name: {"samples": n_cases, "failed": 0, "generation_seconds": 1.2 * n_cases, "images_per_s": 0.83,
-                   "this_process": {"device": "cuda:0", "gpu": "NVIDIA H100", "load_s": 12.0}}
+            name: {
+                "samples": n_cases,
+                "failed": 0,
+                "generation_seconds": 1.2 * n_cases,
+                "images_per_s": 0.83,
+                "this_process": {"device": "cuda:0", "gpu": "NVIDIA H100", "load_s": 12.0},
+            }
             for name in generating
         },
         "evaluation": {
@@ -338,22 +325,26 @@ def _write_run_json(run, config, tables, cases, samples, names, n_cases, version
             "unavailable": {},
             "device": "auto",
             "dtype": "fp32",
-            "cache_dir": str(run / "cache" / "features"),
-            "pathology": {"classes": list(CLASSES), "threshold_policy": "operating_point",
-                          "thresholds": dict.fromkeys(CLASSES, 0.5), "skipped": {}},
+            "cache_dir": str(root / RUN_DIR / "cache" / "features"),
+            "pathology": {
+                "classes": list(CLASSES),
+                "threshold_policy": "operating_point",
+                "thresholds": dict.fromkeys(CLASSES, 0.5),
+                "skipped": {},
+            },
             "feature_metrics": feature,
         },
     }
-    write_text(run / rundir.RUN_JSON, json.dumps(info, indent=2) + "\n")
 
 
 def build_study(run: Path, root: Path, n_readers: int, n_items: int, seed: int = 0) -> Path:
     """A reader study of ``run`` with about ``n_items`` items, every one rated by every reader."""
     if str(_REPO) not in sys.path:
         sys.path.insert(0, str(_REPO))  # for tests.reader_study_fixtures when run as a script
+    from audit import rundir
     from tests.reader_study_fixtures import rated_study
 
-    n_strata = pd.read_parquet(run / "samples.parquet")["model"].nunique()
+    n_strata = pd.read_parquet(run / rundir.SAMPLES)["model"].nunique()
     return rated_study(
         run, root / "study", readers=tuple(f"reader{i}" for i in range(n_readers)),
         per_model=max(1, n_items // n_strata), rng=np.random.default_rng(seed), said_real=(0.7, 0.45), seconds=3.0,
@@ -404,12 +395,13 @@ def _child(run_dir: str, out: str, study: str) -> dict[str, Any]:
     import audit.cli
     import reports.comparison
     import reports.html
+    import reports.statistics
 
     clock = _StageClock()
     clock.wrap(reports.html, "load_run", "load")
     clock.wrap(reports.comparison, "load_run", "load")
     clock.wrap(reports.comparison, "write_exports", "tables")
-    clock.wrap(reports.comparison, "paired_tests", "paired_tests")
+    clock.wrap(reports.statistics, "paired_tests", "paired_tests")
     clock.wrap(reports.html, "write_html_report", "html")
     if study != "-":
         import reader_study.admin

@@ -1,7 +1,8 @@
 """What the dashboard pages show, computed from a run directory: torch-free and, apart from the
 cached loaders at the bottom, pure functions of pandas frames and numpy arrays (unit-tested).
 
-Loading reuses :func:`reports.run.load_run`, so the report and the dashboard read a run the same way.
+Loading reuses :func:`reports.run.load_run` and thumbnails :mod:`reports.thumbnail`, so the report and
+the dashboard read a run and its images the same way.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from audit import images, rundir
-from dashboards.serve import COMPARE_ENV, RATINGS_FILE, RUN_ENV, STUDY_ENV  # noqa: F401  (pages use data.*)
+from audit.metrics import catalogue
+from dashboards.serve import COMPARE_ENV, RUN_ENV, STUDY_ENV  # noqa: F401  (pages use data.*)
+from reader_study.studydir import RATINGS_PARQUET
 from reports.run import (
-    RESULT_TABLES,
     MetricColumn,
     ModelRow,
     RunFiles,
@@ -28,13 +29,10 @@ from reports.run import (
     metric_columns,
     order_models,
 )
+from reports.thumbnail import overlay, present, read_thumb, shrink, to_uint8
 
 ALL_CASES = "all cases"  # label of summary.csv's group "" in the UI
 THUMB_PX = 256
-# Colours of mask channels in the overlay: RGB anatomy masks keep R lungs, G heart, B aorta; single-channel
-# masks (pathology) are drawn orange so they stand out on grey.
-SINGLE_MASK_COLOUR = np.array([1.0, 0.45, 0.0], dtype=np.float32)
-OVERLAY_ALPHA = 0.35
 CONDITION_COLUMNS = (
     ("anatomy_mask", "anatomy mask"),
     ("pathology_mask", "pathology mask"),
@@ -105,11 +103,12 @@ def group_label(group: str) -> str:
 
 
 def metric_family(name: str) -> str:
-    base = name.split(":", 1)[0]
-    for _, heading, metrics in RESULT_TABLES:
-        if base in metrics:
-            return heading
-    return "Other"
+    """The heading of the results table the metric belongs to (from :mod:`audit.metrics.catalogue`)."""
+    try:
+        table = catalogue.spec(name).table
+    except KeyError:
+        return "Other"
+    return next(t.heading for t in catalogue.TABLES if t.id == table)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,77 +323,6 @@ def improved(delta: float, higher_is_better: bool | None) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def present(value: Any) -> str | None:
-    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def shrink(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Float image downscaled (Lanczos) so its longer side is at most ``size``; never upscaled."""
-    h, w = pixels.shape[:2]
-    scale = min(1.0, size / max(h, w))
-    target = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if target == (w, h):
-        return np.asarray(pixels, dtype=np.float32)
-    im = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))
-    return np.clip(np.asarray(im.resize(target, Image.Resampling.LANCZOS)), 0.0, 1.0)
-
-
-def fit_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """bool (H, W, C) mask resized (nearest neighbour) to ``shape`` (h, w)."""
-    if mask.shape[:2] == tuple(shape):
-        return mask
-    h, w = shape
-    channels = [
-        np.asarray(
-            Image.fromarray(mask[..., c].astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)
-        )
-        > 127
-        for c in range(mask.shape[2])
-    ]
-    return np.stack(channels, axis=-1)
-
-
-def mask_edges(mask: np.ndarray) -> np.ndarray:
-    """bool (H, W, C): mask pixels with at least one 4-neighbour outside the mask (image border counts
-    as outside)."""
-    padded = np.pad(mask, ((1, 1), (1, 1), (0, 0)), constant_values=False)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & mask
-    return mask & ~interior
-
-
-def overlay(reference: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """uint8 RGB: the grey ``reference`` tinted by ``alpha`` inside each mask channel's colour, with
-    the channel's contour drawn opaque. RGB masks keep their channel colours; 1-channel masks are orange."""
-    mask = fit_mask(mask, reference.shape[:2])
-    colours = np.eye(3, dtype=np.float32) if mask.shape[2] == 3 else SINGLE_MASK_COLOUR[None, :]
-    out = np.repeat(np.asarray(reference, dtype=np.float32)[..., None], 3, axis=2)
-    edges = mask_edges(mask)
-    for c in range(mask.shape[2]):
-        inside = mask[..., c]
-        out[inside] = out[inside] * (1.0 - alpha) + colours[c] * alpha
-        out[edges[..., c]] = colours[c]
-    return to_uint8(out)
-
-
-def read_thumb(path: str | None, size: int = THUMB_PX) -> tuple[np.ndarray | None, str]:
-    """(float thumbnail, "") or (None, why not)."""
-    if path is None:
-        return None, "no path recorded"
-    try:
-        return shrink(images.read_image(path).pixels, size), ""
-    except FileNotFoundError:
-        return None, f"file not found: {path}"
-    except (OSError, ValueError) as exc:
-        return None, f"unreadable: {exc}"
-
-
 def condition_image(
     case: Mapping[str, Any], reference: np.ndarray | None, size: int = THUMB_PX
 ) -> tuple[np.ndarray | None, str]:
@@ -466,7 +394,7 @@ def _ratings(path: str, mtime: float) -> pd.DataFrame:
 
 def ratings(study_dir: str | Path) -> pd.DataFrame | None:
     """STUDY_DIR/ratings.parquet, or None when it has not been exported."""
-    path = Path(study_dir).expanduser() / RATINGS_FILE
+    path = Path(study_dir).expanduser() / RATINGS_PARQUET
     if not path.is_file():
         return None
     return _ratings(str(path.resolve()), path.stat().st_mtime)

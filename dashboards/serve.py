@@ -9,6 +9,7 @@ from pathlib import Path
 
 from audit import rundir
 from audit.streamlit_server import streamlit_command as audit_streamlit_command
+from reader_study.studydir import RATINGS_PARQUET
 
 APP = Path(__file__).with_name("app.py")
 # The app's environment. Defined here, not in dashboards.data, so that the CLI does not import
@@ -16,7 +17,6 @@ APP = Path(__file__).with_name("app.py")
 RUN_ENV = "XRAY_AUDIT_RUN_DIR"
 STUDY_ENV = "XRAY_AUDIT_STUDY_DIR"
 COMPARE_ENV = "XRAY_AUDIT_COMPARE_RUN_DIR"
-RATINGS_FILE = "ratings.parquet"  # reader_study.study.EXPORT_STEM + ".parquet"; not imported (sqlalchemy)
 log = logging.getLogger(__name__)
 
 
@@ -42,11 +42,11 @@ def dashboard_env(
         root = Path(path)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: reader study directory not found (--reader-study)")
-        if not (root / RATINGS_FILE).is_file():
+        if not (root / RATINGS_PARQUET).is_file():
             log.warning(
                 "%s has no %s yet; the reader page will ask for `xray-audit reader-study export %s`",
                 root,
-                RATINGS_FILE,
+                RATINGS_PARQUET,
                 root,
             )
         env[key] = str(root.resolve())

@@ -15,35 +15,10 @@ from typing import Any
 import pandas as pd
 
 from audit.atomic import atomic_path
-from reader_study import placement, study, text
+from reader_study import placement, study, studydir, text
 from reader_study.criteria import FLAG
 from reader_study.store import Store, assignments, landmarks, new_token, ratings, readers, responses
 
-EXPORT_COLUMNS = (
-    "reader",
-    "item",
-    "model",
-    "case_id",
-    "sample",
-    "criterion",
-    "score",
-    "turing_answer",
-    "confidence",
-    "created_at",
-    "read_number",
-)
-# After EXPORT_COLUMNS: whether the item was a calibration (practice) item, the flag and its reason,
-# the reader's seconds on the item (summed over edits), the time of the last change, the item's
-# place in that reader's queue (0 = first shown: order and fatigue effects) and the number of
-# submits that changed the item's answer after the first.
-EXTRA_COLUMNS = ("calibration", "flagged", "flag_reason", "seconds", "updated_at", "position", "edits")
-# Free-text comments, one row per response that has one (not repeated on every criterion row).
-COMMENT_COLUMNS = (
-    "reader", "item", "model", "case_id", "sample", "read_number", "position", "comment", "created_at", "updated_at",
-)  # fmt: skip
-# Readers' landmarks in the source image's pixels: the columns of an annotation file
-# (case_id, landmark, x, y) plus who placed them on which item.
-LANDMARK_COLUMNS = ("reader", "item", "model", "case_id", "sample", "read_number", "landmark", "x", "y")
 _CROP_COLUMNS = ("crop_left", "crop_top", "crop_side")
 
 
@@ -124,7 +99,7 @@ class _Tables:
 def _tables(study_dir: str | Path) -> _Tables:
     root, _, store = open_store(study_dir)
     try:
-        key_path = root / study.KEY
+        key_path = root / studydir.KEY
         if not key_path.is_file():
             raise study.StudyError(f"{key_path} is missing: without the key the ratings cannot be unblinded")
 
@@ -208,7 +183,7 @@ def _ratings_frame(t: _Tables) -> pd.DataFrame:
     out["calibration"] = out.calibration.astype(bool)
     for col in ("score", "confidence", "edits"):
         out[col] = out[col].astype("Int64")
-    out = out[[*EXPORT_COLUMNS, *EXTRA_COLUMNS]]
+    out = out[[*studydir.EXPORT_COLUMNS, *studydir.EXTRA_COLUMNS]]
     return out.sort_values(["reader", "read_number", "item", "criterion"], kind="stable").reset_index(
         drop=True
     )
@@ -223,7 +198,7 @@ def _comments_frame(t: _Tables) -> pd.DataFrame:
     notes = t.responses[t.responses.comment.notna()]
     out = _with_key(notes, t)
     return (
-        out[list(COMMENT_COLUMNS)]
+        out[list(studydir.COMMENT_COLUMNS)]
         .sort_values(["reader", "read_number", "item"], kind="stable")
         .reset_index(drop=True)
     )
@@ -243,7 +218,7 @@ def landmarks_frame(study_dir: str | Path) -> pd.DataFrame:
             raise study.StudyError(
                 f"{root}: this study asks for no landmarks (it was created without --landmarks)"
             )
-        key_path = root / study.KEY
+        key_path = root / studydir.KEY
         if not key_path.is_file():
             raise study.StudyError(
                 f"{key_path} is missing: without the key the landmarks cannot be unblinded"
@@ -277,12 +252,12 @@ def landmarks_frame(study_dir: str | Path) -> pd.DataFrame:
     out["sample"] = out["sample"].astype("Int64")
     out = out.assign(_order=out.landmark.map(placement.sort_key))
     out = out.sort_values(["reader", "read_number", "model", "case_id", "item", "_order"], kind="stable")
-    return out[list(LANDMARK_COLUMNS)].reset_index(drop=True)
+    return out[list(studydir.LANDMARK_COLUMNS)].reset_index(drop=True)
 
 
 def _write(frame: pd.DataFrame, target: Path, neutralise: bool) -> None:
     """``frame`` to ``target`` (.csv/.parquet), owner-only; ``neutralise``: CSV formulas defused."""
-    if target.suffix not in (".csv", ".parquet"):
+    if target.suffix not in studydir.EXPORT_SUFFIXES:
         raise study.StudyError(f"--out must end in .csv or .parquet, got {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:  # a mkstemp file: owner-only (0600), kept by the rename
@@ -303,7 +278,7 @@ def _beside(out: Path | None, root: Path, stem: str) -> list[Path]:
     """Where a companion export goes: ``<out stem>-<stem><suffix>``, or ``STUDY_DIR/<stem>.csv/.parquet``."""
     if out is not None:
         return [out.with_name(f"{out.stem}-{stem}{out.suffix}")]
-    return [root / f"{stem}.csv", root / f"{stem}.parquet"]
+    return [root / f"{stem}{suffix}" for suffix in studydir.EXPORT_SUFFIXES]
 
 
 def export(study_dir: str | Path, out: Path | None = None) -> list[Path]:
@@ -315,17 +290,17 @@ def export(study_dir: str | Path, out: Path | None = None) -> list[Path]:
     """
     root = Path(study_dir)
     _, info = study.load(root)
-    if out is not None and out.suffix not in (".csv", ".parquet"):
+    if out is not None and out.suffix not in studydir.EXPORT_SUFFIXES:
         raise study.StudyError(f"--out must end in .csv or .parquet, got {out}")
     written = []
     # Ratings and comments hold what readers typed: defused for spreadsheets. Landmarks hold none,
     # and their CSV is an annotation file other commands read back: written as is.
     tables = _tables(study_dir)  # read once for the ratings and the comments
-    parts = [(_ratings_frame(tables), [out] if out else _beside(None, root, study.EXPORT_STEM), True)]
+    parts = [(_ratings_frame(tables), [out] if out else _beside(None, root, studydir.EXPORT_STEM), True)]
     if info.comment:
-        parts.append((_comments_frame(tables), _beside(out, root, study.COMMENTS_STEM), True))
+        parts.append((_comments_frame(tables), _beside(out, root, studydir.COMMENTS_STEM), True))
     if info.landmarks is not None:
-        parts.append((landmarks_frame(study_dir), _beside(out, root, study.LANDMARKS_STEM), False))
+        parts.append((landmarks_frame(study_dir), _beside(out, root, studydir.LANDMARKS_STEM), False))
     for frame, targets, neutralise in parts:
         for target in targets:
             _write(frame, target, neutralise)

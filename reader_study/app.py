@@ -63,9 +63,7 @@ from reader_study.store import (
 
 STUDY_ENV = "XRAY_AUDIT_STUDY_DIR"
 _VIEW_DEFAULTS = {"view_level": 0.5, "view_width": 1.0, "view_zoom": 1.0, "view_cx": 0.5, "view_cy": 0.5}
-_SESSION_ENDED = (
-    "Your access token was reissued, so this session has ended. Sign in with the new token from your study lead."
-)
+_SESSION_ENDED = "Your access token was reissued, so this session has ended. Sign in with the new token from your study lead."
 log = logging.getLogger("xray_audit.reader_study")
 
 
@@ -251,7 +249,9 @@ def _clear(side: str) -> None:
 
 def _landmark_help(info: study.StudyInfo) -> None:
     first, second = placement.screen_sides(info.patient_left)
-    display = "the standard radiographic display" if info.patient_left == "image-right" else "mirrored display"
+    display = (
+        "the standard radiographic display" if info.patient_left == "image-right" else "mirrored display"
+    )
     st.info(
         f"**Landmarks.** Images are in {display}: the patient's "
         f"**{first}** hip is on the image's left, the **{second}** on its right. For each hip click at "
@@ -530,7 +530,9 @@ def main() -> None:
     except (study.StudyError, StoreError) as exc:
         # Anyone can load the page: the details (paths, database host and user) go to the log.
         log.error("cannot open the study: %s", exc)
-        st.error("The study cannot be opened right now. Tell your study lead (details are in the server log).")
+        st.error(
+            "The study cannot be opened right now. Tell your study lead (details are in the server log)."
+        )
         return
     if "reader_id" not in st.session_state:
         _login(store, info)

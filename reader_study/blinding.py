@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 
 from audit.atomic import write_text
 from reader_study import placement, rendering, study
+from reader_study.studydir import BLINDING_FILE, KEY
 
 REAL = "real"
-BLINDING_FILE = "blinding.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +179,7 @@ def require(study_dir: str | Path, info: study.StudyInfo, progress: bool = True)
     (also for a study without ``blinding.json``: made by an earlier xray-audit, whose compressed
     images give their source away)."""
     root = Path(study_dir)
-    key_path = root / study.KEY
+    key_path = root / KEY
     if not (root / BLINDING_FILE).is_file():
         raise BlindingError(
             f"{root} has no {BLINDING_FILE}: it was created by an earlier xray-audit, whose images' byte "

@@ -28,7 +28,7 @@ from audit.atomic import sha256_bytes, write_bytes
 from audit.images import ImageReadError, read_image
 from audit.norberg.evaluation import run_settings
 from audit.norberg.geometry import PATIENT_LEFT_ON
-from reader_study import assignment, blinding, placement, rendering, study
+from reader_study import assignment, blinding, placement, rendering, study, studydir
 from reader_study.criteria import Criterion
 from reader_study.store import Store, new_token, sqlite_url
 
@@ -88,7 +88,9 @@ def _check_options(o: CreateOptions) -> None:
             f"--landmarks: unknown task {o.landmarks!r}; available: {', '.join(placement.TASKS)}"
         )
     if o.patient_left is not None and o.patient_left not in PATIENT_LEFT_ON:
-        raise CreateError(f"--patient-left must be one of {', '.join(PATIENT_LEFT_ON)}, got {o.patient_left!r}")
+        raise CreateError(
+            f"--patient-left must be one of {', '.join(PATIENT_LEFT_ON)}, got {o.patient_left!r}"
+        )
     if o.patient_left is not None and o.landmarks is None:
         raise CreateError("--patient-left only matters for --landmarks norberg: give both or neither")
     if not o.criteria and not o.turing and o.landmarks is None:
@@ -251,7 +253,7 @@ def create_study(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     store: Store | None = None
     try:
-        (tmp / study.IMAGES_DIR).mkdir()
+        (tmp / studydir.IMAGES_DIR).mkdir()
         key_rows, item_rows = [], []
         used_ids: set[str] = set()
         bar = tqdm(picks, desc="re-encoding images", unit="img", disable=not progress)
@@ -262,7 +264,7 @@ def create_study(
             while item in used_ids:
                 item = secrets.token_hex(8)
             used_ids.add(item)
-            write_bytes(tmp / study.IMAGES_DIR / f"{item}.png", png)
+            write_bytes(study.image_path(tmp, item), png)
             top, left, side = rendering.square_box(*pixels.shape)
             key_rows.append(
                 {"item": item, "model": src.stratum, "case_id": src.case_id, "sample": src.sample,
@@ -274,13 +276,13 @@ def create_study(
                 {"id": item, "image_sha256": sha256_bytes(png), "prompt": prompts.get(src.case_id)}
             )
         # In the pick order: the draws below then depend on the random generator only, not on the ids.
-        key = pd.DataFrame(key_rows, columns=list(study.KEY_COLUMNS))
+        key = pd.DataFrame(key_rows, columns=list(studydir.KEY_COLUMNS))
         key["sample"] = key["sample"].astype("Int64")
 
         if options.database is None:
             # Created owner-only before SQLite opens it: its -wal and -shm files take its mode.
-            os.close(os.open(tmp / study.DB_FILE, os.O_CREAT | os.O_WRONLY, 0o600))
-        url = options.database or sqlite_url(tmp / study.DB_FILE)
+            os.close(os.open(tmp / studydir.DB_FILE, os.O_CREAT | os.O_WRONLY, 0o600))
+        url = options.database or sqlite_url(tmp / studydir.DB_FILE)
         store = Store(url)
         store.create_schema()
         store.add_items(item_rows)
@@ -324,8 +326,8 @@ def create_study(
         store.close()
         store = None
         key = key.sort_values("item", ignore_index=True)  # stored in id order: nothing to read from it
-        key.to_parquet(tmp / study.KEY, index=False)
-        os.chmod(tmp / study.KEY, 0o600)  # the unblinding key: owner-only
+        key.to_parquet(tmp / studydir.KEY, index=False)
+        os.chmod(tmp / studydir.KEY, 0o600)  # the unblinding key: owner-only
         info = study.StudyInfo(
             title=options.title,
             criteria=options.criteria,
@@ -333,7 +335,7 @@ def create_study(
             comment=options.comment,
             show_prompt=options.show_prompt,
             image_size=options.size,
-            database=options.database or study.DB_FILE,
+            database=options.database or studydir.DB_FILE,
             created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             seed=options.seed,
             readers=options.readers,
@@ -347,9 +349,11 @@ def create_study(
         measured = blinding.measure(tmp, info, key, progress=progress)
         bad = blinding.failures(measured)
         if bad:
-            raise CreateError("the study's images would tell models apart by their byte size: " + "; ".join(bad[:5]))
+            raise CreateError(
+                "the study's images would tell models apart by their byte size: " + "; ".join(bad[:5])
+            )
         blinding.save(tmp, measured)
-        _same_times(tmp / study.IMAGES_DIR, sorted(key.item))  # last: measuring read the files
+        _same_times(tmp, sorted(key.item))  # last: measuring read the files
         study.save(tmp, info)
         if final.exists():
             final.rmdir()  # empty, checked above
@@ -367,13 +371,13 @@ def create_study(
     return CreatedStudy(final, tokens, len(key), reuse)
 
 
-def _same_times(images: Path, items: list[str]) -> None:
+def _same_times(study_dir: Path, items: list[str]) -> None:
     """Give every image file one access and modification time (the minute the study was made), so
     that file times cannot order them; set in item-id order, which is random, as the change times
     this leaves behind are."""
     stamp = int(datetime.now(UTC).replace(second=0, microsecond=0).timestamp()) * 1_000_000_000
     for item in items:
-        os.utime(images / f"{item}.png", ns=(stamp, stamp))
+        os.utime(study.image_path(study_dir, item), ns=(stamp, stamp))
 
 
 def _prompts(cases: pd.DataFrame) -> dict[str, str]:

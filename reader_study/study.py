@@ -1,15 +1,7 @@
-"""The study directory: what ``reader-study create`` writes and the app, ``status`` and ``export`` read.
-
-Layout of ``STUDY_DIR/``::
-
-    study.json       what the app needs: title, criteria, options, database URL. No model names.
-    key.parquet      item -> model, case_id, sample, source path and sha256, calibration, and
-                     the source's size and the square cut from it (crop_left, crop_top, crop_side)
-                     that maps landmarks back to the source. The unblinding key: read only by
-                     ``export``, never by the app.
-    images/<item>.png  every image re-encoded alike (see reader_study.rendering); names are the
-                     opaque random item ids
-    ratings.sqlite   the database (unless ``--database`` named a PostgreSQL URL)
+"""``study.json``, the study's description (:class:`StudyInfo`: no model names), which
+``reader-study create`` writes and the app, ``status`` and ``export`` read, and the paths it implies
+(the database URL, an item's image). The study directory's files are declared in
+:mod:`reader_study.studydir`.
 
 Torch-free, like everything under ``reader_study``.
 """
@@ -24,20 +16,10 @@ from typing import Any
 
 from audit.atomic import write_text
 from reader_study.criteria import Criterion
+from reader_study.studydir import IMAGE_SUFFIX, IMAGES_DIR, STUDY_JSON
 
-STUDY_JSON = "study.json"
-KEY = "key.parquet"
-IMAGES_DIR = "images"
-DB_FILE = "ratings.sqlite"
-EXPORT_STEM = "ratings"
-COMMENTS_STEM = "comments"
-LANDMARKS_STEM = "landmarks"
 STUDY_FORMAT = 1
 ITEM_ID = re.compile(r"^[0-9a-f]{16}$")
-KEY_COLUMNS = (
-    "item", "model", "case_id", "sample", "source_path", "source_sha256", "calibration",
-    "source_width", "source_height", "crop_left", "crop_top", "crop_side",
-)  # fmt: skip
 
 
 class StudyError(RuntimeError):
@@ -113,4 +95,4 @@ def image_path(study_dir: Path, item_id: str) -> Path:
     # Item ids come from the database, but a path is built from them: refuse anything else.
     if not ITEM_ID.match(item_id):
         raise StudyError(f"invalid item id {item_id!r}")
-    return study_dir / IMAGES_DIR / f"{item_id}.png"
+    return study_dir / IMAGES_DIR / f"{item_id}{IMAGE_SUFFIX}"

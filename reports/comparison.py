@@ -1,20 +1,16 @@
 """The comparison table of ``xray-audit report`` and its paper exports (Markdown, LaTeX, CSV).
 
-Built only from the run directory (see :mod:`audit.rundir`), torch-free, reusing the loaders, model
-order, metric columns and best-value rule of :mod:`reports.run` and the number formatting of
-:mod:`reports.format`:
+Built only from the run directory (see :mod:`audit.rundir`), torch-free, reusing the loaders, metric
+columns and best-value rule of :mod:`reports.run`, the model order and per-case means of
+:mod:`reports.statistics` and the number formatting of :mod:`reports.format`:
 
 - :func:`comparison_table`: Table I of the XReal paper as a tidy frame: one row per (model, metric),
   models grouped by kind with the ``real`` row last (the upper bound), every summary metric of one
   group plus optional reader-study scores, each value with its CI and N, the best value per column
   marked among the evaluated models only (never a sanity baseline or the real row).
 - :func:`mean_std_table`: the knee paper's format, mean ± std over cases per value of a case column.
-- :func:`paired_tests`: model-vs-model Wilcoxon signed-rank tests (Pratt zeros) on shared cases with
-  Holm-adjusted p-values and bootstrap CIs of the mean difference and the rank-biserial correlation.
-- :func:`run_paired_tests`: those tests as every output shows them (paired_tests.csv, the note of
-  comparison.md, report.html), computed once with the run's settings, metrics with non-finite
-  per-sample values (an identical image's +∞ PSNR) left out and named in :attr:`PairedTests.skipped`.
-- :func:`to_markdown`, :func:`to_latex`, :func:`to_csv_frame` and :func:`write_exports`.
+- :func:`to_markdown`, :func:`to_latex`, :func:`to_csv_frame` and :func:`write_exports`, which also
+  writes the model-vs-model tests of :mod:`reports.statistics` as paired_tests.csv.
 
 The run's confidence, bootstrap resamples and seed come from :class:`audit.rundir.RunSettings`.
 Every clinical and distribution column names its evaluator (:mod:`reports.provenance`): in the header
@@ -26,13 +22,11 @@ per row (empty for pixel metrics and reader scores).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +34,6 @@ import pandas as pd
 from audit.atomic import atomic_path, write_text
 from audit.stats import bootstrap_mean_ci
 from reports.format import decimals, format_estimate, format_number
-from reports.functional.paired import holm, paired_effect, wilcoxon_pratt
 from reports.provenance import (
     MARK_COLUMNS,
     SEP,
@@ -51,7 +44,6 @@ from reports.provenance import (
     metric_mark,
 )
 from reports.run import (
-    METRIC_LABELS,
     EvaluationInfo,
     MetricColumn,
     ModelRow,
@@ -61,15 +53,14 @@ from reports.run import (
     load_run,
     metric_columns,
     nonfinite_metrics,
-    order_models,
     reader_score_rows,
     split_tables,
 )
+from reports.statistics import PairedTests, comparison_models, per_case_means, run_paired_tests, skipped_note
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("md", "tex", "csv")
-READER_PREFIX = "reader_"
 MISSING_GROUP = "(missing)"  # audit.evaluation's label for a case with no value in a group_by column
 # Case columns that identify files, not strata: never offered as a --group-by column.
 _NOT_GROUPING = frozenset({"case_id", "image", "anatomy_mask", "mask", "prompt"})
@@ -92,28 +83,6 @@ TABLE_COLUMNS = [
 MEAN_STD_COLUMNS = [
     "column", "group_value", "model", "kind", "metric", "label", "arrow", "mean", "std", "n", *MARK_COLUMNS,
 ]  # fmt: skip
-PAIRED_COLUMNS = [
-    "metric",
-    "label",
-    "higher_is_better",
-    "model_a",
-    "model_b",
-    "n",
-    "n_zero",
-    "mean_a",
-    "mean_b",
-    "mean_difference",
-    "mean_difference_ci_low",
-    "mean_difference_ci_high",
-    "rank_biserial",
-    "rank_biserial_ci_low",
-    "rank_biserial_ci_high",
-    "statistic",
-    "pvalue",
-    "pvalue_holm",
-    "better",
-    *MARK_COLUMNS,
-]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,16 +110,6 @@ class ComparisonTable:
 # ------------------------------------------------------------------------------------------------
 
 
-def comparison_models(run: RunFiles) -> list[ModelRow]:
-    """:func:`reports.run.order_models`, generators grouped by kind (first appearance order), so
-    e.g. two diffusers models stay together even when the config interleaves them; real stays last."""
-    models = order_models(run)
-    generators = [m for m in models if not m.is_real and not m.is_baseline]
-    kinds = list(dict.fromkeys(m.kind for m in generators))
-    generators.sort(key=lambda m: kinds.index(m.kind))  # stable: config order within a kind
-    return generators + [m for m in models if m.is_baseline] + [m for m in models if m.is_real]
-
-
 def _reader_rows(reader_scores: pd.DataFrame, models: Sequence[ModelRow], group: str) -> pd.DataFrame:
     needed = ("model", "criterion", "mean", "ci_low", "ci_high", "n_ratings")
     missing = [c for c in needed if c not in reader_scores.columns]
@@ -160,12 +119,6 @@ def _reader_rows(reader_scores: pd.DataFrame, models: Sequence[ModelRow], group:
             "pass reports.reader_stats.reader_statistics(ratings, rng=...).scores"
         )
     return reader_score_rows(reader_scores, models).assign(group=group)
-
-
-def _label(column: MetricColumn) -> str:
-    if column.name.startswith(READER_PREFIX):
-        return "reader " + column.name[len(READER_PREFIX) :]
-    return column.label
 
 
 def comparison_table(
@@ -219,7 +172,7 @@ def comparison_table(
                     "model": model.name,
                     "kind": model.kind,
                     "metric": column.name,
-                    "label": _label(column),
+                    "label": column.label,
                     "arrow": column.arrow,
                     "unit": column.unit,
                     "value": value,
@@ -256,18 +209,12 @@ def _require_case_column(run: RunFiles, column: str) -> pd.DataFrame:
     return cases
 
 
-def _per_case(run: RunFiles) -> pd.DataFrame:
-    """model, case_id, metric, value: samples of a case averaged first (they are not independent)."""
-    ps = run.per_sample.dropna(subset=["value"])
-    return ps.groupby(["model", "metric", "case_id"], as_index=False, sort=False)["value"].mean()
-
-
 def mean_std_table(run: RunFiles, group_column: str) -> pd.DataFrame:
     """Mean ± std (ddof 1) over cases of every per-sample metric, per model and value of the case
     column ``group_column`` (the knee paper's MAE/PSNR-per-condition format). Samples of a case are
     averaged first; ``n`` is the number of cases. Columns :data:`MEAN_STD_COLUMNS`."""
     cases = _require_case_column(run, group_column)
-    per_case = _per_case(run).merge(cases, on="case_id", how="inner")
+    per_case = per_case_means(run).merge(cases, on="case_id", how="inner")
     models = comparison_models(run)
     columns = {m.name: m for m in metric_columns(run, run.settings.pixel_range)}
     stats = (
@@ -296,7 +243,7 @@ def mean_std_table(run: RunFiles, group_column: str) -> pd.DataFrame:
             "model": stats["model"].to_numpy(),
             "kind": stats["model"].map(kind).to_numpy(),
             "metric": stats["metric"].to_numpy(),
-            "label": [_label(columns[m]) if m in columns else m for m in stats["metric"]],
+            "label": [columns[m].label if m in columns else m for m in stats["metric"]],
             "arrow": [columns[m].arrow if m in columns else "" for m in stats["metric"]],
             "mean": stats["mean"].to_numpy(),
             "std": stats["std"].to_numpy(),
@@ -305,152 +252,6 @@ def mean_std_table(run: RunFiles, group_column: str) -> pd.DataFrame:
         },
         columns=MEAN_STD_COLUMNS,
     ).reset_index(drop=True)
-
-
-def paired_tests(
-    run: RunFiles,
-    metrics: Sequence[str] | None = None,
-    *,
-    rng: np.random.Generator,
-    resamples: int = 2000,
-    confidence: float = 0.95,
-) -> pd.DataFrame:
-    """Wilcoxon signed-rank (Pratt zeros) of model_a - model_b for every per-sample metric and every
-    pair of models other than ``real``, on the cases both have (samples averaged per case first).
-
-    ``pvalue_holm`` is Holm-adjusted across every comparison in the returned frame. The mean difference
-    and the rank-biserial correlation carry percentile-bootstrap CIs over cases (:func:`paired_effect`).
-    ``better`` is the model the signed ranks favour (sign of the rank-biserial, read with the metric's
-    direction), whatever the p-value; "" when they favour neither or the direction is unknown. A pair
-    with no shared case is kept with n = 0 and NaN statistics (not counted by Holm).
-    """
-    per_case = _per_case(run)
-    available = list(dict.fromkeys(per_case["metric"]))
-    if metrics is None:
-        metrics = available
-    unknown = [m for m in metrics if m not in available]
-    if unknown:
-        raise ValueError(
-            f"paired_tests: no per-sample values for metric(s) {', '.join(unknown)} in "
-            f"{run.run_dir / 'per_sample.parquet'}; available: {', '.join(available) or 'none'}"
-        )
-    columns = {m.name: m for m in metric_columns(run, run.settings.pixel_range)}
-    models = [m.name for m in comparison_models(run) if not m.is_real]
-    rows = []
-    for metric in metrics:
-        column = columns.get(metric, MetricColumn(metric, None, ""))
-        mark = mark_fields(metric_mark(run.info, metric, column.evaluator))
-        values = per_case[per_case["metric"] == metric].pivot(
-            index="case_id", columns="model", values="value"
-        )
-        # One array per metric: selecting two columns of the frame and dropping NaN rows per pair
-        # cost as much as the pair's statistics.
-        table = values.to_numpy(dtype=np.float64)
-        column_of = {name: j for j, name in enumerate(values.columns)}
-        for a, b in itertools.combinations(models, 2):
-            row: dict[str, Any] = {
-                "metric": metric,
-                "label": _label(column),
-                "higher_is_better": column.higher_is_better,
-                "model_a": a,
-                "model_b": b,
-                "n": 0,
-                **mark,
-            }
-            if a in column_of and b in column_of:
-                x, y = table[:, column_of[a]], table[:, column_of[b]]
-                shared = ~(np.isnan(x) | np.isnan(y))
-                x, y = x[shared], y[shared]
-            else:
-                x = y = np.empty(0)
-            if x.size:
-                test = wilcoxon_pratt(x, y)
-                effect = paired_effect(x, y, rng, resamples, confidence)
-                rbc = float(test["rank_biserial"])
-                better = ""
-                if column.higher_is_better is not None and math.isfinite(rbc) and rbc != 0:
-                    better = a if (rbc > 0) == column.higher_is_better else b
-                row.update(
-                    n=int(x.size),
-                    n_zero=test["n_zero"],
-                    mean_a=float(x.mean()),
-                    mean_b=float(y.mean()),
-                    mean_difference=effect["mean_difference"],
-                    mean_difference_ci_low=effect["mean_difference_ci"][0],
-                    mean_difference_ci_high=effect["mean_difference_ci"][1],
-                    rank_biserial=rbc,
-                    rank_biserial_ci_low=effect["rank_biserial_ci"][0],
-                    rank_biserial_ci_high=effect["rank_biserial_ci"][1],
-                    statistic=test["statistic"],
-                    pvalue=test["pvalue"],
-                    better=better,
-                )
-            rows.append(row)
-    frame = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
-    frame["pvalue_holm"] = holm(frame["pvalue"].astype(np.float64).to_numpy()) if len(frame) else []
-    frame["better"] = frame["better"].fillna("")
-    return frame
-
-
-@dataclasses.dataclass(frozen=True)
-class PairedTests:
-    """The model-vs-model tests of a run as every output shows them (paired_tests.csv, the note of
-    comparison.md, report.html); made once by :func:`run_paired_tests` and handed to each writer.
-
-    ``frame`` has :data:`PAIRED_COLUMNS` and no row for a metric in ``skipped`` ({metric: why}, from
-    :func:`reports.run.nonfinite_metrics`): the CSV keeps its columns, and comparison.md and
-    report.html name the metrics left out and why. ``seed`` and ``resamples`` are None for a frame
-    given by a caller (e.g. :func:`reports.html.read_paired_tests` of a paired_tests.csv).
-    """
-
-    frame: pd.DataFrame
-    skipped: Mapping[str, str]
-    confidence: float
-    seed: int | None = None
-    resamples: int | None = None
-    # The generator's state after the tests: write_exports' per-group bootstraps continue from it, as
-    # when the tests and those bootstraps drew from one generator (their numbers stay the same).
-    rng_state: Mapping[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def given(cls, run: RunFiles, frame: pd.DataFrame) -> PairedTests:
-        """A frame computed elsewhere (e.g. read back from paired_tests.csv), with the run's exclusions."""
-        return cls(frame, nonfinite_metrics(run), run.settings.confidence)
-
-    @property
-    def provenance(self) -> str:
-        if self.seed is None:
-            return "given by the caller (read from paired_tests.csv)"
-        return f"seed {self.seed}, {self.resamples} bootstrap resamples"
-
-
-def skipped_note(skipped: Mapping[str, str]) -> str:
-    """One sentence naming the metrics left out of the model-vs-model tests and why; "" if none."""
-    if not skipped:
-        return ""
-    why = "; ".join(f"{METRIC_LABELS.get(m, m)} ({m}): {reason}" for m, reason in skipped.items())
-    return f"Left out of the model-vs-model tests (paired_tests.csv, report.html): {why}."
-
-
-def run_paired_tests(run: RunFiles, *, seed: int | None = None, resamples: int | None = None) -> PairedTests:
-    """:func:`paired_tests` of every per-sample metric with finite values, drawn from a generator seeded
-    with ``seed`` (default ``[study].seed``) with ``resamples`` (default
-    ``[metrics].bootstrap_resamples``) and the run's ``[metrics].confidence``
-    (:class:`audit.rundir.RunSettings`). Metrics with an infinite per-sample value among the compared
-    models (:func:`reports.run.nonfinite_metrics`, e.g. the +∞ PSNR of a sample identical to its
-    reference) are left out and listed in ``skipped``: a difference of ∞ has no rank or mean."""
-    settings = run.settings
-    seed = settings.seed if seed is None else int(seed)
-    resamples = settings.bootstrap_resamples if resamples is None else int(resamples)
-    skipped = nonfinite_metrics(run)
-    if skipped:
-        log.warning("%s", skipped_note(skipped))
-    metrics = [
-        m for m in dict.fromkeys(run.per_sample.dropna(subset=["value"])["metric"]) if m not in skipped
-    ]
-    rng = np.random.default_rng(seed)
-    frame = paired_tests(run, metrics, rng=rng, resamples=resamples, confidence=settings.confidence)
-    return PairedTests(frame, skipped, settings.confidence, seed, resamples, rng.bit_generator.state)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -771,7 +572,7 @@ def _group_rows(run: RunFiles, column: str, rng: np.random.Generator, resamples:
     metrics only (set-level metrics need the images), mean over cases with a bootstrap CI."""
     cases = _require_case_column(run, column)
     confidence = run.settings.confidence
-    per_case = _per_case(run).merge(cases, on="case_id", how="inner")
+    per_case = per_case_means(run).merge(cases, on="case_id", how="inner")
     hib = run.summary.drop_duplicates("metric").set_index("metric")["higher_is_better"]
     rows = []
     for (value, model, metric), grp in per_case.groupby([column, "model", "metric"], sort=True):
@@ -911,14 +712,9 @@ def write_exports(
 __all__ = [
     "EXPORT_FORMATS",
     "ComparisonTable",
-    "PairedTests",
-    "comparison_models",
     "comparison_table",
     "mean_std_markdown",
     "mean_std_table",
-    "paired_tests",
-    "run_paired_tests",
-    "skipped_note",
     "tex_escape",
     "to_csv_frame",
     "to_latex",

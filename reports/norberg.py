@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from audit import rundir
 from audit.cases import is_phantom
+from audit.metrics.functional.norberg import NORMAL_THRESHOLD_DEG
 
-SUMMARY_FILE = "norberg_summary.csv"  # audit.norberg.evaluation.SUMMARY_FILE
-ANGLES_FILE = "norberg_angles.parquet"  # audit.norberg.evaluation.ANGLES_FILE
-NORMAL_DEG = 105.0
 LOA_Z = 1.96
 # (metric, label, arrow) in the order the table shows them.
 COLUMNS = (
@@ -35,18 +34,6 @@ COLUMNS = (
     ("norberg_kappa", "κ at 105°", "↑"),
 )
 SCOPES = (("", "both sides"), (":left", "left"), (":right", "right"))
-# Names in tables that hold other metrics too (report.html's results, comparison.md/.tex): a
-# bare "MAE" or "bias" there would read as a pixel metric.
-METRIC_LABELS = {
-    "norberg_r": "Norberg r",
-    "norberg_r2": "Norberg R²",
-    "norberg_mae": "Norberg MAE",
-    "norberg_ba_bias": "Norberg BA bias",
-    "norberg_ba_loa_low": "Norberg BA LoA low",
-    "norberg_ba_loa_high": "Norberg BA LoA high",
-    "norberg_icc": "Norberg ICC(2,1)",
-    "norberg_kappa": "Norberg κ (105°)",
-}
 # Plain text: report.html escapes it, the dashboard shows it as Markdown.
 PHANTOM_NOTE = (
     "These cases come from the drawn pelvis phantom of `xray-audit norberg phantom`, not from radiographs: "
@@ -65,11 +52,11 @@ def _fmt(x: float, digits: int = 3) -> str:
 def load_norberg(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """(summary, angles) when the run has been measured, else None."""
     run = Path(run_dir)
-    if not (run / SUMMARY_FILE).exists() or not (run / ANGLES_FILE).exists():
+    if not (run / rundir.NORBERG_SUMMARY).exists() or not (run / rundir.NORBERG_ANGLES).exists():
         return None
-    summary = pd.read_csv(run / SUMMARY_FILE, dtype={"model": str, "metric": str}, keep_default_na=False,
+    summary = pd.read_csv(run / rundir.NORBERG_SUMMARY, dtype={"model": str, "metric": str}, keep_default_na=False,
                           na_values=[""])  # fmt: skip
-    angles = pd.read_parquet(run / ANGLES_FILE)
+    angles = pd.read_parquet(run / rundir.NORBERG_ANGLES)
     if "source" not in summary.columns:  # written before the reader source existed
         summary["source"] = "detector"
     return summary, angles
@@ -90,7 +77,9 @@ def _model_order(models: list[str]) -> list[str]:
 
 def _table(summary: pd.DataFrame, models: list[str]) -> str:
     index = summary.set_index(["model", "metric"])
-    head = "".join(f"<th>{_e(label)} <span class='arrow'>{_e(arrow)}</span></th>" for _, label, arrow in COLUMNS)
+    head = "".join(
+        f"<th>{_e(label)} <span class='arrow'>{_e(arrow)}</span></th>" for _, label, arrow in COLUMNS
+    )
     parts = []
     for suffix, scope in SCOPES:
         rows = []
@@ -130,7 +119,13 @@ def _per_case(angles: pd.DataFrame) -> pd.DataFrame:
 
 
 def _figures(
-    angles: pd.DataFrame, models: list[str], figure_div: Any, colours: dict[str, str], *, prefix: str, measured: str
+    angles: pd.DataFrame,
+    models: list[str],
+    figure_div: Any,
+    colours: dict[str, str],
+    *,
+    prefix: str,
+    measured: str,
 ) -> str:
     pairs = _per_case(angles)
     ba, scatter = [], []
@@ -163,9 +158,9 @@ def _figures(
     scatter.append({"type": "scatter", "mode": "lines", "x": span, "y": span, "name": "identity",
                     "line": {"color": "#333", "dash": "dot", "width": 1}, "hoverinfo": "skip"})  # fmt: skip
     normal_lines = [
-        {"type": "line", "x0": NORMAL_DEG, "x1": NORMAL_DEG, "y0": span[0], "y1": span[1],
+        {"type": "line", "x0": NORMAL_THRESHOLD_DEG, "x1": NORMAL_THRESHOLD_DEG, "y0": span[0], "y1": span[1],
          "line": {"color": "#c4412f", "width": 1, "dash": "dot"}},
-        {"type": "line", "x0": span[0], "x1": span[1], "y0": NORMAL_DEG, "y1": NORMAL_DEG,
+        {"type": "line", "x0": span[0], "x1": span[1], "y0": NORMAL_THRESHOLD_DEG, "y1": NORMAL_THRESHOLD_DEG,
          "line": {"color": "#c4412f", "width": 1, "dash": "dot"}},
     ]  # fmt: skip
     return (
@@ -184,8 +179,16 @@ def _figures(
             scatter,
             f"{prefix}-scatter",
             title={"text": "Norberg angle: annotated real vs measured on the sample"},
-            xaxis={"title": {"text": "annotated angle of the real image (°)"}, "range": span, "gridcolor": "#eee"},
-            yaxis={"title": {"text": f"{measured} angle of the sample (°)"}, "range": span, "gridcolor": "#eee"},
+            xaxis={
+                "title": {"text": "annotated angle of the real image (°)"},
+                "range": span,
+                "gridcolor": "#eee",
+            },
+            yaxis={
+                "title": {"text": f"{measured} angle of the sample (°)"},
+                "range": span,
+                "gridcolor": "#eee",
+            },
             shapes=normal_lines,
             height=420,
             margin={"l": 60, "r": 20, "t": 50, "b": 50},
@@ -231,14 +234,13 @@ def render_norberg(
             + "A case's samples are averaged per side; CIs are percentile bootstraps over cases (both sides of a "
             "case together); n = cases. R² is the square of Pearson r, as the canine-hip paper reports it; "
             "MAE, Bland–Altman bias and limits of agreement (bias ± 1.96 SD) are in degrees; κ is Cohen's κ "
-            "of the normal (≥ 105°) / dysplastic call.</p>"
+            f"of the normal (≥ {NORMAL_THRESHOLD_DEG:g}°) / dysplastic call.</p>"
             + _table(rows, models)
             + _figures(measured, models, figure_div, colours, prefix=prefix, measured=word)
         )
     return "".join(parts)
 
 
-INFO_FILE = "norberg.json"  # audit.norberg.evaluation writes it beside the two files above
 _INFO_LABELS = (
     ("annotations", "annotation file"),
     ("annotations_sha256", "annotation file sha256"),
@@ -262,7 +264,7 @@ def render_norberg_provenance(run_dir: str | Path) -> str:
     the run has no Norberg measurement."""
     import json
 
-    path = Path(run_dir) / INFO_FILE
+    path = Path(run_dir) / rundir.NORBERG_INFO
     if not path.is_file():
         return ""
     try:

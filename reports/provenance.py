@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePath
 from typing import Any
 
-from audit.metrics.functional.clinical import CLINICAL_METRICS
-from audit.metrics.functional.distribution import DISTRIBUTION_METRICS
+from audit.metrics import catalogue
+from reports.run import READER_PREFIX
 
 DEMO_TAG = "demo stand-in, not comparable to published values"
 # Short words for a table header, per pin source (audit.weights.store.PinSource).
@@ -42,8 +42,7 @@ PIN_SENTENCES = {
 }
 NOT_RECORDED = "pin source not recorded (run written before xray-audit recorded it)"
 # Metrics an evaluator network produces: marked even when the run does not say which one.
-EVALUATOR_METRICS = frozenset({*CLINICAL_METRICS, *DISTRIBUTION_METRICS})
-READER_PREFIX = "reader_"
+EVALUATOR_METRICS = frozenset(m.name for m in catalogue.CATALOGUE if m.evaluator)
 NORBERG_PREFIX = "norberg_"
 
 

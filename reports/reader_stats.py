@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from reader_study.criteria import FLAG, TURING
+from reader_study.studydir import EXPORT_COLUMNS
 from reports.functional.agreement import (
     SCORE_LABELS,
     icc,
@@ -50,19 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = (
-    "reader",
-    "item",
-    "model",
-    "case_id",
-    "sample",
-    "criterion",
-    "score",
-    "turing_answer",
-    "confidence",
-    "read_number",
-    "calibration",
-)
+# The columns of the ratings export (reader_study.studydir) the statistics read.
+REQUIRED_COLUMNS = (*(c for c in EXPORT_COLUMNS if c != "created_at"), "calibration")
 PER_SAMPLE_REQUIRED = ("model", "case_id", "sample", "metric", "value")
 REFERENCE = "real"
 # The reader value of the pooled rows in ``intra`` and ``turing``; reader names are study tokens'

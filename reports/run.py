@@ -21,75 +21,23 @@ import numpy as np
 import pandas as pd
 
 from audit import rundir
-from audit.metrics.functional.norberg import METRIC_ORDER as NORBERG_METRICS
-from reports.norberg import METRIC_LABELS as NORBERG_LABELS
+from audit.metrics import catalogue
 
 log = logging.getLogger(__name__)
 
-# One results table per family. Pixel: structure, then error magnitudes, then mask overlap (the order
-# papers use); clinical: the XReal paper's Table I; distribution: Fréchet distances, KID, then the
-# Naeem et al. k-NN metrics.
-PIXEL_METRICS = (
-    "ms_ssim",
-    "ssim",
-    "psnr",
-    "mse",
-    "mae",
-    "overlap_precision",
-    "overlap_recall",
-    "overlap_f1",
-)
-PATHOLOGY_METRICS = ("pathology_auc", "pathology_f1")
-DICE_METRICS = ("dice_lungs", "dice_heart", "dice_aorta", "dice_mean")
-DICE_MASK_METRICS = ("dice_mask_lungs", "dice_mask_heart", "dice_mask_aorta", "dice_mask_mean")
+# The metric families the report's notes and cells single out, all read from audit.metrics.catalogue.
+PIXEL_METRICS = catalogue.names(family="pixel")
+PATHOLOGY_METRICS = catalogue.names(table="clinical", evaluator="classifier")
+DICE_METRICS = catalogue.names(table="clinical", evaluator="segmenter")
+DICE_MASK_METRICS = catalogue.names(table="mask")
+FEATURE_METRICS = catalogue.names(family="distribution")
 FRECHET_METRICS = ("fid", "fxd", "fd_raddino")
 KID_METRICS = ("kid", "kid_raddino")
-PRDC_METRICS = ("precision", "recall", "density", "coverage")
-# CheXGenBench's fidelity metrics on RadDino CLS embeddings (audit.evaluation.FEATURE_ENTRIES).
-RADDINO_PRDC = tuple(f"{m}_raddino" for m in PRDC_METRICS)
-FEATURE_METRICS = ("fid", "fxd", "kid", *PRDC_METRICS, "fd_raddino", "kid_raddino", *RADDINO_PRDC)
-METRIC_ORDER = (
-    *PIXEL_METRICS, *PATHOLOGY_METRICS, *DICE_METRICS, *DICE_MASK_METRICS, *FEATURE_METRICS, *NORBERG_METRICS,
-)  # fmt: skip
-METRIC_LABELS = {
-    "ms_ssim": "MS-SSIM",
-    "ssim": "SSIM",
-    "psnr": "PSNR",
-    "mse": "MSE",
-    "mae": "MAE",
-    "overlap_precision": "overlap precision",
-    "overlap_recall": "overlap recall",
-    "overlap_f1": "overlap F1",
-    "pathology_auc": "AUC",
-    "pathology_f1": "F1",
-    "dice_lungs": "Dice lungs",
-    "dice_heart": "Dice heart",
-    "dice_aorta": "Dice aorta",
-    "dice_mean": "Dice mean",
-    "dice_mask_lungs": "mask Dice lungs",
-    "dice_mask_heart": "mask Dice heart",
-    "dice_mask_aorta": "mask Dice aorta",
-    "dice_mask_mean": "mask Dice mean",
-    "fid": "FID",
-    "fxd": "FXD",
-    "kid": "KID",
-    "precision": "precision",
-    "recall": "recall",
-    "density": "density",
-    "coverage": "coverage",
-    "fd_raddino": "FD RadDino",
-    "kid_raddino": "KID RadDino",
-    **{f"{m}_raddino": f"{m} RadDino" for m in PRDC_METRICS},
-    **NORBERG_LABELS,
-}
+PRDC_METRICS = tuple(n for n in FEATURE_METRICS if catalogue.METRICS[n].entry == "prdc")
+NORBERG_METRICS = catalogue.names(family="norberg")
+METRIC_LABELS = {m.name: m.label for m in catalogue.CATALOGUE}
 # (id, heading, metrics) of the results tables; metrics in none of them get an "other" table.
-RESULT_TABLES = (
-    ("paired", "Paired image quality", PIXEL_METRICS),
-    ("clinical", "Clinical realism", (*PATHOLOGY_METRICS, *DICE_METRICS)),
-    ("mask", "Adherence to the input anatomy mask", DICE_MASK_METRICS),
-    ("distribution", "Distribution", FEATURE_METRICS),
-    ("norberg", "Norberg-angle agreement", NORBERG_METRICS),
-)
+RESULT_TABLES = tuple((t.id, t.heading, catalogue.names(table=t.id)) for t in catalogue.TABLES)
 # Why the real row has no value: it would be compared with itself.
 _SELF_PAIRED = "not computed: real compared with itself is identical by construction"
 _SELF_DICE = "not computed: the real image's segmentation compared with itself has Dice 1 by construction"
@@ -105,13 +53,9 @@ SELF_COMPARISON_REASONS = {
 # Metrics that compare a sample with its own reference: meaningless for the real model itself.
 PAIRED_METRICS = frozenset(PIXEL_METRICS)
 # run.json "feature_metrics" has one record per config entry, and prdc covers four metric names.
-FEATURE_ENTRY = {
-    **{m: m for m in (*FRECHET_METRICS, *KID_METRICS)},
-    **dict.fromkeys(PRDC_METRICS, "prdc"),
-    **dict.fromkeys(RADDINO_PRDC, "prdc_raddino"),
-}
+FEATURE_ENTRY = {n: catalogue.METRICS[n].entry for n in FEATURE_METRICS}
 ALL_CASES_KEY = "all cases"  # run.json's name for the summary rows with group ""
-# Reader-study criteria join the results as metrics "reader_<criterion>" (as in reports.comparison).
+# Reader-study criteria join the results as metrics "reader_<criterion>" (reports.comparison, reports.statistics and the page).
 READER_PREFIX = "reader_"
 
 
@@ -358,13 +302,6 @@ def order_models(run: RunFiles) -> list[ModelRow]:
     return generators + baselines + real
 
 
-def _metric_rank(name: str) -> tuple[int, int, str]:
-    """Documented order; a per-class ``metric:Class`` right after its macro metric."""
-    base, _, cls = name.partition(":")
-    index = METRIC_ORDER.index(base) if base in METRIC_ORDER else len(METRIC_ORDER)
-    return (index, 1 if cls else 0, name if index == len(METRIC_ORDER) else cls)
-
-
 def as_bool(value: Any) -> bool | None:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -376,9 +313,11 @@ def as_bool(value: Any) -> bool | None:
 
 
 def default_unit(metric: str, pixel_range: float) -> str:
-    """The unit implied by the config when summary.csv carries none."""
-    scale = f"[0, {pixel_range:g}]"
-    return {"psnr": "dB", "mse": f"{scale}²", "mae": scale}.get(metric, "")
+    """The catalogue's unit at the run's pixel_range, for a summary.csv that carries none."""
+    try:
+        return catalogue.spec(metric).unit_at(pixel_range)
+    except KeyError:
+        return ""
 
 
 def metric_columns(
@@ -386,7 +325,7 @@ def metric_columns(
 ) -> list[MetricColumn]:
     evaluation = evaluation or EvaluationInfo.from_info(run.info)
     summary = run.summary
-    names = sorted(set(summary["metric"]) | set(pd.unique(run.per_sample["metric"])), key=_metric_rank)
+    names = sorted(set(summary["metric"]) | set(pd.unique(run.per_sample["metric"])), key=catalogue.order_key)
     has_unit = "unit" in summary.columns
     columns = []
     for name in names:
@@ -496,7 +435,7 @@ def model_colours(models: Sequence[ModelRow]) -> dict[str, str]:
 def nonfinite_metrics(run: RunFiles) -> dict[str, str]:
     """{metric: why} for the per-sample metrics with infinite per-case values among the compared models
     (e.g. PSNR of an identical image): a paired difference of ∞ has no rank or mean. The one rule of
-    what the model-vs-model tests leave out, in every output (:func:`reports.comparison.run_paired_tests`).
+    what the model-vs-model tests leave out, in every output (:func:`reports.statistics.run_paired_tests`).
     """
     ps = run.per_sample
     compared = ps[ps["model"].isin([m.name for m in order_models(run) if not m.is_real])]

@@ -7,16 +7,12 @@ study's re-encoding hides every one of these differences.
 
 from __future__ import annotations
 
-import json
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, PngImagePlugin
 
-from audit import rundir
-from audit.atomic import sha256_file
+from audit.fake_run import FakeModel, FakeRun, PngStyle, write_fake_run
 from reader_study.create import CreatedStudy, CreateOptions, create_study
 from reader_study.criteria import resolve
 
@@ -25,62 +21,30 @@ MODELS = ("model-alpha", "model-beta")
 LEAKY_TEXT = "SECRET-MODEL-NAME"
 
 
-def _png(path: Path, pixels: np.ndarray, bits: int, text: str) -> None:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", text)
-    info.add_itxt("Comment", text)
-    info.add(b"zTXt", b"Title\x00\x00" + zlib.compress(text.encode()))
-    if bits == 16:
-        im = Image.fromarray((pixels * 65535).astype(np.uint16))
-    else:
-        im = Image.fromarray((pixels * 255).astype(np.uint8), mode="L")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, pnginfo=info, exif=Image.Exif())
-
-
 def make_run(root: Path, n_cases: int = 12, models: tuple[str, ...] = MODELS, samples: int = 1) -> Path:
     """A finished run directory at ``root/run`` with ``n_cases`` real cases and the given models."""
-    rng = np.random.default_rng(0)
-    run = root / "run"
-    run.mkdir(parents=True)
-    case_rows, sample_rows = [], []
-    for i in range(n_cases):
-        case = f"case-{i:03d}"
-        real = root / "data" / f"{case}.png"
-        _png(real, rng.random((96, 80)), 16, f"{LEAKY_TEXT} real {case}")
-        case_rows.append(
-            {
-                "case_id": case,
-                "image": str(real),
-                "prompt": f"chest x-ray, finding {i % 3}",
-                "labels": "Nodule",
-            }
+    generated = tuple(
+        FakeModel(
+            model,
+            shape=(64, 64) if j % 2 == 0 else (48, 48),
+            png=PngStyle(8 if j % 2 == 0 else 16, f"{LEAKY_TEXT} {{model}}"),
         )
-        sample_rows.append(
-            {
-                "model": "real",
-                "case_id": case,
-                "sample": 0,
-                "seed": 0,
-                "path": str(real),
-                "sha256": sha256_file(real),
-            }
-        )
-        for j, model in enumerate(models):
-            for s in range(samples):
-                path = run / "samples" / model / f"{case}_s{s}.png"
-                size = 64 if j % 2 == 0 else 48
-                _png(path, rng.random((size, size)), 8 if j % 2 == 0 else 16, f"{LEAKY_TEXT} {model}")
-                sample_rows.append(
-                    {"model": model, "case_id": case, "sample": s, "seed": i * 10 + s, "path": str(path),
-                     "sha256": sha256_file(path)}
-                )  # fmt: skip
-    pd.DataFrame(case_rows).to_parquet(run / rundir.CASES, index=False)
-    pd.DataFrame(sample_rows).to_parquet(run / rundir.SAMPLES, index=False)
-    pd.DataFrame(columns=list(rundir.PER_SAMPLE_COLUMNS)).to_parquet(run / rundir.PER_SAMPLE, index=False)
-    pd.DataFrame(columns=list(rundir.SUMMARY_COLUMNS)).to_csv(run / rundir.SUMMARY, index=False)
-    (run / rundir.RUN_JSON).write_text(json.dumps({"study": "fixture"}))
-    return run
+        for j, model in enumerate(models)
+    )
+    spec = FakeRun(
+        models=(FakeModel("real", "real"), *generated),
+        case_ids=tuple(f"case-{i:03d}" for i in range(n_cases)),
+        name="fixture",
+        seed=0,
+        samples_per_case=samples,
+        image_shape=(96, 80),
+        png=PngStyle(16, f"{LEAKY_TEXT} real {{case_id}}"),
+        columns={
+            "prompt": [f"chest x-ray, finding {i % 3}" for i in range(n_cases)],
+            "labels": ["Nodule"] * n_cases,
+        },
+    )
+    return write_fake_run(root, spec)
 
 
 def make_study(
@@ -119,7 +83,7 @@ def rated_study(
     something to fit), "real" said with probability ``said_real`` (real items, generated items)."""
     import uuid
 
-    from reader_study import admin, study
+    from reader_study import admin, studydir
     from reader_study.criteria import TURING
     from reader_study.store import Answer
     from reader_study.store import readers as readers_table
@@ -127,7 +91,7 @@ def rated_study(
     criteria = resolve(None, None)
     options = CreateOptions(readers=readers, criteria=criteria, per_model=per_model, size=64, turing=True)
     made = create_study(run, out, options, progress=False)
-    key = pd.read_parquet(made.path / study.KEY).set_index("item")["model"]
+    key = pd.read_parquet(made.path / studydir.KEY).set_index("item")["model"]
     models = sorted(set(key))
     quality = dict(zip(models, rng.normal(3.0, 0.8, len(models)), strict=True))
     _, _, store = admin.open_store(made.path)
@@ -141,7 +105,11 @@ def rated_study(
                 answers = [Answer(c.name, score=int(v)) for c, v in zip(criteria, scores, strict=True)]
                 real = rng.random() < said_real[0 if model == "real" else 1]
                 answers.append(
-                    Answer(TURING, turing_answer="real" if real else "synthetic", confidence=int(rng.integers(1, 6)))
+                    Answer(
+                        TURING,
+                        turing_answer="real" if real else "synthetic",
+                        confidence=int(rng.integers(1, 6)),
+                    )
                 )
                 store.submit(
                     reader_id, entry.item_id, entry.read_number, str(uuid.uuid4()), answers, seconds=seconds,

@@ -1,6 +1,5 @@
 """The command line as a user meets it: the demo quick start, exit codes and error messages."""
 
-
 import pandas as pd
 
 from audit import rundir

@@ -374,20 +374,24 @@ def test_anatomy_mask_channels_are_lungs_heart_aorta(tmp_path):
 # ----------------------------------------------------------------------------------------- metadata
 
 
-def test_registry():
-    reg = fc.CLINICAL_METRICS
-    assert all(name == m.name for name, m in reg.items())
-    assert all(m.higher_is_better for m in reg.values())
-    assert {n for n, m in reg.items() if m.aggregation == "distribution"} == {"pathology_auc", "pathology_f1"}
+def test_catalogue_lists_every_clinical_metric_the_kernels_name():
+    from audit.metrics import catalogue
+
+    clinical = {n: catalogue.spec(n) for n in catalogue.names(family="clinical")}
+    assert all(m.higher_is_better for m in clinical.values())
+    assert {n for n, m in clinical.items() if m.aggregation == "distribution"} == {
+        "pathology_auc",
+        "pathology_f1",
+    }
     expected_dice = {
         fc.dice_metric_name(s, against_mask=a)
         for s in (*fc.ANATOMY_STRUCTURES, "mean")
         for a in (False, True)
     }
-    assert {n for n, m in reg.items() if m.aggregation == "per_sample_mean"} == expected_dice
-    assert fc.clinical_metric(fc.class_metric_name("pathology_auc", "Nodule")) is reg["pathology_auc"]
-    with pytest.raises(ValueError, match="unknown clinical metric"):
-        fc.clinical_metric("dice_liver")
+    assert {n for n, m in clinical.items() if m.aggregation == "per_sample_mean"} == expected_dice
+    assert catalogue.spec(fc.class_metric_name("pathology_auc", "Nodule")) is clinical["pathology_auc"]
+    with pytest.raises(KeyError, match="unknown metric 'dice_liver'"):
+        catalogue.spec("dice_liver")
 
 
 def test_average_ranks_match_scipy_rankdata():

@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 from audit import rundir
 from audit.images import write_png
 from dashboards import data, serve
+from reports import thumbnail
 from reports.run import MetricColumn, load_run
 from tests.test_report_html import make_run
 
@@ -115,7 +116,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("study")
-    _ratings().to_parquet(root / data.RATINGS_FILE)
+    _ratings().to_parquet(root / data.RATINGS_PARQUET)
     return root
 
 
@@ -279,12 +280,12 @@ def test_overlay_tints_inside_and_outlines_edges() -> None:
     mask = np.zeros((20, 30, 3), bool)
     mask[4:12, 5:15, 0] = True
     mask[8:16, 10:25, 1] = True
-    out = data.overlay(ref, mask, alpha=0.4)
+    out = thumbnail.overlay(ref, mask, alpha=0.4)
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
     edges = np.stack(
         [m & ~ndimage.binary_erosion(m, border_value=0) for m in np.moveaxis(mask, 2, 0)], axis=2
     )
-    assert np.array_equal(data.mask_edges(mask), edges)
+    assert np.array_equal(thumbnail.mask_edges(mask), edges)
     expected = np.repeat(ref[..., None], 3, axis=2).astype(np.float64)
     for c in range(3):
         inside = mask[..., c]
@@ -296,15 +297,16 @@ def test_overlay_tints_inside_and_outlines_edges() -> None:
     # a one-channel mask of another size is resized to the reference and drawn orange
     small = np.zeros((10, 15, 1), bool)
     small[2:8, 2:8] = True
-    out1 = data.overlay(ref, small)
+    out1 = thumbnail.overlay(ref, small)
     assert out1.shape == (20, 30, 3)
-    assert tuple(out1[4, 4]) == tuple(data.to_uint8(data.SINGLE_MASK_COLOUR))  # on the (resized) contour
+    # on the (resized) contour
+    assert tuple(out1[4, 4]) == tuple(thumbnail.to_uint8(thumbnail.SINGLE_MASK_COLOUR))
 
 
 def test_shrink_downscales_only() -> None:
     img = np.linspace(0, 1, 40 * 60, dtype=np.float32).reshape(40, 60)
-    assert data.shrink(img, 100).shape == (40, 60)
-    assert data.shrink(img, 30).shape == (20, 30)
+    assert thumbnail.shrink(img, 100).shape == (40, 60)
+    assert thumbnail.shrink(img, 30).shape == (20, 30)
 
 
 def test_condition_image_reasons(tmp_path: Path) -> None:
@@ -364,7 +366,7 @@ def test_leaderboard_page(app_env: Path) -> None:
         and cells.loc["blur-1 (sanity baseline)", "SSIM ↑"] == ""
     )
     at.multiselect(key="lb_metrics").set_value(["mse"]).run()
-    assert at.dataframe[0].value.columns.tolist() == ["MSE ↓ ([0, 255]²)"]
+    assert at.dataframe[0].value.columns.tolist() == ["MSE ↓ (intensity² (range 255))"]
 
 
 def test_distributions_page(app_env: Path) -> None:
@@ -390,7 +392,7 @@ def test_gallery_page(app_env: Path) -> None:
     ps = pd.read_parquet(app_env / rundir.PER_SAMPLE)
     v = ps[(ps.model == "gen_b") & (ps.case_id == "c000") & (ps["sample"] == 0) & (ps.metric == "mae")]
     text = "\n".join(m.value for m in at.markdown)
-    assert f"MAE ↓ ([0, 255]): **{float(v['value'].iloc[0]):.4g}**" in text
+    assert f"MAE ↓ (intensity (range 255)): **{float(v['value'].iloc[0]):.4g}**" in text
     at.number_input(key="gallery_sample").set_value(1).run()
     assert not at.exception
     # only gen_a has a sample 1 (stored run-relative); the other models say so instead of an image
@@ -465,12 +467,6 @@ def test_never_imports_torch() -> None:
         [sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-
-
-def test_ratings_file_is_the_reader_study_export() -> None:
-    from reader_study import study
-
-    assert data.RATINGS_FILE == f"{study.EXPORT_STEM}.parquet"
 
 
 def test_serve_checks_then_execs(
@@ -557,7 +553,10 @@ def test_chromium_smoke(server: str) -> None:
                 # A bookmarked page runs under app.py: its navigation lists the pages by title (no
                 # helper module as a page of its own) and its sidebar names the run.
                 page.locator('[data-testid="stSidebar"]', has_text="cases ·").wait_for(timeout=20_000)
-                links = [t.split("\n")[-1].strip() for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+                links = [
+                    t.split("\n")[-1].strip()
+                    for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+                ]
                 assert links == list(PAGES.values()), (path, links)  # (each text starts with its icon's name)
                 imgs = page.locator('[data-testid="stImage"] img, [data-testid="stFullScreenFrame"] img')
                 if path in ("gallery", "worst_cases"):

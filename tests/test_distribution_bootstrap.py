@@ -18,7 +18,9 @@ from scipy.linalg import sqrtm
 from audit import rundir
 from audit.config import load_config
 from audit.metrics.functional import distribution as fd
-from audit.runner import RunOptions, run_study
+from audit.metrics.functional import distribution_bootstrap as fb
+from audit.plan import RunOptions
+from audit.runner import run_study
 from audit.stats import case_resample_weights
 from tests.test_evaluation import N_CASES, study
 
@@ -58,7 +60,7 @@ def test_frechet_bootstrap_matches_sqrtm_on_repeated_rows(n1, n2, d, route):
     # The offset checks that the pooled-mean shift keeps the cross-Gram products from cancelling.
     real, gen = _features(rng, n1, d, offset=20.0), _features(rng, n2, d, shift=0.3, offset=20.0)
     w1, w2 = _weights(1, n1, 4), _weights(2, n2, 4)
-    got = fd.frechet_distance_bootstrap(real, gen, w1, w2, route=route)
+    got = fb.frechet_distance_bootstrap(real, gen, w1, w2, route=route)
     want = [_fid_reference(_repeat(real, w1[b]), _repeat(gen, w2[b])) for b in range(4)]
     # Measured 1e-9 (n < D: sqrtm of a singular product limits the reference) and 1e-14 (n > D).
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -68,14 +70,14 @@ def test_frechet_bootstrap_routes_agree_and_all_ones_is_the_point_estimate():
     rng = np.random.default_rng(3)
     real, gen = _features(rng, 40, 64), _features(rng, 35, 64, shift=0.2)
     w1, w2 = np.vstack([np.ones(40), _weights(4, 40, 3)]), np.vstack([np.ones(35), _weights(5, 35, 3)])
-    low = fd.frechet_distance_bootstrap(real, gen, w1, w2, route="low_rank")
-    full = fd.frechet_distance_bootstrap(real, gen, w1, w2, route="full")
+    low = fb.frechet_distance_bootstrap(real, gen, w1, w2, route="low_rank")
+    full = fb.frechet_distance_bootstrap(real, gen, w1, w2, route="full")
     np.testing.assert_allclose(low, full, rtol=1e-9)
     point = fd.frechet_distance(fd.FeatureStats.from_features(real), fd.FeatureStats.from_features(gen))
     assert low[0] == pytest.approx(point.value, rel=1e-9)
     # Non-integer frequency weights are the weighted-moment formula: doubling every weight changes N
     # but not the mean; with ddof 1 the covariance scales by (N−1)/(2N−1).
-    doubled = fd.frechet_distance_bootstrap(real, gen, 2 * w1[:1], 2 * w2[:1])
+    doubled = fb.frechet_distance_bootstrap(real, gen, 2 * w1[:1], 2 * w2[:1])
     assert doubled[0] == pytest.approx(
         _fid_reference(np.repeat(real, 2, axis=0), np.repeat(gen, 2, axis=0)), rel=1e-6
     )
@@ -90,17 +92,17 @@ def test_frechet_bootstrap_degenerate_replicates_and_errors():
     w2[1, 2] = 1  # one draw: no covariance
     w2[2] = 0
     w2[2, 3] = 5  # one row five times: covariance 0, still defined
-    got = fd.frechet_distance_bootstrap(real, gen, w1, w2)
+    got = fb.frechet_distance_bootstrap(real, gen, w1, w2)
     assert np.isfinite(got[[0, 2]]).all() and np.isnan(got[1])
     assert got[2] == pytest.approx(_fid_reference(real, np.repeat(gen[3:4], 5, axis=0)), rel=1e-9)
     with pytest.raises(ValueError, match=r"real_weights must be shaped \(B replicates, 6\)"):
-        fd.frechet_distance_bootstrap(real, gen, np.ones((3, 5)), w2)
+        fb.frechet_distance_bootstrap(real, gen, np.ones((3, 5)), w2)
     with pytest.raises(ValueError, match="non-negative"):
-        fd.frechet_distance_bootstrap(real, gen, -w1, w2)
+        fb.frechet_distance_bootstrap(real, gen, -w1, w2)
     with pytest.raises(ValueError, match="same replicates"):
-        fd.frechet_distance_bootstrap(real, gen, w1[:2], w2)
+        fb.frechet_distance_bootstrap(real, gen, w1[:2], w2)
     with pytest.raises(ValueError, match="route"):
-        fd.frechet_distance_bootstrap(real, gen, w1, w2, route="fast")
+        fb.frechet_distance_bootstrap(real, gen, w1, w2, route="fast")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,27 +122,27 @@ def test_kid_bootstrap_matches_numpy_on_repeated_rows(monkeypatch):
     rng = np.random.default_rng(7)
     real, gen = _features(rng, 30, 16), _features(rng, 45, 16, shift=0.2)
     w1, w2 = _weights(8, 30, 5), _weights(9, 45, 5)
-    got = fd.kid_bootstrap(real, gen, w1, w2)
+    got = fb.kid_bootstrap(real, gen, w1, w2)
     want = [_mmd2_reference(_repeat(real, w1[b]), _repeat(gen, w2[b])) for b in range(5)]
     # Measured 1e-15 relative; KID values are differences of kernel means (cancellation ~1e2 here).
     np.testing.assert_allclose(got, want, rtol=1e-9)
     # Kernel blocks smaller than the sets: the same sums, gathered in pieces.
-    monkeypatch.setattr(fd, "_KID_BLOCK_ELEMENTS", 16)
-    np.testing.assert_allclose(fd.kid_bootstrap(real, gen, w1, w2), got, rtol=1e-12)
+    monkeypatch.setattr(fb, "_KID_BLOCK_ELEMENTS", 16)
+    np.testing.assert_allclose(fb.kid_bootstrap(real, gen, w1, w2), got, rtol=1e-12)
 
 
 def test_kid_bootstrap_all_ones_is_the_whole_set_kid_and_degenerate_is_nan():
     rng = np.random.default_rng(10)
     real, gen = _features(rng, 20, 8), _features(rng, 20, 8, shift=0.3)
     ones = np.ones((1, 20))
-    got = fd.kid_bootstrap(real, gen, ones, ones)[0]
+    got = fb.kid_bootstrap(real, gen, ones, ones)[0]
     assert got == pytest.approx(fd.poly_mmd2(real, gen), rel=1e-12)
     # subset_size = N: every subset is the whole set, so the subset-KID point estimate is this value.
     kid = fd.kernel_inception_distance(real, gen, np.random.default_rng(0), subsets=3, subset_size=20)
     assert got == pytest.approx(kid.mean, rel=1e-12)
     one_draw = np.zeros((1, 20))
     one_draw[0, 4] = 1
-    assert np.isnan(fd.kid_bootstrap(real, gen, one_draw, ones)[0])
+    assert np.isnan(fb.kid_bootstrap(real, gen, one_draw, ones)[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,7 +177,7 @@ def test_prdc_bootstrap_matches_prdc_package_on_distinct_points():
     rng = np.random.default_rng(11)
     real, gen = _features(rng, 60, 12), _features(rng, 70, 12, shift=0.4)
     w1, w2 = _weights(12, 60, 4), _weights(13, 70, 4)
-    got = fd.prdc_bootstrap(real, gen, w1, w2, k=3)
+    got = fb.prdc_bootstrap(real, gen, w1, w2, k=3)
     for b in range(4):
         _assert_prdc(got, b, _prdc_reference(real, gen, w1[b], w2[b], 3))
 
@@ -186,7 +188,7 @@ def test_prdc_bootstrap_sparse_draws_use_the_fallback_radii():
     real, gen = _features(rng, 80, 6), _features(rng, 80, 6, shift=0.2)
     w = np.zeros((1, 80))
     w[0, ::10] = np.arange(1, 9)
-    got = fd.prdc_bootstrap(real, gen, w, w, k=1)
+    got = fb.prdc_bootstrap(real, gen, w, w, k=1)
     _assert_prdc(got, 0, _prdc_reference(real, gen, w[0], w[0], 1))
 
 
@@ -201,7 +203,7 @@ def test_prdc_bootstrap_all_ones_is_prdc_including_ties(capsys):
     gen = _features(rng, 30, 8, shift=0.2, offset=1e3)
     gen[:6] = real[10:16]  # memorised images: exact ties with the real radii
     ones_r, ones_g = np.ones((1, 40)), np.ones((1, 30))
-    got = fd.prdc_bootstrap(real, gen, ones_r, ones_g, k=4)
+    got = fb.prdc_bootstrap(real, gen, ones_r, ones_g, k=4)
     point = fd.prdc(real, gen, k=4).as_dict()
     ref = pkg.compute_prdc(real_features=real, fake_features=gen, nearest_k=4)
     capsys.readouterr()  # the package prints its set sizes
@@ -216,11 +218,11 @@ def test_prdc_bootstrap_degenerate_replicates_and_limit(monkeypatch):
     w = np.ones((2, 12))
     w[1] = 0
     w[1, :5] = 2  # 5 distinct cases with k = 5: no k-NN ball
-    got = fd.prdc_bootstrap(real, gen, w, w, k=5)
+    got = fb.prdc_bootstrap(real, gen, w, w, k=5)
     assert all(np.isfinite(v[0]) and np.isnan(v[1]) for v in got.values())
-    monkeypatch.setattr(fd, "_PRDC_BOOTSTRAP_MAX", 100)
+    monkeypatch.setattr(fb, "_PRDC_BOOTSTRAP_MAX", 100)
     with pytest.raises(ValueError, match="24 distinct feature vectors"):
-        fd.prdc_bootstrap(real, gen, w, w, k=5)
+        fb.prdc_bootstrap(real, gen, w, w, k=5)
 
 
 def test_bootstrap_kernels_are_deterministic_under_a_seed():
@@ -231,9 +233,9 @@ def test_bootstrap_kernels_are_deterministic_under_a_seed():
         w = _weights(42, 25, 20)
         runs.append(
             (
-                fd.frechet_distance_bootstrap(real, gen, w, w),
-                fd.kid_bootstrap(real, gen, w, w),
-                fd.prdc_bootstrap(real, gen, w, w, k=3)["coverage"],
+                fb.frechet_distance_bootstrap(real, gen, w, w),
+                fb.kid_bootstrap(real, gen, w, w),
+                fb.prdc_bootstrap(real, gen, w, w, k=3)["coverage"],
             )
         )
     for a, b in zip(*runs, strict=True):
@@ -263,7 +265,7 @@ def test_run_summary_has_bootstrap_cis_for_feature_metrics(small_demo, tmp_path)
     # Only the distribution metrics: no pixel metrics (torchmetrics) and no clinical ones.
     text = cfg.read_text().replace('pixel = ["psnr"]', "pixel = []")
     cfg.write_text(text.replace('clinical = ["pathology_auc", "pathology_f1", "dice"]', "clinical = []"))
-    run_study(load_config(cfg), RunOptions(progress=False, report=False))
+    run_study(load_config(cfg), RunOptions(progress=False))
     summary = pd.read_csv(tmp_path / "run" / rundir.SUMMARY, dtype={"group": str}).fillna({"group": ""})
     s = summary.set_index(["model", "metric", "group"])
     for name in ("fid", "fxd", "kid", "precision", "recall", "density", "coverage"):

@@ -20,8 +20,10 @@ from sklearn.metrics import f1_score, roc_auc_score
 from audit import images, rundir
 from audit.cases import load_manifest
 from audit.config import ConfigError, EvaluatorsSection, MetricsSection, dump_toml, load_config, parse_config
-from audit.evaluators.suite import Unavailable, load_backend, mask_to_frame, resolve_evaluators
-from audit.runner import RunError, RunOptions, run_study
+from audit.evaluators.plan import Unavailable
+from audit.evaluators.suite import load_backend, mask_to_frame, resolve_evaluators
+from audit.plan import RunError, RunOptions
+from audit.runner import run_study
 
 N_CASES = 10
 
@@ -95,7 +97,7 @@ def frechet_reference(a: np.ndarray, b: np.ndarray) -> float:
 def finished(small_demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     cfg = study(tmp, small_demo, metrics='group_by = ["labels"]', cache=tmp / "cache")
-    run_study(load_config(cfg), RunOptions(progress=False, report=False))
+    run_study(load_config(cfg), RunOptions(progress=False))
     return tmp / "run", small_demo
 
 
@@ -224,7 +226,7 @@ def test_rerun_and_new_output_reuse_the_cache_without_loading_networks(finished,
 
     monkeypatch.setattr("audit.evaluation.load_backend", refuse)
     cfg = study(tmp_path, manifest, metrics='group_by = ["labels"]', cache=cache, out="again")
-    run_study(load_config(cfg), RunOptions(progress=False, report=False))
+    run_study(load_config(cfg), RunOptions(progress=False))
     a, b = _summary(run), _summary(tmp_path / "again")
     pd.testing.assert_frame_equal(a, b)
 
@@ -257,7 +259,7 @@ def test_adding_a_model_evaluates_only_its_images(finished, tmp_path, monkeypatc
         cache=run.parent / "cache",
         out="more",
     )
-    run_study(load_config(cfg), RunOptions(progress=False, report=False))
+    run_study(load_config(cfg), RunOptions(progress=False))
     # Two networks (classifier; U-Net giving masks and FID features in one pass), each on the new
     # model's images only.
     assert sum(seen) == 2 * N_CASES
@@ -266,14 +268,14 @@ def test_adding_a_model_evaluates_only_its_images(finished, tmp_path, monkeypatc
 def test_missing_weights_stop_the_run_naming_file_and_fix(small_demo, tmp_path):
     cfg = study(tmp_path, small_demo, features="inception")
     with pytest.raises(RunError) as err:
-        run_study(load_config(cfg), RunOptions(progress=False, report=False))
+        run_study(load_config(cfg), RunOptions(progress=False))
     msg = str(err.value)
     assert "fid" in msg and "kid" in msg and "weights-inception-2015-12-05-6726825d.pth" in msg
     assert "xray-audit weights fetch inception-v3-fid" in msg and "--keep-going" in msg
     assert not (tmp_path / "run" / rundir.SUMMARY).exists()  # stopped before any work
 
     # --keep-going computes the rest and lists what it could not compute.
-    run_study(load_config(cfg), RunOptions(progress=False, report=False, keep_going=True))
+    run_study(load_config(cfg), RunOptions(progress=False, keep_going=True))
     s = _summary(tmp_path / "run")
     assert "fid" not in set(s.metric) and "fxd" in set(s.metric)
     unavailable = json.loads((tmp_path / "run" / rundir.RUN_JSON).read_text())["evaluation"]["unavailable"]
@@ -287,7 +289,7 @@ def test_labels_the_classifier_does_not_know_are_an_error(small_demo, tmp_path):
     manifest = small_demo.parent / "bad_labels.csv"
     frame.to_csv(manifest, index=False)
     with pytest.raises(RunError) as err:
-        run_study(load_config(study(tmp_path, manifest)), RunOptions(progress=False, report=False))
+        run_study(load_config(study(tmp_path, manifest)), RunOptions(progress=False))
     assert "'Cardiomegaly'" in str(err.value) and "demo-nodule-classifier" in str(err.value)
 
 
@@ -299,7 +301,7 @@ def test_grey_anatomy_mask_fails_naming_the_case(small_demo, tmp_path):
     manifest = small_demo.parent / "grey_mask.csv"
     frame.to_csv(manifest, index=False)
     with pytest.raises(RunError) as err:
-        run_study(load_config(study(tmp_path, manifest)), RunOptions(progress=False, report=False))
+        run_study(load_config(study(tmp_path, manifest)), RunOptions(progress=False))
     assert frame.case_id[0] in str(err.value) and "RGB" in str(err.value)
 
 
@@ -416,7 +418,7 @@ def test_user_torchscript_classifier_feeds_pathology_metrics(small_demo, tmp_pat
     text = cfg.read_text().replace('classifier = "demo"', 'classifier = "user"') + user
     cfg.write_text(text.replace('distribution = ["fid", "fxd", "kid", "prdc"]', 'distribution = ["fid"]'))
     config = load_config(cfg)
-    run_study(config, RunOptions(progress=False, report=False))
+    run_study(config, RunOptions(progress=False))
     cases = load_manifest(small_demo).frame
     samples = pd.read_parquet(tmp_path / "run" / rundir.SAMPLES)
     blur = samples[samples.model == "blur"].set_index("case_id").loc[cases.case_id]
@@ -430,7 +432,7 @@ def test_user_torchscript_classifier_feeds_pathology_metrics(small_demo, tmp_pat
     # A changed file is never loaded.
     ts.write_bytes(ts.read_bytes() + b"\0")
     with pytest.raises(RunError, match="sha256"):
-        run_study(config, RunOptions(progress=False, report=False))
+        run_study(config, RunOptions(progress=False))
 
 
 def test_user_classifier_config_is_checked(tmp_path):
@@ -459,20 +461,21 @@ def test_user_classifier_config_is_checked(tmp_path):
 
 
 def test_cache_keys_use_the_networks_own_input_contracts():
-    from audit.evaluators import suite
     from audit.evaluators.base import InputContract
     from audit.evaluators.classifier import XRV_CLASSIFIER_CONTRACT
     from audit.evaluators.inception import INCEPTION_CONTRACT
+    from audit.evaluators.plan import PIPELINE_VERSION, preprocessing_key
+    from audit.evaluators.registry import EVALUATORS
     from audit.evaluators.segmenter import PSPNET_CONTRACT
 
     default = InputContract("x", channels=1, size=8, value_range=(0.0, 1.0))
-    assert default.preprocessing_version == suite.PIPELINE_VERSION
-    for copy, real in (
-        (suite.XRV_CLASSIFIER_INPUT, XRV_CLASSIFIER_CONTRACT),
-        (suite.PSPNET_INPUT, PSPNET_CONTRACT),
-        (suite.INCEPTION_INPUT, INCEPTION_CONTRACT),
+    assert default.preprocessing_version == PIPELINE_VERSION
+    for name, real in (
+        ("xrv-densenet121", XRV_CLASSIFIER_CONTRACT),
+        ("xrv-pspnet", PSPNET_CONTRACT),
+        ("inception-v3", INCEPTION_CONTRACT),
     ):
-        assert suite._preprocessing(copy) == suite._preprocessing(real)
+        assert preprocessing_key(EVALUATORS[name].input_contract) == preprocessing_key(real)
 
 
 def test_warm_run_without_pixel_metrics_never_imports_torch(finished, tmp_path):

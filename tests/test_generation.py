@@ -17,11 +17,12 @@ import pytest
 from audit import rundir
 from audit.config import ConfigError, load_config
 from audit.images import read_image, write_png
-from audit.runner import RunError, RunOptions, run_study
+from audit.plan import RunError, RunOptions
+from audit.runner import run_study
 from tests.conftest import make_cohort
 from tests.tiny_pipelines import TINY_PX, save_controlnet, save_sd
 
-FAST = RunOptions(progress=False, report=False, chunk_size=4)
+FAST = RunOptions(progress=False, chunk_size=4)
 N_CASES = 5
 
 
@@ -184,7 +185,7 @@ def test_missing_condition_column_is_listed_before_any_work(tmp_path, cases, tin
     assert not (tmp_path / "strict" / "run" / "samples").exists()
     run_study(
         load_config(study(tmp_path / "kg", manifest, models)),
-        RunOptions(progress=False, report=False, keep_going=True),
+        RunOptions(progress=False, keep_going=True),
     )
     failures = pd.read_csv(tmp_path / "kg" / "run" / rundir.FAILURES)
     assert failures[["case_id", "stage"]].values.tolist() == [["case-001", "generate"]]
@@ -441,7 +442,7 @@ KIND_MODELS = {
 def test_every_kind_is_batch_and_shard_independent(tmp_path, cases, tiny, kind):
     import dataclasses
 
-    from audit.merge import merge_runs
+    from audit.runner import merge_runs
 
     models = KIND_MODELS[kind](tiny)
     whole = run(tmp_path / "whole", cases, models)  # batches of 3 in chunks of 4 cases

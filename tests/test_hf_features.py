@@ -209,7 +209,8 @@ def test_study_with_raddino_and_hf_features(hub, snapshot, tmp_path):
     from prdc import compute_prdc
 
     from audit import images, rundir
-    from audit.runner import RunOptions, run_study
+    from audit.plan import RunOptions
+    from audit.runner import run_study
     from tests.conftest import make_cohort
 
     weights.fetch("rad-dino", progress=False)
@@ -251,7 +252,7 @@ hf_sha256 = {{ {hashes} }}
 batch_size = 3
 """
     )
-    run_study(load_config(cfg), RunOptions(progress=False, report=False))
+    run_study(load_config(cfg), RunOptions(progress=False))
     run = tmp_path / "run"
     summary = pd.read_csv(run / "summary.csv")
     rows = summary[(summary["model"] == "blur") & summary["group"].isna()].set_index("metric")

@@ -32,8 +32,15 @@ from audit.norberg.phantom import write_phantom_cohort
 NAMES = det.DETECTOR_LANDMARKS
 # A network small enough to train in about a second: three narrow levels on 64 px phantoms.
 TINY = tr.TrainConfig(
-    epochs=8, size=64, channels=(8, 16, 24), stem=2, stride=2, batch_size=8, learning_rate=0.01,
-    val_fraction=0.25, seed=3,
+    epochs=8,
+    size=64,
+    channels=(8, 16, 24),
+    stem=2,
+    stride=2,
+    batch_size=8,
+    learning_rate=0.01,
+    val_fraction=0.25,
+    seed=3,
 )
 # The phantom cohort the slow acceptance test and benchmarks/landmark_training.py train on.
 ACCEPTANCE_CASES = 200
@@ -246,8 +253,11 @@ def test_warp_moves_points_with_the_image_and_flip_swaps_sides():
     """The augmentation's geometry, checked against where blobs actually end up."""
     size = 64
     targets = np.array([[[40.2, 30.7], [20.4, 33.1], [47.0, 22.5], [14.6, 24.9]]])
-    for angle, scale, shift, flip in [(0.0, 1.0, (0.0, 0.0), True), (0.15, 1.07, (0.04, -0.06), False),
-                                      (-0.12, 0.93, (-0.05, 0.03), True)]:
+    for angle, scale, shift, flip in [
+        (0.0, 1.0, (0.0, 0.0), True),
+        (0.15, 1.07, (0.04, -0.06), False),
+        (-0.12, 0.93, (-0.05, 0.03), True),
+    ]:
         c, s = math.cos(angle), math.sin(angle)
         a = torch.tensor([[[c, -s], [s, c]]], dtype=torch.float64) / scale
         if flip:
@@ -309,13 +319,17 @@ def test_training_is_reproducible_and_learns(tmp_path, caplog):
         assert meta["sha256"] == hashlib.sha256(ts).hexdigest() == result.spec.sha256
         assert meta["landmarks"] == list(NAMES)
         assert meta["input"] == {
-            "size": 64, "channels": 1, "value_range": [0.0, 1.0], "crop": "center-square",
+            "size": 64,
+            "channels": 1,
+            "value_range": [0.0, 1.0],
+            "crop": "center-square",
             "resize": "bilinear-antialias",
         }
         assert meta["training"]["seed"] == 3 and meta["training"]["epochs"] == 8
-        assert meta["data"]["landmarks"]["sha256"] == hashlib.sha256(
-            (cohort / "landmarks.csv").read_bytes()
-        ).hexdigest()
+        assert (
+            meta["data"]["landmarks"]["sha256"]
+            == hashlib.sha256((cohort / "landmarks.csv").read_bytes()).hexdigest()
+        )
         assert meta["data"]["n_train"] == 18 and meta["data"]["n_held_out"] == 6
         assert meta["data"]["phantom"] is True
     a, b = (tmp_path / n / "model.ts" for n in "ab")
@@ -352,8 +366,12 @@ def test_landmarks_outside_the_centre_square_are_listed(tmp_path):
     img = np.full((100, 200), 0.2, np.float32)
     write_png(tmp_path / "wide.png", img, bit_depth=16)
     pd.DataFrame({"case_id": ["w1"], "image": ["wide.png"]}).to_csv(tmp_path / "cases.csv", index=False)
-    rows = [("w1", "left_head_center", 160.0, 50.0), ("w1", "right_head_center", 40.0, 50.0),
-            ("w1", "left_rim", 170.0, 40.0), ("w1", "right_rim", 30.0, 40.0)]
+    rows = [
+        ("w1", "left_head_center", 160.0, 50.0),
+        ("w1", "right_head_center", 40.0, 50.0),
+        ("w1", "left_rim", 170.0, 40.0),
+        ("w1", "right_rim", 30.0, 40.0),
+    ]
     pd.DataFrame(rows, columns=["case_id", "landmark", "x", "y"]).to_csv(tmp_path / "marks.csv", index=False)
     with pytest.raises(det.DetectorError, match=r"case w1: .*outside the centre square.*Fix"):
         tr.load_annotated(tmp_path / "cases.csv", tmp_path / "marks.csv", 32)
@@ -365,9 +383,27 @@ def test_landmarks_outside_the_centre_square_are_listed(tmp_path):
 def test_cli_train_and_predict_round_trip(tmp_path, capsys):
     cohort = _phantom_cohort(tmp_path / "phantom", n=12)
     model_dir = tmp_path / "model"
-    rc = main(["-q", "landmarks", "train", "--cases", str(cohort / "cases.csv"), "--landmarks",
-               str(cohort / "landmarks.csv"), "--out", str(model_dir), "--epochs", "1", "--size", "64",
-               "--seed", "1", "--val-fraction", "0.25"])
+    rc = main(
+        [
+            "-q",
+            "landmarks",
+            "train",
+            "--cases",
+            str(cohort / "cases.csv"),
+            "--landmarks",
+            str(cohort / "landmarks.csv"),
+            "--out",
+            str(model_dir),
+            "--epochs",
+            "1",
+            "--size",
+            "64",
+            "--seed",
+            "1",
+            "--val-fraction",
+            "0.25",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "held-out error over 3 case(s)" in out
@@ -375,8 +411,20 @@ def test_cli_train_and_predict_round_trip(tmp_path, capsys):
     assert (model_dir / "model.ts").is_file() and (model_dir / "model.json").is_file()
 
     pred = tmp_path / "pred.csv"
-    rc = main(["-q", "landmarks", "predict", str(model_dir), "--cases", str(cohort / "cases.csv"),
-               "--out", str(pred), "--device", "cpu"])
+    rc = main(
+        [
+            "-q",
+            "landmarks",
+            "predict",
+            str(model_dir),
+            "--cases",
+            str(cohort / "cases.csv"),
+            "--out",
+            str(pred),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     rows = list(csv.DictReader(io.StringIO(pred.read_text())))
     assert list(rows[0]) == ["case_id", "landmark", "x", "y"]
@@ -400,8 +448,21 @@ def test_cli_predict_with_a_user_model_reads_back_exactly(tmp_path, capsys):
     write_png(tmp_path / "a.png", np.full((200, 300), 0.3, np.float32), bit_depth=8)
     pd.DataFrame({"case_id": ["007"], "image": ["a.png"]}).to_csv(tmp_path / "cases.csv", index=False)
     pred = tmp_path / "pred.csv"
-    assert main(["-q", "landmarks", "predict", str(model_dir), "--cases", str(tmp_path / "cases.csv"),
-                 "--out", str(pred)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "landmarks",
+                "predict",
+                str(model_dir),
+                "--cases",
+                str(tmp_path / "cases.csv"),
+                "--out",
+                str(pred),
+            ]
+        )
+        == 0
+    )
     marks = read_landmarks(pred, {"007": (200, 300)})
     scale, left = 200 / size, 50  # the 200 px centre square starts at column 50
     for name, (x, y) in zip(NAMES, points.tolist(), strict=True):
@@ -411,18 +472,60 @@ def test_cli_predict_with_a_user_model_reads_back_exactly(tmp_path, capsys):
 
 def test_cli_errors(tmp_path, caplog):
     cohort = _phantom_cohort(tmp_path / "phantom", n=2)
-    assert main(["-q", "landmarks", "predict", str(tmp_path / "none"), "--cases", str(cohort / "cases.csv"),
-                 "--out", str(tmp_path / "p.csv")]) == 1
+    assert (
+        main(
+            [
+                "-q",
+                "landmarks",
+                "predict",
+                str(tmp_path / "none"),
+                "--cases",
+                str(cohort / "cases.csv"),
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 1
+    )
     assert "model.json" in caplog.text
     sha = _save_script(_FixedModel(torch.zeros(len(NAMES), 2)), tmp_path / "model.ts")
     _write_spec(tmp_path, "f" * 64 if sha[0] != "f" else "e" * 64, size=32)
     caplog.clear()
-    assert main(["-q", "landmarks", "predict", str(tmp_path), "--cases", str(cohort / "cases.csv"),
-                 "--out", str(tmp_path / "p.csv")]) == 1
+    assert (
+        main(
+            [
+                "-q",
+                "landmarks",
+                "predict",
+                str(tmp_path),
+                "--cases",
+                str(cohort / "cases.csv"),
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 1
+    )
     assert "not loaded" in caplog.text and not (tmp_path / "p.csv").exists()
     caplog.clear()
-    assert main(["-q", "landmarks", "train", "--cases", str(cohort / "cases.csv"), "--landmarks",
-                 str(cohort / "landmarks.csv"), "--out", str(tmp_path / "m"), "--size", "50"]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "landmarks",
+                "train",
+                "--cases",
+                str(cohort / "cases.csv"),
+                "--landmarks",
+                str(cohort / "landmarks.csv"),
+                "--out",
+                str(tmp_path / "m"),
+                "--size",
+                "50",
+            ]
+        )
+        == 2
+    )
     assert "multiple of" in caplog.text
 
 

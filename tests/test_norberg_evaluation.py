@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from audit import rundir
 from audit.cli import main
 from audit.images import write_png
 from audit.metrics.functional.norberg import norberg_table
@@ -88,8 +89,8 @@ def test_evaluate_writes_angles_and_agreement_rows(phantom_run):
              "--detector", str(root / "detector"), "--device", "cpu"]
         )  # fmt: skip
     assert code == 0
-    angles = pd.read_parquet(run / ev.ANGLES_FILE)
-    summary = pd.read_csv(run / ev.SUMMARY_FILE, dtype={"group": str}, keep_default_na=False)
+    angles = pd.read_parquet(run / rundir.NORBERG_ANGLES)
+    summary = pd.read_csv(run / rundir.NORBERG_SUMMARY, dtype={"group": str}, keep_default_na=False)
     assert list(angles.columns) == ev.ANGLE_COLUMNS
     assert list(summary.columns) == ev.SUMMARY_COLUMNS
     assert set(angles["model"]) == {"phantom-gen", "real"}
@@ -110,7 +111,9 @@ def test_evaluate_writes_angles_and_agreement_rows(phantom_run):
     want = case_angles({n: tuple(p) for n, p in zip(detector.landmarks, xy, strict=True)})
     got = angles[(angles["model"] == "phantom-gen") & (angles["case_id"] == row["case_id"])]
     for side in ("left", "right"):
-        assert got[got["side"] == side]["angle_deg"].item() == pytest.approx(want[side], abs=1e-3)  # batch-of-1 rounding
+        assert got[got["side"] == side]["angle_deg"].item() == pytest.approx(
+            want[side], abs=1e-3
+        )  # batch-of-1 rounding
 
     # Every summary row equals the agreement statistics recomputed from the angle file.
     for model in ("phantom-gen", "real"):
@@ -159,7 +162,7 @@ def test_annotations_for_other_cases_are_a_clear_error(phantom_run, tmp_path):
 def test_report_shows_the_norberg_section(phantom_run):
     root, cohort = phantom_run
     run = root / "run"
-    if not (run / ev.SUMMARY_FILE).exists():
+    if not (run / rundir.NORBERG_SUMMARY).exists():
         ev.evaluate_norberg(run, cohort / "landmarks.csv", root / "detector", device="cpu")
     assert main(["-q", "report", str(run), "--format", "html"]) == 0
     page = (run / "report.html").read_text()
@@ -168,7 +171,7 @@ def test_report_shows_the_norberg_section(phantom_run):
     # The phantom is labelled wherever it appears: under the title and in the Norberg section.
     header, _, rest = page.partition('<section id="results">')
     assert "Phantom data" in header and "Phantom data" in rest.split('<section id="norberg">')[1]
-    summary = pd.read_csv(run / ev.SUMMARY_FILE)
+    summary = pd.read_csv(run / rundir.NORBERG_SUMMARY)
     mae = summary[(summary["model"] == "phantom-gen") & (summary["metric"] == "norberg_mae")].iloc[0]
     assert f"{mae['value']:.3f}" in page.split('<section id="norberg">')[1].split("</section>")[0]
     # The pooled rows of summary.csv are a results table of their own, named as in comparison.md.
@@ -199,7 +202,7 @@ def test_run_with_norberg_config_puts_the_rows_in_summary_csv(phantom_run):
     run = root / "run"
     summary = _summary(run / "summary.csv")
     rows = summary[summary["metric"].str.startswith("norberg_")]
-    norberg = _summary(run / ev.SUMMARY_FILE)
+    norberg = _summary(run / rundir.NORBERG_SUMMARY)
     assert set(norberg["source"]) == {"detector"}
     assert set(rows["model"]) == {"phantom-gen", "real"}
     # summary.csv carries exactly the norberg_summary.csv rows of the detector, with metadata.
@@ -214,7 +217,7 @@ def test_run_with_norberg_config_puts_the_rows_in_summary_csv(phantom_run):
     assert bias["higher_is_better"].isna().all()  # ideal 0: neither direction is better
     info = __import__("json").loads((run / "run.json").read_text())
     assert info["norberg"]["degenerate_detections"] >= 0 and "norberg_s" in info["timings"]
-    angles = pd.read_parquet(run / ev.ANGLES_FILE)
+    angles = pd.read_parquet(run / rundir.NORBERG_ANGLES)
     assert len(angles) == 2 * 8 * 2 and angles["source"].str.startswith("detector:").all()
 
 
@@ -246,14 +249,14 @@ def _placed(root, cohort, run, *, drop_one_rim=True):
 def test_reader_landmarks_are_a_second_source(phantom_run, tmp_path):
     root, cohort = phantom_run
     run = root / "run"
-    detector_rows = _summary(run / ev.SUMMARY_FILE)
+    detector_rows = _summary(run / rundir.NORBERG_SUMMARY)
     detector_rows = detector_rows[detector_rows["source"] == "detector"].reset_index(drop=True)
     placed = _placed(root, cohort, run)
     placed.to_csv(tmp_path / "landmarks.csv", index=False)
     code = main(["-q", "norberg", "evaluate", str(run), "--annotations", str(cohort / "landmarks.csv"),
                  "--reader-landmarks", str(tmp_path / "landmarks.csv")])  # fmt: skip
     assert code == 0
-    summary = _summary(run / ev.SUMMARY_FILE)
+    summary = _summary(run / rundir.NORBERG_SUMMARY)
     # The detector rows of the run are kept as they were.
     kept = summary[summary["source"] == "detector"].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept, detector_rows)
@@ -261,7 +264,9 @@ def test_reader_landmarks_are_a_second_source(phantom_run, tmp_path):
     assert readers["evaluator"].eq("expert landmarks, 2 reader(s)").all()
 
     # Recompute independently: circle-fitted angle per reader, mean over readers, vs the annotation.
-    exact = pd.read_csv(cohort / "angles.csv", dtype={"case_id": str}).set_index(["case_id", "side"])["angle_deg"]
+    exact = pd.read_csv(cohort / "angles.csv", dtype={"case_id": str}).set_index(["case_id", "side"])[
+        "angle_deg"
+    ]
     for model in ("phantom-gen", "real"):
         per = []
         for (cid,), g in placed[placed["model"] == model].groupby(["case_id"]):
@@ -274,18 +279,26 @@ def test_reader_landmarks_are_a_second_source(phantom_run, tmp_path):
                     from audit.norberg.geometry import locate_head_center, norberg_angle
 
                     c = {s: locate_head_center(pts, s) for s in ("left", "right")}
-                    by_reader[reader] = {"left": np.nan, "right": norberg_angle(c["right"], c["left"], pts["right_rim"])}
+                    by_reader[reader] = {
+                        "left": np.nan,
+                        "right": norberg_angle(c["right"], c["left"], pts["right_rim"]),
+                    }
             for side in ("left", "right"):
                 vals = [a[side] for a in by_reader.values() if np.isfinite(a[side])]
                 per.append((cid, side, exact[(cid, side)], float(np.mean(vals))))
         f = pd.DataFrame(per, columns=["case_id", "side", "real", "gen"])
-        table = norberg_table(f["case_id"], f["side"], f["real"], f["gen"], rng=np.random.default_rng(0), resamples=10)
+        table = norberg_table(
+            f["case_id"], f["side"], f["real"], f["gen"], rng=np.random.default_rng(0), resamples=10
+        )
         for t in table:
             got = readers.loc[(model, t.metric), "value"]
             assert got == pytest.approx(t.value, rel=1e-9, abs=1e-9) or (np.isnan(got) and np.isnan(t.value))
     # Placements on the real images agree far better than those on the other-angle phantoms.
-    assert readers.loc[("real", "norberg_mae"), "value"] < 0.5 * readers.loc[("phantom-gen", "norberg_mae"), "value"]
-    angles = pd.read_parquet(run / ev.ANGLES_FILE)
+    assert (
+        readers.loc[("real", "norberg_mae"), "value"]
+        < 0.5 * readers.loc[("phantom-gen", "norberg_mae"), "value"]
+    )
+    angles = pd.read_parquet(run / rundir.NORBERG_ANGLES)
     assert {"reader:ann", "reader:bob"} <= set(angles["source"])
     assert angles["source"].str.startswith("detector:").sum() == 2 * 8 * 2
     missing = angles[(angles["source"] == "reader:bob") & ~np.isfinite(angles["angle_deg"])]
@@ -297,17 +310,19 @@ def test_reader_landmarks_of_another_run_are_refused(phantom_run, tmp_path, capl
     placed = _placed(root, cohort, root / "run", drop_one_rim=False)
     placed.loc[0:40, "model"] = "other-model"
     placed.to_csv(tmp_path / "landmarks.csv", index=False)
-    before = (root / "run" / ev.SUMMARY_FILE).read_bytes()
+    before = (root / "run" / rundir.NORBERG_SUMMARY).read_bytes()
     code = main(["norberg", "evaluate", str(root / "run"), "--annotations", str(cohort / "landmarks.csv"),
                  "--reader-landmarks", str(tmp_path / "landmarks.csv")])  # fmt: skip
     assert code == 1
     assert "not samples of" in caplog.text and "other-model" in caplog.text
-    assert (root / "run" / ev.SUMMARY_FILE).read_bytes() == before  # nothing written
+    assert (root / "run" / rundir.NORBERG_SUMMARY).read_bytes() == before  # nothing written
     placed.drop(columns="reader").to_csv(tmp_path / "cut.csv", index=False)
     assert main(["norberg", "evaluate", str(root / "run"), "--annotations", str(cohort / "landmarks.csv"),
                  "--reader-landmarks", str(tmp_path / "cut.csv")]) == 1  # fmt: skip
     assert "no column(s) reader" in caplog.text
-    assert main(["norberg", "evaluate", str(root / "run"), "--annotations", str(cohort / "landmarks.csv")]) == 2
+    assert (
+        main(["norberg", "evaluate", str(root / "run"), "--annotations", str(cohort / "landmarks.csv")]) == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -326,7 +341,9 @@ def test_norberg_config_errors(phantom_run, tmp_path, extra, message):
     cfg = tmp_path / "s.toml"
     cfg.write_text(
         f'[study]\nname = "x"\ncases = "{cohort / "cases.csv"}"\noutput = "{tmp_path / "run"}"\n'
-        '[[models]]\nname = "real"\nkind = "real"\n[norberg]\n' + extra.format(ann=cohort / "landmarks.csv") + "\n"
+        '[[models]]\nname = "real"\nkind = "real"\n[norberg]\n'
+        + extra.format(ann=cohort / "landmarks.csv")
+        + "\n"
     )
     with pytest.raises(ConfigError, match=__import__("re").escape(message)):
         load_config(cfg)
@@ -385,7 +402,7 @@ def test_mirrored_annotations_need_the_run_or_flag_patient_left(phantom_run, tmp
         assert main(argv) == 1
         assert "probable left/right swap" in caplog.text and "--patient-left image-left" in caplog.text
         assert main([*argv, "--patient-left", "image-left"]) == 0
-    rows = _summary(run / ev.SUMMARY_FILE)
+    rows = _summary(run / rundir.NORBERG_SUMMARY)
     rows = rows[rows["source"] == "detector"]  # earlier tests may have added the readers' rows
     order = ["model", "metric"]
     pd.testing.assert_frame_equal(
@@ -393,10 +410,12 @@ def test_mirrored_annotations_need_the_run_or_flag_patient_left(phantom_run, tmp
         run_rows.sort_values(order, ignore_index=True),
         check_dtype=False,
     )
-    assert json.loads((run / "norberg.json").read_text())["detector"]["patient_left"] == "image-left"
+    assert json.loads((run / rundir.NORBERG_INFO).read_text())["detector"]["patient_left"] == "image-left"
     # A run whose config says image-left needs no flag.
     config = (run / "config.toml").read_text()
-    (run / "config.toml").write_text(config.replace('patient_left = "image-right"', 'patient_left = "image-left"'))
+    (run / "config.toml").write_text(
+        config.replace('patient_left = "image-right"', 'patient_left = "image-left"')
+    )
     assert 'patient_left = "image-left"' in (run / "config.toml").read_text()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)

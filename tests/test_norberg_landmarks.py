@@ -151,11 +151,15 @@ def test_missing_and_unknown_columns(tmp_path):
     assert read_landmarks(path) == plain
     # ...but rows they would tell apart are duplicates, with what to do about it.
     pd.concat([frame, frame.assign(reader="r2")]).to_csv(path, index=False)
-    with pytest.raises(LandmarkError, match=r"(?s)duplicate .*reader column\(s\) are not read here.*--reader-landmarks") as err:
+    with pytest.raises(
+        LandmarkError, match=r"(?s)duplicate .*reader column\(s\) are not read here.*--reader-landmarks"
+    ) as err:
         read_landmarks(path)
     assert str(err.value).count("are not read here") == 1  # said once for the file, not on every row
     pd.concat([frame, frame.assign(annotator="dr y")]).drop(columns="reader").to_csv(path, index=False)
-    with pytest.raises(LandmarkError, match=r"(?s)duplicate .*the file's other column\(s\) annotator are not read"):
+    with pytest.raises(
+        LandmarkError, match=r"(?s)duplicate .*the file's other column\(s\) annotator are not read"
+    ):
         read_landmarks(path)
     with pytest.raises(LandmarkError, match="unknown landmark file format"):
         read_landmarks(tmp_path / "lm.txt")

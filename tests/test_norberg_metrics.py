@@ -138,9 +138,8 @@ def test_kappa_threshold_tie_counts_exactly_105_as_normal():
     assert shifted == pytest.approx(1.0, abs=1e-12)
 
 
-def test_threshold_matches_geometry_when_present():
+def test_sides_match_geometry_when_present():
     geometry = pytest.importorskip("audit.norberg.geometry")
-    assert geometry.NORMAL_THRESHOLD_DEG == fn.NORMAL_THRESHOLD_DEG
     assert tuple(geometry.SIDES) == fn.SIDES
 
 
@@ -253,13 +252,15 @@ def test_summary_rows_are_summary_csv_shaped():
     assert len(rows) == len(table)
     assert list(rows[0]) == ["model", "metric", "value", "ci_low", "ci_high", "n", "group", "evaluator"]
     assert rows[1]["metric"] == "norberg_r:left" and rows[1]["n"] == 12 and rows[1]["group"] == "sex=F"
+    from audit.metrics import catalogue
+
     for row in rows:
-        meta = fn.norberg_metric(row["metric"])
-        assert meta.aggregation == "distribution"
-    assert set(fn.NORBERG_METRICS) == set(fn.METRIC_ORDER)
-    assert fn.norberg_metric("norberg_ba_bias:right").higher_is_better is None
-    with pytest.raises(ValueError, match="unknown Norberg metric"):
-        fn.norberg_metric("norberg_rho")
+        meta = catalogue.spec(row["metric"])
+        assert meta.aggregation == "distribution" and meta.family == "norberg"
+    assert catalogue.names(family="norberg") == fn.METRIC_ORDER
+    assert catalogue.spec("norberg_ba_bias:right").higher_is_better is None
+    with pytest.raises(KeyError, match="unknown metric"):
+        catalogue.spec("norberg_rho")
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -16,11 +16,12 @@ import sklearn.metrics as sklearn_metrics
 import torch
 from scipy.ndimage import gaussian_filter
 
+from audit.metrics import catalogue
 from audit.metrics.functional import pixel as fp
-from audit.metrics.pixel import PIXEL_METRICS, metric_unit, score_pixels
+from audit.metrics.pixel import PIXEL_KERNELS, score_pixels
 
 FIVE = ("mse", "mae", "psnr", "ssim", "ms_ssim")
-ALL = tuple(PIXEL_METRICS)
+ALL = tuple(PIXEL_KERNELS)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -363,10 +364,10 @@ def test_less_blur_ranks_better():
     s1, s3 = score_pixels(blur1, ref, FIVE), score_pixels(blur3, ref, FIVE)
     for name in ("ssim", "psnr", "ms_ssim"):
         assert np.all(s1[name] > s3[name]), name
-        assert PIXEL_METRICS[name].higher_is_better
+        assert catalogue.spec(name).higher_is_better
     for name in ("mse", "mae"):
         assert np.all(s1[name] < s3[name]), name
-        assert not PIXEL_METRICS[name].higher_is_better
+        assert not catalogue.spec(name).higher_is_better
 
 
 def test_pixel_range_invariance_and_scaling(pairs_256):
@@ -446,14 +447,13 @@ def test_bad_arguments_raise_value_error(pairs_256):
 # --- metadata ------------------------------------------------------------------------------------
 
 
-def test_metric_metadata():
+def test_every_catalogued_pixel_metric_has_a_kernel_and_a_config_name():
     from audit.config import PIXEL_METRICS as CONFIG_PIXEL_METRICS
 
-    assert tuple(PIXEL_METRICS) == CONFIG_PIXEL_METRICS
-    assert all(m.name == k and m.description for k, m in PIXEL_METRICS.items())
-    assert metric_unit("mse", 255) == "intensity² (range 255)"
-    assert metric_unit("mae", 1.0) == "intensity (range 1)"
-    assert metric_unit("psnr", 255) == "dB"
-    assert metric_unit("ssim", 255) == metric_unit("overlap_f1", 1) == ""
+    assert set(PIXEL_KERNELS) == set(catalogue.names(family="pixel")) == set(CONFIG_PIXEL_METRICS)
+    assert catalogue.spec("mse").unit_at(255) == "intensity² (range 255)"
+    assert catalogue.spec("mae").unit_at(1.0) == "intensity (range 1)"
+    assert catalogue.spec("psnr").unit_at(255) == "dB"
+    assert catalogue.spec("ssim").unit_at(255) == catalogue.spec("overlap_f1").unit_at(1) == ""
     with pytest.raises(ValueError, match="unknown pixel metric"):
-        metric_unit("fid", 1)
+        score_pixels(np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), ["fid"])

@@ -34,7 +34,7 @@ from PIL import Image
 
 from audit import rundir
 from audit.cli import main as cli_main
-from reader_study import admin, assignment, blinding, placement, rendering, study, text
+from reader_study import admin, assignment, placement, rendering, study, studydir, text
 from reader_study.create import CreateError, CreateOptions, create_study
 from reader_study.criteria import FLAG, TURING, resolve
 from reader_study.store import (
@@ -276,7 +276,7 @@ def _options(**kw: Any) -> CreateOptions:
 
 def _sequences(study_dir: Path) -> dict[str, list[tuple]]:
     """Each reader's session as (model, case_id, sample, read_number, calibration)."""
-    key = pd.read_parquet(study_dir / study.KEY).set_index("item")
+    key = pd.read_parquet(study_dir / studydir.KEY).set_index("item")
     store = open_study_store(study_dir)
     try:
         names = {r["id"]: r["name"] for r in store.table(readers)}
@@ -294,7 +294,7 @@ def _sequences(study_dir: Path) -> dict[str, list[tuple]]:
 def test_item_ids_are_random_hex_unrelated_to_the_source(run_dir, tmp_path):
     a = create_study(run_dir, tmp_path / "a", _options(seed=3), progress=False)
     b = create_study(run_dir, tmp_path / "b", _options(seed=3), progress=False)
-    key_a, key_b = (pd.read_parquet(s.path / study.KEY) for s in (a, b))
+    key_a, key_b = (pd.read_parquet(s.path / studydir.KEY) for s in (a, b))
     for key in (key_a, key_b):
         assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in key.item)
         assert key.item.is_unique
@@ -307,13 +307,13 @@ def test_item_ids_are_random_hex_unrelated_to_the_source(run_dir, tmp_path):
     c = create_study(run_dir, tmp_path / "c", _options(seed=4), progress=False)
     assert _sequences(c.path) != _sequences(a.path)
     assert {(m, cs) for m, cs in zip(key_a.model, key_a.case_id)} != {
-        (m, cs) for m, cs in zip(*(pd.read_parquet(c.path / study.KEY)[k] for k in ("model", "case_id")))
+        (m, cs) for m, cs in zip(*(pd.read_parquet(c.path / studydir.KEY)[k] for k in ("model", "case_id")))
     }
 
 
 def test_every_image_is_encoded_alike_with_no_metadata(created):
-    key = pd.read_parquet(created.path / study.KEY)
-    files = sorted((created.path / study.IMAGES_DIR).iterdir())
+    key = pd.read_parquet(created.path / studydir.KEY)
+    files = sorted((created.path / studydir.IMAGES_DIR).iterdir())
     assert sorted(f.name for f in files) == sorted(f"{i}.png" for i in key.item)
     headers = set()
     for f in files:
@@ -329,21 +329,21 @@ def test_nothing_but_the_key_names_a_model_or_a_case(created):
     run = created.path.parent / "run"
     needles = [m.encode() for m in MODELS] + [b"case-0", LEAKY_TEXT.encode(), str(run).encode(), b"samples/"]
     checked = []
-    key = pd.read_parquet(created.path / study.KEY)
+    key = pd.read_parquet(created.path / studydir.KEY)
     for path in sorted(created.path.rglob("*")):
-        if path.is_file() and path.name != study.KEY:
+        if path.is_file() and path.name != studydir.KEY:
             data = path.read_bytes()
             checked.append(path.name)
             # blinding.json (owner-only, never read by the app) reports the byte-size AUC per model
             # by name; like every other file it names no item or case, so it maps nothing to a model.
-            allowed = [m.encode() for m in MODELS] if path.name == blinding.BLINDING_FILE else []
+            allowed = [m.encode() for m in MODELS] if path.name == studydir.BLINDING_FILE else []
             for needle in needles:
                 assert needle in allowed or needle not in data, f"{path} contains {needle!r}"
-            if path.name == blinding.BLINDING_FILE:
+            if path.name == studydir.BLINDING_FILE:
                 assert not [i for i in key.item if i.encode() in data]
                 assert path.stat().st_mode & 0o777 == 0o600
-    assert study.STUDY_JSON in checked and study.DB_FILE in checked and len(checked) > 10
-    assert blinding.BLINDING_FILE in checked
+    assert studydir.STUDY_JSON in checked and studydir.DB_FILE in checked and len(checked) > 10
+    assert studydir.BLINDING_FILE in checked
     # The key does hold them (so the needles are the right ones to look for).
     assert set(key.model) >= set(MODELS) and key.case_id.str.startswith("case-0").all()
 
@@ -360,18 +360,18 @@ def test_the_folder_and_database_do_not_group_items_by_model(tmp_path):
     models = ("m-a", "m-b", "m-c")
     run = make_run(tmp_path, n_cases=16, models=models)
     made = create_study(run, tmp_path / "study", _options(per_model=4, calibration=4), progress=False)
-    key = pd.read_parquet(made.path / study.KEY).set_index("item")["model"]
+    key = pd.read_parquet(made.path / studydir.KEY).set_index("item")["model"]
     n_strata = len(models) + 1
-    with sqlite3.connect(made.path / study.DB_FILE) as db:
+    with sqlite3.connect(made.path / studydir.DB_FILE) as db:
         by_rowid = [row[0] for row in db.execute("SELECT id FROM items ORDER BY rowid")]
-    images = {i: (made.path / study.IMAGES_DIR / f"{i}.png").stat() for i in key.index}
+    images = {i: (made.path / studydir.IMAGES_DIR / f"{i}.png").stat() for i in key.index}
     by_inode = sorted(images, key=lambda i: images[i].st_ino)
     assert len(by_rowid) == len(key) == 20
     for order in (by_rowid, by_inode):
         assert _runs([key[i] for i in order]) >= 2 * n_strata, [key[i] for i in order]
     assert len({st.st_mtime_ns for st in images.values()}) == 1  # one time for every image
     assert len({st.st_atime_ns for st in images.values()}) == 1
-    for name in (study.KEY, study.DB_FILE, blinding.BLINDING_FILE):
+    for name in (studydir.KEY, studydir.DB_FILE, studydir.BLINDING_FILE):
         assert (made.path / name).stat().st_mode & 0o777 == 0o600, name
     # Each reader gets the practice items in an order of their own.
     sessions = _sequences(made.path)
@@ -381,7 +381,7 @@ def test_the_folder_and_database_do_not_group_items_by_model(tmp_path):
 
 def test_key_maps_every_item_back_to_its_source(created):
     run = created.path.parent / "run"
-    key = pd.read_parquet(created.path / study.KEY)
+    key = pd.read_parquet(created.path / studydir.KEY)
     samples = pd.read_parquet(run / "samples.parquet")
     cases = pd.read_parquet(run / "cases.parquet").set_index("case_id")
     store = open_study_store(created.path)
@@ -397,14 +397,14 @@ def test_key_maps_every_item_back_to_its_source(created):
             match = samples[(samples.model == row.model) & (samples.case_id == row.case_id)]
             assert row.source_path == match.path[match["sample"] == row.sample].item()
         assert hashlib.sha256(Path(row.source_path).read_bytes()).hexdigest() == row.source_sha256
-        png = (created.path / study.IMAGES_DIR / f"{row.item}.png").read_bytes()
+        png = (created.path / studydir.IMAGES_DIR / f"{row.item}.png").read_bytes()
         assert hashlib.sha256(png).hexdigest() == stored_sha[row.item]
         expected = rendering.normalise(decode_source(row.source_path), 64)
         np.testing.assert_array_equal(decode(png), expected)
 
 
 def test_calibration_first_rereads_last(created):
-    key = pd.read_parquet(created.path / study.KEY)
+    key = pd.read_parquet(created.path / studydir.KEY)
     calibration = set(key.item[key.calibration])
     main = key[~key.calibration]
     assert len(calibration) == 3 and len(main) == 9  # 3 per stratum, 3 strata
@@ -454,7 +454,7 @@ def test_create_errors(run_dir, tmp_path):
         target = out or tmp_path / "study"
         with pytest.raises(CreateError, match=match):
             create_study(run_dir, target, _options(**kw), progress=False)
-        assert not (target / study.STUDY_JSON).exists()
+        assert not (target / studydir.STUDY_JSON).exists()
 
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -475,7 +475,7 @@ def test_create_errors(run_dir, tmp_path):
 def test_create_into_an_existing_empty_directory(run_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     made = create_study(run_dir, tmp_path / "empty", _options(per_model=2), progress=False)
-    assert (made.path / study.STUDY_JSON).is_file() and made.n_items == 6
+    assert (made.path / studydir.STUDY_JSON).is_file() and made.n_items == 6
 
 
 @pytest.mark.parametrize(
@@ -485,7 +485,7 @@ def test_create_into_an_existing_empty_directory(run_dir, tmp_path):
 )
 def test_default_per_model_keeps_cases_disjoint(run_dir, tmp_path, kw, per_model):
     made = create_study(run_dir, tmp_path / "study", _options(**kw), progress=False)
-    key = pd.read_parquet(made.path / study.KEY)
+    key = pd.read_parquet(made.path / studydir.KEY)
     assert made.case_reuse == 1 and key.case_id.is_unique
     main = key[~key.calibration]
     assert Counter(main.model) == {"real": kw.get("real", per_model), **dict.fromkeys(MODELS, per_model)}
@@ -922,7 +922,9 @@ def test_a_form_that_is_out_of_date_is_refused_with_the_stored_answer(tiny):
     refusals = [r for r in tiny.rows(audit_log) if r["action"] == "refuse_stale_form"]
     assert len(refusals) == 1 and refusals[0]["old"] == "revision=1" and "anatomy=5" in refusals[0]["new"]
     # A form drawn from the stored answer goes through, and counts as an edit.
-    tiny.submit(tiny.alice, i0, answers=[Answer("anatomy", score=5)], shown=tiny.store.shown(tiny.alice, i0, 1))
+    tiny.submit(
+        tiny.alice, i0, answers=[Answer("anatomy", score=5)], shown=tiny.store.shown(tiny.alice, i0, 1)
+    )
     assert tiny.store.response(tiny.alice, i0, 1).edits == 1
     assert tiny.store.shown(tiny.alice, i0, 1).revision == 2
     # A double click repeats the submission id: still one stored submit, not a stale refusal.
@@ -961,7 +963,11 @@ def test_two_submits_of_one_answer_are_serialised_on_postgresql(pg_server, secon
 
         @sa.event.listens_for(tiny.store.engine, "before_cursor_execute")
         def _hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if statement.startswith("INSERT INTO submissions") and not thread.is_alive() and "result" not in outcome:
+            if (
+                statement.startswith("INSERT INTO submissions")
+                and not thread.is_alive()
+                and "result" not in outcome
+            ):
                 thread.start()
                 thread.join(timeout=1.0)  # the second submit runs now, as far as it can
 
@@ -988,7 +994,9 @@ def test_a_reissue_waits_for_a_submit_in_flight_on_postgresql(pg_server):
     try:
         i1 = ITEMS[1]
         shown = tiny.store.shown(tiny.bob, i1, 1)
-        thread = threading.Thread(target=admin_store.reissue_token, args=("bob", "new-token-for-bob-0123456789"))
+        thread = threading.Thread(
+            target=admin_store.reissue_token, args=("bob", "new-token-for-bob-0123456789")
+        )
         waited: list[bool] = []
 
         @sa.event.listens_for(tiny.store.engine, "before_cursor_execute")
@@ -1001,7 +1009,11 @@ def test_a_reissue_waits_for_a_submit_in_flight_on_postgresql(pg_server):
         tiny.submit(tiny.bob, i1, shown=shown)
         thread.join(timeout=30)
         assert waited == [True] and not thread.is_alive()
-        actions = [r["action"] for r in sorted(tiny.rows(audit_log), key=lambda r: r["id"]) if r["reader_id"] == tiny.bob]
+        actions = [
+            r["action"]
+            for r in sorted(tiny.rows(audit_log), key=lambda r: r["id"])
+            if r["reader_id"] == tiny.bob
+        ]
         assert actions == ["add_reader", "create", "reissue_token"]  # the submit, then the reissue
         assert tiny.store.token_generation(tiny.bob) == 2
     finally:
@@ -1041,7 +1053,10 @@ def test_exports_defuse_spreadsheet_formulas(tmp_path):
     try:
         rid = store.authenticate(made.tokens["alice"]).reader_id
         first, second = store.queue(rid)[:2]
-        for entry, kw in ((first, {"comment": '=HYPERLINK("http://x","y")'}), (second, {"flagged": True, "flag_reason": "@SUM(1)"})):
+        for entry, kw in (
+            (first, {"comment": '=HYPERLINK("http://x","y")'}),
+            (second, {"flagged": True, "flag_reason": "@SUM(1)"}),
+        ):
             store.submit(
                 rid, entry.item_id, 1, str(uuid.uuid4()), [Answer("quality", score=3)],
                 shown=store.shown(rid, entry.item_id, 1), **kw,
@@ -1080,9 +1095,13 @@ def test_status_prints_no_terminal_escape_sequences(tmp_path, capsys):
 
 def test_a_version_1_database_is_upgraded_by_the_admin_commands(tmp_path):
     made = make_study(tmp_path, per_model=1, criteria="quality")
-    db = made.path / study.DB_FILE
+    db = made.path / studydir.DB_FILE
     with sqlite3.connect(db) as conn:  # what a study made by the previous release holds
-        for table, column in (("readers", "token_generation"), ("responses", "edits"), ("audit_log", "token_generation")):
+        for table, column in (
+            ("readers", "token_generation"),
+            ("responses", "edits"),
+            ("audit_log", "token_generation"),
+        ):
             conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         conn.execute("UPDATE study_meta SET value = '1' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="schema version 1.*reader-study status STUDY_DIR` upgrades it"):
@@ -1171,7 +1190,7 @@ def test_export_is_the_right_unblinding_join(rated_study):
     made, given, backend = rated_study
     frame = admin.export_frame(made.path)
     assert list(frame.columns) == EXPECTED_COLUMNS
-    key = pd.read_parquet(made.path / study.KEY).set_index("item")
+    key = pd.read_parquet(made.path / studydir.KEY).set_index("item")
     expected = set()
     for (reader, item, read), (answers, flagged, reason, comment) in given.items():
         k = key.loc[item]
@@ -1201,13 +1220,17 @@ def test_export_is_the_right_unblinding_join(rated_study):
     assert len(flag_only) == 1 and flag_only.flag_reason.item() == "blurry" and flag_only.score.isna().all()
     assert frame.calibration.any() and (frame.read_number == 2).any()
     if backend == "postgresql":
-        assert not (made.path / study.DB_FILE).exists()
+        assert not (made.path / studydir.DB_FILE).exists()
         assert study.load(made.path)[1].database.startswith("postgresql")
 
     # position: the item's place in that reader's queue, as the database has it.
-    positions = {(r.reader_id, r.item_id, r.read_number): r.position for r in store_rows(made.path, assignments)}
+    positions = {
+        (r.reader_id, r.item_id, r.read_number): r.position for r in store_rows(made.path, assignments)
+    }
     ids = {r.name: r.id for r in store_rows(made.path, readers)}
-    assert [positions[(ids[r.reader], r.item, r.read_number)] for r in frame.itertuples()] == list(frame.position)
+    assert [positions[(ids[r.reader], r.item, r.read_number)] for r in frame.itertuples()] == list(
+        frame.position
+    )
 
     # Comments: once per response, in their own file, not repeated on every criterion row.
     notes = admin.comments_frame(made.path)
@@ -1217,7 +1240,12 @@ def test_export_is_the_right_unblinding_join(rated_study):
     )
 
     paths = admin.export(made.path)
-    assert sorted(p.name for p in paths) == ["comments.csv", "comments.parquet", "ratings.csv", "ratings.parquet"]
+    assert sorted(p.name for p in paths) == [
+        "comments.csv",
+        "comments.parquet",
+        "ratings.csv",
+        "ratings.parquet",
+    ]
     for path in paths:
         assert path.stat().st_mode & 0o777 == 0o600, path  # exports unblind: owner-only
 
@@ -1282,7 +1310,7 @@ def test_export_of_a_study_without_answers(tmp_path):
 
 def test_export_needs_the_key(tmp_path):
     made = make_study(tmp_path, per_model=1)
-    (made.path / study.KEY).unlink()
+    (made.path / studydir.KEY).unlink()
     with pytest.raises(study.StudyError, match="key.parquet is missing"):
         admin.export_frame(made.path)
 
@@ -1371,7 +1399,7 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, caplog, args, messag
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert errors[0].startswith("error: ") and re.search(message, errors[0])
     assert "Traceback" not in capsys.readouterr().err
-    assert not (tmp_path / "new" / study.STUDY_JSON).exists()
+    assert not (tmp_path / "new" / studydir.STUDY_JSON).exists()
 
 
 # --- landmarks (--landmarks norberg) ------------------------------------------------------------
@@ -1614,7 +1642,7 @@ def test_landmark_export_is_in_the_source_frame(landmark_study):
     assert list(frame.columns) == [
         "reader", "item", "model", "case_id", "sample", "read_number", "landmark", "x", "y",
     ]  # fmt: skip
-    key = pd.read_parquet(made.path / study.KEY).set_index("item")
+    key = pd.read_parquet(made.path / studydir.KEY).set_index("item")
     run = made.path.parent / "run"
     expected = {}
     for (reader, item, read), pts in given.items():
@@ -1668,8 +1696,8 @@ def test_create_with_landmarks(tmp_path, run_dir, capsys):
     assert cli_main(argv) == 0
     capsys.readouterr()
     assert study.load(out)[1].landmarks == "norberg"
-    key = pd.read_parquet(out / study.KEY)
-    assert list(key.columns) == list(study.KEY_COLUMNS)
+    key = pd.read_parquet(out / studydir.KEY)
+    assert list(key.columns) == list(studydir.KEY_COLUMNS)
     sizes = set(zip(key.source_width, key.source_height, key.crop_side))
     assert sizes == {(80, 96, 80), (64, 64, 64), (48, 48, 48)}
     # The crop box stays in the key: nothing the app reads holds a source size.
@@ -1678,7 +1706,7 @@ def test_create_with_landmarks(tmp_path, run_dir, capsys):
         assert set(store.table(items)[0]) == {"id", "image_sha256", "prompt"}
     finally:
         store.close()
-    assert "crop" not in (out / study.STUDY_JSON).read_text()
+    assert "crop" not in (out / studydir.STUDY_JSON).read_text()
     with pytest.raises(CreateError, match="--landmarks: unknown task 'hips'; available: norberg"):
         create_study(run_dir, tmp_path / "x", _options(landmarks="hips"), progress=False)
     # Landmarks alone are something to ask; a study without them has no landmark export.
@@ -1687,7 +1715,7 @@ def test_create_with_landmarks(tmp_path, run_dir, capsys):
     )
     assert study.load(only.path)[1].criteria == ()
     empty = admin.landmarks_frame(only.path)
-    assert len(empty) == 0 and list(empty.columns) == list(admin.LANDMARK_COLUMNS)
+    assert len(empty) == 0 and list(empty.columns) == list(studydir.LANDMARK_COLUMNS)
     plain = create_study(run_dir, tmp_path / "plain", _options(per_model=1), progress=False)
     assert study.load(plain.path)[1].landmarks is None
     with pytest.raises(study.StudyError, match="without --landmarks"):
@@ -1714,7 +1742,9 @@ def test_patient_left_comes_from_the_flag_or_the_run_config(tmp_path, capsys):
     with pytest.raises(CreateError, match="--patient-left only matters for --landmarks norberg"):
         create_study(run_dir, tmp_path / "x", _options(patient_left="image-left"), progress=False)
     with pytest.raises(CreateError, match="--patient-left must be one of"):
-        create_study(run_dir, tmp_path / "y", _options(landmarks="norberg", patient_left="left"), progress=False)
+        create_study(
+            run_dir, tmp_path / "y", _options(landmarks="norberg", patient_left="left"), progress=False
+        )
 
 
 def test_both_apps_are_served_with_the_same_locked_down_settings():

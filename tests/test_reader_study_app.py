@@ -24,7 +24,7 @@ from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from reader_study import admin, placement, study
+from reader_study import admin, placement, study, studydir
 from reader_study.criteria import BUILTIN, DEFAULT_CRITERIA, TURING, TURING_QUESTION
 from reader_study.serve import APP
 from reader_study.store import Answer, Store, audit_log, ratings, readers, responses
@@ -178,7 +178,7 @@ def test_sign_in(rs, media):
 
 
 def test_sign_in_works_without_the_key(rs):
-    (rs.path / study.KEY).unlink()  # the app must never need the unblinding key
+    (rs.path / studydir.KEY).unlink()  # the app must never need the unblinding key
     at = sign_in(open_app(), rs.made.tokens["bob"])
     assert not errors(at) and not at.exception and at.radio
 
@@ -562,7 +562,7 @@ def test_landmarks_are_placed_step_by_step_and_stored(lm, media):
         "landmark:left_rim", "x=50.0,y=21.0", "x=49.0,y=20.0",
     )  # fmt: skip
     # Nothing on the page or handed to the component names a model, a case or a source file.
-    key = pd.read_parquet(lm.path / study.KEY)
+    key = pd.read_parquet(lm.path / studydir.KEY)
     secrets = {LEAKY_TEXT, *MODELS, *key.case_id, *(Path(p).name for p in key.source_path)}
     text = "\n".join([page_text(at), *(i.value for i in at.info), clicker(at).proto.json_args])
     assert [x for x in secrets if x in text] == [] and "case-" not in text
@@ -570,7 +570,9 @@ def test_landmarks_are_placed_step_by_step_and_stored(lm, media):
 
 def test_a_mirrored_study_asks_for_the_hip_on_the_image_left_first(tmp_path, monkeypatch):
     st.cache_resource.clear()
-    made = make_study(tmp_path, per_model=1, landmarks="norberg", criteria="quality", patient_left="image-left")
+    made = make_study(
+        tmp_path, per_model=1, landmarks="norberg", criteria="quality", patient_left="image-left"
+    )
     _, info = study.load(made.path)
     assert info.patient_left == "image-left"
     monkeypatch.setenv(STUDY_ENV, str(made.path))
@@ -578,8 +580,13 @@ def test_a_mirrored_study_asks_for_the_hip_on_the_image_left_first(tmp_path, mon
     assert not at.exception and not errors(at)
     # Mirrored: the patient's left hip is on the image's left, so it is asked for first.
     assert "patient's **LEFT** hip, on the image's left" in instruction(at)
-    assert any("mirrored display" in i.value and "**left** hip is on the image's left" in i.value for i in at.info)
-    mirrored = {n.replace("right", "LEFT").replace("left", "right").replace("LEFT", "left"): xy for n, xy in HIPS.items()}
+    assert any(
+        "mirrored display" in i.value and "**left** hip is on the image's left" in i.value for i in at.info
+    )
+    mirrored = {
+        n.replace("right", "LEFT").replace("left", "right").replace("LEFT", "left"): xy
+        for n, xy in HIPS.items()
+    }
     at = place_all(at, mirrored, order=("left", "right"))
     assert instruction(at).startswith("All landmarks are placed")
     radio(at, f"**{BUILTIN['quality'].question}**").set_value(4)

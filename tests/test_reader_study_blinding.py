@@ -22,7 +22,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from audit.images import encode_png, encode_png_fixed_size, fixed_png_size
-from reader_study import blinding, rendering, study
+from reader_study import blinding, rendering, study, studydir
 from reader_study.create import CreateOptions, create_study
 from reader_study.criteria import resolve
 from reader_study.serve import serve
@@ -67,7 +67,11 @@ def test_fixed_size_pngs_decode_to_the_pixels_and_never_change_length():
             np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), reference)
             lengths.add(len(png))
         smooth = encode_png_fixed_size(np.zeros(shape), bits)  # compresses to nothing when compressed
-        assert lengths == {len(smooth)} == {fixed_png_size(shape[0], shape[1], 3 if len(shape) == 3 else 1, bits)}
+        assert (
+            lengths
+            == {len(smooth)}
+            == {fixed_png_size(shape[0], shape[1], 3 if len(shape) == 3 else 1, bits)}
+        )
     with pytest.raises(ValueError, match="row_filters"):
         encode_png_fixed_size(np.zeros((4, 4)), 8, np.full(4, 5))
 
@@ -76,7 +80,9 @@ def test_fixed_size_pngs_decode_to_the_pixels_and_never_change_length():
 def demo_study(demo_run, tmp_path_factory):
     assert demo_run.exit_code == 0
     out = tmp_path_factory.mktemp("demo-study") / "study"
-    options = CreateOptions(readers=("r1", "r2"), criteria=resolve(None, None), turing=True, per_model=5, real=8)
+    options = CreateOptions(
+        readers=("r1", "r2"), criteria=resolve(None, None), turing=True, per_model=5, real=8
+    )
     return create_study(demo_run.run, out, options, progress=False).path
 
 
@@ -86,10 +92,10 @@ def _auc(key: pd.DataFrame, sizes: dict[str, int], model: str) -> float:
 
 
 def test_every_image_of_a_demo_study_has_one_byte_size_at_every_view(demo_study):
-    key = pd.read_parquet(demo_study / study.KEY)
+    key = pd.read_parquet(demo_study / studydir.KEY)
     models = sorted(set(key.model) - {"real"})
     assert len(models) >= 5 and (key.model == "real").sum() >= 5
-    stored = {i: (demo_study / study.IMAGES_DIR / f"{i}.png").stat().st_size for i in key["item"]}
+    stored = {i: (demo_study / studydir.IMAGES_DIR / f"{i}.png").stat().st_size for i in key["item"]}
     fixed: dict[str, dict[str, int]] = {name: {} for name in VIEWS}
     compressed: dict[str, dict[str, int]] = {name: {} for name in VIEWS}
     rng = np.random.default_rng(0)
@@ -97,7 +103,9 @@ def test_every_image_of_a_demo_study_has_one_byte_size_at_every_view(demo_study)
         with Image.open(study.image_path(demo_study, item)) as im:
             pixels = np.asarray(im.convert("L"))
         for name, settings in VIEWS.items():
-            png = rendering.view(pixels, **settings, out_size=rendering.display_size(512), variant=rng.bytes(8))
+            png = rendering.view(
+                pixels, **settings, out_size=rendering.display_size(512), variant=rng.bytes(8)
+            )
             fixed[name][item] = len(png)
             shown = rendering.view_pixels(pixels, **settings, out_size=rendering.display_size(512))
             compressed[name][item] = len(encode_png(shown))
@@ -123,7 +131,7 @@ def test_serve_refuses_a_study_whose_images_give_the_source_away(tmp_path, caplo
     blinding.require(made.path, study.load(made.path)[1], progress=False)  # a fresh study passes
     # An image replaced by a compressed PNG (what the first version stored; the fixture's noise
     # images do not compress, so a smooth one: a generator's image, as on the demo).
-    key = pd.read_parquet(made.path / study.KEY)
+    key = pd.read_parquet(made.path / studydir.KEY)
     victim = key.loc[key.model != "real", "item"].iloc[0]
     path = study.image_path(made.path, victim)
     smaller = encode_png(np.linspace(0, 1, 64 * 64).reshape(64, 64))
@@ -142,7 +150,7 @@ def test_serve_refuses_a_study_whose_images_give_the_source_away(tmp_path, caplo
     assert error.startswith("error: ") and "byte sizes tell models apart" in error
     path.write_bytes(backup)
     # A study without blinding.json (made by an earlier release) is refused too.
-    (made.path / blinding.BLINDING_FILE).unlink()
+    (made.path / studydir.BLINDING_FILE).unlink()
     with pytest.raises(blinding.BlindingError, match="earlier xray-audit"):
         serve(made.path, 1, progress=False)
     shutil.rmtree(made.path)

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.streamlit_ws import free_port, wait_healthy
-from reader_study import admin, study
+from reader_study import admin, study, studydir
 from reader_study.criteria import TURING, TURING_QUESTION
 from reader_study.serve import streamlit_command
 from reader_study.store import Store, audit_log, ratings, readers, responses, submissions
@@ -433,7 +433,7 @@ def test_nothing_reaching_the_reader_names_a_model_case_or_file(
     shared: Study, new_page: Callable[[], Any]
 ) -> None:
     total, reader = shared.info.n_items, "erin"
-    key = pd.read_parquet(shared.path / study.KEY)
+    key = pd.read_parquet(shared.path / studydir.KEY)
     assert len(key) == total and set(key.model) == {"real", *MODELS}
     secrets = {LEAKY_TEXT, *MODELS, *key.case_id}
     secrets |= {part for p in key.source_path for part in (Path(p).name, Path(p).stem)}
@@ -595,7 +595,7 @@ def test_landmarks_clicked_in_the_browser_are_stored_where_clicked(
     path, info = study.load(created.path)
     store = Store(study.database_url(path, info))
     s = Study(path, created.tokens, info, store, Server(path, tmp_path / "server.log"))
-    key = pd.read_parquet(path / study.KEY)
+    key = pd.read_parquet(path / studydir.KEY)
     secrets = {LEAKY_TEXT, *MODELS, *key.case_id}
     secrets |= {part for p in key.source_path for part in (Path(p).name, Path(p).stem)}
     try:

@@ -22,7 +22,6 @@ from audit import rundir
 from reports.comparison import (
     comparison_table,
     mean_std_table,
-    paired_tests,
     to_csv_frame,
     to_latex,
     to_markdown,
@@ -30,6 +29,7 @@ from reports.comparison import (
 )
 from reports.reader_stats import SCORES_COLUMNS
 from reports.run import load_run
+from reports.statistics import paired_tests
 from tests.test_report_html import METRICS, PAIRED, make_run
 
 REPO = Path(__file__).resolve().parents[1]

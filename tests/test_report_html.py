@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 import subprocess
 import sys
@@ -18,9 +17,11 @@ import pytest
 from PIL import Image
 
 from audit import rundir
+from audit.fake_run import FakeModel, FakeRun, summary_frame, write_fake_run
 from audit.images import write_png
 from reports.format import format_estimate
-from reports.html import choose_grid_cases, render_html_report, write_html_report
+from reports.html import render_html_report, write_html_report
+from reports.sections.images import choose_grid_cases
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = {"ssim": True, "psnr": True, "mse": False, "mae": False, "overlap_f1": True}
@@ -28,45 +29,39 @@ PAIRED = ("ssim", "psnr", "mse", "mae")
 IMG_SHAPE = (48, 64)  # below the thumbnail size, so the grid embeds the pixels unchanged
 
 
-def _models(extra: str | None = None) -> list[dict]:
-    # real listed first on purpose: the report must still put it last.
-    models = [
-        {"name": "real", "kind": "real"},
-        {"name": "gen_a", "kind": "folder", "template": "/x/{case_id}.png"},
-        {"name": "gen_b", "kind": "folder", "template": "/y/{case_id}.png"},
-        {"name": "blur-1", "kind": "degrade", "degradation": "blur", "level": 1.0},
-        {"name": "blur-3", "kind": "degrade", "degradation": "blur", "level": 3.0},
-    ]
-    if extra is not None:
-        models.insert(1, {"name": extra, "kind": "folder", "template": "/z/{case_id}.png"})
-    return models
-
-
-def _toml(models: list[dict], pixel_range: float) -> str:
-    def value(v: object) -> str:
-        return json.dumps(v) if isinstance(v, str) else repr(v)
-
-    lines = [
-        "[study]",
-        'name = "Synthetic study"',
-        'cases = "/data/cases.csv"',
-        'output = "/out"',
-        "seed = 7",
-        "samples_per_case = 1",
-    ]
-    for m in models:
-        lines += ["", "[[models]]"] + [f"{k} = {value(v)}" for k, v in m.items()]
-    lines += [
-        "",
-        "[metrics]",
-        'pixel = ["ssim", "psnr", "mse", "mae", "overlap_f1"]',
-        f"pixel_range = {pixel_range!r}",
-        'resize = "none"',
-        "overlap_threshold = 0.5",
-        "bootstrap_resamples = 1000",
-        "confidence = 0.95",
-    ]
-    return "\n".join(lines) + "\n"
+# Hand-picked summary: gen_b best on ssim/psnr, gen_a best on mse/mae; blur-3 worse than blur-1 except
+# psnr, which "improves" with damage so the sanity check must flag it.
+ESTIMATES = {
+    "gen_a": {
+        "ssim": (0.912, 0.905, 0.918),
+        "psnr": (28.41, 27.93, 28.96),
+        "mse": (93.2, 88.1, 99.0),
+        "mae": (6.1, 5.8, 6.5),
+        "overlap_f1": (0.81, 0.78, 0.84),
+    },
+    "gen_b": {
+        "ssim": (0.951, 0.944, 0.957),
+        "psnr": (30.12, 29.5, 30.7),
+        "mse": (120.5, 110.0, 131.0),
+        "mae": (7.9, 7.5, 8.3),
+        "overlap_f1": (0.77, 0.74, 0.8),
+    },
+    "blur-1": {
+        "ssim": (0.97, 0.96, 0.98),
+        "psnr": (25.0, 24.5, 25.5),
+        "mse": (140.0, 130.0, 150.0),
+        "mae": (9.0, 8.5, 9.5),
+        "overlap_f1": (0.9, 0.88, 0.92),
+    },
+    "blur-3": {
+        "ssim": (0.80, 0.78, 0.82),
+        "psnr": (26.0, 25.5, 26.5),
+        "mse": (300.0, 280.0, 320.0),
+        "mae": (15.0, 14.0, 16.0),
+        "overlap_f1": (0.7, 0.68, 0.72),
+    },
+    "real": {"overlap_f1": (0.95, 0.93, 0.97), "ssim": (float("nan"),) * 3},
+}
 
 
 def make_run(
@@ -77,147 +72,48 @@ def make_run(
     groups: bool = True,
     n_failures: int = 0,
 ) -> Path:
-    """A finished run directory with every file the report reads, values chosen by hand."""
-    run = root / "run"
-    data = root / "data"
-    run.mkdir(parents=True)
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    models = _models(extra_model)
-
-    case_rows, sample_rows, per_sample_rows = [], [], []
-    for i in range(n_cases):
-        case_id = f"c{i:03d}"
-        ref = rng.random(IMG_SHAPE).astype(np.float32)
-        ref_path = data / f"{case_id}.png"
-        write_png(ref_path, ref)
-        mask = np.zeros((*IMG_SHAPE, 3), dtype=bool)
-        mask[8:40, 4:28, 0] = True  # "left lung"
-        mask[20:40, 30:44, 1] = True  # "heart"
-        mask_path = data / f"{case_id}_anat.png"
-        write_png(mask_path, mask.astype(np.float32))
-        case_rows.append(
-            {
-                "case_id": case_id,
-                "image": str(ref_path),
-                "anatomy_mask": str(mask_path),
-                "prompt": f"frontal chest x-ray, case {i}",
-                "group": "ab"[i % 2] if groups else None,
-            }
-        )
-        for m in models:
-            if m["kind"] == "real":
-                path = ref_path
-            else:
-                path = (
-                    data / m["name"].replace("<", "_").replace(">", "_").replace("/", "_") / f"{case_id}.png"
-                )
-                write_png(path, rng.random(IMG_SHAPE).astype(np.float32))
-            sample_rows.append(
-                {
-                    "model": m["name"],
-                    "case_id": case_id,
-                    "sample": 0,
-                    "seed": 7,
-                    "path": str(path),
-                    "sha256": "0" * 64,
-                    "kind": m["kind"],
-                }
-            )
-            for metric in METRICS:
-                if m["kind"] == "real" and metric in PAIRED:
-                    continue
-                per_sample_rows.append(
-                    {
-                        "model": m["name"],
-                        "case_id": case_id,
-                        "sample": 0,
-                        "metric": metric,
-                        "value": float(rng.random()),
-                    }
-                )
-    cases = pd.DataFrame(case_rows)
-    if not groups:
-        cases = cases.drop(columns="group")
-    cases.to_parquet(run / rundir.CASES)
-    pd.DataFrame(sample_rows).to_parquet(run / rundir.SAMPLES)
-    pd.DataFrame(per_sample_rows).to_parquet(run / rundir.PER_SAMPLE)
-
-    # Hand-picked summary: gen_b best on ssim/psnr, gen_a best on mse/mae; blur-3 worse than blur-1
-    # except psnr, which "improves" with damage so the sanity check must flag it.
-    table = {
-        "gen_a": {
-            "ssim": (0.912, 0.905, 0.918),
-            "psnr": (28.41, 27.93, 28.96),
-            "mse": (93.2, 88.1, 99.0),
-            "mae": (6.1, 5.8, 6.5),
-            "overlap_f1": (0.81, 0.78, 0.84),
-        },
-        "gen_b": {
-            "ssim": (0.951, 0.944, 0.957),
-            "psnr": (30.12, 29.5, 30.7),
-            "mse": (120.5, 110.0, 131.0),
-            "mae": (7.9, 7.5, 8.3),
-            "overlap_f1": (0.77, 0.74, 0.8),
-        },
-        "blur-1": {
-            "ssim": (0.97, 0.96, 0.98),
-            "psnr": (25.0, 24.5, 25.5),
-            "mse": (140.0, 130.0, 150.0),
-            "mae": (9.0, 8.5, 9.5),
-            "overlap_f1": (0.9, 0.88, 0.92),
-        },
-        "blur-3": {
-            "ssim": (0.80, 0.78, 0.82),
-            "psnr": (26.0, 25.5, 26.5),
-            "mse": (300.0, 280.0, 320.0),
-            "mae": (15.0, 14.0, 16.0),
-            "overlap_f1": (0.7, 0.68, 0.72),
-        },
-        "real": {"overlap_f1": (0.95, 0.93, 0.97), "ssim": (float("nan"),) * 3},
-    }
-    if extra_model is not None:
-        table[extra_model] = {"ssim": (0.5, 0.4, 0.6)}
-    rows = [
-        {
-            "model": model,
-            "metric": metric,
-            "value": v,
-            "ci_low": lo,
-            "ci_high": hi,
-            "n": n_cases,
-            "higher_is_better": METRICS[metric],
-        }
-        for model, metrics in table.items()
-        for metric, (v, lo, hi) in metrics.items()
+    """A finished run directory with every file the report reads, summary values chosen by hand."""
+    # real listed first on purpose: the report must still put it last.
+    models = [
+        FakeModel("real", "real"),
+        FakeModel("gen_a", "folder", {"template": "/x/{case_id}.png"}),
+        FakeModel("gen_b", "folder", {"template": "/y/{case_id}.png"}),
+        FakeModel("blur-1", "degrade", {"degradation": "blur", "level": 1.0}),
+        FakeModel("blur-3", "degrade", {"degradation": "blur", "level": 3.0}),
     ]
-    pd.DataFrame(rows).to_csv(run / rundir.SUMMARY, index=False)
-
-    (run / rundir.CONFIG_TOML).write_text(_toml(models, pixel_range), encoding="utf-8")
-    info = {
-        "versions": {"xray-audit": "0.1.0", "numpy": np.__version__, "python": sys.version.split()[0]},
-        "config_hash": "abcdef0123456789" * 4,
-        "timings": {"load": 0.52, "pixel_metrics": 73.4},
-        "started": "2025-01-02T03:04:05+00:00",
-        "finished": "2025-01-02T03:05:30+00:00",
-        "n_cases": n_cases,
-        "n_failures": n_failures,
-    }
-    (run / rundir.RUN_JSON).write_text(json.dumps(info), encoding="utf-8")
-    if n_failures:
-        pd.DataFrame(
-            [
-                {
-                    "model": "gen_a",
-                    "case_id": f"x{i:03d}",
-                    "sample": 0,
-                    "stage": "generate",
-                    "error": f"boom {i}",
-                }
-                for i in range(n_failures)
-            ]
-        ).to_csv(run / rundir.FAILURES, index=False)
-    return run
+    estimates = dict(ESTIMATES)
+    if extra_model is not None:
+        models.insert(1, FakeModel(extra_model, "folder", {"template": "/z/{case_id}.png"}))
+        estimates[extra_model] = {"ssim": (0.5, 0.4, 0.6)}
+    mask = np.zeros((*IMG_SHAPE, 3), dtype=bool)
+    mask[8:40, 4:28, 0] = True  # "left lung"
+    mask[20:40, 30:44, 1] = True  # "heart"
+    columns: dict[str, list] = {"prompt": [f"frontal chest x-ray, case {i}" for i in range(n_cases)]}
+    if groups:
+        columns["group"] = ["ab"[i % 2] for i in range(n_cases)]
+    spec = FakeRun(
+        models=tuple(models),
+        case_ids=tuple(f"c{i:03d}" for i in range(n_cases)),
+        image_shape=IMG_SHAPE,
+        masks=(mask,) * n_cases,
+        columns=columns,
+        metrics=METRICS,
+        real_metrics=tuple(m for m in METRICS if m not in PAIRED),
+        summary=summary_frame(estimates, n_cases, METRICS),
+        failures={"gen_a": n_failures} if n_failures else {},
+        sample_path="data/{model}/{case_id}.png",
+        config={
+            "metrics": {
+                "pixel": list(METRICS),
+                "pixel_range": pixel_range,
+                "resize": "none",
+                "overlap_threshold": 0.5,
+                "bootstrap_resamples": 1000,
+                "confidence": 0.95,
+            }
+        },
+    )
+    return write_fake_run(root, spec)
 
 
 def _outside_plotly_js(page: str) -> str:
@@ -286,7 +182,7 @@ def test_ci_text_n_and_best(report: tuple[Path, str]) -> None:
 def test_units_and_notes(report: tuple[Path, str]) -> None:
     _, page = report
     mse_head = re.search(r'<th data-metric="mse"[^>]*>(.*?)</th>', page, flags=re.DOTALL).group(1)
-    assert "[0, 255]²" in mse_head
+    assert "intensity² (range 255)" in mse_head
     assert "pixel_range = 255" in page
     assert "Sanity baselines" in page and "not generative models" in page
     assert page.count('class="badge baseline"') >= 2
@@ -387,7 +283,7 @@ def test_unit_column_and_pixel_range_one(tmp_path: Path) -> None:
     mse_head = re.search(r'<th data-metric="mse"[^>]*>(.*?)</th>', page, flags=re.DOTALL).group(1)
     assert "(8-bit)²" in mse_head
     mae_head = re.search(r'<th data-metric="mae"[^>]*>(.*?)</th>', page, flags=re.DOTALL).group(1)
-    assert "[0, 1]" in mae_head  # empty unit cell falls back to the config's pixel range
+    assert "intensity (range 1)" in mae_head  # empty unit cell falls back to the config's pixel range
 
 
 def test_inf_and_large_thumbnails(tmp_path: Path) -> None:
@@ -454,7 +350,7 @@ def test_not_a_run_dir_and_bad_columns(tmp_path: Path) -> None:
 
 
 def test_reports_do_not_import_torch() -> None:
-    # The statistics modules reports.html imports lazily (reports.comparison, reports.reader_stats) have
+    # The statistics modules reports.html imports lazily (reports.statistics, reports.reader_stats) have
     # the same check in their own test files.
     code = "import reports.html, sys; assert 'torch' not in sys.modules, 'reports imported torch'"
     result = subprocess.run(

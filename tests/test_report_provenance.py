@@ -18,14 +18,15 @@ import pandas as pd
 import pytest
 
 from audit import rundir
-from audit.metrics.functional.clinical import CLINICAL_METRICS
-from audit.metrics.functional.distribution import DISTRIBUTION_METRICS
+from audit.metrics import catalogue
 from reports.comparison import comparison_table, write_exports
-from reports.html import read_paired_tests, render_provenance
 from reports.provenance import DEMO_TAG, metric_mark
 from reports.run import RESULT_TABLES, MetricColumn, load_run
+from reports.sections.provenance import render_provenance
+from reports.statistics import read_paired_tests
 
-EVALUATOR_METRICS = {*CLINICAL_METRICS, *DISTRIBUTION_METRICS}
+EVALUATOR_METRICS = {*catalogue.names(family="clinical"), *catalogue.names(family="distribution")}
+DISTRIBUTION_METRICS = catalogue.names(family="distribution")
 RESAMPLES = 40
 CLASSIFIER_SHA = "ab12" * 16
 SEGMENTER_SHA = "cd34" * 16
@@ -393,5 +394,5 @@ def test_raddino_metrics_have_labels_and_a_table() -> None:
     }
     for name, (label, arrow) in expected.items():
         assert name in distribution
-        column = MetricColumn(name, DISTRIBUTION_METRICS[name].higher_is_better, "")
+        column = MetricColumn(name, catalogue.spec(name).higher_is_better, "")
         assert (column.label, column.arrow) == (label, arrow)

@@ -1,7 +1,7 @@
 """report.html's statistics sections (model-vs-model tests, reader study, metric validity, provenance).
 
 The numbers on the page are parsed back and compared, to the precision shown, with the tables they come
-from (reports.comparison.paired_tests, reports.reader_stats.reader_statistics) and, where a reference
+from (reports.statistics.paired_tests, reports.reader_stats.reader_statistics) and, where a reference
 exists, with scipy. Built on the synthetic clinical run of test_report_clinical (no runner, no torch)
 and a simulated reader-study export; the CLI test creates and rates a real study of that run.
 """
@@ -25,10 +25,13 @@ from scipy import stats as sps
 
 from audit import rundir
 from audit.atomic import sha256_file
-from reports.comparison import paired_tests, run_paired_tests, write_exports
-from reports.html import describe_preprocessing, read_paired_tests, render_html_report, render_paired
+from reports.comparison import write_exports
+from reports.html import render_html_report
 from reports.reader_stats import POOLED, metric_validity, reader_statistics, validity_points
 from reports.run import load_run, metric_columns, nonfinite_metrics
+from reports.sections.paired import render_paired
+from reports.sections.provenance import describe_preprocessing
+from reports.statistics import paired_tests, read_paired_tests, run_paired_tests
 from tests.test_report_clinical import MODELS, SHA, make_clinical_run
 from tests.test_report_html import _outside_plotly_js
 

@@ -16,10 +16,11 @@ from audit import rundir
 from audit.config import load_config
 from audit.images import read_image, write_png
 from audit.models.degrade import degrade
-from audit.runner import RunError, RunOptions, run_study
+from audit.plan import RunError, RunOptions
+from audit.runner import run_study
 from tests.conftest import RUN_DIR_FILES, make_cohort
 
-FAST = RunOptions(progress=False, report=False, chunk_size=2)
+FAST = RunOptions(progress=False, chunk_size=2)
 
 
 def study(tmp: Path, manifest: Path, models: str, metrics: str = "", seed: int = 0, samples: int = 1) -> Path:
@@ -71,11 +72,15 @@ def read_outputs(run: Path) -> dict[str, pd.DataFrame]:
 
 
 def test_run_directory_contract(tmp_path, cohort):
+    from reports.html import write_html_report
+
     gen = tmp_path / "gen"
     write_generated(cohort, gen)
     cfg = load_config(study(tmp_path, cohort, folder("xreal", f"{gen}/{{case_id}}_0.png") + BLUR1 + REAL))
     result = run_study(cfg, RunOptions(progress=False, chunk_size=4))
     run = result.path
+    assert not (run / rundir.REPORT_HTML).exists()  # the report is the command line's step
+    write_html_report(run)
     for name in RUN_DIR_FILES:
         assert (run / name).is_file(), name
     assert not (run / "failures.csv").exists()
@@ -148,7 +153,7 @@ def test_missing_folder_images_listed_then_keep_going(tmp_path, cohort):
         and "--keep-going" in msg
     )
 
-    result = run_study(cfg, RunOptions(progress=False, report=False, chunk_size=2, keep_going=True))
+    result = run_study(cfg, RunOptions(progress=False, chunk_size=2, keep_going=True))
     assert result.n_failures == 2
     failures = pd.read_csv(tmp_path / "run" / rundir.FAILURES)
     assert list(failures.columns) == list(rundir.FAILURES_COLUMNS)
@@ -291,7 +296,7 @@ def test_rerun_notices_replaced_appearing_and_changed_images(tmp_path, cohort):
     cfg = load_config(
         study(tmp_path, cohort, folder("m", f"{gen}/{{case_id}}_0.png") + BLUR1, 'pixel = ["mse"]')
     )
-    keep = RunOptions(progress=False, report=False, chunk_size=2, keep_going=True)
+    keep = RunOptions(progress=False, chunk_size=2, keep_going=True)
     assert run_study(cfg, keep).n_failures == 1
 
     def mse(model: str, case: str) -> float:

@@ -13,8 +13,8 @@ from audit import rundir
 from audit.cli import main
 from audit.config import load_config
 from audit.images import read_image
-from audit.merge import merge_runs
-from audit.runner import RunError, RunOptions, run_study
+from audit.plan import RunError, RunOptions
+from audit.runner import merge_runs, run_study
 from tests.test_runner import BLUR1, REAL
 from tests.test_runner import study as _study
 
@@ -29,7 +29,7 @@ GEN = (
     "batch_size = 3\noptions = { level = 0.3 }\n"
 )
 MODELS = REAL + BLUR1 + GEN
-OPTS = RunOptions(progress=False, report=False, chunk_size=2)
+OPTS = RunOptions(progress=False, chunk_size=2)
 
 
 def outputs(run: Path) -> dict[str, pd.DataFrame]:
@@ -59,8 +59,8 @@ def whole(tmp_path, cohort) -> dict[str, pd.DataFrame]:
 def test_shards_in_one_run_directory_merge_to_the_whole_run(tmp_path, cohort, whole):
     cfg = load_config(study(tmp_path / "sharded", cohort, MODELS, samples=2))
     for i in (2, 0, 1):  # any order
-        result = run_study(cfg, dataclasses.replace(OPTS, shard=(i, 3)))
-        assert result.report is None
+        run_study(cfg, dataclasses.replace(OPTS, shard=(i, 3)))
+        assert not (cfg.study.output / rundir.REPORT_HTML).exists()
         assert not (cfg.study.output / rundir.SUMMARY).exists()  # nothing aggregated before the merge
     merged = merge_runs([cfg.study.output], OPTS)
     assert_same(whole, outputs(merged.path))
@@ -126,7 +126,7 @@ def test_shard_auto_reads_rank_and_world_size(tmp_path, cohort, monkeypatch):
 
 
 def test_shards_run_on_different_devices_are_one_study(tmp_path, cohort):
-    from audit.merge import _differences
+    from audit.shards import _differences
 
     cfg = load_config(study(tmp_path, cohort, MODELS))
     on = lambda **kw: dataclasses.replace(cfg, evaluators=dataclasses.replace(cfg.evaluators, **kw))

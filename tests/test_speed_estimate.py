@@ -158,14 +158,14 @@ def test_slow_run_warns_before_any_work_with_the_cli_device(tmp_path, cohort, mo
 
     monkeypatch.setattr(audit.runner, "_process", process)
     cfg = _study(tmp_path, cohort, device="cuda")
-    with caplog.at_level(logging.WARNING, logger="audit.runner"), pytest.raises(_Stop):
+    with caplog.at_level(logging.WARNING, logger="audit.scoring"), pytest.raises(_Stop):
         main(["-q", "run", str(cfg), "--device", "cpu"])
     assert seen == ["cpu"]
     # 6 cases: 6 references + 6 blurred samples (the real row's samples are the references).
     want = "evaluating up to 12 images with demo-anatomy-segmenter on CPU will take about 40 min"
     assert [r.levelname for r in caplog.records if want in r.getMessage()] == ["WARNING"]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="audit.runner"), pytest.raises(_Stop):
+    with caplog.at_level(logging.WARNING, logger="audit.scoring"), pytest.raises(_Stop):
         main(["-q", "run", str(cfg)])  # the config's cuda: no warning
     assert seen == ["cpu", "cuda"] and "on CPU will take" not in caplog.text
 
@@ -173,13 +173,14 @@ def test_slow_run_warns_before_any_work_with_the_cli_device(tmp_path, cohort, mo
 def test_a_shard_counts_only_its_own_chunks(tmp_path, cohort, monkeypatch, caplog):
     import audit.runner
     from audit.config import load_config
+    from audit.plan import RunOptions
 
     monkeypatch.setitem(speed.CPU_IMAGES_PER_S, "demo-anatomy-segmenter", 0.001)
     monkeypatch.setattr(audit.runner, "_process", _stop)
     config = load_config(_study(tmp_path, cohort, device="cpu"))
-    with caplog.at_level(logging.WARNING, logger="audit.runner"), pytest.raises(_Stop):
+    with caplog.at_level(logging.WARNING, logger="audit.scoring"), pytest.raises(_Stop):
         # 6 cases in chunks of 2: shard 0 of 2 gets chunks 0 and 2, 4 cases (4 references + 4 samples).
-        audit.runner.run_study(config, audit.runner.RunOptions(progress=False, chunk_size=2, shard=(0, 2)))
+        audit.runner.run_study(config, RunOptions(progress=False, chunk_size=2, shard=(0, 2)))
     assert "evaluating up to 8 images with demo-anatomy-segmenter on CPU will take about 2 h 13 min" in (
         caplog.text
     )
@@ -193,14 +194,14 @@ def test_device_flag_is_recorded_and_a_cached_rerun_does_not_warn(tmp_path, coho
     assert 'device = "cpu"' in (run / rundir.CONFIG_TOML).read_text()
     # Every output is cached now: however slow the rate, nothing is left to evaluate.
     monkeypatch.setitem(speed.CPU_IMAGES_PER_S, "demo-anatomy-segmenter", 1e-6)
-    with caplog.at_level(logging.WARNING, logger="audit.runner"):
+    with caplog.at_level(logging.WARNING, logger="audit.scoring"):
         assert main(["-q", "run", str(cfg), "--device", "cpu", "--no-report"]) == 0
     assert "on CPU will take" not in caplog.text
     # One entry gone: the count is exact (every hash is known from the run's shards), not "up to".
     entries = sorted((tmp_path / "cache").rglob("*.xfc"))
     assert len(entries) == 12
     entries[0].unlink()
-    with caplog.at_level(logging.WARNING, logger="audit.runner"):
+    with caplog.at_level(logging.WARNING, logger="audit.scoring"):
         assert main(["-q", "run", str(cfg), "--device", "cpu", "--no-report"]) == 0
     assert "evaluating 1 image with demo-anatomy-segmenter on CPU will take about" in caplog.text
 

@@ -4,8 +4,10 @@ Submodules import their network libraries (torch, torchxrayvision, torch-fidelit
 import the one you need: :mod:`.classifier`, :mod:`.segmenter`, :mod:`.inception`, :mod:`.user`,
 :mod:`.hf` (Hugging Face backbones such as RadDino); :mod:`.safe_pickle` reads weight files without
 running code from them, and :mod:`.speed` holds the measured CPU throughputs.
-The names below are loaded on first access, so that :mod:`.suite` (which only resolves which
-evaluator to use) and a run whose outputs are all cached never import torch.
+Torch-free: :mod:`.registry` lists every built-in evaluator, :mod:`.suite` resolves which one a study
+uses into a plan (:mod:`.plan`), and :mod:`.backends` holds the classes that load them on demand.
+The names below are loaded on first access, so that resolving and a run whose outputs are all cached
+never import torch.
 """
 
 from __future__ import annotations

@@ -120,7 +120,9 @@ class HFFeatures(Evaluator[HFFeaturesOutput]):
             common = {"local_files_only": True, "trust_remote_code": False}
             model = AutoModel.from_pretrained(private, use_safetensors=True, **common)
             processor = AutoImageProcessor.from_pretrained(private, **common)
-        return cls(model, processor, name=name, weights_sha256=files[weights_file], device=device, dtype=dtype)
+        return cls(
+            model, processor, name=name, weights_sha256=files[weights_file], device=device, dtype=dtype
+        )
 
     def _pixel_values(self, images: Sequence[np.ndarray], batch_index: int) -> Tensor:
         from PIL import Image

@@ -13,6 +13,9 @@ weights are missing becomes an :class:`Unavailable` that names the file and the 
 it, so the runner can stop before any work, or with ``--keep-going`` list the metrics it cannot
 compute. ``auto`` picks the pretrained network when its verified weights are present and the demo
 network otherwise, and the plan records which, so the report can say so next to every number.
+Which value picks which network, and how it is named and keyed, is the table
+:data:`audit.evaluators.registry.EVALUATORS`; this module holds how each source is resolved
+(:data:`PLANNERS`).
 
 :func:`load_backend` builds the network for a plan (torch, torchxrayvision) the first time an image
 actually has to be evaluated; a rerun whose outputs are all in the feature cache never loads one.
@@ -26,17 +29,25 @@ Every backend maps canonical images (float ``(H, W)`` in ``[0, 1]``) to one outp
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from audit.config import EvaluatorsSection, MetricsSection
+from audit.evaluators.plan import (
+    OUTPUT_VERSION,
+    PIPELINE_VERSION,
+    Backend,
+    EvaluatorPlan,
+    LoadOptions,
+    Role,
+    Source,
+    Unavailable,
+    preprocessing_key,
+)
+from audit.evaluators.registry import AUTO, DEMO, EvaluatorKind, hub_kind, kind_of, pick
 from audit.feature_cache import EvaluatorKey
-
-Role = Literal["classifier", "segmenter", "features", "raddino"]
-ROLES: tuple[Role, ...] = ("classifier", "segmenter", "features", "raddino")
 
 # Config entry of [metrics].clinical / .distribution -> the role whose outputs it needs.
 ENTRY_ROLE: dict[str, Role] = {
@@ -52,60 +63,11 @@ ENTRY_ROLE: dict[str, Role] = {
     "prdc_raddino": "raddino",
 }
 
-# Bump when a backend's output format changes; part of every cache key.
-OUTPUT_VERSION = "outputs-v1"
-
-PSPNET_WEIGHTS = "pspnet-chestx-det"
-INCEPTION_WEIGHTS = "inception-v3-fid"
-RADDINO_WEIGHTS = "rad-dino"
 DEMO_PIN_NOTE = (
     "demo stand-in trained on synthetic DRRs of the demo cohort; not comparable to published values"
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluatorPlan:
-    """A resolved evaluator: what it is, where its verified weights are, and why it was chosen."""
-
-    role: Role
-    source: Literal["xrv", "inception", "demo", "user", "hf"]
-    key: EvaluatorKey
-    label: str
-    weights: str | None  # weights-manager name, or a demo file name
-    weights_path: Path | None  # a file; for "hf", the verified snapshot directory
-    note: str = ""
-    # Where the hash the weights were verified against comes from (audit.weights.store.PinSource, or
-    # "demo" for the shipped demo networks), and that in words for run.json and the report.
-    pin: str = ""
-    pin_note: str = ""
-    files: tuple[tuple[str, str], ...] = ()  # hf: (file name, sha256) of every verified file
-
-    @property
-    def name(self) -> str:
-        return self.key.evaluator
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.key.evaluator,
-            "role": self.role,
-            "source": self.source,
-            "label": self.label,
-            "weights": self.weights,
-            "weights_sha256": self.key.weights_sha256,
-            "preprocessing": self.key.preprocessing,
-            "note": self.note,
-            "pin": self.pin,
-            "pin_note": self.pin_note,
-            **({"files": dict(self.files)} if self.files else {}),
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class Unavailable:
-    """A role that cannot run here; ``reason`` names the missing file and the fix."""
-
-    role: Role
-    reason: str
+# How the user's classifier turns its outputs into probabilities, by [evaluators.user_classifier].output.
+USER_OUTPUTS: dict[str, str] = {"logits": "sigmoid of its logits", "probabilities": "its own probabilities"}
 
 
 def needed_roles(metrics: MetricsSection) -> dict[Role, list[str]]:
@@ -126,9 +88,10 @@ def resolve_evaluators(
             "classifier": evaluators.classifier,
             "segmenter": evaluators.segmenter,
             "features": evaluators.features,
-            "raddino": RADDINO_WEIGHTS,
+            "raddino": "rad-dino",  # not configurable: CheXGenBench's features
         }[role]
-        resolved = _resolve(role, choice, evaluators)
+        kind = pick(role, choice)
+        resolved = PLANNERS[kind.source](kind, choice, evaluators)
         if isinstance(resolved, EvaluatorPlan) and evaluators.dtype != "fp32":
             # Half-precision outputs differ from float32 ones: they must not share cache entries
             # (fp32 keys stay as they were, so existing caches remain valid).
@@ -140,81 +103,54 @@ def resolve_evaluators(
     return out
 
 
-def _resolve(role: Role, choice: str, evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
+def _pretrained_plan(
+    kind: EvaluatorKind, choice: str, evaluators: EvaluatorsSection
+) -> EvaluatorPlan | Unavailable:
+    """An xrv or Inception network from the weights manager; ``auto`` falls back to the demo one."""
     from audit import weights
 
-    if choice == "demo":
-        return _demo_plan(role, note="")
-    if choice == "user":
-        return _user_plan(evaluators)
-    if role == "raddino" or choice.startswith("hf:"):
-        return _hf_plan(role, choice, evaluators)
-    name = {
-        "classifier": evaluators.classifier_weights,
-        "segmenter": PSPNET_WEIGHTS,
-        "features": INCEPTION_WEIGHTS,
-    }[role]
+    # The classifier is the one pretrained entry whose weights the study picks.
+    name = kind.weights_entry if kind.weights_entry is not None else evaluators.classifier_weights
     st = weights.status(name)  # one hash of the file: the check and the pin come from it
     try:
         path = weights.require(st)
     except weights.WeightsError as exc:
-        if choice == "auto":
-            return _demo_plan(
-                role,
+        if choice == AUTO:
+            return _demo(
+                pick(kind.role, DEMO),
                 note=f"auto: verified {name} weights are not present ({st.state}), "
                 "so the demo evaluator was used; its numbers are only meaningful on the demo cohort",
             )
-        return Unavailable(role, str(exc))
-    sha = st.weights_sha256
-    pin = {"pin": st.pin, "pin_note": st.pin_note}
-    if role == "classifier":
-        contract = XRV_CLASSIFIER_INPUT
-        return EvaluatorPlan(
-            role,
-            "xrv",
-            EvaluatorKey(f"xrv-{name}", sha, _preprocessing(contract)),
-            f"torchxrayvision DenseNet-121 ({name}), sigmoid + op_norm; pooled features2 (1024-d)",
-            name,
-            path,
-            note="auto: verified weights present" if choice == "auto" else "",
-            **pin,
-        )
-    if role == "segmenter":
-        contract = PSPNET_INPUT
-        return EvaluatorPlan(
-            role,
-            "xrv",
-            EvaluatorKey("xrv-pspnet-chestx-det", sha, _preprocessing(contract)),
-            "torchxrayvision PSPNet (ChestX-Det): lungs = left + right lung, heart, aorta; masks at 512 px",
-            name,
-            path,
-            note="auto: verified weights present" if choice == "auto" else "",
-            **pin,
-        )
-    contract = INCEPTION_INPUT
+        return Unavailable(kind.role, str(exc))
+    assert kind.input_contract is not None
+    fields = {"weights": name}
     return EvaluatorPlan(
-        role,
-        "inception",
-        EvaluatorKey("inception-v3-fid", sha, _preprocessing(contract)),
-        "Inception-v3 (torch-fidelity TF-FID port), pool3 2048-d; grey repeated to 3 channels, "
-        "centre-square crop, bilinear antialias resize to 299 px, rint to uint8",
+        kind.role,
+        kind.source,
+        EvaluatorKey(
+            kind.evaluator.format_map(fields), st.weights_sha256, preprocessing_key(kind.input_contract)
+        ),
+        kind.label.format_map(fields),
         name,
         path,
-        note="auto: verified weights present" if choice == "auto" else "",
-        **pin,
+        note="auto: verified weights present" if choice == AUTO else "",
+        pin=st.pin,
+        pin_note=st.pin_note,
     )
 
 
-def _hf_plan(role: Role, spec: str, evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
+def _hf_plan(kind: EvaluatorKind, choice: str, evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
     """RadDino (role ``raddino``) or the ``hf:`` backbone of ``features``, verified file by file."""
     from audit import weights
 
-    config_pins = evaluators.hf_sha256 if role == "features" else {}
+    spec = kind.weights_entry or choice
+    # [evaluators].hf_sha256 pins the backbone the config names, never RadDino's released files.
+    config_pins = evaluators.hf_sha256 if kind.weights_entry is None else {}
     st = weights.status(spec, config_pins)
     try:
         path = weights.require(st)
     except weights.WeightsError as exc:
-        return Unavailable(role, str(exc))
+        return Unavailable(kind.role, str(exc))
     e = weights.entry(spec)
     pins = weights.pins_of(e, config_pins)
     files = tuple((f, p.sha256) for f, p in sorted(pins.items()) if p is not None)
@@ -227,14 +163,14 @@ def _hf_plan(role: Role, spec: str, evaluators: EvaluatorsSection) -> EvaluatorP
         f"hf-processor;{pinned['preprocessor_config.json'][:16]};config;{pinned['config.json'][:16]};"
         f"rint-uint8-rgb;pooler_output;transformers-{version('transformers')};{OUTPUT_VERSION}"
     )
-    name = "rad-dino" if e.name == RADDINO_WEIGHTS else spec
-    what = "RadDino (microsoft/rad-dino)" if e.name == RADDINO_WEIGHTS else e.repo
+    # A spec naming a listed backbone at its pinned commit (hf:microsoft/rad-dino@...) is named as it.
+    named = hub_kind(e.name) or kind
+    fields = {"spec": spec, "repo": e.repo, "revision": e.revision[:12]}
     return EvaluatorPlan(
-        role,
-        "hf",
-        EvaluatorKey(name, st.weights_sha256, preprocessing),
-        f"{what} at {e.revision[:12]}: CLS embedding (pooler_output); the model's own image processor "
-        "(preprocessor_config.json) at its own resolution",
+        kind.role,
+        kind.source,
+        EvaluatorKey(named.evaluator.format_map(fields), st.weights_sha256, preprocessing),
+        named.label.format_map(fields),
         e.name,
         path,
         pin=st.pin,
@@ -243,7 +179,10 @@ def _hf_plan(role: Role, spec: str, evaluators: EvaluatorsSection) -> EvaluatorP
     )
 
 
-def _user_plan(evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
+def _user_plan(
+    kind: EvaluatorKind, choice: str, evaluators: EvaluatorsSection
+) -> EvaluatorPlan | Unavailable:
+    """The classifier of ``[evaluators.user_classifier]``, verified against the hash the config pins."""
     from audit.atomic import sha256_file
 
     user = evaluators.user_classifier
@@ -251,29 +190,34 @@ def _user_plan(evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
     path = Path(user.path)
     if not path.is_file():
         return Unavailable(
-            "classifier",
+            kind.role,
             f"user classifier file {path} does not exist. Fix: [evaluators.user_classifier].path in the study config",
         )
     found = sha256_file(path)
     if found != user.sha256.lower():
         return Unavailable(
-            "classifier",
+            kind.role,
             f"user classifier file {path} has sha256 {found}, the config pins {user.sha256.lower()}; it was not "
             "loaded. Fix: restore the pinned file, or update [evaluators.user_classifier].sha256 if the change "
             "is intended",
         )
     lo, hi = user.value_range
-    what = f"{user.format}" + (f" {user.architecture}" if user.architecture else "")
     preprocessing = (
         f"{PIPELINE_VERSION};{user.channels}ch;{user.size}px;[{lo:g},{hi:g}]float;"
         f"{user.output};{OUTPUT_VERSION}"
     )
+    fields = {
+        "stem": path.stem,
+        "file": path.name,
+        "what": f"{user.format}" + (f" {user.architecture}" if user.architecture else ""),
+        "classes": ", ".join(user.labels),
+        "outputs": USER_OUTPUTS[user.output],
+    }
     return EvaluatorPlan(
-        "classifier",
-        "user",
-        EvaluatorKey(f"user-{path.stem}", found, preprocessing),
-        f"user classifier {path.name} ({what}); classes {', '.join(user.labels)}; "
-        f"{'sigmoid of its logits' if user.output == 'logits' else 'its own probabilities'}; no pooled features",
+        kind.role,
+        kind.source,
+        EvaluatorKey(kind.evaluator.format_map(fields), found, preprocessing),
+        kind.label.format_map(fields),
         path.name,
         path,
         pin="config",
@@ -281,256 +225,63 @@ def _user_plan(evaluators: EvaluatorsSection) -> EvaluatorPlan | Unavailable:
     )
 
 
-# InputContract.preprocessing_version (audit.evaluators.base imports torch, which resolving must not);
-# a test keeps the two equal.
-PIPELINE_VERSION = "center-square/bilinear-antialias/affine-v1"
+def _demo_plan(kind: EvaluatorKind, choice: str, evaluators: EvaluatorsSection) -> EvaluatorPlan:
+    return _demo(kind, note="")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Contract:
-    """The fields of an evaluator's InputContract that key its cached outputs."""
-
-    channels: int
-    size: int
-    value_range: tuple[float, float]
-    integer: bool = False
-    preprocessing_version: str = PIPELINE_VERSION
-
-
-# Copies of the fields of the networks' InputContracts that key their cached outputs (a test keeps
-# them equal to the contracts in audit.evaluators.classifier / .segmenter / .inception).
-XRV_CLASSIFIER_INPUT = _Contract(channels=1, size=224, value_range=(-1024.0, 1024.0))
-PSPNET_INPUT = _Contract(channels=1, size=512, value_range=(-1024.0, 1024.0))
-INCEPTION_INPUT = _Contract(channels=3, size=299, value_range=(0.0, 255.0), integer=True)
-
-
-def _preprocessing(contract: Any) -> str:
-    lo, hi = contract.value_range
-    kind = "uint8" if contract.integer else "float"
-    return (
-        f"{contract.preprocessing_version};{contract.channels}ch;{contract.size}px;[{lo:g},{hi:g}]{kind};"
-        f"{OUTPUT_VERSION}"
-    )
-
-
-def _demo_plan(role: Role, note: str) -> EvaluatorPlan:
+def _demo(kind: EvaluatorKind, note: str) -> EvaluatorPlan:
+    """A shipped demo network, verified against the demo weights manifest when it is loaded."""
     from audit.demo import spec as demo
 
-    manifest = demo.read_manifest()
-    if role == "classifier":
-        file, size, name = demo.CLASSIFIER_FILE, demo.CLASSIFIER_SIZE, "demo-nodule-classifier"
-        label = (
-            "demo Nodule classifier trained on a separate demo cohort (sigmoid, no operating-point "
-            f"calibration); pooled trunk features ({demo.FEATURE_DIM}-d)"
-        )
-    elif role == "segmenter":
-        file, size, name = demo.SEGMENTER_FILE, demo.SEGMENTER_SIZE, "demo-anatomy-segmenter"
-        label = f"demo lungs/heart/aorta U-Net trained on a separate demo cohort; masks at {size} px"
-    else:
-        # The same network and cache entries as the demo segmenter: one pass gives masks and features.
-        file, size, name = demo.SEGMENTER_FILE, demo.SEGMENTER_SIZE, "demo-anatomy-segmenter"
-        label = (
-            "demo anatomy U-Net's encoder features (256-d, mean and max of the deepest level), standing "
-            "in for Inception-v3: not comparable with published FID values"
-        )
-    sha = manifest["files"][file]["sha256"]
-    preprocessing = f"demo;{demo.PREPROCESSING};{size}px;{OUTPUT_VERSION}"
+    assert kind.weights_entry is not None and kind.input_contract is not None
+    sha = demo.read_manifest()["files"][kind.weights_entry]["sha256"]
+    preprocessing = f"demo;{demo.PREPROCESSING};{kind.input_contract.size}px;{OUTPUT_VERSION}"
     return EvaluatorPlan(
-        role, "demo", EvaluatorKey(name, sha, preprocessing), label, file, None, note, "demo", DEMO_PIN_NOTE
+        kind.role,
+        kind.source,
+        EvaluatorKey(kind.evaluator, sha, preprocessing),
+        kind.label,
+        kind.weights_entry,
+        None,
+        note,
+        "demo",
+        DEMO_PIN_NOTE,
     )
 
 
-# --------------------------------------------------------------------------------------------- backends
+Planner = Callable[[EvaluatorKind, str, EvaluatorsSection], EvaluatorPlan | Unavailable]
+# How each source's evaluators are resolved: which weights, verified how, keyed how.
+PLANNERS: dict[Source, Planner] = {
+    "xrv": _pretrained_plan,
+    "inception": _pretrained_plan,
+    "hf": _hf_plan,
+    "demo": _demo_plan,
+    "user": _user_plan,
+}
 
 
-class Backend(Protocol):
-    plan: EvaluatorPlan
-    classes: tuple[str, ...]  # classifier output classes (empty for other roles)
-    calibration: str  # classifier: "sigmoid" or "sigmoid+op_norm"
-
-    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]: ...
+# --------------------------------------------------------------------------------------------- loading
 
 
 def load_backend(plan: EvaluatorPlan, device: str, dtype: str, batch_size: int) -> Backend:
     """Build the network of ``plan`` on ``device`` (``auto`` resolved here, once)."""
-    if plan.source == "demo":
-        return _DemoBackend(plan, device, dtype, batch_size)
-    if plan.source in ("xrv", "inception"):
-        return _PretrainedBackend(plan, device, dtype, batch_size)
-    if plan.source == "hf":
-        return _HFBackend(plan, device, dtype, batch_size)
-    raise ValueError(f"{plan.name}: a user classifier is loaded with load_user_backend")
+    return kind_of(plan).loader(plan, LoadOptions(device, dtype, batch_size))
 
 
 def load_user_backend(plan: EvaluatorPlan, evaluators: EvaluatorsSection) -> Backend:
     """The user's classifier of ``plan`` as described by ``[evaluators.user_classifier]``."""
-    return _UserBackend(plan, evaluators)
-
-
-class _UserBackend:
-    def __init__(self, plan: EvaluatorPlan, evaluators: EvaluatorsSection):
-        from audit.evaluators.base import InputContract
-        from audit.evaluators.user import UserEvaluator
-
-        user = evaluators.user_classifier
-        assert user is not None and plan.weights_path is not None
-        self.plan = plan
-        self.batch_size = evaluators.batch_size
-        self.classes = tuple(user.labels)
-        self.calibration = "sigmoid" if user.output == "logits" else "probabilities"
-        self.output = user.output
-        lo, hi = user.value_range
-        contract = InputContract(
-            evaluator=plan.name, channels=user.channels, size=user.size, value_range=(float(lo), float(hi))
-        )
-        common = {
-            "name": plan.name,
-            "labels": user.labels,
-            "device": evaluators.device,
-            "dtype": evaluators.dtype,
-        }
-        if user.format == "torchscript":
-            self.net = UserEvaluator.from_torchscript(
-                plan.weights_path, plan.key.weights_sha256, contract, **common
-            )
-        else:
-            self.net = UserEvaluator.from_state_dict(
-                plan.weights_path,
-                plan.key.weights_sha256,
-                user.architecture,
-                len(user.labels),
-                contract,
-                **common,
-            )
-
-    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        out = self.net.run(list(images), batch_size=self.batch_size).outputs.astype(np.float64)
-        if self.output == "logits":
-            probs = 1.0 / (1.0 + np.exp(-out))
-        else:
-            probs = out
-            if not (np.all(probs >= 0.0) and np.all(probs <= 1.0)):
-                raise ValueError(
-                    f"{self.plan.name}: outputs span [{probs.min():g}, {probs.max():g}] but the config says "
-                    'output = "probabilities"; set output = "logits" if the network ends without a sigmoid'
-                )
-        return [{"probs": probs[i].astype(np.float32)} for i in range(len(images))]
-
-
-class _PretrainedBackend:
-    def __init__(self, plan: EvaluatorPlan, device: str, dtype: str, batch_size: int):
-        self.plan = plan
-        self.batch_size = batch_size
-        self.classes: tuple[str, ...] = ()
-        self.calibration = ""
-        assert plan.weights_path is not None
-        sha = plan.key.weights_sha256
-        if plan.role == "classifier":
-            from audit.evaluators.classifier import PathologyClassifier
-
-            # xrv publishes its DenseNets as pickled modules: from_file verifies the sha256, then rebuilds
-            # the state dict through the allowlist unpickler (audit.evaluators.safe_pickle), never running
-            # code from the file.
-            self.net = PathologyClassifier.from_file(
-                plan.weights_path,
-                sha,
-                weights=str(plan.weights),
-                device=device,
-                dtype=dtype,
-            )
-            # xrv keeps output slots for classes a dataset lacks, named "": they are not predictions.
-            self.keep = [i for i, c in enumerate(self.net.pathologies) if c]
-            self.classes = tuple(self.net.pathologies[i] for i in self.keep)
-            self.calibration = self.net.calibration
-        elif plan.role == "segmenter":
-            from audit.evaluators.segmenter import AnatomySegmenter
-
-            self.net = AnatomySegmenter.from_file(plan.weights_path, sha, device=device, dtype=dtype)
-        else:
-            from audit.evaluators.inception import InceptionFeatures
-
-            self.net = InceptionFeatures.from_file(plan.weights_path, sha, device=device)
-
-    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        out = self.net.run(list(images), batch_size=self.batch_size)
-        if self.plan.role == "classifier":
-            probs = out.probabilities[:, self.keep]
-            return [{"probs": probs[i], "features": out.features[i]} for i in range(len(images))]
-        if self.plan.role == "segmenter":
-            return [{"masks": out.masks[i]} for i in range(len(images))]
-        return [{"features": out.features[i]} for i in range(len(images))]
-
-
-class _HFBackend:
-    def __init__(self, plan: EvaluatorPlan, device: str, dtype: str, batch_size: int):
-        from audit.evaluators.hf import HFFeatures
-
-        assert plan.weights_path is not None
-        self.plan = plan
-        self.batch_size = batch_size
-        self.classes: tuple[str, ...] = ()
-        self.calibration = ""
-        self.net = HFFeatures.from_dir(
-            plan.weights_path, dict(plan.files), name=plan.name, device=device, dtype=dtype
-        )
-
-    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        out = self.net.run(list(images), batch_size=self.batch_size).features
-        return [{"features": out[i]} for i in range(len(images))]
-
-
-class _DemoBackend:
-    def __init__(self, plan: EvaluatorPlan, device: str, dtype: str, batch_size: int):
-        import torch
-
-        from audit.demo import evaluators as demo
-        from audit.evaluators.base import resolve_device, resolve_dtype
-
-        self.plan = plan
-        self.batch_size = batch_size
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
-        self.classes: tuple[str, ...] = ()
-        self.calibration = ""
-        self._torch = torch
-        self._demo = demo
-        if plan.role == "classifier":
-            self.net = demo.load_nodule_classifier(self.device)
-            self.classes = demo.NODULE_CLASSES
-            self.calibration = "sigmoid"
-        else:
-            self.net = demo.load_anatomy_segmenter(self.device)
-        self.net = self.net.to(dtype=self.dtype)
-
-    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        torch, demo = self._torch, self._demo
-        out: list[dict[str, np.ndarray]] = []
-        with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                batch = list(images[start : start + self.batch_size])
-                if self.plan.role == "classifier":
-                    x = demo.prepare_classifier_input(batch).to(self.device, self.dtype)
-                    logits, feats = self.net.forward_with_features(x)
-                    probs = torch.sigmoid(logits.float()).cpu().numpy()
-                    feats = feats.float().cpu().numpy()
-                    out += [{"probs": probs[i], "features": feats[i]} for i in range(len(batch))]
-                else:
-                    # Segmenter and FID stand-in share one cache key, so both outputs are stored.
-                    x = demo.prepare_segmenter_input(batch).to(self.device, self.dtype)
-                    logits, feats = self.net.forward_with_features(x)
-                    masks = (logits.float() > 0).cpu().numpy()
-                    feats = feats.float().cpu().numpy()
-                    out += [{"masks": masks[i], "features": feats[i]} for i in range(len(batch))]
-        return out
+    options = LoadOptions(
+        evaluators.device, evaluators.dtype, evaluators.batch_size, evaluators.user_classifier
+    )
+    return kind_of(plan).loader(plan, options)
 
 
 def mask_frame(plan: EvaluatorPlan) -> int:
     """Side of the square frame a segmenter plan's masks come in (known without loading it)."""
-    if plan.source == "demo":
-        from audit.demo.spec import SEGMENTER_SIZE
-
-        return SEGMENTER_SIZE
-    return PSPNET_INPUT.size
+    contract = kind_of(plan).input_contract
+    if contract is None:
+        raise ValueError(f"{plan.name}: a {plan.role} evaluator has no fixed input frame")
+    return contract.size
 
 
 def mask_to_frame(mask: np.ndarray, frame: int) -> np.ndarray:

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,96 +17,59 @@ from torch import Tensor
 
 from audit.metrics.functional import pixel as fp
 
-__all__ = ["PIXEL_METRICS", "PixelMetric", "metric_unit", "score_pixels"]
+__all__ = ["PIXEL_KERNELS", "score_pixels"]
 
 
 @dataclass(frozen=True)
-class PixelMetric:
-    """What a pixel metric measures and which direction is better (torchmetrics-style metadata).
-
-    ``unit`` is the unit at the default pixel_range of 1; :func:`metric_unit` gives it for other ranges.
-    """
-
-    name: str
-    higher_is_better: bool
-    unit: str
-    description: str
+class _Options:
+    pixel_range: float
+    overlap_threshold: float
+    wanted: frozenset[str]
 
 
-PIXEL_METRICS: dict[str, PixelMetric] = {
-    m.name: m
-    for m in (
-        PixelMetric(
-            "mse",
-            higher_is_better=False,
-            unit="intensity² (range 1)",
-            description="Mean squared error between generated and reference image, on images scaled to "
-            "[0, pixel_range].",
-        ),
-        PixelMetric(
-            "mae",
-            higher_is_better=False,
-            unit="intensity (range 1)",
-            description="Mean absolute error between generated and reference image, on images scaled to "
-            "[0, pixel_range].",
-        ),
-        PixelMetric(
-            "psnr",
-            higher_is_better=True,
-            unit="dB",
-            description="Peak signal-to-noise ratio, 10·log10(pixel_range² / MSE); +inf for identical images.",
-        ),
-        PixelMetric(
-            "ssim",
-            higher_is_better=True,
-            unit="",
-            description="Structural similarity (Wang et al. 2004): gaussian window sigma 1.5 / 11 px, K1 0.01, "
-            "K2 0.03, reflect-padded borders (torchmetrics); 1 for identical images.",
-        ),
-        PixelMetric(
-            "ms_ssim",
-            higher_is_better=True,
-            unit="",
-            description="Multi-scale SSIM (Wang et al. 2003): 5 scales, standard betas, same window as ssim, "
-            f"relu-normalised (torchmetrics); needs images of at least {fp.MS_SSIM_MIN_SIZE}×"
-            f"{fp.MS_SSIM_MIN_SIZE} px.",
-        ),
-        PixelMetric(
-            "overlap_precision",
-            higher_is_better=True,
-            unit="",
-            description="|G∩R| / |G| for foreground masks (pixel > overlap_threshold) of generated (G) and "
-            "reference (R) image; NaN when G is empty.",
-        ),
-        PixelMetric(
-            "overlap_recall",
-            higher_is_better=True,
-            unit="",
-            description="|G∩R| / |R| for foreground masks (pixel > overlap_threshold) of generated (G) and "
-            "reference (R) image; NaN when R is empty.",
-        ),
-        PixelMetric(
-            "overlap_f1",
-            higher_is_better=True,
-            unit="",
-            description="2|G∩R| / (|G| + |R|) (Dice) for foreground masks (pixel > overlap_threshold); NaN when "
-            "both are empty.",
-        ),
+# A kernel returns the values of every metric it computes; metrics that share work (SSIM and MS-SSIM
+# share their first scale, the overlap ratios their masks) share one kernel, which runs once.
+Kernel = Callable[[Tensor, Tensor, _Options], dict[str, Tensor]]
+
+
+def _mse(p: Tensor, t: Tensor, o: _Options) -> dict[str, Tensor]:
+    return {"mse": fp.mse(p, t, o.pixel_range)}
+
+
+def _mae(p: Tensor, t: Tensor, o: _Options) -> dict[str, Tensor]:
+    return {"mae": fp.mae(p, t, o.pixel_range)}
+
+
+def _psnr(p: Tensor, t: Tensor, o: _Options) -> dict[str, Tensor]:
+    return {"psnr": fp.psnr(p, t, o.pixel_range)}
+
+
+def _ssim(p: Tensor, t: Tensor, o: _Options) -> dict[str, Tensor]:
+    return fp.ssim_and_ms_ssim(
+        p, t, o.pixel_range, with_ssim="ssim" in o.wanted, with_ms_ssim="ms_ssim" in o.wanted
     )
+
+
+def _overlap(p: Tensor, t: Tensor, o: _Options) -> dict[str, Tensor]:
+    return fp.overlap(p, t, o.overlap_threshold)
+
+
+# Every pixel metric of audit.metrics.catalogue and the kernel that computes it.
+PIXEL_KERNELS: dict[str, Kernel] = {
+    "ms_ssim": _ssim,
+    "ssim": _ssim,
+    "psnr": _psnr,
+    "mse": _mse,
+    "mae": _mae,
+    "overlap_precision": _overlap,
+    "overlap_recall": _overlap,
+    "overlap_f1": _overlap,
 }
-
-_OVERLAP = ("overlap_precision", "overlap_recall", "overlap_f1")
-
-
-def metric_unit(name: str, pixel_range: float) -> str:
-    """The unit of metric ``name`` when images are scaled to [0, pixel_range], e.g. "intensity² (range 255)"."""
-    if name not in PIXEL_METRICS:
-        raise ValueError(f"unknown pixel metric {name!r}; known are {', '.join(PIXEL_METRICS)}")
-    if name == "mse":
-        return f"intensity² (range {pixel_range:g})"
-    if name == "mae":
-        return f"intensity (range {pixel_range:g})"
-    return PIXEL_METRICS[name].unit
+# Checked before anything is computed, so a too-small image fails the batch with one clear error.
+_SIZE_CHECKS: dict[str, Callable[[int, int], None]] = {
+    "ms_ssim": fp.check_ms_ssim_size,
+    "ssim": fp.check_ssim_size,
+}
 
 
 def _as_batch(x: Tensor | np.ndarray, name: str) -> Tensor:
@@ -171,7 +134,7 @@ def score_pixels(
 
     Args:
         preds, target: (N, H, W) or (N, 1, H, W) float images in [0, 1], same shape.
-        metrics: names from :data:`PIXEL_METRICS`.
+        metrics: names from :data:`PIXEL_KERNELS` (the pixel metrics of :mod:`audit.metrics.catalogue`).
         pixel_range: scale the images to [0, pixel_range] before scoring (255 for 8-bit-scale MSE/MAE;
             PSNR/SSIM/MS-SSIM are invariant to it).
         overlap_threshold: foreground threshold for the overlap metrics (on the [0, 1] images).
@@ -185,10 +148,10 @@ def score_pixels(
             values. :class:`~audit.metrics.functional.pixel.ImageTooSmallError` (a ValueError) for images
             too small for ssim/ms_ssim, before anything is computed.
     """
-    unknown = [m for m in metrics if m not in PIXEL_METRICS]
+    unknown = [m for m in metrics if m not in PIXEL_KERNELS]
     if unknown:
         raise ValueError(
-            f"unknown pixel metric(s) {', '.join(unknown)}; known are {', '.join(PIXEL_METRICS)}"
+            f"unknown pixel metric(s) {', '.join(unknown)}; known are {', '.join(PIXEL_KERNELS)}"
         )
     if not pixel_range > 0:
         raise ValueError(f"pixel_range must be > 0 (1 for [0, 1] images, 255 for 8-bit); got {pixel_range}")
@@ -202,28 +165,16 @@ def score_pixels(
             "resize the generated images to the reference size before scoring"
         )
     n, _, h, w = p.shape
-    if "ms_ssim" in metrics:
-        fp.check_ms_ssim_size(h, w)
-    if "ssim" in metrics:
-        fp.check_ssim_size(h, w)
+    for name, check in _SIZE_CHECKS.items():
+        if name in metrics:
+            check(h, w)
     if n == 0:
         return {m: np.empty(0, dtype=np.float64) for m in metrics}
     _check_values(p, "preds (generated images)")
     _check_values(t, "target (reference images)")
 
+    options = _Options(pixel_range, overlap_threshold, frozenset(metrics))
     out: dict[str, Tensor] = {}
-    if "mse" in metrics:
-        out["mse"] = fp.mse(p, t, pixel_range)
-    if "mae" in metrics:
-        out["mae"] = fp.mae(p, t, pixel_range)
-    if "psnr" in metrics:
-        out["psnr"] = fp.psnr(p, t, pixel_range)
-    if "ssim" in metrics or "ms_ssim" in metrics:
-        out.update(
-            fp.ssim_and_ms_ssim(
-                p, t, pixel_range, with_ssim="ssim" in metrics, with_ms_ssim="ms_ssim" in metrics
-            )
-        )
-    if any(m in metrics for m in _OVERLAP):
-        out.update(fp.overlap(p, t, overlap_threshold))
+    for kernel in dict.fromkeys(PIXEL_KERNELS[m] for m in metrics):
+        out.update(kernel(p, t, options))
     return {m: out[m].numpy() for m in metrics}

@@ -16,7 +16,9 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 STANDARD_DISPLAY = "image-right, the standard radiographic display"
 
 
-def add_patient_left(parser: argparse.ArgumentParser, default: str | None = None, default_text: str = "") -> None:
+def add_patient_left(
+    parser: argparse.ArgumentParser, default: str | None = None, default_text: str = ""
+) -> None:
     """``--patient-left image-right|image-left``: where the images show the patient's left hip. With
     no ``default`` the command resolves it (``default_text`` says how)."""
     from audit.norberg.geometry import PATIENT_LEFT_ON
@@ -68,7 +70,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument(
-        "--annotations", type=Path, required=True, metavar="LANDMARKS", help="expert landmarks of the real images"
+        "--annotations",
+        type=Path,
+        required=True,
+        metavar="LANDMARKS",
+        help="expert landmarks of the real images",
     )
     evaluate.add_argument(
         "--detector",
@@ -83,7 +89,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the reader study's landmark export (`xray-audit reader-study export STUDY_DIR`): expert angles of the "
         "blinded real and generated images",
     )
-    add_patient_left(evaluate, default_text=f"the run config's [norberg] patient_left, else {STANDARD_DISPLAY}")
+    add_patient_left(
+        evaluate, default_text=f"the run config's [norberg] patient_left, else {STANDARD_DISPLAY}"
+    )
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     evaluate.add_argument("--batch-size", type=int, default=16, metavar="B")
 
@@ -106,7 +114,9 @@ def run(args: argparse.Namespace, progress: bool = False) -> int:
                 batch_size=args.batch_size,
                 progress=progress,
             )
-        except ValueError as exc:  # bad landmark files, foreign studies, changed samples: named in the message
+        except (
+            ValueError
+        ) as exc:  # bad landmark files, foreign studies, changed samples: named in the message
             log.error("error: %s", exc)
             return EXIT_PROBLEMS
         print(result.angles_path)

@@ -73,9 +73,7 @@ MODEL_JSON = "model.json"
 MODEL_TS = "model.ts"
 OUTPUTS = ("coordinates", "heatmaps")
 # The four points a Norberg angle needs: both head centres and both craniolateral rim points.
-DETECTOR_LANDMARKS: tuple[str, ...] = tuple(
-    [head_center(s) for s in SIDES] + [rim(s) for s in SIDES]
-)
+DETECTOR_LANDMARKS: tuple[str, ...] = tuple([head_center(s) for s in SIDES] + [rim(s) for s in SIDES])
 
 _SPEC_KEYS = {"format", "model", "sha256", "landmarks", "input", "output", "training", "data", "held_out"}
 _INPUT_KEYS = {"size", "channels", "value_range", "crop", "resize"}
@@ -353,7 +351,7 @@ class KeypointDetector:
         elif out.ndim != 3 or tuple(out.shape) != (x.shape[0], k, 2):
             raise DetectorError(
                 f"{name}: output 'coordinates' must be (B={x.shape[0]}, K={k}, 2), got {tuple(out.shape)}; "
-                "set \"output\": \"heatmaps\" in model.json if it returns heatmaps"
+                'set "output": "heatmaps" in model.json if it returns heatmaps'
             )
         bad = ~torch.isfinite(out).all(dim=2).all(dim=1)
         if bool(bad.any()):

@@ -42,7 +42,8 @@ import pandas as pd
 
 from audit import rundir
 from audit.atomic import atomic_path, sha256_file, write_text
-from audit.metrics.functional.norberg import norberg_metric, norberg_summary_rows, norberg_table
+from audit.metrics import catalogue
+from audit.metrics.functional.norberg import norberg_summary_rows, norberg_table
 from audit.norberg.geometry import (
     PATIENT_LEFT_ON,
     SIDES,
@@ -57,8 +58,6 @@ from audit.norberg.landmarks import read_landmarks
 
 log = logging.getLogger(__name__)
 
-ANGLES_FILE = "norberg_angles.parquet"
-SUMMARY_FILE = "norberg_summary.csv"
 ANGLE_COLUMNS = ["model", "case_id", "sample", "side", "angle_deg", "reference_deg", "source", "error"]
 SUMMARY_COLUMNS = [
     "model", "metric", "value", "ci_low", "ci_high", "n", "higher_is_better", "unit", "group", "evaluator",
@@ -188,13 +187,17 @@ def read_reader_landmarks(path: str | Path) -> pd.DataFrame:
     export``), checked for the columns :data:`READER_COLUMNS` and for usable coordinates."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: reader landmark export not found; write it with `xray-audit reader-study export STUDY_DIR`")
+        raise FileNotFoundError(
+            f"{path}: reader landmark export not found; write it with `xray-audit reader-study export STUDY_DIR`"
+        )
     if path.suffix == ".parquet":
         frame = pd.read_parquet(path)
     elif path.suffix == ".csv":
         frame = pd.read_csv(path, dtype={"reader": str, "model": str, "case_id": str, "landmark": str})
     else:
-        raise ValueError(f"{path}: use the .csv or .parquet landmark export of `xray-audit reader-study export`")
+        raise ValueError(
+            f"{path}: use the .csv or .parquet landmark export of `xray-audit reader-study export`"
+        )
     missing = [c for c in READER_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -231,7 +234,9 @@ def reader_angles(
     Each placed image must be a sample of this run (model, case_id, sample), so a study built from
     another run is refused instead of being compared with the wrong references.
     """
-    known = set(zip(samples["model"].astype(str), samples["case_id"].astype(str), samples["sample"].astype(int)))
+    known = set(
+        zip(samples["model"].astype(str), samples["case_id"].astype(str), samples["sample"].astype(int))
+    )
     keys = ["reader", "read_number", "model", "case_id", "sample"]
     rows: list[dict[str, Any]] = []
     foreign = []
@@ -239,7 +244,10 @@ def reader_angles(
         if (model, case_id, int(sample)) not in known:
             foreign.append(f"({model}, {case_id}, sample {sample})")
             continue
-        points = {str(n): (float(x), float(y)) for n, x, y in zip(group["landmark"], group["x"], group["y"], strict=True)}
+        points = {
+            str(n): (float(x), float(y))
+            for n, x, y in zip(group["landmark"], group["x"], group["y"], strict=True)
+        }
         angles, error = _side_angles(points)
         ref = reference.get(str(case_id), {})
         for side in SIDES:
@@ -261,7 +269,9 @@ def reader_angles(
             f"{foreign[0]}; was the reader study created from this run (`xray-audit reader-study create {run_dir}`)?"
         )
     if not rows:
-        raise ValueError(f"{where}: no landmarks placed yet; export the study after readers have placed points")
+        raise ValueError(
+            f"{where}: no landmarks placed yet; export the study after readers have placed points"
+        )
     return pd.DataFrame(rows, columns=ANGLE_COLUMNS)
 
 
@@ -271,7 +281,13 @@ def source_kind(source: str) -> str:
 
 
 def summarise_angles(
-    angles: pd.DataFrame, *, seed: int, resamples: int, confidence: float, evaluator: str, source: str = "detector"
+    angles: pd.DataFrame,
+    *,
+    seed: int,
+    resamples: int,
+    confidence: float,
+    evaluator: str,
+    source: str = "detector",
 ) -> pd.DataFrame:
     """summary.csv-shaped Norberg rows per model from one source's angle rows.
 
@@ -291,7 +307,11 @@ def summarise_angles(
             angle_deg=("angle_deg", "mean"), reference_deg=("reference_deg", "first")
         )
         if per_case.empty:
-            log.warning("norberg (%s): model %s has no case with both a measured and an annotated angle", source, model)
+            log.warning(
+                "norberg (%s): model %s has no case with both a measured and an annotated angle",
+                source,
+                model,
+            )
             continue
         # The stream of a model's resamples depends on the source, so detector and reader CIs are
         # not the same draws by accident of ordering.
@@ -306,9 +326,11 @@ def summarise_angles(
             confidence=confidence,
         )
         for row in norberg_summary_rows(model, table, evaluator=evaluator):
-            spec = norberg_metric(row["metric"])
+            spec = catalogue.spec(row["metric"])
             hib = spec.higher_is_better
-            rows.append({**row, "higher_is_better": "" if hib is None else hib, "unit": spec.unit, "source": source})
+            rows.append(
+                {**row, "higher_is_better": "" if hib is None else hib, "unit": spec.unit, "source": source}
+            )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -327,7 +349,9 @@ def reference_angles(
         )
     if missing:
         log.warning(
-            "norberg: %d case(s) have no annotation and are left out: %s", len(missing), ", ".join(missing[:5])
+            "norberg: %d case(s) have no annotation and are left out: %s",
+            len(missing),
+            ", ".join(missing[:5]),
         )
     return reference
 
@@ -356,17 +380,24 @@ def measure_with_detector(
     return angles, summary
 
 
-def write_outputs(run_dir: Path, angles: pd.DataFrame, summary: pd.DataFrame, info: Mapping[str, Any]) -> tuple[Path, Path]:
+def write_outputs(
+    run_dir: Path, angles: pd.DataFrame, summary: pd.DataFrame, info: Mapping[str, Any]
+) -> tuple[Path, Path]:
     """Write the Norberg files, keeping the rows of sources not in ``summary`` (atomic writes)."""
     fresh = set(summary["source"]) | {source_kind(s) for s in angles["source"]}
-    angles_path, summary_path, info_path = run_dir / ANGLES_FILE, run_dir / SUMMARY_FILE, run_dir / "norberg.json"
+    angles_path, summary_path = run_dir / rundir.NORBERG_ANGLES, run_dir / rundir.NORBERG_SUMMARY
+    info_path = run_dir / rundir.NORBERG_INFO
     old_info: dict[str, Any] = {}
     if angles_path.exists() and summary_path.exists():
         old_angles = pd.read_parquet(angles_path)
-        old_summary = pd.read_csv(summary_path, dtype={"model": str, "metric": str, "group": str}, keep_default_na=False)
+        old_summary = pd.read_csv(
+            summary_path, dtype={"model": str, "metric": str, "group": str}, keep_default_na=False
+        )
         if "source" not in old_summary.columns:  # files of an earlier version hold detector rows only
             old_summary["source"] = "detector"
-        old_summary = old_summary.replace({"ci_low": {"": math.nan}, "ci_high": {"": math.nan}, "value": {"": math.nan}})
+        old_summary = old_summary.replace(
+            {"ci_low": {"": math.nan}, "ci_high": {"": math.nan}, "value": {"": math.nan}}
+        )
         keep_a = old_angles[~old_angles["source"].map(source_kind).isin(fresh)]
         keep_s = old_summary[~old_summary["source"].isin(fresh)]
         if len(keep_a):
@@ -397,13 +428,16 @@ def evaluate_norberg(
     progress: bool = False,
 ) -> NorbergEvaluation:
     """Measure a finished run with the detector and/or the reader study's landmarks and write
-    :data:`ANGLES_FILE` and :data:`SUMMARY_FILE` (rows of the sources not measured now are kept).
+    :data:`audit.rundir.NORBERG_ANGLES` and :data:`~audit.rundir.NORBERG_SUMMARY` (rows of the sources
+    not measured now are kept).
 
     ``patient_left``: the display convention the annotation file is checked under (left/right swaps);
     by default the run config's ``[norberg] patient_left``, else ``image-right``.
     """
     if detector_dir is None and reader_landmarks is None:
-        raise ValueError("give a detector (--detector MODEL_DIR), reader landmarks (--reader-landmarks FILE), or both")
+        raise ValueError(
+            "give a detector (--detector MODEL_DIR), reader landmarks (--reader-landmarks FILE), or both"
+        )
     run = rundir.require_run_dir(run_dir)
     samples = pd.read_parquet(run / rundir.SAMPLES)
     samples["case_id"] = samples["case_id"].astype(str)
@@ -437,7 +471,12 @@ def evaluate_norberg(
         readers = sorted(placed["reader"].unique())
         evaluator = f"expert landmarks, {len(readers)} reader(s)"
         summary = summarise_angles(
-            angles, seed=seed, resamples=resamples, confidence=confidence, evaluator=evaluator, source="readers"
+            angles,
+            seed=seed,
+            resamples=resamples,
+            confidence=confidence,
+            evaluator=evaluator,
+            source="readers",
         )
         angle_parts.append(angles)
         summary_parts.append(summary)

@@ -2,7 +2,8 @@
 
 The Norberg angle of one hip is the angle at its femoral-head centre between the line to the other
 femoral-head centre and the line to the craniolateral acetabular rim point of the same hip. 105° or
-more is the usual threshold for a normal hip; smaller angles mean a shallower acetabular cover.
+more is the usual threshold for a normal hip (``NORMAL_THRESHOLD_DEG`` of
+:mod:`audit.metrics.functional.norberg`); smaller angles mean a shallower acetabular cover.
 
 A head centre is either annotated directly (``left_head_center``) or fitted to three or more points
 clicked on the femoral-head outline (``left_head_1`` … ``left_head_n``) by a least-squares circle
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "NORMAL_THRESHOLD_DEG",
     "PATIENT_LEFT_ON",
     "SIDES",
     "Circle",
@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 SIDES: tuple[str, str] = ("left", "right")
-NORMAL_THRESHOLD_DEG = 105.0
 # Standard radiographic display: the patient's left hip appears on the image's right (larger x).
 # The alternative, for images displayed mirrored, is "image-left".
 PATIENT_LEFT_ON: tuple[str, str] = ("image-right", "image-left")
@@ -181,9 +180,7 @@ def _gauss_newton(q: np.ndarray, params: np.ndarray, max_iter: int = 100) -> np.
     return params
 
 
-def norberg_angle(
-    head: Sequence[float], other_head: Sequence[float], rim: Sequence[float]
-) -> float:
+def norberg_angle(head: Sequence[float], other_head: Sequence[float], rim: Sequence[float]) -> float:
     """Degrees in [0, 180] at ``head`` between the rays to ``other_head`` and to ``rim``."""
     h = _point(head, "head centre")
     o = _point(other_head, "other head centre")

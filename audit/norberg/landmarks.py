@@ -130,7 +130,12 @@ def validate_landmarks(
         msg = f"missing column(s) {', '.join(missing)}; the columns are {', '.join(COLUMNS)}"
         problem(None, None, columns, msg)
     if unknown and not missing:
-        log.info("%s: ignoring column(s) %s (a landmark file is read by %s)", path, ", ".join(unknown), ", ".join(COLUMNS))
+        log.info(
+            "%s: ignoring column(s) %s (a landmark file is read by %s)",
+            path,
+            ", ".join(unknown),
+            ", ".join(COLUMNS),
+        )
     if missing:
         return {}, problems
     if len(rows) == 0:
@@ -169,7 +174,9 @@ def validate_landmarks(
         if key in row_of:
             first = row_of[key]
             where = f"row {first + 1}" + (f", line {first + 2}" if is_csv else "")
-            problem(i, "landmark", name, f"duplicate {name} for case {cid!r} (first given in {where}); keep one")
+            problem(
+                i, "landmark", name, f"duplicate {name} for case {cid!r} (first given in {where}); keep one"
+            )
             duplicates += 1
             continue
         row_of[key] = i
@@ -199,8 +206,7 @@ def _read_rows(path: Path, fmt: str, problem: Any) -> pd.DataFrame | None:
             None,
             None,
             type(data).__name__,
-            "a JSON landmark file is a list of objects: "
-            '[{"case_id": …, "landmark": …, "x": …, "y": …}, …]',
+            'a JSON landmark file is a list of objects: [{"case_id": …, "landmark": …, "x": …, "y": …}, …]',
         )
         return None
     records = []

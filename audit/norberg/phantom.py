@@ -45,7 +45,8 @@ from scipy import ndimage
 
 from audit.atomic import write_text
 from audit.images import write_png
-from audit.norberg.geometry import NORMAL_THRESHOLD_DEG, SIDES, head_center, head_outline, rim
+from audit.metrics.functional.norberg import NORMAL_THRESHOLD_DEG
+from audit.norberg.geometry import SIDES, head_center, head_outline, rim
 
 __all__ = ["ANGLE_RANGE", "PHANTOM_VERSION", "Phantom", "make_phantom", "write_phantom_cohort"]
 

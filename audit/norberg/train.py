@@ -332,8 +332,11 @@ def build_training_set(
             problems.append(f"case {cid}: {exc}")
             continue
         inp = image_to_input(pts, shape, size)
-        outside = [n for n, (x, y) in zip(DETECTOR_LANDMARKS, inp, strict=True) if not (
-            -0.5 <= x <= size - 0.5 and -0.5 <= y <= size - 0.5)]
+        outside = [
+            n
+            for n, (x, y) in zip(DETECTOR_LANDMARKS, inp, strict=True)
+            if not (-0.5 <= x <= size - 0.5 and -0.5 <= y <= size - 0.5)
+        ]
         if outside:
             problems.append(
                 f"case {cid}: {outside} lie outside the centre square the detector sees "
@@ -552,8 +555,13 @@ def evaluate(detector: KeypointDetector, data: TrainingSet) -> dict[str, Any]:
         want = case_angles(data.annotations[i])
         for side in SIDES:
             angle_err[side].append(got[side] - want[side])
-        per_case.append({"case_id": cid, **{f"{s}_deg": round(got[s], 4) for s in SIDES},
-                         **{f"{s}_true_deg": round(want[s], 4) for s in SIDES}})
+        per_case.append(
+            {
+                "case_id": cid,
+                **{f"{s}_deg": round(got[s], 4) for s in SIDES},
+                **{f"{s}_true_deg": round(want[s], 4) for s in SIDES},
+            }
+        )
     pooled = [e for s in SIDES for e in angle_err[s]]
 
     def mae(values: list[float]) -> float:
@@ -646,7 +654,10 @@ def train_detector(
     train_idx, held_idx = split_cases(data.case_ids, config.val_fraction)
     log.info(
         "landmark detector: %d training and %d held-out case(s), %d px input, device %s",
-        len(train_idx), len(held_idx), config.size, resolve_device(config.device),
+        len(train_idx),
+        len(held_idx),
+        config.size,
+        resolve_device(config.device),
     )
     per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))  # as fit() steps
     steps = config.epochs * per_epoch

@@ -20,11 +20,11 @@ if study_dir is None:
 ratings = data.ratings(study_dir)
 if ratings is None:
     st.warning(
-        f"{study_dir}/{data.RATINGS_FILE} does not exist: run `xray-audit reader-study export {study_dir}` "
+        f"{study_dir}/{data.RATINGS_PARQUET} does not exist: run `xray-audit reader-study export {study_dir}` "
         "first, then reload this page."
     )
     st.stop()
-st.caption(f"{study_dir}/{data.RATINGS_FILE}: {len(ratings)} rows, {ratings['reader'].nunique()} readers.")
+st.caption(f"{study_dir}/{data.RATINGS_PARQUET}: {len(ratings)} rows, {ratings['reader'].nunique()} readers.")
 
 left, right = st.columns(2)
 include_cal = left.checkbox("Include calibration (practice) items", value=False, key="rs_cal")

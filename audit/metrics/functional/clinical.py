@@ -22,22 +22,18 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 __all__ = [
     "ANATOMY_STRUCTURES",
-    "CLINICAL_METRICS",
     "DEFAULT_THRESHOLD",
     "FIXED_THRESHOLD_POLICY",
     "NO_FINDING",
     "REAL_F1_THRESHOLD_POLICY",
     "ClassificationResult",
-    "ClinicalMetric",
     "anatomy_structures",
     "class_metric_name",
-    "clinical_metric",
     "dice",
     "dice_mean",
     "dice_metric_name",
@@ -59,92 +55,10 @@ DEFAULT_THRESHOLD = 0.5
 FIXED_THRESHOLD_POLICY = "fixed 0.5 (xrv op_norm)"
 REAL_F1_THRESHOLD_POLICY = "per-class, F1-maximising on real images"
 
-Aggregation = Literal["per_sample_mean", "distribution"]
-
-
-# --------------------------------------------------------------------------------------------- metadata
-
-
-@dataclass(frozen=True)
-class ClinicalMetric:
-    """What a clinical metric measures, which direction is better and how it is aggregated.
-
-    ``aggregation`` is "per_sample_mean" for metrics with one value per image (the report shows their
-    mean over images, NaN values dropped with the reduced n shown) and "distribution" for metrics that
-    exist only over a set of cases (CI by bootstrapping cases).
-    """
-
-    name: str
-    higher_is_better: bool
-    unit: str
-    description: str
-    aggregation: Aggregation
-
-
-def _dice_entries(prefix: str, against: str) -> list[ClinicalMetric]:
-    entries = [
-        ClinicalMetric(
-            f"{prefix}_{s}",
-            higher_is_better=True,
-            unit="",
-            description=f"Dice 2|A∩B|/(|A|+|B|) of the {s} segmented on the generated image (A) and {against} "
-            "(B); NaN when the structure is absent from both.",
-            aggregation="per_sample_mean",
-        )
-        for s in ANATOMY_STRUCTURES
-    ]
-    entries.append(
-        ClinicalMetric(
-            f"{prefix}_mean",
-            higher_is_better=True,
-            unit="",
-            description=f"Per image, the mean of {', '.join(f'{prefix}_{s}' for s in ANATOMY_STRUCTURES)} "
-            "over the structures where Dice is defined; NaN when none is.",
-            aggregation="per_sample_mean",
-        )
-    )
-    return entries
-
-
-CLINICAL_METRICS: dict[str, ClinicalMetric] = {
-    m.name: m
-    for m in (
-        ClinicalMetric(
-            "pathology_auc",
-            higher_is_better=True,
-            unit="",
-            description="ROC AUC of the classifier's probabilities on the generated images against the "
-            "cases' intended labels; macro = unweighted mean over classes with both label values present. "
-            "Per class as pathology_auc:<class>.",
-            aggregation="distribution",
-        ),
-        ClinicalMetric(
-            "pathology_f1",
-            higher_is_better=True,
-            unit="",
-            description="F1 of the classifier's thresholded predictions (probability >= threshold) on the "
-            "generated images against the cases' intended labels; macro = unweighted mean over classes "
-            "with at least one positive case. Per class as pathology_f1:<class>; the threshold policy is "
-            "recorded with the result.",
-            aggregation="distribution",
-        ),
-        *_dice_entries("dice", "on the reference image"),
-        *_dice_entries("dice_mask", "in the input anatomy mask"),
-    )
-}
-
 
 def class_metric_name(metric: str, class_name: str) -> str:
     """The name of one class's value of a distribution metric, e.g. ``pathology_auc:Nodule``."""
     return f"{metric}:{class_name}"
-
-
-def clinical_metric(name: str) -> ClinicalMetric:
-    """Metadata for ``name``; a per-class name such as ``pathology_auc:Nodule`` gets its metric's."""
-    base = name.split(":", 1)[0]
-    if base not in CLINICAL_METRICS:
-        raise ValueError(f"unknown clinical metric {name!r}; known are {', '.join(CLINICAL_METRICS)}")
-    return CLINICAL_METRICS[base]
 
 
 # ------------------------------------------------------------------------------------------------ labels

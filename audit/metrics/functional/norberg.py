@@ -50,15 +50,12 @@ __all__ = [
     "LOA_Z",
     "METRIC_ORDER",
     "MIN_PAIRS",
-    "NORBERG_METRICS",
     "NORMAL_THRESHOLD_DEG",
     "SIDES",
     "Agreement",
-    "NorbergMetric",
     "NorbergRow",
     "measure_agreement",
     "norberg_agreement",
-    "norberg_metric",
     "norberg_summary_rows",
     "norberg_table",
     "side_metric_name",
@@ -88,101 +85,12 @@ METRIC_ORDER: tuple[str, ...] = (
 _BLOCK_ELEMENTS = 2**20
 
 
-# --------------------------------------------------------------------------------------------- metadata
-
-
-@dataclass(frozen=True)
-class NorbergMetric:
-    """What an angle-agreement metric measures and which direction is better.
-
-    ``higher_is_better`` is None for the Bland–Altman bias and limits, whose ideal is 0 (a bias of −2°
-    is as bad as +2°), so reports rank them by neither direction. All are distribution metrics: one
-    value over a set of cases, CI by bootstrapping cases.
-    """
-
-    name: str
-    higher_is_better: bool | None
-    unit: str
-    description: str
-    aggregation: str = "distribution"
-
-
-_PER_SIDE = " Per side as <metric>:left / <metric>:right; the bare name pools both sides' pairs."
-
-NORBERG_METRICS: dict[str, NorbergMetric] = {
-    m.name: m
-    for m in (
-        NorbergMetric(
-            "norberg_r",
-            True,
-            "",
-            "Pearson correlation of generated against real Norberg angles of the same cases; NaN with "
-            "fewer than 3 pairs or a constant angle set." + _PER_SIDE,
-        ),
-        NorbergMetric(
-            "norberg_r2",
-            True,
-            "",
-            "R² as the canine-hip paper reports it: the square of Pearson r (the coefficient of "
-            "determination of a least-squares line fitted to generated vs real angles), not agreement "
-            "with the identity line; a biased or rescaled generator can score 1." + _PER_SIDE,
-        ),
-        NorbergMetric(
-            "norberg_mae",
-            False,
-            "degrees",
-            "Mean absolute difference |generated − real| of the Norberg angles." + _PER_SIDE,
-        ),
-        NorbergMetric(
-            "norberg_ba_bias",
-            None,
-            "degrees",
-            "Bland–Altman bias: mean of generated − real Norberg angle; ideal 0." + _PER_SIDE,
-        ),
-        NorbergMetric(
-            "norberg_ba_loa_low",
-            None,
-            "degrees",
-            "Bland–Altman lower 95% limit of agreement: bias − 1.96 SD of generated − real (ddof=1)."
-            + _PER_SIDE,
-        ),
-        NorbergMetric(
-            "norberg_ba_loa_high",
-            None,
-            "degrees",
-            "Bland–Altman upper 95% limit of agreement: bias + 1.96 SD of generated − real (ddof=1)."
-            + _PER_SIDE,
-        ),
-        NorbergMetric(
-            "norberg_icc",
-            True,
-            "",
-            "ICC(2,1), two-way random effects, absolute agreement, single rater (Shrout & Fleiss 1979), "
-            "real and generated as the two raters: penalises bias as well as scatter." + _PER_SIDE,
-        ),
-        NorbergMetric(
-            "norberg_kappa",
-            True,
-            "",
-            f"Cohen's κ between the normal (angle >= {NORMAL_THRESHOLD_DEG:g}°, ties normal) / dysplastic "
-            "calls on real and generated angles; NaN when both sets hold a single, identical class."
-            + _PER_SIDE,
-        ),
-    )
-}
+# ------------------------------------------------------------------------------------------------ names
 
 
 def side_metric_name(metric: str, side: str) -> str:
     """The name of one side's value, e.g. ``norberg_r:left``."""
     return f"{metric}:{side}"
-
-
-def norberg_metric(name: str) -> NorbergMetric:
-    """Metadata for ``name``; a per-side name such as ``norberg_r:left`` gets its metric's."""
-    base = name.split(":", 1)[0]
-    if base not in NORBERG_METRICS:
-        raise ValueError(f"unknown Norberg metric {name!r}; known are {', '.join(NORBERG_METRICS)}")
-    return NORBERG_METRICS[base]
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -313,9 +221,7 @@ def _reasons(x: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, str]:
         return dict.fromkeys(METRIC_ORDER, why)
     out: dict[str, str] = {}
     constant = [
-        f"{name} angles are all {v[0]:g}°"
-        for name, v in (("real", x), ("generated", y))
-        if (v == v[0]).all()
+        f"{name} angles are all {v[0]:g}°" for name, v in (("real", x), ("generated", y)) if (v == v[0]).all()
     ]
     if constant:
         why = " and ".join(constant) + "; a correlation needs spread in both sets"

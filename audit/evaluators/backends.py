@@ -1,0 +1,220 @@
+"""The networks behind evaluator plans: one :class:`~audit.evaluators.plan.Backend` class per built-in
+evaluator, each built from ``(plan, LoadOptions)`` (the loaders of :data:`audit.evaluators.registry.EVALUATORS`).
+
+Constructing one imports torch and the network's library and loads its verified weights; importing this
+module imports neither, so resolving evaluators and a fully cached run stay torch-free.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from audit.evaluators.plan import EvaluatorPlan, LoadOptions
+
+
+class _Network:
+    """What every backend holds: its plan, its batch size, and (classifiers only) its classes."""
+
+    def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
+        self.plan = plan
+        self.batch_size = options.batch_size
+        self.classes: tuple[str, ...] = ()
+        self.calibration = ""
+
+
+class XrvClassifierBackend(_Network):
+    """torchxrayvision DenseNet-121: probabilities of its named classes and pooled features."""
+
+    def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
+        from audit.evaluators.classifier import PathologyClassifier
+
+        super().__init__(plan, options)
+        assert plan.weights_path is not None
+        # xrv publishes its DenseNets as pickled modules: from_file verifies the sha256, then rebuilds
+        # the state dict through the allowlist unpickler (audit.evaluators.safe_pickle), never running
+        # code from the file.
+        self.net = PathologyClassifier.from_file(
+            plan.weights_path,
+            plan.key.weights_sha256,
+            weights=str(plan.weights),
+            device=options.device,
+            dtype=options.dtype,
+        )
+        # xrv keeps output slots for classes a dataset lacks, named "": they are not predictions.
+        self.keep = [i for i, c in enumerate(self.net.pathologies) if c]
+        self.classes = tuple(self.net.pathologies[i] for i in self.keep)
+        self.calibration = self.net.calibration
+
+    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        out = self.net.run(list(images), batch_size=self.batch_size)
+        probs = out.probabilities[:, self.keep]
+        return [{"probs": probs[i], "features": out.features[i]} for i in range(len(images))]
+
+
+class PSPNetBackend(_Network):
+    """torchxrayvision PSPNet: lungs/heart/aorta masks."""
+
+    def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
+        from audit.evaluators.segmenter import AnatomySegmenter
+
+        super().__init__(plan, options)
+        assert plan.weights_path is not None
+        self.net = AnatomySegmenter.from_file(
+            plan.weights_path, plan.key.weights_sha256, device=options.device, dtype=options.dtype
+        )
+
+    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        out = self.net.run(list(images), batch_size=self.batch_size)
+        return [{"masks": out.masks[i]} for i in range(len(images))]
+
+
+class InceptionBackend(_Network):
+    """Inception-v3 (torch-fidelity's TF-FID port, always float32): pool3 features."""
+
+    def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
+        from audit.evaluators.inception import InceptionFeatures
+
+        super().__init__(plan, options)
+        assert plan.weights_path is not None
+        self.net = InceptionFeatures.from_file(
+            plan.weights_path, plan.key.weights_sha256, device=options.device
+        )
+
+    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        out = self.net.run(list(images), batch_size=self.batch_size)
+        return [{"features": out.features[i]} for i in range(len(images))]
+
+
+class HFBackend(_Network):
+    """A Hugging Face backbone (RadDino, or any ``hf:ORG/NAME@REVISION``): its CLS features."""
+
+    def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
+        from audit.evaluators.hf import HFFeatures
+
+        super().__init__(plan, options)
+        assert plan.weights_path is not None
+        self.net = HFFeatures.from_dir(
+            plan.weights_path, dict(plan.files), name=plan.name, device=options.device, dtype=options.dtype
+        )
+
+    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        out = self.net.run(list(images), batch_size=self.batch_size).features
+        return [{"features": out[i]} for i in range(len(images))]
+
+
+class _DemoNetwork(_Network, abc.ABC):
+    """A shipped demo network on the resolved device and dtype, run batch by batch by :meth:`compute`."""
+
+    def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
+        import torch
+
+        from audit.demo import evaluators as demo
+        from audit.evaluators.base import resolve_device, resolve_dtype
+
+        super().__init__(plan, options)
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype)
+        self._torch = torch
+        self._demo = demo
+        self.net = self._load(demo).to(dtype=self.dtype)
+
+    @abc.abstractmethod
+    def _load(self, demo: Any) -> Any:
+        """The network, from :mod:`audit.demo.evaluators`, on ``self.device``."""
+
+    @abc.abstractmethod
+    def _batch(self, batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """The output dicts of one batch (called under ``torch.inference_mode``)."""
+
+    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        out: list[dict[str, np.ndarray]] = []
+        with self._torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                out += self._batch(list(images[start : start + self.batch_size]))
+        return out
+
+
+class DemoClassifierBackend(_DemoNetwork):
+    """The demo Nodule classifier: sigmoid probabilities and pooled trunk features."""
+
+    def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
+        super().__init__(plan, options)
+        self.classes = self._demo.NODULE_CLASSES
+        self.calibration = "sigmoid"
+
+    def _load(self, demo: Any) -> Any:
+        return demo.load_nodule_classifier(self.device)
+
+    def _batch(self, batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        x = self._demo.prepare_classifier_input(batch).to(self.device, self.dtype)
+        logits, feats = self.net.forward_with_features(x)
+        probs = self._torch.sigmoid(logits.float()).cpu().numpy()
+        feats = feats.float().cpu().numpy()
+        return [{"probs": probs[i], "features": feats[i]} for i in range(len(batch))]
+
+
+class DemoAnatomyBackend(_DemoNetwork):
+    """The demo anatomy U-Net: masks, and the encoder features that stand in for Inception's."""
+
+    def _load(self, demo: Any) -> Any:
+        return demo.load_anatomy_segmenter(self.device)
+
+    def _batch(self, batch: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        # Segmenter and FID stand-in share one cache key, so both outputs are stored.
+        x = self._demo.prepare_segmenter_input(batch).to(self.device, self.dtype)
+        logits, feats = self.net.forward_with_features(x)
+        masks = (logits.float() > 0).cpu().numpy()
+        feats = feats.float().cpu().numpy()
+        return [{"masks": masks[i], "features": feats[i]} for i in range(len(batch))]
+
+
+class UserBackend(_Network):
+    """The user's classifier as ``[evaluators.user_classifier]`` describes it: probabilities only."""
+
+    def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
+        from audit.evaluators.base import InputContract
+        from audit.evaluators.user import UserEvaluator
+
+        user = options.user_classifier
+        if user is None:
+            raise ValueError(f"{plan.name}: a user classifier is loaded with load_user_backend")
+        assert plan.weights_path is not None
+        super().__init__(plan, options)
+        self.classes = tuple(user.labels)
+        self.calibration = "sigmoid" if user.output == "logits" else "probabilities"
+        self.output = user.output
+        lo, hi = user.value_range
+        contract = InputContract(
+            evaluator=plan.name, channels=user.channels, size=user.size, value_range=(float(lo), float(hi))
+        )
+        common = {"name": plan.name, "labels": user.labels, "device": options.device, "dtype": options.dtype}
+        if user.format == "torchscript":
+            self.net = UserEvaluator.from_torchscript(
+                plan.weights_path, plan.key.weights_sha256, contract, **common
+            )
+        else:
+            self.net = UserEvaluator.from_state_dict(
+                plan.weights_path,
+                plan.key.weights_sha256,
+                user.architecture,
+                len(user.labels),
+                contract,
+                **common,
+            )
+
+    def compute(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        out = self.net.run(list(images), batch_size=self.batch_size).outputs.astype(np.float64)
+        if self.output == "logits":
+            probs = 1.0 / (1.0 + np.exp(-out))
+        else:
+            probs = out
+            if not (np.all(probs >= 0.0) and np.all(probs <= 1.0)):
+                raise ValueError(
+                    f"{self.plan.name}: outputs span [{probs.min():g}, {probs.max():g}] but the config says "
+                    'output = "probabilities"; set output = "logits" if the network ends without a sigmoid'
+                )
+        return [{"probs": probs[i].astype(np.float32)} for i in range(len(images))]

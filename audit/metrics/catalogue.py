@@ -1,0 +1,414 @@
+"""Every built-in metric, one :class:`MetricSpec` each, in report order: the one place a metric is
+described.
+
+The config's known names and entries (:func:`entries`), the registry's :func:`audit.registry.metric_info`
+(hence summary.csv's ``higher_is_better`` and ``unit``), the report's labels, column order and results
+tables, and the dashboard's metric families are all read from :data:`CATALOGUE`. The kernels that
+compute the numbers live in :mod:`audit.metrics.functional`; this module is plain data (no torch, no
+numpy), so the torch-free readers (reports, dashboards) import it freely.
+
+Adding a metric: one :class:`MetricSpec` here and one kernel (for a pixel metric, an entry of
+:data:`audit.metrics.pixel.PIXEL_KERNELS`). See the README's "Extending" section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from audit.metrics.functional.clinical import ANATOMY_STRUCTURES
+from audit.metrics.functional.norberg import NORMAL_THRESHOLD_DEG
+
+__all__ = [
+    "CATALOGUE",
+    "METRICS",
+    "TABLES",
+    "Aggregation",
+    "Family",
+    "MetricSpec",
+    "ResultTable",
+    "entries",
+    "names",
+    "order_key",
+    "spec",
+]
+
+Family = Literal["pixel", "clinical", "distribution", "norberg"]
+# "per_sample_mean": one value per image, reported as the mean over images (NaN values dropped, with
+# the reduced n shown); "distribution": a value over a set of cases only (CI by bootstrapping cases).
+Aggregation = Literal["per_sample_mean", "distribution"]
+# The evaluator whose outputs a metric needs ("" for none): its role in audit.evaluators.suite.
+Evaluator = Literal["", "classifier", "segmenter", "features", "raddino"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultTable:
+    """One table of the report's results (``id`` is also its HTML anchor suffix)."""
+
+    id: str
+    heading: str
+
+
+# In the order the report shows them; a metric in none of them gets an "other" table.
+TABLES: tuple[ResultTable, ...] = (
+    ResultTable("paired", "Paired image quality"),
+    ResultTable("clinical", "Clinical realism"),
+    ResultTable("mask", "Adherence to the input anatomy mask"),
+    ResultTable("distribution", "Distribution"),
+    ResultTable("norberg", "Norberg-angle agreement"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    """What a metric measures, how it is aggregated and where the report shows it.
+
+    ``higher_is_better`` is None where neither direction is better (the Bland–Altman bias and limits,
+    whose ideal is 0). ``unit`` may hold ``{range}``, filled by :meth:`unit_at` with ``pixel_range``
+    (MSE on images scaled to [0, 255] is in "intensity² (range 255)"). ``entry`` is the config list
+    item that turns the metric on (``"dice"`` turns on every Dice, ``"prdc"`` the four k-NN metrics;
+    Norberg metrics have none: ``[norberg]`` turns them on). The order of :data:`CATALOGUE` is the
+    report's column order.
+    """
+
+    name: str
+    family: Family
+    label: str
+    higher_is_better: bool | None
+    aggregation: Aggregation
+    table: str
+    description: str
+    unit: str = ""
+    entry: str = ""
+    evaluator: Evaluator = ""
+
+    def unit_at(self, pixel_range: float) -> str:
+        return self.unit.format(range=f"{pixel_range:g}")
+
+
+def _pixel(name: str, label: str, higher_is_better: bool, description: str, unit: str = "") -> MetricSpec:
+    return MetricSpec(
+        name, "pixel", label, higher_is_better, "per_sample_mean", "paired", description, unit, entry=name
+    )
+
+
+_OVERLAP = "foreground masks (pixel > overlap_threshold) of generated (G) and reference (R) image"
+_PIXEL = (
+    _pixel(
+        "ms_ssim",
+        "MS-SSIM",
+        True,
+        "Multi-scale SSIM (Wang et al. 2003): 5 scales, standard betas, same window as ssim, "
+        "relu-normalised (torchmetrics); needs image sides of at least the window times 2⁴ "
+        "(audit.metrics.functional.pixel.MS_SSIM_MIN_SIZE).",
+    ),
+    _pixel(
+        "ssim",
+        "SSIM",
+        True,
+        "Structural similarity (Wang et al. 2004): gaussian window sigma 1.5 / 11 px, K1 0.01, "
+        "K2 0.03, reflect-padded borders (torchmetrics); 1 for identical images.",
+    ),
+    _pixel(
+        "psnr",
+        "PSNR",
+        True,
+        "Peak signal-to-noise ratio, 10·log10(pixel_range² / MSE); +inf for identical images.",
+        unit="dB",
+    ),
+    _pixel(
+        "mse",
+        "MSE",
+        False,
+        "Mean squared error between generated and reference image, on images scaled to [0, pixel_range].",
+        unit="intensity² (range {range})",
+    ),
+    _pixel(
+        "mae",
+        "MAE",
+        False,
+        "Mean absolute error between generated and reference image, on images scaled to [0, pixel_range].",
+        unit="intensity (range {range})",
+    ),
+    _pixel(
+        "overlap_precision",
+        "overlap precision",
+        True,
+        f"|G∩R| / |G| for {_OVERLAP}; NaN when G is empty.",
+    ),
+    _pixel(
+        "overlap_recall",
+        "overlap recall",
+        True,
+        f"|G∩R| / |R| for {_OVERLAP}; NaN when R is empty.",
+    ),
+    _pixel(
+        "overlap_f1",
+        "overlap F1",
+        True,
+        "2|G∩R| / (|G| + |R|) (Dice) for foreground masks (pixel > overlap_threshold); NaN when both are "
+        "empty.",
+    ),
+)
+
+
+def _dice(prefix: str, label: str, table: str, against: str) -> tuple[MetricSpec, ...]:
+    def one(suffix: str, description: str) -> MetricSpec:
+        return MetricSpec(
+            f"{prefix}_{suffix}",
+            "clinical",
+            f"{label} {suffix}",
+            True,
+            "per_sample_mean",
+            table,
+            description,
+            entry="dice",
+            evaluator="segmenter",
+        )
+
+    per_structure = tuple(
+        one(
+            s,
+            f"Dice 2|A∩B|/(|A|+|B|) of the {s} segmented on the generated image (A) and {against} (B); NaN "
+            "when the structure is absent from both.",
+        )
+        for s in ANATOMY_STRUCTURES
+    )
+    mean = one(
+        "mean",
+        f"Per image, the mean of {', '.join(f'{prefix}_{s}' for s in ANATOMY_STRUCTURES)} over the "
+        "structures where Dice is defined; NaN when none is.",
+    )
+    return (*per_structure, mean)
+
+
+_CLINICAL = (
+    MetricSpec(
+        "pathology_auc",
+        "clinical",
+        "AUC",
+        True,
+        "distribution",
+        "clinical",
+        "ROC AUC of the classifier's probabilities on the generated images against the cases' intended "
+        "labels; macro = unweighted mean over classes with both label values present. Per class as "
+        "pathology_auc:<class>.",
+        entry="pathology_auc",
+        evaluator="classifier",
+    ),
+    MetricSpec(
+        "pathology_f1",
+        "clinical",
+        "F1",
+        True,
+        "distribution",
+        "clinical",
+        "F1 of the classifier's thresholded predictions (probability >= threshold) on the generated images "
+        "against the cases' intended labels; macro = unweighted mean over classes with at least one "
+        "positive case. Per class as pathology_f1:<class>; the threshold policy is recorded with the "
+        "result.",
+        entry="pathology_f1",
+        evaluator="classifier",
+    ),
+    *_dice("dice", "Dice", "clinical", "on the reference image"),
+    *_dice("dice_mask", "mask Dice", "mask", "in the input anatomy mask"),
+)
+
+
+def _distribution(
+    name: str, label: str, higher_is_better: bool, evaluator: Evaluator, description: str, entry: str = ""
+) -> MetricSpec:
+    return MetricSpec(
+        name,
+        "distribution",
+        label,
+        higher_is_better,
+        "distribution",
+        "distribution",
+        description,
+        entry=entry or name,
+        evaluator=evaluator,
+    )
+
+
+_NAEEM = "(Naeem et al. 2020)"
+_PRDC = (
+    ("precision", "Fraction of generated samples inside the k-NN ball of some real sample"),
+    ("recall", "Fraction of real samples inside the k-NN ball of some generated sample"),
+    (
+        "density",
+        (
+            "Mean count of real k-NN balls holding each generated sample, over k; about 1 for matching "
+            "distributions, above 1 when samples crowd dense real regions"
+        ),
+    ),
+    ("coverage", "Fraction of real samples whose k-NN ball holds some generated sample"),
+)
+
+_DISTRIBUTION = (
+    _distribution(
+        "fid",
+        "FID",
+        False,
+        "features",
+        "Fréchet distance between Gaussians fitted to Inception-v3 pool features of the real references and "
+        "the generated samples (Heusel et al. 2017); biased upwards when N <= feature dimension.",
+    ),
+    _distribution(
+        "fxd",
+        "FXD",
+        False,
+        "classifier",
+        "Fréchet distance on the X-ray classifier's pooled features: an X-ray-specific FID.",
+    ),
+    _distribution(
+        "kid",
+        "KID",
+        False,
+        "features",
+        "Kernel Inception Distance (Bińkowski et al. 2018): unbiased polynomial-kernel MMD², mean over "
+        "random subsets of size min(kid_subset_size, N).",
+    ),
+    *(_distribution(n, n, True, "classifier", f"{d} {_NAEEM}.", entry="prdc") for n, d in _PRDC),
+    # CheXGenBench's fidelity metrics on RadDino CLS embeddings.
+    _distribution(
+        "fd_raddino",
+        "FD RadDino",
+        False,
+        "raddino",
+        "Fréchet distance on RadDino CLS embeddings (microsoft/rad-dino, its own processor at 518 px): the "
+        "fidelity ranking of CheXGenBench.",
+    ),
+    _distribution(
+        "kid_raddino",
+        "KID RadDino",
+        False,
+        "raddino",
+        "Kernel distance (unbiased polynomial-kernel MMD², as kid) on RadDino CLS embeddings.",
+    ),
+    *(
+        _distribution(
+            f"{n}_raddino",
+            f"{n} RadDino",
+            True,
+            "raddino",
+            f"{n.capitalize()} (as {n}) on RadDino CLS embeddings.",
+            entry="prdc_raddino",
+        )
+        for n, _ in _PRDC
+    ),
+)
+
+_PER_SIDE = " Per side as <metric>:left / <metric>:right; the bare name pools both sides' pairs."
+
+
+def _norberg(name: str, label: str, higher_is_better: bool | None, unit: str, description: str) -> MetricSpec:
+    # Labels carry "Norberg" because the results and comparison tables hold other metrics too: a bare
+    # "MAE" or "bias" there would read as a pixel metric.
+    return MetricSpec(
+        name, "norberg", label, higher_is_better, "distribution", "norberg", description + _PER_SIDE, unit
+    )
+
+
+_NORBERG = (
+    _norberg(
+        "norberg_r",
+        "Norberg r",
+        True,
+        "",
+        "Pearson correlation of generated against real Norberg angles of the same cases; NaN with fewer "
+        "than 3 pairs or a constant angle set.",
+    ),
+    _norberg(
+        "norberg_r2",
+        "Norberg R²",
+        True,
+        "",
+        "R² as the canine-hip paper reports it: the square of Pearson r (the coefficient of determination "
+        "of a least-squares line fitted to generated vs real angles), not agreement with the identity line; "
+        "a biased or rescaled generator can score 1.",
+    ),
+    _norberg(
+        "norberg_mae",
+        "Norberg MAE",
+        False,
+        "degrees",
+        "Mean absolute difference |generated − real| of the Norberg angles.",
+    ),
+    _norberg(
+        "norberg_ba_bias",
+        "Norberg BA bias",
+        None,
+        "degrees",
+        "Bland–Altman bias: mean of generated − real Norberg angle; ideal 0.",
+    ),
+    _norberg(
+        "norberg_ba_loa_low",
+        "Norberg BA LoA low",
+        None,
+        "degrees",
+        "Bland–Altman lower 95% limit of agreement: bias − 1.96 SD of generated − real (ddof=1).",
+    ),
+    _norberg(
+        "norberg_ba_loa_high",
+        "Norberg BA LoA high",
+        None,
+        "degrees",
+        "Bland–Altman upper 95% limit of agreement: bias + 1.96 SD of generated − real (ddof=1).",
+    ),
+    _norberg(
+        "norberg_icc",
+        "Norberg ICC(2,1)",
+        True,
+        "",
+        "ICC(2,1), two-way random effects, absolute agreement, single rater (Shrout & Fleiss 1979), real "
+        "and generated as the two raters: penalises bias as well as scatter.",
+    ),
+    _norberg(
+        "norberg_kappa",
+        f"Norberg κ ({NORMAL_THRESHOLD_DEG:g}°)",
+        True,
+        "",
+        f"Cohen's κ between the normal (angle >= {NORMAL_THRESHOLD_DEG:g}°, ties normal) / dysplastic calls "
+        "on real and generated angles; NaN when both sets hold a single, identical class.",
+    ),
+)
+
+CATALOGUE: tuple[MetricSpec, ...] = (*_PIXEL, *_CLINICAL, *_DISTRIBUTION, *_NORBERG)
+METRICS: dict[str, MetricSpec] = {m.name: m for m in CATALOGUE}
+_RANK = {m.name: i for i, m in enumerate(CATALOGUE)}
+
+
+def spec(name: str) -> MetricSpec:
+    """The spec of ``name``; a per-class or per-side name (``pathology_auc:Nodule``,
+    ``norberg_r:left``) gets its metric's. Raises KeyError naming the known metrics."""
+    base = name.split(":", 1)[0]
+    if base not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; known are {', '.join(METRICS)}")
+    return METRICS[base]
+
+
+def names(
+    family: Family | None = None, table: str | None = None, evaluator: Evaluator | None = None
+) -> tuple[str, ...]:
+    """The metric names matching every given filter, in report order."""
+    return tuple(
+        m.name
+        for m in CATALOGUE
+        if (family is None or m.family == family)
+        and (table is None or m.table == table)
+        and (evaluator is None or m.evaluator == evaluator)
+    )
+
+
+def entries(family: Family) -> tuple[str, ...]:
+    """The config list items of a family (``[metrics].pixel``, ``.clinical``, ``.distribution``), in
+    report order of their first metric."""
+    return tuple(dict.fromkeys(m.entry for m in CATALOGUE if m.family == family and m.entry))
+
+
+def order_key(name: str) -> tuple[int, str]:
+    """Sort key putting built-in metrics in report order (a per-class name right after its metric) and
+    anything else after them, alphabetically."""
+    base, _, rest = name.partition(":")
+    return (_RANK.get(base, len(_RANK)), name if base not in _RANK else rest)
