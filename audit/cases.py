@@ -70,11 +70,11 @@ class Case:
 
     def path(self, column: str) -> Path | None:
         value = self.fields.get(column)
-        return Path(value) if _present(value) else None
+        return Path(value) if is_present(value) else None
 
     def labels(self) -> tuple[str, ...]:
         value = self.fields.get("labels")
-        return parse_labels(value) if _present(value) else ()
+        return parse_labels(value) if is_present(value) else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,8 @@ class Manifest:
         return list(self)
 
 
-def _present(value: Any) -> bool:
+def is_present(value: Any) -> bool:
+    """False for a missing manifest cell: None, NaN or blank text."""
     if value is None:
         return False
     if isinstance(value, float) and math.isnan(value):
@@ -183,7 +184,7 @@ def validate(
             if column not in frame.columns:
                 continue
             value = frame[column].iloc[i]
-            if not _present(value):
+            if not is_present(value):
                 if column == "image":
                     problem(i, column, None, "empty image path")
                 continue
@@ -229,7 +230,7 @@ def is_phantom(frame: pd.DataFrame | None) -> bool:
 
 
 def _case_id(value: Any) -> str | None:
-    if not _present(value):
+    if not is_present(value):
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -237,14 +238,14 @@ def _case_id(value: Any) -> str | None:
 
 
 def _resolve(value: Any, base: Path) -> str | None:
-    if not _present(value):
+    if not is_present(value):
         return None
     p = Path(str(value).strip()).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
 def _label_problem(value: Any) -> str | None:
-    if not _present(value):
+    if not is_present(value):
         return "empty labels; write 'No Finding' for a case without pathology"
     if not isinstance(value, str):
         return f"labels must be text (names joined by '{LABEL_SEPARATOR}'), got {type(value).__name__}"

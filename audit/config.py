@@ -6,7 +6,6 @@ produce a plausible but wrong audit.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import tomllib
@@ -18,6 +17,8 @@ from typing import Any, Literal
 
 # Defined below this module (the model adapters subclass ModelSpec) and importable from here as before.
 from audit.config_base import ConfigError, ModelSpec, StudySection
+from audit.evaluators import registry as evaluator_registry
+from audit.hashing import plain, stable_hash
 from audit.metrics import catalogue
 
 PIXEL_METRICS = catalogue.entries("pixel")
@@ -91,9 +92,10 @@ class EvaluatorsSection:
     and ``prdc_raddino`` always use ``microsoft/rad-dino`` at the commit this release pins.
     """
 
-    classifier: Literal["xrv", "demo", "auto", "user"] = "xrv"
+    # Each role's choices are those of audit.evaluators.registry.EVALUATORS (checked on load).
+    classifier: str = "xrv"  # "xrv" | "demo" | "auto" | "user"
     classifier_weights: str = "densenet121-res224-all"
-    segmenter: Literal["xrv", "demo", "auto"] = "xrv"
+    segmenter: str = "xrv"  # "xrv" | "demo" | "auto"
     features: str = "inception"  # "inception" | "demo" | "auto" | "hf:ORG/NAME@REVISION"
     hf_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
     device: str = "auto"
@@ -131,14 +133,14 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = {
-            "study": _plain(dataclasses.asdict(self.study)),
-            "models": [_plain(dataclasses.asdict(m)) for m in self.models],
-            "metrics": _plain(dataclasses.asdict(self.metrics)),
-            "evaluators": _plain(dataclasses.asdict(self.evaluators)),
+            "study": plain(dataclasses.asdict(self.study)),
+            "models": [plain(dataclasses.asdict(m)) for m in self.models],
+            "metrics": plain(dataclasses.asdict(self.metrics)),
+            "evaluators": plain(dataclasses.asdict(self.evaluators)),
         }
         # Only when set, so the hash of every config without the table stays what it was.
         if self.norberg is not None:
-            d["norberg"] = _plain(dataclasses.asdict(self.norberg))
+            d["norberg"] = plain(dataclasses.asdict(self.norberg))
         return d
 
     def hash(self) -> str:
@@ -149,22 +151,6 @@ class StudyConfig:
             if m.name == name:
                 return m
         raise KeyError(name)
-
-
-def stable_hash(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj``; used to key resumable work and caches."""
-    blob = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def parse_section(cls: type, table: Any, where: str, base_dir: Path | None = None) -> Any:
@@ -334,13 +320,18 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
 
 
 def _entry_hint(bad: list[str]) -> str:
-    """Say which entry turns on a metric listed by its own name (``precision`` comes with ``prdc``)."""
+    """Say which entry turns on a metric listed by its own name (``precision`` comes with ``prdc``) or by
+    a near miss of it (``dice_lung``: ``dice``)."""
     hints = {}
     for name in bad:
-        m = catalogue.METRICS.get(name)
+        m = catalogue.METRICS.get(name) or next(
+            (o for o in catalogue.CATALOGUE if o.entry and name.startswith(f"{o.entry}_")), None
+        )
         if m is not None and m.entry and m.family in ("clinical", "distribution"):
             together = [o.name for o in catalogue.CATALOGUE if (o.family, o.entry) == (m.family, m.entry)]
             hints[m.entry] = f'list "{m.entry}" in [metrics].{m.family}: it gives {", ".join(together)}'
+    if "dice" in hints:
+        hints["dice"] += " (dice_mask_* where cases have an anatomy_mask)"
     return f" ({'; '.join(hints.values())})" if hints else ""
 
 
@@ -393,12 +384,16 @@ def _check_evaluators(evaluators: EvaluatorsSection, where: str) -> None:
             f'{where}: [evaluators].device must be "auto", "cpu", "cuda" or "cuda:N", '
             f"got {evaluators.device!r}"
         )
-    if evaluators.features not in ("inception", "demo", "auto") and not HF_FEATURES_RE.fullmatch(
-        evaluators.features
-    ):
+    for role in ("classifier", "segmenter", "features"):
+        choice = getattr(evaluators, role)
+        offered = evaluator_registry.choices(role)
+        if choice in offered or (role == "features" and HF_FEATURES_RE.fullmatch(choice)):
+            continue
+        hub = ' or "hf:ORG/NAME@REVISION" with the full 40-hex commit (a branch name moves)' * (
+            role == "features"
+        )
         raise ConfigError(
-            f'{where}: [evaluators].features must be "inception", "demo", "auto" or "hf:ORG/NAME@REVISION" '
-            f"with the full 40-hex commit (a branch name moves), got {evaluators.features!r}"
+            f"{where}: [evaluators].{role} must be one of {', '.join(map(repr, offered))}{hub}, got {choice!r}"
         )
     if evaluators.hf_sha256 and not evaluators.features.startswith("hf:"):
         raise ConfigError(

@@ -31,15 +31,18 @@ from audit import images
 from audit.cases import Case
 from audit.config import StudyConfig
 from audit.evaluators.plan import Backend, EvaluatorPlan, Role, Unavailable
+from audit.evaluators.registry import kind_of
 from audit.evaluators.suite import (
     ENTRY_ROLE,
+    classifier_of,
     load_backend,
-    load_user_backend,
+    load_options,
     mask_frame,
     mask_to_frame,
     resolve_evaluators,
 )
 from audit.feature_cache import EvaluatorKey, FeatureCache, compute_with_cache, default_cache_root
+from audit.metrics import catalogue
 from audit.metrics.functional import clinical as fc
 from audit.metrics.functional import distribution as fd
 from audit.metrics.functional import distribution_bootstrap as fb
@@ -48,7 +51,6 @@ log = logging.getLogger(__name__)
 
 ALL_CASES = ""  # the ``group`` of summary rows over every case
 MISSING_GROUP = "(missing)"
-PRDC_METRICS = ("precision", "recall", "density", "coverage")
 # What the distribution stage reads of each role's cached outputs (not the masks).
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "classifier": ("probs", "features"),
@@ -73,14 +75,9 @@ class EvaluationError(RuntimeError):
 
 
 def entry_metrics(entry: str) -> tuple[str, ...]:
-    """The metric names a config entry produces (before per-class names)."""
-    if entry in ("prdc", "prdc_raddino"):
-        return tuple(m + FEATURE_ENTRIES[entry][1] for m in PRDC_METRICS)
-    if entry == "dice":
-        return tuple(f"dice_{s}" for s in (*fc.ANATOMY_STRUCTURES, "mean")) + tuple(
-            f"dice_mask_{s}" for s in (*fc.ANATOMY_STRUCTURES, "mean")
-        )
-    return (entry,)
+    """The metric names a ``[metrics].clinical``/``.distribution`` entry produces (before per-class
+    names), in catalogue order."""
+    return tuple(m.name for m in catalogue.CATALOGUE if m.entry == entry and m.family != "pixel")
 
 
 @dataclasses.dataclass
@@ -120,12 +117,13 @@ class Evaluation:
                         unavailable[entry] = resolved.reason
             else:
                 plans[role] = resolved
-        if "classifier" in plans and plans["classifier"].source == "user":
+        if "classifier" in plans and not classifier_of(plans["classifier"]).gives_features:
             for entry in ("fxd", "prdc"):
                 if entry in m.distribution:
                     unavailable[entry] = (
-                        "the user classifier gives probabilities but no pooled features, which fxd and "
-                        "precision/recall/density/coverage need; fid and kid (Inception features) still apply"
+                        f"the {kind_of(plans['classifier']).name} classifier gives probabilities but no "
+                        "pooled features, which fxd and precision/recall/density/coverage need; fid and kid "
+                        "(Inception features) still apply"
                     )
         missing_groups = [c for c in m.group_by if c not in manifest_columns]
         if missing_groups:
@@ -223,10 +221,7 @@ class Evaluation:
                     self._backends[role] = backend  # one network, two roles (demo segmenter + features)
                     return backend
             log.debug("loading evaluator %s", self.plans[role].name)
-            if self.plans[role].source == "user":
-                self._backends[role] = load_user_backend(self.plans[role], ev)
-            else:
-                self._backends[role] = load_backend(self.plans[role], ev.device, ev.dtype, ev.batch_size)
+            self._backends[role] = load_backend(self.plans[role], load_options(ev))
         return self._backends[role]
 
     def chunk_outputs(
@@ -272,18 +267,9 @@ class Evaluation:
         return {role: plan.describe() for role, plan in self.plans.items()}
 
 
-def plan_classes(plan: EvaluatorPlan, config: StudyConfig | None = None) -> tuple[str, ...]:
+def plan_classes(plan: EvaluatorPlan, config: StudyConfig) -> tuple[str, ...]:
     """The classifier's scored classes, known without loading the network."""
-    if plan.source == "user":
-        assert config is not None and config.evaluators.user_classifier is not None
-        return tuple(config.evaluators.user_classifier.labels)
-    if plan.source == "demo":
-        from audit.demo.spec import NODULE_CLASSES
-
-        return NODULE_CLASSES
-    import torchxrayvision as xrv
-
-    return tuple(c for c in xrv.models.model_urls[str(plan.weights)]["labels"] if c)
+    return classifier_of(plan).known_classes(plan, load_options(config.evaluators))
 
 
 # --------------------------------------------------------------------------------------------- per sample
@@ -473,12 +459,7 @@ def _thresholds(
         probs = np.stack([o["probs"] for o in real_outputs("classifier")])
         targets = np.stack([evaluation.targets[c] for c in real.case_ids])
         return fc.fit_f1_thresholds(probs, targets, classes), fc.REAL_F1_THRESHOLD_POLICY
-    policy = {
-        "xrv": fc.FIXED_THRESHOLD_POLICY,
-        "demo": "fixed 0.5 on the sigmoid (the demo classifier has no calibrated operating points)",
-        "user": "fixed 0.5 on the user classifier's probabilities (no calibrated operating points)",
-    }[plan.source]
-    return {c: fc.DEFAULT_THRESHOLD for c in classes}, policy
+    return {c: fc.DEFAULT_THRESHOLD for c in classes}, classifier_of(plan).threshold_policy
 
 
 def _pathology(

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from audit.atomic import TMP_PREFIX, atomic_path, write_text
-from audit.config import stable_hash
+from audit.hashing import stable_hash
 from audit.paths import home_dir
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """`xray-audit run`: cases → samples → paired metrics → run directory.
 
 Work is split into chunks of cases. For every (model, chunk) the run writes a samples shard and
-a metrics shard atomically under ``parts/`` (see audit.plan), keyed by a hash of everything that
+a metrics shard atomically under ``parts/`` (see audit.run_plan), keyed by a hash of everything that
 determines their content. A rerun skips every shard that exists, so killing the process at any point
 and rerunning gives the same files as one clean run, and adding a model computes only that model.
 
@@ -30,11 +30,12 @@ import pyarrow.parquet as pq
 from audit import __version__, rundir
 from audit.atomic import atomic_path, sha256_file, write_text
 from audit.cases import Case, Manifest, load_manifest
-from audit.config import StudyConfig, dump_toml, stable_hash
+from audit.config import StudyConfig, dump_toml
 from audit.evaluation import entry_metrics
+from audit.hashing import stable_hash
 from audit.models.base import ModelAdapter
-from audit.plan import Plan, RunError, RunOptions, write_parquet
 from audit.registry import build_adapter
+from audit.run_plan import Plan, RunError, RunOptions, write_parquet
 from audit.samples import References, ensure_references, ensure_samples, preflight
 from audit.scoring import ensure_metrics, prepare_evaluation, warn_if_slow_on_cpu
 from audit.shards import (

@@ -25,7 +25,7 @@ from audit.models.base import (
     derive_seed,
     safe_name,
 )
-from audit.plan import SAMPLE_SHARD_SCHEMA, Plan, RunError, write_parquet
+from audit.run_plan import SAMPLE_SHARD_SCHEMA, Plan, RunError, write_parquet
 from audit.shards import Journal
 
 

@@ -20,7 +20,7 @@ from audit.evaluation import Evaluation, EvaluationError, entry_metrics
 from audit.evaluators import speed
 from audit.feature_cache import FeatureCache
 from audit.models.base import ModelAdapter
-from audit.plan import FAILURE_SCHEMA, METRIC_SHARD_SCHEMA, Plan, RunError, RunOptions, write_parquet
+from audit.run_plan import FAILURE_SCHEMA, METRIC_SHARD_SCHEMA, Plan, RunError, RunOptions, write_parquet
 from audit.samples import References
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from audit.atomic import TMP_PREFIX, atomic_path, sha256_file, write_text
 from audit.cases import PATH_COLUMNS, Case, Manifest
 from audit.config import StudyConfig, load_config
 from audit.models.base import ModelAdapter, SampleRequest, safe_name
-from audit.plan import Plan, RunError
+from audit.run_plan import Plan, RunError
 
 # Parts copied between run directories (journals of unfinished chunks and shard records are not).
 _PART_STAGES = ("samples", "metrics", "references")

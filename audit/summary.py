@@ -18,7 +18,7 @@ from audit.cases import Manifest
 from audit.config import StudyConfig
 from audit.evaluation import ALL_CASES, Evaluation, entry_metrics
 from audit.models.base import ModelAdapter, derive_seed
-from audit.plan import METRIC_SHARD_SCHEMA, SAMPLE_SHARD_SCHEMA, Plan, RunOptions
+from audit.run_plan import METRIC_SHARD_SCHEMA, SAMPLE_SHARD_SCHEMA, Plan, RunOptions
 from audit.stats import bootstrap_mean_ci
 
 

@@ -108,7 +108,7 @@ def _setup(work: Path) -> dict[str, Any]:
     from audit.demo.cohort import build_cohort
     from audit.demo.study import DEMO_DEGRADATIONS
     from audit.models.base import safe_name
-    from audit.plan import RunOptions
+    from audit.run_plan import RunOptions
     from audit.runner import run_study
 
     manifest = build_cohort(progress=False).resolve()
@@ -245,7 +245,7 @@ def _evaluator_child(name: str, n_images: int, setup: dict[str, Any]) -> dict[st
 def _build_evaluator(name: str):  # -> Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]]
     if name.startswith("demo-"):
         from audit.config import EvaluatorsSection, MetricsSection
-        from audit.evaluators.plan import Unavailable
+        from audit.evaluators.plan import LoadOptions, Unavailable
         from audit.evaluators.suite import load_backend, resolve_evaluators
 
         # The demo "features" role is the segmenter's plan (one pass, one cache entry for both).
@@ -257,7 +257,7 @@ def _build_evaluator(name: str):  # -> Callable[[list[np.ndarray]], list[dict[st
         plan = plans[role]
         if isinstance(plan, Unavailable):
             raise RuntimeError(f"demo {role}: {plan.reason}")
-        return load_backend(plan, "cpu", "fp32", BATCH_SIZE).compute
+        return load_backend(plan, LoadOptions("cpu", "fp32", BATCH_SIZE)).compute
     if name == "xrv-densenet121":
         import torchxrayvision as xrv
 
@@ -423,7 +423,7 @@ def _suite_child(mode: str, config: str) -> dict[str, Any]:
 
     import audit.evaluation
     from audit.config import load_config
-    from audit.plan import RunOptions
+    from audit.run_plan import RunOptions
     from audit.runner import run_study
 
     imports = time.perf_counter() - start

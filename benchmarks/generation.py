@@ -104,7 +104,7 @@ def _model_toml(kind: str, setup: dict[str, Any], args: dict[str, Any]) -> list[
 
 def _suite_child(kind: str, setup: dict[str, Any], args: dict[str, Any], work: Path) -> dict[str, Any]:
     from audit.config import load_config
-    from audit.plan import RunOptions
+    from audit.run_plan import RunOptions
     from audit.runner import run_study
 
     toml = work / f"{kind}.toml"

@@ -211,8 +211,8 @@ def build_run(root: Path, n_models: int, n_cases: int, seed: int = 0) -> Path:
 def _fake_model(table: dict[str, Any], quality: float) -> FakeModel:
     """The model of a ``[[models]]`` table: samples are its cases' references plus noise that
     shrinks with ``quality``; generators record how they generated."""
-    from audit.config import stable_hash
     from audit.fake_run import FakeModel
+    from audit.hashing import stable_hash
 
     kind = table["kind"]
     generation = {}
@@ -271,8 +271,8 @@ def _set_level_rows(tables, quality, n_cases, names, rng) -> list[dict[str, Any]
 
 def _run_info(root, config, tables, case_ids, names, versions) -> dict[str, Any]:
     """run.json's keys as the runner writes them (besides the counts the fake run fills in)."""
-    from audit.config import stable_hash
     from audit.fake_run import RUN_DIR
+    from audit.hashing import stable_hash
 
     n_cases = len(case_ids)
 
@@ -395,12 +395,17 @@ def _child(run_dir: str, out: str, study: str) -> dict[str, Any]:
     import audit.cli
     import reports.comparison
     import reports.html
+    import reports.run
     import reports.statistics
 
+    # The CLI imports these inside its handler (audit.cli.report), so it calls the wrapped functions;
+    # html and comparison bind load_run (used when given a path) and run_paired_tests call its own.
     clock = _StageClock()
+    clock.wrap(reports.run, "load_run", "load")
     clock.wrap(reports.html, "load_run", "load")
     clock.wrap(reports.comparison, "load_run", "load")
     clock.wrap(reports.comparison, "write_exports", "tables")
+    clock.wrap(reports.statistics, "run_paired_tests", "paired_tests")
     clock.wrap(reports.statistics, "paired_tests", "paired_tests")
     clock.wrap(reports.html, "write_html_report", "html")
     if study != "-":
@@ -408,6 +413,7 @@ def _child(run_dir: str, out: str, study: str) -> dict[str, Any]:
         import reports.reader_stats
 
         clock.wrap(reader_study.admin, "export_frame", "reader_stats")
+        clock.wrap(reports.reader_stats, "run_reader_statistics", "reader_stats")
         clock.wrap(reports.reader_stats, "reader_statistics", "reader_stats")
     wall, cpu = time.perf_counter(), time.process_time()
     rc = audit.cli.main(["-q", *_cli_args(run_dir, out, study)])

@@ -100,14 +100,13 @@ def _tables(study_dir: str | Path) -> _Tables:
     root, _, store = open_store(study_dir)
     try:
         key_path = root / studydir.KEY
-        if not key_path.is_file():
-            raise study.StudyError(f"{key_path} is missing: without the key the ratings cannot be unblinded")
+        key = study.read_key(root, "the ratings cannot be unblinded")
 
         def frame(table: Any) -> pd.DataFrame:
             return pd.DataFrame(store.table(table), columns=[c.name for c in table.columns])
 
         return _Tables(
-            pd.read_parquet(key_path),
+            key,
             key_path,
             frame(readers),
             frame(ratings),
@@ -219,11 +218,7 @@ def landmarks_frame(study_dir: str | Path) -> pd.DataFrame:
                 f"{root}: this study asks for no landmarks (it was created without --landmarks)"
             )
         key_path = root / studydir.KEY
-        if not key_path.is_file():
-            raise study.StudyError(
-                f"{key_path} is missing: without the key the landmarks cannot be unblinded"
-            )
-        key = pd.read_parquet(key_path)
+        key = study.read_key(root, "the landmarks cannot be unblinded")
         rs = pd.DataFrame(store.table(readers))
         pts = pd.DataFrame(store.table(landmarks), columns=[c.name for c in landmarks.columns])
     finally:

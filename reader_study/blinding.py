@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from audit.atomic import write_text
 from reader_study import placement, rendering, study
-from reader_study.studydir import BLINDING_FILE, KEY
+from reader_study.studydir import BLINDING_FILE
 
 REAL = "real"
 
@@ -177,18 +177,17 @@ def save(study_dir: Path, measured: Mapping[str, Any]) -> Path:
 def require(study_dir: str | Path, info: study.StudyInfo, progress: bool = True) -> dict[str, Any]:
     """Measure the study's images again; a BlindingError unless every byte-size AUC is exactly 1/2
     (also for a study without ``blinding.json``: made by an earlier xray-audit, whose compressed
-    images give their source away)."""
+    images give their source away); a StudyError (:func:`reader_study.study.read_key`) without the key."""
     root = Path(study_dir)
-    key_path = root / KEY
     if not (root / BLINDING_FILE).is_file():
         raise BlindingError(
             f"{root} has no {BLINDING_FILE}: it was created by an earlier xray-audit, whose images' byte "
             "sizes tell real from generated. Export what it holds (`xray-audit reader-study export`) and "
             "create the study again"
         )
-    if not key_path.is_file():
-        raise BlindingError(f"{key_path} is missing: the study's blinding cannot be checked without it")
-    measured = measure(root, info, pd.read_parquet(key_path), progress=progress)
+    measured = measure(
+        root, info, study.read_key(root, "the study's blinding cannot be checked"), progress=progress
+    )
     bad = failures(measured)
     if bad:
         raise BlindingError(

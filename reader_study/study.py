@@ -1,7 +1,7 @@
 """``study.json``, the study's description (:class:`StudyInfo`: no model names), which
 ``reader-study create`` writes and the app, ``status`` and ``export`` read, and the paths it implies
-(the database URL, an item's image). The study directory's files are declared in
-:mod:`reader_study.studydir`.
+(the database URL, an item's image), and :func:`read_key`, the one reader of the unblinding key. The
+study directory's files are declared in :mod:`reader_study.studydir`.
 
 Torch-free, like everything under ``reader_study``.
 """
@@ -12,11 +12,14 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit.atomic import write_text
 from reader_study.criteria import Criterion
-from reader_study.studydir import IMAGE_SUFFIX, IMAGES_DIR, STUDY_JSON
+from reader_study.studydir import IMAGE_SUFFIX, IMAGES_DIR, KEY, STUDY_JSON
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STUDY_FORMAT = 1
 ITEM_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -96,3 +99,27 @@ def image_path(study_dir: Path, item_id: str) -> Path:
     if not ITEM_ID.match(item_id):
         raise StudyError(f"invalid item id {item_id!r}")
     return study_dir / IMAGES_DIR / f"{item_id}{IMAGE_SUFFIX}"
+
+
+def read_key(study_dir: str | Path, purpose: str) -> pd.DataFrame:
+    """The study's unblinding key (``key.parquet``), or a StudyError naming the file and the fix.
+
+    ``purpose`` completes "without the key ..." in the error, e.g. "the ratings cannot be unblinded".
+    pandas is imported here, not at module level, so the app (which never reads the key) does not
+    load it through this module.
+    """
+    import pandas as pd
+
+    path = Path(study_dir) / KEY
+    if not path.is_file():
+        raise StudyError(
+            f"{path} is missing: without the key {purpose}. It is written only by "
+            "`xray-audit reader-study create` and cannot be made again for this study's images: restore "
+            f"{KEY} from a backup of the study directory"
+        )
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise StudyError(
+            f"{path}: unreadable unblinding key ({exc}); restore {KEY} from a backup of the study directory"
+        ) from exc

@@ -31,7 +31,7 @@ COLUMNS = (
     ("norberg_ba_loa_low", "BA LoA low °", ""),
     ("norberg_ba_loa_high", "BA LoA high °", ""),
     ("norberg_icc", "ICC(2,1)", "↑"),
-    ("norberg_kappa", "κ at 105°", "↑"),
+    ("norberg_kappa", f"κ at {NORMAL_THRESHOLD_DEG:g}°", "↑"),
 )
 SCOPES = (("", "both sides"), (":left", "left"), (":right", "right"))
 # Plain text: report.html escapes it, the dashboard shows it as Markdown.

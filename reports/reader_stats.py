@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from audit.rundir import PER_SAMPLE_COLUMNS
 from reader_study.criteria import FLAG, TURING
 from reader_study.studydir import EXPORT_COLUMNS
 from reports.functional.agreement import (
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 # The columns of the ratings export (reader_study.studydir) the statistics read.
 REQUIRED_COLUMNS = (*(c for c in EXPORT_COLUMNS if c != "created_at"), "calibration")
-PER_SAMPLE_REQUIRED = ("model", "case_id", "sample", "metric", "value")
 REFERENCE = "real"
 # The reader value of the pooled rows in ``intra`` and ``turing``; reader names are study tokens'
 # owner names, which never hold parentheses in practice.
@@ -115,7 +115,7 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         )
 
 
-def _prepare(ratings: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_reads(ratings: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(score rows of every read, Turing rows of every read): calibration and flag rows dropped.
 
     Score rows get a float ``score`` and string ``reader``/``item``/``model``/``case_id``; rows of a
@@ -447,7 +447,7 @@ def reader_statistics(
     Raises ValueError naming missing columns, scores outside 1-5, or duplicated ratings; and when a
     1-5 criterion has no ``reference`` model rows, since every contrast is against it.
     """
-    scored, turing = _prepare(ratings)
+    scored, turing = split_reads(ratings)
     first = scored[scored["read_number"] == 1]
     if len(first) and reference not in set(first["model"]):
         raise ValueError(
@@ -544,11 +544,11 @@ def validity_points(
     summary value and ``score`` the mean image score over every rated image of that model;
     ``case_id`` is "" and ``sample`` -1.
     """
-    _require(per_sample, PER_SAMPLE_REQUIRED, "metric_validity (per_sample)")
-    scored, _ = _prepare(ratings)
+    _require(per_sample, PER_SAMPLE_COLUMNS, "metric_validity (per_sample)")
+    scored, _ = split_reads(ratings)
     first = scored[scored["read_number"] == 1]
     keys = ["model", "case_id", "sample"]
-    metrics = per_sample[list(PER_SAMPLE_REQUIRED)].copy()
+    metrics = per_sample[list(PER_SAMPLE_COLUMNS)].copy()
     metrics["model"] = metrics["model"].astype(str)
     metrics["case_id"] = metrics["case_id"].astype(str)
     metrics["metric"] = metrics["metric"].astype(str)

@@ -19,7 +19,7 @@ from audit import rundir
 from audit.config import load_config
 from audit.metrics.functional import distribution as fd
 from audit.metrics.functional import distribution_bootstrap as fb
-from audit.plan import RunOptions
+from audit.run_plan import RunOptions
 from audit.runner import run_study
 from audit.stats import case_resample_weights
 from tests.test_evaluation import N_CASES, study

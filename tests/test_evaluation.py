@@ -20,9 +20,9 @@ from sklearn.metrics import f1_score, roc_auc_score
 from audit import images, rundir
 from audit.cases import load_manifest
 from audit.config import ConfigError, EvaluatorsSection, MetricsSection, dump_toml, load_config, parse_config
-from audit.evaluators.plan import Unavailable
+from audit.evaluators.plan import LoadOptions, Unavailable
 from audit.evaluators.suite import load_backend, mask_to_frame, resolve_evaluators
-from audit.plan import RunError, RunOptions
+from audit.run_plan import RunError, RunOptions
 from audit.runner import run_study
 
 N_CASES = 10
@@ -111,7 +111,7 @@ def _outputs(role: str, paths: list[str]) -> list[dict]:
         MetricsSection(clinical=("pathology_auc", "dice"), distribution=("fid",)),
         EvaluatorsSection(classifier="demo", segmenter="demo", features="demo"),
     )[role]
-    backend = load_backend(plan, "cpu", "fp32", batch_size=1)
+    backend = load_backend(plan, LoadOptions("cpu", "fp32", batch_size=1))
     return backend.compute([images.read_image(p).pixels for p in paths])
 
 
@@ -358,7 +358,7 @@ def test_config_keys_for_clinical_metrics(tmp_path):
         ({"metrics": {"distribution": ["precision"]}}, '"prdc"'),
         ({"metrics": {"clinical": ["dice_lungs"]}}, 'list "dice"'),
         ({"evaluators": {"clasifier": "demo"}}, "'clasifier'"),
-        ({"evaluators": {"segmenter": "pspnet"}}, "'xrv', 'demo', 'auto'"),
+        ({"evaluators": {"segmenter": "pspnet"}}, "segmenter must be one of 'xrv', 'auto', 'demo'"),
         ({"evaluators": {"device": "gpu"}}, "cuda:N"),
         ({"metrics": {"group_by": ["case_id"]}}, "case_id"),
     ):
@@ -383,8 +383,8 @@ def test_demo_backends_are_batch_size_independent(small_demo, role):
         MetricsSection(clinical=("pathology_auc", "dice"), distribution=("fid",)),
         EvaluatorsSection(classifier="demo", segmenter="demo", features="demo"),
     )[role]
-    one = load_backend(plan, "cpu", "fp32", batch_size=1).compute(pool)
-    many = load_backend(plan, "cpu", "fp32", batch_size=32).compute(pool)
+    one = load_backend(plan, LoadOptions("cpu", "fp32", batch_size=1)).compute(pool)
+    many = load_backend(plan, LoadOptions("cpu", "fp32", batch_size=32)).compute(pool)
     for a, b in zip(one, many, strict=True):
         for key in a:
             if a[key].dtype == bool:

@@ -52,3 +52,49 @@ def test_mask_frames_come_from_the_segmenters_contracts():
     assert mask_frame(_plan("segmenter", "demo")) == 128
     with pytest.raises(ValueError, match="no fixed input frame"):
         mask_frame(_plan("classifier", "user"))
+
+
+def _config(**evaluators):
+    from audit.config import parse_config
+
+    raw = {
+        "study": {"name": "t", "cases": "c.csv", "output": "o"},
+        "models": [{"name": "real", "kind": "real"}],
+        "evaluators": evaluators,
+    }
+    return parse_config(raw)
+
+
+@pytest.mark.parametrize("role", ["classifier", "segmenter", "features"])
+def test_the_config_offers_exactly_the_tables_choices(role):
+    from audit.config import ConfigError
+    from audit.evaluators.registry import choices
+
+    offered = {c for k in EVALUATORS.values() if k.role == role for c in k.choices if not c.endswith(":")}
+    assert set(choices(role)) == offered
+    for choice in offered - {"user"}:
+        assert getattr(_config(**{role: choice}).evaluators, role) == choice
+    with pytest.raises(ConfigError, match=rf"\[evaluators\]\.{role} must be one of .*got 'nope'") as err:
+        _config(**{role: "nope"})
+    assert all(repr(c) in str(err.value) for c in offered)
+
+
+def test_a_new_table_entry_is_a_valid_config_choice(monkeypatch):
+    import dataclasses
+
+    from audit.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        _config(segmenter="lab-unet")
+    entry = dataclasses.replace(EVALUATORS["xrv-pspnet"], name="lab-unet", choices=("lab-unet",))
+    monkeypatch.setitem(EVALUATORS, "lab-unet", entry)
+    assert _config(segmenter="lab-unet").evaluators.segmenter == "lab-unet"
+
+
+def test_hub_features_need_a_full_commit():
+    from audit.config import ConfigError
+
+    spec = "hf:org/model@" + "a" * 40
+    assert _config(features=spec).evaluators.features == spec
+    with pytest.raises(ConfigError, match="full 40-hex commit"):
+        _config(features="hf:org/model@main")

@@ -17,7 +17,7 @@ import pytest
 from audit import rundir
 from audit.config import ConfigError, load_config
 from audit.images import read_image, write_png
-from audit.plan import RunError, RunOptions
+from audit.run_plan import RunError, RunOptions
 from audit.runner import run_study
 from tests.conftest import make_cohort
 from tests.tiny_pipelines import TINY_PX, save_controlnet, save_sd

@@ -209,7 +209,7 @@ def test_study_with_raddino_and_hf_features(hub, snapshot, tmp_path):
     from prdc import compute_prdc
 
     from audit import images, rundir
-    from audit.plan import RunOptions
+    from audit.run_plan import RunOptions
     from audit.runner import run_study
     from tests.conftest import make_cohort
 

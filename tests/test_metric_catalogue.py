@@ -99,3 +99,17 @@ def test_catalogue_imports_no_torch():
     code = "import sys, audit.metrics.catalogue; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_near_miss_of_an_entry_names_the_entry(tmp_path):
+    from audit.config import ConfigError, parse_config
+
+    raw = {
+        "study": {"name": "t", "cases": "c.csv", "output": "o"},
+        "models": [{"name": "real", "kind": "real"}],
+        "metrics": {"clinical": ["dice_lung"]},
+    }
+    with pytest.raises(
+        ConfigError, match=r"'dice_lung'.*list \"dice\" in \[metrics\]\.clinical.*dice_mask_\*"
+    ):
+        parse_config(raw)

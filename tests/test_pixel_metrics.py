@@ -451,6 +451,9 @@ def test_every_catalogued_pixel_metric_has_a_kernel_and_a_config_name():
     from audit.config import PIXEL_METRICS as CONFIG_PIXEL_METRICS
 
     assert set(PIXEL_KERNELS) == set(catalogue.names(family="pixel")) == set(CONFIG_PIXEL_METRICS)
+    # The torch-free catalogue states the kernel's size limit in ms_ssim's description.
+    assert catalogue.MS_SSIM_MIN_SIZE == fp.MS_SSIM_MIN_SIZE
+    assert f"{fp.MS_SSIM_MIN_SIZE}×{fp.MS_SSIM_MIN_SIZE} px" in catalogue.spec("ms_ssim").description
     assert catalogue.spec("mse").unit_at(255) == "intensity² (range 255)"
     assert catalogue.spec("mae").unit_at(1.0) == "intensity (range 1)"
     assert catalogue.spec("psnr").unit_at(255) == "dB"

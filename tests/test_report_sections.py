@@ -24,7 +24,6 @@ import pytest
 from scipy import stats as sps
 
 from audit import rundir
-from audit.atomic import sha256_file
 from reports.comparison import write_exports
 from reports.html import render_html_report
 from reports.reader_stats import POOLED, metric_validity, reader_statistics, validity_points
@@ -78,18 +77,9 @@ def simulate_ratings(cases: list[str], seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def make_studyable_run(root: Path) -> Path:
-    """make_clinical_run with real checksums, so that a reader study can be created from it."""
-    run = make_clinical_run(root)
-    samples = pd.read_parquet(run / rundir.SAMPLES)
-    samples["sha256"] = [sha256_file(p) for p in samples["path"]]
-    samples.to_parquet(run / rundir.SAMPLES)
-    return run
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_studyable_run(tmp_path_factory.mktemp("sections"))
+    return make_clinical_run(tmp_path_factory.mktemp("sections"))
 
 
 @pytest.fixture(scope="module")
@@ -698,7 +688,7 @@ def test_cli_reader_cis_use_the_runs_confidence_and_resamples(tmp_path: Path) ->
     from audit.cli import main
     from reader_study.admin import export_frame
 
-    run = make_studyable_run(tmp_path)
+    run = make_clinical_run(tmp_path)
     config = (run / rundir.CONFIG_TOML).read_text(encoding="utf-8")
     for old, new in (("seed = 7", "seed = 11"), ("bootstrap_resamples = 1000", "bootstrap_resamples = 300"),
                      ("confidence = 0.95", "confidence = 0.9")):  # fmt: skip

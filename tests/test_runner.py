@@ -16,7 +16,7 @@ from audit import rundir
 from audit.config import load_config
 from audit.images import read_image, write_png
 from audit.models.degrade import degrade
-from audit.plan import RunError, RunOptions
+from audit.run_plan import RunError, RunOptions
 from audit.runner import run_study
 from tests.conftest import RUN_DIR_FILES, make_cohort
 

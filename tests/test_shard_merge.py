@@ -13,7 +13,7 @@ from audit import rundir
 from audit.cli import main
 from audit.config import load_config
 from audit.images import read_image
-from audit.plan import RunError, RunOptions
+from audit.run_plan import RunError, RunOptions
 from audit.runner import merge_runs, run_study
 from tests.test_runner import BLUR1, REAL
 from tests.test_runner import study as _study

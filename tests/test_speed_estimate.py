@@ -173,7 +173,7 @@ def test_slow_run_warns_before_any_work_with_the_cli_device(tmp_path, cohort, mo
 def test_a_shard_counts_only_its_own_chunks(tmp_path, cohort, monkeypatch, caplog):
     import audit.runner
     from audit.config import load_config
-    from audit.plan import RunOptions
+    from audit.run_plan import RunOptions
 
     monkeypatch.setitem(speed.CPU_IMAGES_PER_S, "demo-anatomy-segmenter", 0.001)
     monkeypatch.setattr(audit.runner, "_process", _stop)

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from audit.cases import ManifestError
         from audit.config import ConfigError
-        from audit.plan import RunError
+        from audit.run_plan import RunError
         from audit.weights import WeightsError
         from reader_study.errors import ERRORS as READER_STUDY_ERRORS
 

@@ -95,7 +95,7 @@ def handle_merge(args: argparse.Namespace, progress: bool) -> int:
     import json
 
     from audit.config import ConfigError
-    from audit.plan import RunOptions
+    from audit.run_plan import RunOptions
     from audit.runner import merge_runs
 
     run_dirs, chunk_size = args.run_dirs, args.chunk_size
@@ -162,7 +162,7 @@ def _run(
     device: str | None = None,
 ) -> int:
     from audit.config import ConfigError, load_config
-    from audit.plan import RunOptions
+    from audit.run_plan import RunOptions
     from audit.runner import run_study
 
     config = load_config(config_path)

@@ -2,18 +2,25 @@
 evaluator, each built from ``(plan, LoadOptions)`` (the loaders of :data:`audit.evaluators.registry.EVALUATORS`).
 
 Constructing one imports torch and the network's library and loads its verified weights; importing this
-module imports neither, so resolving evaluators and a fully cached run stay torch-free.
+module imports neither, so resolving evaluators and a fully cached run stay torch-free. What a run needs
+to know of a classifier before (or without) loading it, its classes, whether it gives pooled features and
+its fixed-threshold policy, are class attributes of :class:`ClassifierBackend`
+(:func:`audit.evaluators.suite.classifier_of`).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from audit.evaluators.plan import EvaluatorPlan, LoadOptions
+from audit.metrics.functional.clinical import FIXED_THRESHOLD_POLICY
+
+if TYPE_CHECKING:
+    from audit.config import UserClassifierSection
 
 
 class _Network:
@@ -26,8 +33,31 @@ class _Network:
         self.calibration = ""
 
 
-class XrvClassifierBackend(_Network):
+class ClassifierBackend(_Network, abc.ABC):
+    """A classifier: per-class probabilities (and pooled features where :attr:`gives_features`)."""
+
+    # Whether its outputs hold pooled ``features`` (fxd and precision/recall/density/coverage need them).
+    gives_features: ClassVar[bool] = True
+    # How pathology_f1 thresholds it when they are not fitted on the real images (run.json, report).
+    threshold_policy: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def known_classes(cls, plan: EvaluatorPlan, options: LoadOptions) -> tuple[str, ...]:
+        """The classes it scores, known without loading the network."""
+
+
+class XrvClassifierBackend(ClassifierBackend):
     """torchxrayvision DenseNet-121: probabilities of its named classes and pooled features."""
+
+    threshold_policy = FIXED_THRESHOLD_POLICY
+
+    @classmethod
+    def known_classes(cls, plan: EvaluatorPlan, options: LoadOptions) -> tuple[str, ...]:
+        import torchxrayvision as xrv
+
+        # xrv keeps output slots for classes a dataset lacks, named "": they are not predictions.
+        return tuple(c for c in xrv.models.model_urls[str(plan.weights)]["labels"] if c)
 
     def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
         from audit.evaluators.classifier import PathologyClassifier
@@ -138,13 +168,21 @@ class _DemoNetwork(_Network, abc.ABC):
         return out
 
 
-class DemoClassifierBackend(_DemoNetwork):
+class DemoClassifierBackend(_DemoNetwork, ClassifierBackend):
     """The demo Nodule classifier: sigmoid probabilities and pooled trunk features."""
+
+    threshold_policy = "fixed 0.5 on the sigmoid (the demo classifier has no calibrated operating points)"
 
     def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
         super().__init__(plan, options)
         self.classes = self._demo.NODULE_CLASSES
         self.calibration = "sigmoid"
+
+    @classmethod
+    def known_classes(cls, plan: EvaluatorPlan, options: LoadOptions) -> tuple[str, ...]:
+        from audit.demo.spec import NODULE_CLASSES
+
+        return NODULE_CLASSES
 
     def _load(self, demo: Any) -> Any:
         return demo.load_nodule_classifier(self.device)
@@ -172,16 +210,30 @@ class DemoAnatomyBackend(_DemoNetwork):
         return [{"masks": masks[i], "features": feats[i]} for i in range(len(batch))]
 
 
-class UserBackend(_Network):
+class UserBackend(ClassifierBackend):
     """The user's classifier as ``[evaluators.user_classifier]`` describes it: probabilities only."""
+
+    gives_features = False
+    threshold_policy = "fixed 0.5 on the user classifier's probabilities (no calibrated operating points)"
+
+    @classmethod
+    def known_classes(cls, plan: EvaluatorPlan, options: LoadOptions) -> tuple[str, ...]:
+        return tuple(cls._user(plan, options).labels)
+
+    @staticmethod
+    def _user(plan: EvaluatorPlan, options: LoadOptions) -> UserClassifierSection:
+        if options.user_classifier is None:
+            raise ValueError(
+                f"{plan.name}: a user classifier needs [evaluators.user_classifier] in its LoadOptions "
+                "(audit.evaluators.suite.load_options)"
+            )
+        return options.user_classifier
 
     def __init__(self, plan: EvaluatorPlan, options: LoadOptions):
         from audit.evaluators.base import InputContract
         from audit.evaluators.user import UserEvaluator
 
-        user = options.user_classifier
-        if user is None:
-            raise ValueError(f"{plan.name}: a user classifier is loaded with load_user_backend")
+        user = self._user(plan, options)
         assert plan.weights_path is not None
         super().__init__(plan, options)
         self.classes = tuple(user.labels)

@@ -175,6 +175,16 @@ EVALUATORS: dict[str, EvaluatorKind] = {
 }
 
 
+def choices(role: Role) -> tuple[str, ...]:
+    """The ``[evaluators].<role>`` values the table offers (a prefix such as ``hf:`` left out: the config
+    checks the full form)."""
+    return tuple(
+        dict.fromkeys(
+            c for k in EVALUATORS.values() if k.role == role for c in k.choices if not c.endswith(":")
+        )
+    )
+
+
 def pick(role: Role, choice: str) -> EvaluatorKind:
     """The evaluator that ``[evaluators].<role> = choice`` picks (``auto``: the pretrained one)."""
     for kind in EVALUATORS.values():

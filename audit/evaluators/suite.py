@@ -17,8 +17,10 @@ Which value picks which network, and how it is named and keyed, is the table
 :data:`audit.evaluators.registry.EVALUATORS`; this module holds how each source is resolved
 (:data:`PLANNERS`).
 
-:func:`load_backend` builds the network for a plan (torch, torchxrayvision) the first time an image
-actually has to be evaluated; a rerun whose outputs are all in the feature cache never loads one.
+:func:`load_backend` builds the network for a plan (torch, torchxrayvision) with the
+:func:`load_options` of the study, the first time an image actually has to be evaluated; a rerun whose
+outputs are all in the feature cache never loads one. :func:`classifier_of` says what is known of a
+classifier plan without loading it (classes, pooled features, threshold policy).
 Every backend maps canonical images (float ``(H, W)`` in ``[0, 1]``) to one output dict per image:
 
 * classifier: ``probs`` float32 (C,) in :attr:`Backend.classes` order, ``features`` float32 (D,)
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.config import EvaluatorsSection, MetricsSection
+from audit.evaluators.backends import ClassifierBackend
 from audit.evaluators.plan import (
     OUTPUT_VERSION,
     PIPELINE_VERSION,
@@ -48,20 +51,10 @@ from audit.evaluators.plan import (
 )
 from audit.evaluators.registry import AUTO, DEMO, EvaluatorKind, hub_kind, kind_of, pick
 from audit.feature_cache import EvaluatorKey
+from audit.metrics import catalogue
 
 # Config entry of [metrics].clinical / .distribution -> the role whose outputs it needs.
-ENTRY_ROLE: dict[str, Role] = {
-    "pathology_auc": "classifier",
-    "pathology_f1": "classifier",
-    "fxd": "classifier",
-    "prdc": "classifier",
-    "dice": "segmenter",
-    "fid": "features",
-    "kid": "features",
-    "fd_raddino": "raddino",
-    "kid_raddino": "raddino",
-    "prdc_raddino": "raddino",
-}
+ENTRY_ROLE: dict[str, Role] = {m.entry: m.evaluator for m in catalogue.CATALOGUE if m.evaluator}
 
 DEMO_PIN_NOTE = (
     "demo stand-in trained on synthetic DRRs of the demo cohort; not comparable to published values"
@@ -263,17 +256,25 @@ PLANNERS: dict[Source, Planner] = {
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_backend(plan: EvaluatorPlan, device: str, dtype: str, batch_size: int) -> Backend:
-    """Build the network of ``plan`` on ``device`` (``auto`` resolved here, once)."""
-    return kind_of(plan).loader(plan, LoadOptions(device, dtype, batch_size))
+def load_options(evaluators: EvaluatorsSection) -> LoadOptions:
+    """How the study's ``[evaluators]`` asks networks to be built (device, dtype, batch size, and the
+    user classifier's description, which only the user evaluator reads)."""
+    return LoadOptions(evaluators.device, evaluators.dtype, evaluators.batch_size, evaluators.user_classifier)
 
 
-def load_user_backend(plan: EvaluatorPlan, evaluators: EvaluatorsSection) -> Backend:
-    """The user's classifier of ``plan`` as described by ``[evaluators.user_classifier]``."""
-    options = LoadOptions(
-        evaluators.device, evaluators.dtype, evaluators.batch_size, evaluators.user_classifier
-    )
+def load_backend(plan: EvaluatorPlan, options: LoadOptions) -> Backend:
+    """Build the network of ``plan`` with ``options`` (device ``auto`` resolved here, once), by the
+    loader of its :data:`~audit.evaluators.registry.EVALUATORS` entry."""
     return kind_of(plan).loader(plan, options)
+
+
+def classifier_of(plan: EvaluatorPlan) -> type[ClassifierBackend]:
+    """The backend class of a classifier plan (its table entry's loader): what is known of the
+    classifier without loading it."""
+    loader = kind_of(plan).loader
+    if not (isinstance(loader, type) and issubclass(loader, ClassifierBackend)):
+        raise TypeError(f"{plan.name}: the {plan.role} evaluator is not a classifier")
+    return loader
 
 
 def mask_frame(plan: EvaluatorPlan) -> int:

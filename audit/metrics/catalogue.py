@@ -37,7 +37,7 @@ Family = Literal["pixel", "clinical", "distribution", "norberg"]
 # "per_sample_mean": one value per image, reported as the mean over images (NaN values dropped, with
 # the reduced n shown); "distribution": a value over a set of cases only (CI by bootstrapping cases).
 Aggregation = Literal["per_sample_mean", "distribution"]
-# The evaluator whose outputs a metric needs ("" for none): its role in audit.evaluators.suite.
+# The evaluator whose outputs a metric needs ("" for none): its role (audit.evaluators.plan.Role).
 Evaluator = Literal["", "classifier", "segmenter", "features", "raddino"]
 
 
@@ -92,6 +92,9 @@ def _pixel(name: str, label: str, higher_is_better: bool, description: str, unit
     )
 
 
+# The 11 px window at the coarsest of 5 scales (audit.metrics.functional.pixel.MS_SSIM_MIN_SIZE, which
+# imports torch; a test keeps the two equal).
+MS_SSIM_MIN_SIZE = 176
 _OVERLAP = "foreground masks (pixel > overlap_threshold) of generated (G) and reference (R) image"
 _PIXEL = (
     _pixel(
@@ -99,8 +102,7 @@ _PIXEL = (
         "MS-SSIM",
         True,
         "Multi-scale SSIM (Wang et al. 2003): 5 scales, standard betas, same window as ssim, "
-        "relu-normalised (torchmetrics); needs image sides of at least the window times 2⁴ "
-        "(audit.metrics.functional.pixel.MS_SSIM_MIN_SIZE).",
+        f"relu-normalised (torchmetrics); needs images of at least {MS_SSIM_MIN_SIZE}×{MS_SSIM_MIN_SIZE} px.",
     ),
     _pixel(
         "ssim",

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from audit import images
-from audit.cases import PATH_COLUMNS, Case, _present
+from audit.cases import PATH_COLUMNS, Case, is_present
 from audit.config_base import ConfigError, ModelSpec, StudySection
 from audit.images import XrayImage
 from audit.models.base import ModelAdapter, ModelLoadError, SampleFailure, SampleRequest
@@ -346,7 +346,7 @@ class DiffusersAdapter(ModelAdapter):
     def case_problems(self, case: Case) -> list[str]:
         reasons = []
         for field in prompt_fields(self.spec.prompt):
-            if field != "labels" and not _present(case.fields.get(field)):
+            if field != "labels" and not is_present(case.fields.get(field)):
                 reasons.append(
                     f"column {field!r} (used by the prompt template {self.spec.prompt!r}) is empty or missing "
                     "for this case"

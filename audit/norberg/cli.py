@@ -114,9 +114,8 @@ def run(args: argparse.Namespace, progress: bool = False) -> int:
                 batch_size=args.batch_size,
                 progress=progress,
             )
-        except (
-            ValueError
-        ) as exc:  # bad landmark files, foreign studies, changed samples: named in the message
+        except ValueError as exc:
+            # Bad landmark files, foreign studies, changed samples: each is named in the message.
             log.error("error: %s", exc)
             return EXIT_PROBLEMS
         print(result.angles_path)

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from audit.metrics.functional.norberg import METRIC_ORDER as NORBERG_METRICS
-from reports.run import READER_PREFIX, MetricColumn, ModelRow, RunFiles, model_colours
+from reports.run import NORBERG_METRICS, READER_PREFIX, MetricColumn, ModelRow, RunFiles, model_colours
 from reports.sections.base import PageContext, Section
 from reports.sections.common import HOVER_LABELS_MAX, escape, figure_div, typed_array
 

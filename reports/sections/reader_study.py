@@ -341,9 +341,9 @@ def render_reader_study(
     source: str = "",
 ) -> str:
     """The reader-study section from :class:`reports.reader_stats.ReaderStatistics` and the export."""
-    from reports.reader_stats import REFERENCE, _prepare
+    from reports.reader_stats import REFERENCE, split_reads
 
-    scored, turing = _prepare(ratings)
+    scored, turing = split_reads(ratings)
     first = scored[scored["read_number"] == 1]
     n_readers = int(pd.concat([scored["reader"], turing["reader"]]).nunique())
     n_items = int(pd.concat([scored["item"], turing["item"]]).nunique())

@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 
 from audit import rundir
 from audit.atomic import atomic_path
-from audit.config import StudyConfig, stable_hash
+from audit.config import StudyConfig
 from audit.evaluation import Evaluation
+from audit.hashing import stable_hash
 from audit.models.base import ModelAdapter, safe_name
 
 # Bump when the meaning of a shard changes, so stale shards are recomputed rather than trusted.
