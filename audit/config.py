@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 # Defined below this module (the model adapters subclass ModelSpec) and importable from here as before.
-from audit.config_base import ConfigError, ModelSpec, StudySection
+from audit.config_base import ConfigError, ModelSpec, StudySection, UserClassifierSection
 from audit.evaluators import registry as evaluator_registry
 from audit.hashing import plain, stable_hash
 from audit.metrics import catalogue
@@ -51,29 +51,6 @@ class MetricsSection:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     prdc_k: int = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class UserClassifierSection:
-    """A user's own pathology classifier (``classifier = "user"``): knees, hips and fractures need one.
-
-    ``format = "torchscript"`` loads the file with ``torch.jit.load``; ``"state_dict"`` builds
-    ``architecture`` (see :data:`audit.evaluators.user.ARCHITECTURES`) with ``len(labels)`` outputs.
-    The file is verified against ``sha256`` before loading. The input contract is the one the network
-    was trained with: centre-square crop, resize to ``size``, [0, 1] mapped onto ``value_range``,
-    grey repeated to ``channels``. ``output`` says whether the network ends in logits (a sigmoid is
-    applied once) or probabilities.
-    """
-
-    path: Path
-    sha256: str
-    labels: tuple[str, ...]
-    format: Literal["torchscript", "state_dict"] = "torchscript"
-    architecture: str = ""
-    size: int = 224
-    channels: int = 1
-    value_range: tuple[float, ...] = (0.0, 1.0)
-    output: Literal["logits", "probabilities"] = "logits"
 
 
 @dataclasses.dataclass(frozen=True)

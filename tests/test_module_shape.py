@@ -25,23 +25,15 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(name: str, path: Path, modules: dict[str, Path], lazy: bool) -> set[str]:
-    """Project modules that ``name`` imports: at module level, or anywhere with ``lazy``."""
+    """Project modules that ``name`` imports: at module level (``TYPE_CHECKING`` blocks included: a cycle
+    of types is still a cycle to a reader), or anywhere with ``lazy``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
 
     def visit(nodes: list[ast.stmt]) -> set[str]:
         out: set[str] = set()
         for node in nodes:
-            if isinstance(node, ast.If) and _is_type_checking(node):
-                continue
             if isinstance(node, ast.Import):
                 out |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from audit.config_base import UserClassifierSection
 from audit.evaluators.plan import EvaluatorPlan, LoadOptions
 from audit.metrics.functional.clinical import FIXED_THRESHOLD_POLICY
-
-if TYPE_CHECKING:
-    from audit.config import UserClassifierSection
 
 
 class _Network:

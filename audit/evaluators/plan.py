@@ -11,14 +11,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from audit.config_base import UserClassifierSection
 from audit.feature_cache import EvaluatorKey
-
-if TYPE_CHECKING:  # the config lists the evaluators' choices from this package's table
-    from audit.config import UserClassifierSection
 
 Role = Literal["classifier", "segmenter", "features", "raddino"]
 ROLES: tuple[Role, ...] = ("classifier", "segmenter", "features", "raddino")
