@@ -99,6 +99,48 @@ class NorbergSection:
     patient_left: Literal["image-right", "image-left"] = "image-right"
 
 
+# [privacy].features: which embedding the nearest-training search uses (see audit.privacy.FEATURE_SOURCES
+# for the evaluator behind each value), or an "hf:ORG/NAME@COMMIT" backbone.
+PRIVACY_FEATURES = ("auto", "raddino", "xrv", "inception", "demo", "user")
+SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReidModelSection:
+    """A re-identification network (TorchScript) that scores whether two X-rays show the same patient.
+
+    Called as ``model(a, b)`` on two float32 batches ``(N, 1, S, S)`` in [0, 1] (the images as the
+    pixel comparison sees them: centre-square cropped and resized to ``[privacy].pixel_size`` = S) and
+    returning ``(N,)`` scores in [0, 1] (1 = same patient). The file is verified against ``sha256``
+    before it is loaded; a mismatch stops the run with the network unloaded.
+    """
+
+    path: Path
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySection:
+    """The privacy / memorisation audit of ``xray-audit run`` (audit.privacy).
+
+    Every sample (and, as the calibration, every held-out reference) is matched to its nearest images
+    of ``training_cases`` (the generator's training manifest; image column required) in an
+    embedding space (``features``, cosine distance) and in pixel space (``pixel_size``² pixels, L2 /
+    √pixels). A sample is flagged as memorised when either distance is below the ``quantile`` of the
+    held-out references' own nearest-training distances. ``k`` training neighbours are kept per
+    sample (re-ID scores average over them). ``show_training_images = false`` keeps training pixels
+    out of the report (only case ids are shown).
+    """
+
+    training_cases: Path
+    features: str = "auto"
+    pixel_size: int = 128
+    quantile: float = 0.01
+    k: int = 5
+    reid_model: ReidModelSection | None = None
+    show_training_images: bool = True
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     study: StudySection
@@ -106,6 +148,7 @@ class StudyConfig:
     metrics: MetricsSection
     evaluators: EvaluatorsSection = EvaluatorsSection()
     norberg: NorbergSection | None = None
+    privacy: PrivacySection | None = None
     source: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +161,8 @@ class StudyConfig:
         # Only when set, so the hash of every config without the table stays what it was.
         if self.norberg is not None:
             d["norberg"] = plain(dataclasses.asdict(self.norberg))
+        if self.privacy is not None:
+            d["privacy"] = plain(dataclasses.asdict(self.privacy))
         return d
 
     def hash(self) -> str:
@@ -231,11 +276,11 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
 
     where = str(source) if source else "<config>"
     base_dir = source.parent if source else Path.cwd()
-    unknown = sorted(set(raw) - {"study", "models", "metrics", "evaluators", "norberg"})
+    unknown = sorted(set(raw) - {"study", "models", "metrics", "evaluators", "norberg", "privacy"})
     if unknown:
         raise ConfigError(
             f"{where}: unknown top-level key(s) {', '.join(repr(k) for k in unknown)}; "
-            "allowed are [study], [[models]], [metrics], [evaluators], [norberg]"
+            "allowed are [study], [[models]], [metrics], [evaluators], [norberg], [privacy]"
         )
     if "study" not in raw:
         raise ConfigError(f"{where}: missing the [study] table")
@@ -258,6 +303,10 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
                 f"{where}: [norberg].detector: {norberg.detector} not found; train one with "
                 "`xray-audit landmarks train` or point at a model.json for your TorchScript file"
             )
+    privacy = None
+    if "privacy" in raw:
+        privacy = parse_section(PrivacySection, raw["privacy"], f"{where}: [privacy]", base_dir)
+        _check_privacy(privacy, evaluators, where)
 
     models_raw = raw.get("models", [])
     if not isinstance(models_raw, list) or not models_raw:
@@ -292,6 +341,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
         metrics=metrics,
         evaluators=evaluators,
         norberg=norberg,
+        privacy=privacy,
         source=source,
     )
 
@@ -432,6 +482,36 @@ def _check_evaluators(evaluators: EvaluatorsSection, where: str) -> None:
         )
 
 
+def _check_privacy(privacy: PrivacySection, evaluators: EvaluatorsSection, where: str) -> None:
+    """Types and ranges; that the training manifest exists and has images is checked by the run's
+    privacy stage, which loads it anyway (and then names its rows)."""
+    loc = f"{where}: [privacy]"
+    if privacy.features not in PRIVACY_FEATURES and not HF_FEATURES_RE.fullmatch(privacy.features):
+        raise ConfigError(
+            f"{loc}.features must be one of {', '.join(map(repr, PRIVACY_FEATURES))} or "
+            f'"hf:ORG/NAME@REVISION" with the full 40-hex commit, got {privacy.features!r}'
+        )
+    if privacy.features == "user" and evaluators.user_classifier is None:
+        raise ConfigError(
+            f'{loc}.features = "user" embeds with your own network: add [evaluators.user_classifier] '
+            '(with classifier = "user"), or pick another features value'
+        )
+    if not 0.0 < privacy.quantile < 0.5:
+        raise ConfigError(
+            f"{loc}.quantile must be in (0, 0.5): the share of held-out real images that may fall below "
+            f"the memorisation threshold (0.01 is usual), got {privacy.quantile!r}"
+        )
+    if privacy.pixel_size < 16:
+        raise ConfigError(f"{loc}.pixel_size must be >= 16 (128 is usual), got {privacy.pixel_size}")
+    if privacy.k < 1:
+        raise ConfigError(f"{loc}.k must be >= 1 (training neighbours kept per sample), got {privacy.k}")
+    reid = privacy.reid_model
+    if reid is not None and not SHA256_RE.fullmatch(reid.sha256):
+        raise ConfigError(
+            f"{loc}.reid_model.sha256 must be 64 hex digits (sha256sum FILE), got {reid.sha256!r}"
+        )
+
+
 def dump_toml(config: StudyConfig) -> str:
     """Serialise the resolved config as TOML (paths absolute), readable back by ``parse_config``."""
     d = config.to_dict()
@@ -455,6 +535,16 @@ def dump_toml(config: StudyConfig) -> str:
     if "norberg" in d:
         lines += ["", "[norberg]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in d["norberg"].items()]
+    if "privacy" in d:
+        lines += ["", "[privacy]"]
+        lines += [
+            f"{k} = {_toml_value(v)}"
+            for k, v in d["privacy"].items()
+            if v is not None and not isinstance(v, dict)
+        ]
+        if d["privacy"]["reid_model"] is not None:
+            lines += ["", "[privacy.reid_model]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in d["privacy"]["reid_model"].items()]
     return "\n".join(lines) + "\n"
 
 

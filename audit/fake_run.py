@@ -11,6 +11,11 @@ by one uniform value in [0, 1) per metric of ``metrics`` that the model has.
 Layout under ``root``: ``run/`` (the run directory), ``data/<case_id>.png`` (the references) and
 ``data/<case_id>_anatomy.png`` (the masks); samples where their path template says (by default
 ``run/samples/<model>/<case_id>_s<sample>.png``, as the runner stores what it generated).
+
+With :attr:`FakeRun.privacy` (:class:`FakePrivacy`) the run also has a privacy audit: the training
+images ``train/<case_id>.png``, privacy.parquet, privacy_training.parquet, run.json's ``"privacy"``
+record and the privacy metrics in per_sample.parquet and summary.csv. What it draws comes from a second
+generator seeded with ``(draw_seed, 19)``, so a spec without it writes exactly the files it always did.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import pandas as pd
 
 from audit import __version__, rundir
 from audit.atomic import sha256_bytes
+from audit.metrics import catalogue
 from audit.png import encode_png
 
 RUN_DIR = "run"
 DATA_DIR = "data"
+TRAIN_DIR = "train"
 REAL = "real"
 SAMPLE_PATH = f"{RUN_DIR}/{rundir.SAMPLES_DIR}/{{model}}/{{case_id}}_s{{sample}}.png"
 # Characters of a model name that cannot be part of a file name (tests use hostile names).
@@ -119,6 +126,32 @@ class FakeModel:
 
 
 @dataclasses.dataclass(frozen=True)
+class FakePrivacy:
+    """A privacy audit of the run (see :mod:`audit.rundir` for its files).
+
+    ``n_training`` training images ``t000``, ``t001``, ... are drawn uniform at the run's
+    ``image_shape``. Per row of samples.parquet (the ``real`` rows are the held-out references, the
+    calibration) both nearest-training distances are drawn uniform in [0, ``closeness[model]``)
+    (default 1: a model given a small scale sits close to the training set), and the nearest training
+    images uniformly. Each threshold is the ``quantile`` of the real rows' distances
+    (``np.quantile``, linear) and a row is flagged when a distance is strictly below it. A row is
+    authentic when its feature distance is at least its training image's own drawn nearest-other
+    distance (Alaa et al. 2022). ``reid`` draws re-ID scores (NaN otherwise). ``rows`` is
+    privacy.parquet as given instead of drawn (thresholds still from its real rows). ``record``:
+    run.json ``"privacy"`` keys replacing the drawn record's.
+    """
+
+    n_training: int = 6
+    quantile: float = 0.25
+    closeness: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    reid: bool = False
+    show_training_images: bool = True
+    features: str = "demo-features"
+    rows: pd.DataFrame | None = None
+    record: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class FakeRun:
     """A run to write: its cases, models and what is known of their results.
 
@@ -131,7 +164,9 @@ class FakeRun:
     cases with no CI. ``failures``: model -> how many failed generations failures.csv records (cases
     x000, x001, ... outside the cohort, so that every case keeps its samples). ``seed`` is ``[study].seed``
     and the first sample's seed; ``config``: config.toml's tables beyond ``[study]`` and
-    ``[[models]]``; ``run_info``: run.json keys replacing the defaults.
+    ``[[models]]``; ``run_info``: run.json keys replacing the defaults. ``privacy``: a privacy audit
+    (:class:`FakePrivacy`); its per-sample metrics join drawn per-sample values only (a given
+    ``per_sample`` is written as given).
     """
 
     models: tuple[FakeModel, ...]
@@ -153,6 +188,7 @@ class FakeRun:
     config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     run_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     sample_path: str = SAMPLE_PATH
+    privacy: FakePrivacy | None = None
 
     def __post_init__(self) -> None:
         n = len(self.case_ids)
@@ -177,6 +213,8 @@ class FakeRun:
             problems.append("give per_sample or metrics to draw, not both")
         if self.samples_per_case < 1:
             problems.append(f"samples_per_case must be >= 1, got {self.samples_per_case}")
+        if self.privacy is not None:
+            problems += _privacy_problems(self.privacy, self.models)
         if problems:
             raise ValueError("FakeRun: " + "; ".join(problems))
 
@@ -192,13 +230,27 @@ def write_fake_run(root: str | Path, spec: FakeRun) -> Path:
     cases, samples, values = _write_images(root, spec)
     pd.DataFrame(cases).to_parquet(run / rundir.CASES, index=False)
     pd.DataFrame(samples).to_parquet(run / rundir.SAMPLES, index=False)
+    higher_is_better: dict[str, Any] = dict(spec.metrics)
+    privacy_info: dict[str, Any] = {}
+    auc_rows: list[dict[str, Any]] = []
+    if spec.privacy is not None:
+        rows, privacy_info = _write_privacy(root, spec, samples)
+        if spec.per_sample is None:
+            values += _privacy_values(rows)
+            higher_is_better.update({m: catalogue.METRICS[m].higher_is_better for m in PRIVACY_PER_SAMPLE})
+        auc_rows = _privacy_auc_rows(rows, {m.name for m in spec.models if m.kind == REAL})
     per_sample = (
         spec.per_sample
         if spec.per_sample is not None
         else pd.DataFrame(values, columns=list(rundir.PER_SAMPLE_COLUMNS))
     )
     per_sample.to_parquet(run / rundir.PER_SAMPLE, index=False)
-    summary = spec.summary if spec.summary is not None else _mean_summary(per_sample, spec.metrics)
+    summary = spec.summary
+    if summary is None:
+        summary = _mean_summary(per_sample, higher_is_better)
+        if auc_rows:
+            auc = pd.DataFrame(auc_rows, columns=list(rundir.SUMMARY_COLUMNS))
+            summary = pd.concat([summary, auc], ignore_index=True)
     summary.to_csv(run / rundir.SUMMARY, index=False)
     failures = _failures(spec.failures)
     if len(failures):
@@ -213,6 +265,7 @@ def write_fake_run(root: str | Path, spec: FakeRun) -> Path:
         "n_samples": len(samples),
         "n_failures": len(failures),
         "versions": {"xray-audit": __version__, "numpy": np.__version__, "python": sys.version.split()[0]},
+        **({"privacy": privacy_info} if spec.privacy is not None else {}),
         **spec.run_info,
     }
     (run / rundir.RUN_JSON).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -331,6 +384,149 @@ def _failures(counts: Mapping[str, int]) -> pd.DataFrame:
         for i in range(n)
     ]
     return pd.DataFrame(rows, columns=list(rundir.FAILURES_COLUMNS))
+
+
+# The per-sample privacy metrics and the privacy.parquet column each is the per-sample value of.
+PRIVACY_PER_SAMPLE = {
+    "nn_distance": "nn_distance",
+    "nn_distance_pixel": "nn_distance_pixel",
+    "memorised_fraction": "flagged",
+    "authenticity": "authentic",
+    "reid_score": "reid_score",
+    "reid_score_max": "reid_score_max",
+}
+
+
+def _privacy_problems(privacy: FakePrivacy, models: Sequence[FakeModel]) -> list[str]:
+    names = {m.name for m in models}
+    out = [f"privacy.closeness names unknown model {m!r}" for m in privacy.closeness if m not in names]
+    if privacy.n_training < 1:
+        out.append(f"privacy.n_training must be >= 1, got {privacy.n_training}")
+    if not 0.0 < privacy.quantile < 1.0:
+        out.append(f"privacy.quantile must be in (0, 1), got {privacy.quantile}")
+    if privacy.rows is None and not any(m.kind == REAL for m in models):
+        out.append("privacy needs a real model: its rows (the held-out references) calibrate the thresholds")
+    if privacy.rows is not None:
+        missing = [c for c in rundir.PRIVACY_COLUMNS if c not in privacy.rows.columns]
+        if missing:
+            out.append(f"privacy.rows lacks column(s) {', '.join(missing)} of rundir.PRIVACY_COLUMNS")
+    return out
+
+
+def _write_privacy(
+    root: Path, spec: FakeRun, samples: Sequence[Mapping[str, Any]]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Write the training images, privacy_training.parquet and privacy.parquet; return privacy.parquet's
+    rows and run.json's "privacy" record."""
+    privacy = spec.privacy
+    assert privacy is not None
+    run = root / RUN_DIR
+    # Its own stream: the files a spec without privacy writes stay byte-identical.
+    rng = np.random.default_rng([spec.draw_seed, 19])
+    n = privacy.n_training
+    training = []
+    for i in range(n):
+        path = root / TRAIN_DIR / f"t{i:03d}.png"
+        digest = _write(path, encode_png(rng.random(spec.image_shape)))
+        training.append({"case_id": f"t{i:03d}", "image": str(path), "sha256": digest})
+    pd.DataFrame(training, columns=list(rundir.PRIVACY_TRAINING_COLUMNS)).to_parquet(
+        run / rundir.PRIVACY_TRAINING, index=False
+    )
+    real = {m.name for m in spec.models if m.kind == REAL}
+    if privacy.rows is not None:
+        rows = privacy.rows.loc[:, list(rundir.PRIVACY_COLUMNS)].copy()
+        is_real = rows["model"].isin(real).to_numpy()
+        thresholds = {
+            "features": _quantile(rows["nn_distance"].to_numpy(np.float64)[is_real], privacy.quantile),
+            "pixels": _quantile(rows["nn_distance_pixel"].to_numpy(np.float64)[is_real], privacy.quantile),
+        }
+    else:
+        own_nn = rng.random(n) * 0.5  # each training image's distance to its nearest other one
+        drawn = []
+        for s in samples:
+            scale = float(privacy.closeness.get(s["model"], 1.0))
+            t, t_pixel = (int(i) for i in rng.integers(n, size=2))
+            distance, pixel = rng.random(2) * scale
+            reid, reid_gap = rng.random(2)  # drawn either way: the stream does not depend on `reid`
+            drawn.append(
+                {
+                    "model": s["model"],
+                    "case_id": s["case_id"],
+                    "sample": s["sample"],
+                    "train_case_id": f"t{t:03d}",
+                    "nn_distance": float(distance),
+                    "pixel_train_case_id": f"t{t_pixel:03d}",
+                    "nn_distance_pixel": float(pixel),
+                    "authentic": bool(distance >= own_nn[t]),
+                    "reid_score": float(reid) if privacy.reid else math.nan,
+                    "reid_score_max": float(reid + (1.0 - reid) * reid_gap) if privacy.reid else math.nan,
+                }
+            )
+        rows = pd.DataFrame(drawn)
+        is_real = rows["model"].isin(real).to_numpy()
+        d, d_pixel = rows["nn_distance"].to_numpy(), rows["nn_distance_pixel"].to_numpy()
+        thresholds = {
+            "features": _quantile(d[is_real], privacy.quantile),
+            "pixels": _quantile(d_pixel[is_real], privacy.quantile),
+        }
+        by_features, by_pixels = d < thresholds["features"], d_pixel < thresholds["pixels"]
+        rows["flagged"] = by_features | by_pixels
+        rows["flagged_by"] = np.select(
+            [by_features & by_pixels, by_features, by_pixels], ["both", "features", "pixels"], ""
+        )
+        rows = rows.loc[:, list(rundir.PRIVACY_COLUMNS)]
+    rows.to_parquet(run / rundir.PRIVACY, index=False)
+    info = {
+        "features": privacy.features,
+        "metric": "cosine",
+        "pixel_size": 128,
+        "quantile": privacy.quantile,
+        "k": 5,
+        "thresholds": thresholds,
+        "n_training": n,
+        "show_training_images": privacy.show_training_images,
+        "reid_model": "ab" * 32 if privacy.reid else None,
+        **privacy.record,
+    }
+    return rows, info
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    return float(np.quantile(values, q, method="linear")) if values.size else math.nan
+
+
+def _privacy_values(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """per_sample.parquet rows of the privacy metrics (re-ID only when scored)."""
+    scored = bool(np.isfinite(rows["reid_score"].to_numpy(np.float64)).any())
+    metrics = {m: c for m, c in PRIVACY_PER_SAMPLE.items() if scored or not m.startswith("reid")}
+    return [
+        {
+            "model": r["model"],
+            "case_id": r["case_id"],
+            "sample": r["sample"],
+            "metric": m,
+            "value": float(r[c]),
+        }
+        for r in rows.to_dict("records")
+        for m, c in metrics.items()
+    ]
+
+
+def _privacy_auc_rows(rows: pd.DataFrame, real: set[str]) -> list[dict[str, Any]]:
+    """summary.csv rows of privacy_auc: per model, P(d > d_real) + ½ P(d = d_real) over its and the real
+    rows' feature distances (no CI: nothing is resampled here)."""
+    reference = rows.loc[rows["model"].isin(real), "nn_distance"].to_numpy(np.float64)
+    out = []
+    if reference.size == 0:
+        return out
+    for model, grp in rows[~rows["model"].isin(real)].groupby("model", sort=False):
+        d = grp["nn_distance"].to_numpy(np.float64)[:, None]
+        auc = float((d > reference).mean() + 0.5 * (d == reference).mean())
+        out.append(
+            {"model": model, "metric": "privacy_auc", "value": auc, "ci_low": math.nan, "ci_high": math.nan,
+             "n": int(grp["case_id"].nunique()), "higher_is_better": catalogue.METRICS["privacy_auc"].higher_is_better}
+        )  # fmt: skip
+    return out
 
 
 def _config(spec: FakeRun, root: Path) -> dict[str, Any]:

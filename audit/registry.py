@@ -29,6 +29,12 @@ from audit.models.diffusion import (
 )
 from audit.models.folder import FolderAdapter, FolderSpec, validate_folder
 from audit.models.real import RealAdapter, validate_real
+from audit.models.training_copy import (
+    TrainingCopyAdapter,
+    TrainingCopySpec,
+    resolve_training_copy,
+    validate_training_copy,
+)
 from audit.models.user_callable import PythonAdapter, PythonSpec, validate_python
 
 
@@ -58,6 +64,14 @@ MODEL_KINDS: dict[str, ModelKind] = {
             DegradeAdapter,
             validate_degrade,
             "deterministic damage of the reference (sanity baseline)",
+        ),
+        ModelKind(
+            "training-copy",
+            TrainingCopySpec,
+            TrainingCopyAdapter,
+            validate_training_copy,
+            "sanity baseline: a training image (chosen by the seed) plus noise of std level",
+            resolve_training_copy,
         ),
         *(
             ModelKind(

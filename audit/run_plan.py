@@ -21,7 +21,7 @@ from audit.hashing import stable_hash
 from audit.models.base import ModelAdapter, safe_name
 
 # Bump when the meaning of a shard changes, so stale shards are recomputed rather than trusted.
-SAMPLES_FORMAT = 3
+SAMPLES_FORMAT = 4
 METRICS_FORMAT = 2
 
 SAMPLE_SHARD_SCHEMA = pa.schema(
@@ -45,6 +45,7 @@ SAMPLE_SHARD_SCHEMA = pa.schema(
         ("prompt", pa.string()),
         ("perturbation", pa.string()),
         ("seconds", pa.float64()),
+        ("source_case_id", pa.string()),
     ]
 )
 METRIC_SHARD_SCHEMA = pa.schema(

@@ -14,6 +14,12 @@ Layout of ``<output>/`` after ``xray-audit run STUDY.toml``::
     norberg_angles.parquet  every measured Norberg angle (only with [norberg] or `norberg evaluate`)
     norberg_summary.csv     Norberg agreement per source, model and metric   (same)
     norberg.json            how the Norberg angles were measured: sources, files, sha256   (same)
+    privacy.parquet     one row per (model, case_id, sample) (only with [privacy]): the nearest
+                        training image in feature and pixel space and what that says:
+                        model, case_id, sample, train_case_id, nn_distance, pixel_train_case_id,
+                        nn_distance_pixel, flagged, flagged_by, authentic, reid_score, reid_score_max
+                        (the `real` rows are the held-out references: the thresholds' calibration)
+    privacy_training.parquet  the training manifest as loaded: case_id, image (absolute), sha256
     report.html         self-contained report
     samples/<model>/    images the suite generated itself (degrade baselines, later diffusers)
     parts/              resumable per-(model, chunk) shards; safe to delete after a finished run
@@ -48,6 +54,8 @@ FAILURES = "failures.csv"
 NORBERG_ANGLES = "norberg_angles.parquet"
 NORBERG_SUMMARY = "norberg_summary.csv"
 NORBERG_INFO = "norberg.json"
+PRIVACY = "privacy.parquet"
+PRIVACY_TRAINING = "privacy_training.parquet"
 REPORT_HTML = "report.html"
 SAMPLES_DIR = "samples"
 PARTS_DIR = "parts"
@@ -66,10 +74,30 @@ GENERATION_COLUMNS = (
     "prompt",
     "perturbation",
     "seconds",
+    "source_case_id",  # the training case a `training-copy` baseline copied
 )
 PER_SAMPLE_COLUMNS = ("model", "case_id", "sample", "metric", "value")
 SUMMARY_COLUMNS = ("model", "metric", "value", "ci_low", "ci_high", "n", "higher_is_better")
 FAILURES_COLUMNS = ("model", "case_id", "sample", "stage", "error")
+# privacy.parquet. Distances: nn_distance is cosine distance (1 - cos) to the nearest training image
+# in the [privacy].features evaluator's space, nn_distance_pixel L2 / sqrt(pixels) on [0, 1] images.
+# flagged_by is "features", "pixels", "both" or "" (not flagged); reid_score(_max) are NaN without a
+# [privacy.reid_model].
+PRIVACY_COLUMNS = (
+    "model",
+    "case_id",
+    "sample",
+    "train_case_id",
+    "nn_distance",
+    "pixel_train_case_id",
+    "nn_distance_pixel",
+    "flagged",
+    "flagged_by",
+    "authentic",
+    "reid_score",
+    "reid_score_max",
+)
+PRIVACY_TRAINING_COLUMNS = ("case_id", "image", "sha256")
 
 
 def require_run_dir(path: str | Path) -> Path:

@@ -34,6 +34,7 @@ from audit.config import StudyConfig, dump_toml
 from audit.evaluation import entry_metrics
 from audit.hashing import stable_hash
 from audit.models.base import ModelAdapter
+from audit.privacy import PrivacyPlan, PrivacyResult, prepare_privacy, run_privacy
 from audit.registry import build_adapter
 from audit.run_plan import Plan, RunError, RunOptions, write_parquet
 from audit.samples import References, ensure_references, ensure_samples, preflight
@@ -46,7 +47,7 @@ from audit.shards import (
     record_shard,
     remove_orphan_temps,
 )
-from audit.summary import aggregate, compute_distribution, metric_evaluators, summarise
+from audit.summary import aggregate, append_per_sample, compute_distribution, metric_evaluators, summarise
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ def run_study(config: StudyConfig, options: RunOptions = _DEFAULT_OPTIONS) -> Ru
         warn_if_slow_on_cpu(plan, adapters, cases)
     # Before any generation, so a bad annotation file or detector fails in seconds, not hours.
     norberg = _prepare_norberg(config, manifest) if options.shard is None else None
+    # Likewise the training manifest, its overlap with the references and the re-ID file's hash;
+    # the privacy stage itself runs only where the run aggregates (never in a --shard process).
+    privacy = prepare_privacy(config, manifest, out) if options.shard is None else None
 
     t = time.perf_counter()
     if options.require_complete:
@@ -111,6 +115,14 @@ def run_study(config: StudyConfig, options: RunOptions = _DEFAULT_OPTIONS) -> Ru
         norberg_rows, norberg_info = _measure_norberg(plan, norberg, options)
         distribution_rows = [*distribution_rows, *norberg_rows]
         timings["norberg_s"] = time.perf_counter() - t
+    privacy_info: dict = {}
+    if privacy is not None:
+        t = time.perf_counter()
+        result = _audit_privacy(privacy, plan, adapters, manifest, options)
+        append_per_sample(out, result.per_sample, per_case)
+        distribution_rows = [*distribution_rows, *result.summary_rows]
+        privacy_info = result.info
+        timings["privacy_s"] = time.perf_counter() - t
     t = time.perf_counter()
     failures_path = out / rundir.FAILURES
     if len(failures):
@@ -150,6 +162,8 @@ def run_study(config: StudyConfig, options: RunOptions = _DEFAULT_OPTIONS) -> Ru
     }
     if norberg_info:
         run_info["norberg"] = norberg_info
+    if privacy_info:
+        run_info["privacy"] = privacy_info
     generation = _generation_info(plan, adapters, len(cases))
     if generation:
         run_info["generation"] = generation
@@ -282,6 +296,23 @@ def _measure_norberg(plan: Plan, norberg: _NorbergPlan, options: RunOptions) -> 
     }
     write_outputs(plan.out, angles, summary, {"detector": info})
     return summary.drop(columns="source").to_dict("records"), info
+
+
+def _audit_privacy(
+    privacy: PrivacyPlan,
+    plan: Plan,
+    adapters: Sequence[ModelAdapter],
+    manifest: Manifest,
+    options: RunOptions,
+) -> PrivacyResult:
+    """The privacy stage over every sample of samples.parquet (see audit.privacy)."""
+    samples = pd.read_parquet(
+        plan.out / rundir.SAMPLES, columns=["model", "case_id", "sample", "path", "sha256"]
+    )
+    self_reference = [a.spec.name for a in adapters if a.self_reference]
+    return run_privacy(
+        privacy, plan.config, samples, self_reference, manifest.frame, progress=options.progress
+    )
 
 
 def _generation_info(plan: Plan, adapters: Sequence[ModelAdapter], n_cases: int) -> dict[str, dict]:

@@ -144,8 +144,12 @@ def ensure_samples(
         seconds = (time.perf_counter() - t) / len(batch)
         for req, res in zip(batch, results, strict=True):
             row = _sample_row(spec, req, res)
-            if adapter.loads_model and not isinstance(res, SampleFailure):
-                row.update(adapter.sample_info(req), seconds=seconds)
+            if not isinstance(res, SampleFailure):
+                # Any kind may say how it made a sample (training-copy: the case it copied); only
+                # network runs are timed.
+                row.update(adapter.sample_info(req))
+                if adapter.loads_model:
+                    row["seconds"] = seconds
             rows[(req.case.case_id, req.sample)] = row
             if journal is not None:
                 journal.put(req, row)

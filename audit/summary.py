@@ -6,6 +6,7 @@ in the config's model and metric order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from audit.atomic import atomic_path
 from audit.cases import Manifest
 from audit.config import StudyConfig
 from audit.evaluation import ALL_CASES, Evaluation, entry_metrics
+from audit.metrics import catalogue
 from audit.models.base import ModelAdapter, derive_seed
 from audit.run_plan import METRIC_SHARD_SCHEMA, SAMPLE_SHARD_SCHEMA, Plan, RunOptions
 from audit.stats import bootstrap_mean_ci
@@ -76,6 +78,33 @@ def aggregate(
             for k, v in per_case.items()
         },
     )
+
+
+def append_per_sample(
+    out: Path, rows: pd.DataFrame, per_case: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """Add a later stage's per-sample rows (the privacy stage's) to per_sample.parquet and to the
+    per-case values the summary aggregates, exactly as :func:`aggregate` does for the shards' rows."""
+    path = out / rundir.PER_SAMPLE
+    table = pa.Table.from_pandas(
+        rows[list(rundir.PER_SAMPLE_COLUMNS)], schema=METRIC_SHARD_SCHEMA, preserve_index=False
+    )
+    source = pq.ParquetFile(path)
+    try:
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, METRIC_SHARD_SCHEMA) as writer:
+            # Row group by row group: the existing rows never sit in memory at once.
+            for i in range(source.num_row_groups):
+                writer.write_table(source.read_row_group(i).cast(METRIC_SHARD_SCHEMA))
+            writer.write_table(table)
+    finally:
+        source.close()
+    frame = rows.assign(case_id=rows["case_id"].astype(str))
+    means = frame.groupby(["model", "metric", "case_id"], sort=False)["value"].mean().reset_index()
+    for (model, metric), grp in means.groupby(["model", "metric"], sort=False):
+        per_case[(str(model), str(metric))] = (
+            grp["case_id"].to_numpy(str),
+            grp["value"].to_numpy(np.float64),
+        )
 
 
 def summarise(
@@ -145,6 +174,8 @@ def _metric_order(config: StudyConfig) -> list[str]:
     names = list(config.metrics.pixel)
     for entry in (*config.metrics.clinical, *config.metrics.distribution):
         names += entry_metrics(entry)
+    if config.privacy is not None:
+        names += catalogue.names(family="privacy")
     return names
 
 

@@ -21,6 +21,7 @@ PAGES = (
     ("views/distributions.py", "Distributions", ":material/bar_chart:"),
     ("views/gallery.py", "Case gallery", ":material/photo_library:"),
     ("views/worst_cases.py", "Worst cases", ":material/troubleshoot:"),
+    ("views/privacy.py", "Privacy", ":material/privacy_tip:"),
     ("views/readers.py", "Reader scores", ":material/groups:"),
     ("views/compare.py", "Compare runs", ":material/compare_arrows:"),
 )

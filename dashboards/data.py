@@ -21,6 +21,7 @@ from audit import images, rundir
 from audit.metrics import catalogue
 from dashboards.serve import COMPARE_ENV, RUN_ENV, STUDY_ENV  # noqa: F401  (pages use data.*)
 from reader_study.studydir import RATINGS_PARQUET
+from reports.privacy import PrivacyFiles, load_privacy
 from reports.run import (
     MetricColumn,
     ModelRow,
@@ -385,6 +386,21 @@ def thumb(path: str | None, size: int = THUMB_PX) -> tuple[np.ndarray | None, st
 def condition(case: dict[str, Any], size: int = THUMB_PX) -> tuple[np.ndarray | None, str]:
     reference, _ = thumb(present(case.get("image")), size)
     return condition_image(case, reference, size)
+
+
+def _privacy_stamp(run_dir: Path) -> tuple[float, ...]:
+    names = (rundir.PRIVACY, rundir.PRIVACY_TRAINING, rundir.RUN_JSON)
+    return tuple((run_dir / n).stat().st_mtime if (run_dir / n).exists() else 0.0 for n in names)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the privacy audit…")
+def _privacy(run_dir: str, stamp: tuple[float, ...]) -> PrivacyFiles | None:
+    return load_privacy(run_dir)
+
+
+def privacy(view: RunView) -> PrivacyFiles | None:
+    """The run's privacy audit (:func:`reports.privacy.load_privacy`), None without privacy.parquet."""
+    return _privacy(str(view.run_dir.resolve()), _privacy_stamp(view.run_dir))
 
 
 @st.cache_data(max_entries=4, show_spinner=False)

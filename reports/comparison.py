@@ -6,7 +6,8 @@ columns and best-value rule of :mod:`reports.run`, the model order and per-case 
 
 - :func:`comparison_table`: Table I of the XReal paper as a tidy frame: one row per (model, metric),
   models grouped by kind with the ``real`` row last (the upper bound), every summary metric of one
-  group plus optional reader-study scores, each value with its CI and N, the best value per column
+  group (of the privacy audit's, the memorised fraction: the CSV has the rest) plus optional
+  reader-study scores, each value with its CI and N, the best value per column
   marked among the evaluated models only (never a sanity baseline or the real row).
 - :func:`mean_std_table`: the knee paper's format, mean ± std over cases per value of a case column.
 - :func:`to_markdown`, :func:`to_latex`, :func:`to_csv_frame` and :func:`write_exports`, which also
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from audit.atomic import atomic_path, write_text
+from audit.metrics import catalogue
 from audit.stats import bootstrap_mean_ci
 from reports.format import decimals, format_estimate, format_number
 from reports.provenance import (
@@ -44,6 +46,7 @@ from reports.provenance import (
     metric_mark,
 )
 from reports.run import (
+    BASELINE_KINDS,
     EvaluationInfo,
     MetricColumn,
     ModelRow,
@@ -64,6 +67,11 @@ EXPORT_FORMATS = ("md", "tex", "csv")
 MISSING_GROUP = "(missing)"  # audit.evaluation's label for a case with no value in a group_by column
 # Case columns that identify files, not strata: never offered as a --group-by column.
 _NOT_GROUPING = frozenset({"case_id", "image", "anatomy_mask", "mask", "prompt"})
+# The privacy audit's headline joins the paper tables (Markdown, LaTeX); its other metrics (distances,
+# authenticity, privacy AUC, re-ID scores) are detail for report.html's privacy section and the CSV,
+# which has every number.
+PRIVACY_HEADLINE = ("memorised_fraction",)
+PRIVACY_DETAIL = frozenset(catalogue.names(family="privacy")) - frozenset(PRIVACY_HEADLINE)
 
 TABLE_COLUMNS = [
     "group",
@@ -127,6 +135,7 @@ def comparison_table(
     group: str = "",
     reader_scores: pd.DataFrame | None = None,
     per_class: bool = False,
+    details: bool = False,
 ) -> ComparisonTable:
     """The comparison table over the summary rows of ``group`` ("" = all cases, else "column=value").
 
@@ -134,7 +143,8 @@ def comparison_table(
     clinical realism, mask adherence, distribution, other), then the reader criteria of
     ``reader_scores`` (``reader_statistics(...).scores``: mean 1-5 score, two-way bootstrap CI, N =
     ratings) as "reader <criterion>", higher is better. ``per_class`` adds the per-class
-    ``metric:Class`` columns (the CSV export has them; the paper tables would be too wide).
+    ``metric:Class`` columns and ``details`` the privacy metrics beyond :data:`PRIVACY_HEADLINE` (the
+    CSV export has both; the paper tables would be too wide).
     """
     confidence = run.settings.confidence
     models = comparison_models(run)
@@ -149,6 +159,8 @@ def comparison_table(
     present = set(summary["metric"])
     all_columns = metric_columns(run, run.settings.pixel_range, evaluation)
     columns = [m for _, _, cols in split_tables(all_columns) for m in cols if m.name in present]
+    if not details:
+        columns = [m for m in columns if m.name not in PRIVACY_DETAIL]
     if per_class:
         columns += [m for m in all_columns if ":" in m.name and m.name in present]
     rows = summary.loc[:, ["model", "metric", "value", "ci_low", "ci_high", "n", "group"]]
@@ -460,7 +472,7 @@ def to_latex(table: ComparisonTable, caption: str | None = None, label: str = "t
     previous = None
     for model, line in zip(models, cells, strict=True):
         kind = kinds[model]
-        section = "real" if kind == "real" else "degrade" if kind == "degrade" else "generator"
+        section = "real" if kind == "real" else "baseline" if kind in BASELINE_KINDS else "generator"
         if previous is not None and section != previous:
             lines.append(r"\midrule")
         previous = section
@@ -674,7 +686,9 @@ def write_exports(
             elif fmt == "tex":
                 write_text(dest, to_latex(table))
             else:  # the CSV has every number, per-class metrics included
-                full = comparison_table(source, group=group, reader_scores=scores, per_class=True)
+                full = comparison_table(
+                    source, group=group, reader_scores=scores, per_class=True, details=True
+                )
                 _write_csv(dest, to_csv_frame(full))
             written.append(dest)
 

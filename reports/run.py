@@ -72,6 +72,10 @@ GENERATOR_COLOURS = (
     "#64B5CD",
 )
 BASELINE_COLOUR = "#A0A0A0"
+# Model kinds that are sanity baselines, not models under evaluation: known degradations of the
+# reference (`degrade`) and noisy copies of training images (`training-copy`, the privacy audit's
+# positive control). They are labelled as such and never compete for "best".
+BASELINE_KINDS = frozenset({"degrade", "training-copy"})
 REAL_COLOUR = "#333333"
 
 
@@ -115,7 +119,7 @@ class ModelRow:
 
     @property
     def is_baseline(self) -> bool:
-        return self.kind == "degrade"
+        return self.kind in BASELINE_KINDS
 
 
 @dataclasses.dataclass(frozen=True)

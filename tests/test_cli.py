@@ -4,7 +4,7 @@ import pandas as pd
 
 from audit import rundir
 from audit.cli import main
-from audit.demo.study import DEMO_DEGRADATIONS, DEMO_GENERATORS
+from audit.demo.study import COPY_TRAIN, DEMO_DEGRADATIONS, DEMO_GENERATORS
 from tests.conftest import RUN_DIR_FILES
 
 
@@ -19,7 +19,8 @@ def test_demo_end_to_end(demo_run):
 
     summary = pd.read_csv(run / rundir.SUMMARY, keep_default_na=False, na_values=[""])
     generators = [name for name, _ in DEMO_GENERATORS]
-    assert set(summary.model) == {name for name, _, _ in DEMO_DEGRADATIONS} | {"real", *generators}
+    baselines = {name for name, _, _ in DEMO_DEGRADATIONS} | {COPY_TRAIN[0]}
+    assert set(summary.model) == baselines | {"real", *generators}
     assert (summary.n == 48).all()
     v = summary.set_index(["model", "metric"])["value"]
     # Every column of the demo is filled (offline: by the demo evaluators), for every generator...
@@ -48,8 +49,15 @@ def test_demo_end_to_end(demo_run):
         for metric in ("mse", "mae", "psnr", "ssim", "ms_ssim", *clinical):
             assert pd.notna(v[(name, metric)]), (name, metric)
     # ...and the real row carries the upper bounds that are not degenerate.
+    # The real row is also the privacy audit's calibration: its distances to the training cases.
+    privacy = {"memorised_fraction", "authenticity", "nn_distance", "nn_distance_pixel"}
     real = set(summary.loc[summary.model == "real", "metric"])
-    assert real == {m for m in clinical if m.startswith(("pathology_", "dice_mask_"))}
+    assert real == {m for m in clinical if m.startswith(("pathology_", "dice_mask_"))} | privacy
+    # The privacy audit tells the training copies from held-out images (quantile 0.05, 48 references).
+    assert v[("copy-train", "memorised_fraction")] >= 0.9 and v[("copy-train", "privacy_auc")] < 0.1
+    assert v[("real", "memorised_fraction")] <= 0.05
+    for name in [name for name, _, _ in DEMO_DEGRADATIONS] + generators:
+        assert v[(name, "memorised_fraction")] <= 0.1, name
     assert v[("real", "pathology_auc")] > 0.85  # the demo classifier's held-out AUC is 0.908
     # The demo exists to show that metrics rank known damage: more damage must score worse.
     for mild, severe in (("blur-1", "blur-3"), ("noise-0.02", "noise-0.08")):
@@ -61,7 +69,7 @@ def test_demo_end_to_end(demo_run):
     for name in generators:
         assert v[(name, "ssim")] > 0.3 and v[(name, "dice_mean")] > 0.5, name
     samples = pd.read_parquet(run / rundir.SAMPLES)
-    assert len(samples) == 48 * (len(DEMO_DEGRADATIONS) + len(DEMO_GENERATORS) + 1)
+    assert len(samples) == 48 * (len(DEMO_DEGRADATIONS) + len(DEMO_GENERATORS) + 2)  # + real, copy-train
     gen = samples[samples.model.isin(generators)]
     assert gen["weights"].str.startswith("python:audit.demo.generators:").all() and gen["seconds"].gt(0).all()
     info = json_of(run / rundir.RUN_JSON)["generation"]

@@ -115,3 +115,75 @@ def test_dump_roundtrip_and_hash(tmp_path):
     assert again.hash() == cfg.hash()
     changed = load_config(write(tmp_path, BASE.replace("seed = 0", "seed = 1")))
     assert changed.hash() != cfg.hash()
+
+
+PRIVACY = """
+[privacy]
+training_cases = "train/cases.csv"
+"""
+
+
+def test_privacy_section_defaults_paths_and_hash(tmp_path):
+    from audit.config import PrivacySection
+
+    without = load_config(write(tmp_path, BASE))
+    assert without.privacy is None and "privacy" not in without.to_dict()
+    cfg = load_config(write(tmp_path, BASE + PRIVACY))
+    p = cfg.privacy
+    assert isinstance(p, PrivacySection)
+    # Relative to the config's directory, like [study].cases; checked for existence by the run.
+    assert p.training_cases == tmp_path / "train" / "cases.csv"
+    assert (p.features, p.pixel_size, p.quantile, p.k, p.reid_model, p.show_training_images) == (
+        "auto",
+        128,
+        0.01,
+        5,
+        None,
+        True,
+    )
+    assert cfg.hash() != without.hash()
+    with pytest.raises(AttributeError):
+        p.k = 3  # type: ignore[misc]
+    sha = "ab" * 32
+    full = (
+        BASE
+        + PRIVACY
+        + (
+            'features = "hf:owner/name@'
+            + "0" * 40
+            + '"\nquantile = 0.05\nk = 3\nshow_training_images = false\n'
+            f'[privacy.reid_model]\npath = "reid.ts"\nsha256 = "{sha}"\n'
+        )
+    )
+    cfg = load_config(write(tmp_path, full))
+    assert cfg.privacy.reid_model.path == tmp_path / "reid.ts" and cfg.privacy.reid_model.sha256 == sha
+    again = parse_config(__import__("tomllib").loads(dump_toml(cfg)), source=tmp_path / "other" / "x.toml")
+    assert again.to_dict() == cfg.to_dict() and again.hash() == cfg.hash()
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ("quantile = 0.5", r"\[privacy\]\.quantile must be in \(0, 0.5\)"),
+        ("quantile = 0", r"\[privacy\]\.quantile must be in \(0, 0.5\)"),
+        ("pixel_size = 8", r"\[privacy\]\.pixel_size must be >= 16"),
+        ("k = 0", r"\[privacy\]\.k must be >= 1"),
+        ('features = "dino"', r"\[privacy\]\.features must be one of 'auto', 'raddino'"),
+        ('features = "hf:owner/name@main"', r"\[privacy\]\.features must be one of"),
+        ('features = "user"', r'features = "user" embeds with your own network'),
+        ("training = 1", r"\[privacy\]: unknown key\(s\) 'training'"),
+        ("k = 2.5", r"\[privacy\]\.k: expected an integer"),
+        ('[privacy.reid_model]\npath = "r.ts"\nsha256 = "abc"', r"reid_model\.sha256 must be 64 hex"),
+        ('[privacy.reid_model]\npath = "r.ts"', r"\[privacy\]\.reid_model: missing required key 'sha256'"),
+    ],
+)
+def test_privacy_section_is_checked(tmp_path, extra, needle):
+    path = write(tmp_path, BASE + PRIVACY + extra + "\n")
+    with pytest.raises(ConfigError, match=needle) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_privacy_training_cases_is_required(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[privacy\]: missing required key 'training_cases'"):
+        load_config(write(tmp_path, BASE + "[privacy]\nk = 3\n"))

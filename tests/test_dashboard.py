@@ -20,11 +20,15 @@ from scipy import ndimage, stats
 from streamlit.testing.v1 import AppTest
 
 from audit import rundir
+from audit.fake_run import FakePrivacy, write_fake_run
 from audit.images import write_png
 from dashboards import data, serve
 from reports import thumbnail
+from reports.privacy import HIDDEN_NOTE
 from reports.run import MetricColumn, load_run
 from tests.test_report_html import make_run
+from tests.test_report_privacy import PRIVACY
+from tests.test_report_privacy import _spec as privacy_spec
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "dashboards" / "app.py")
@@ -451,6 +455,40 @@ def test_compare_page(app_env: Path, other_run: Path, monkeypatch: pytest.Monkey
     assert counts.loc["gen_a", "better"] == 1
 
 
+def test_privacy_page(app_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    at = _app("privacy")  # make_run has no privacy audit: the page says how to get one
+    assert at.title[0].value == "Privacy" and "[privacy]" in at.info[0].value
+    hidden = FakePrivacy(closeness=PRIVACY.closeness, show_training_images=False)
+    for privacy, name in ((PRIVACY, "shown"), (hidden, "hidden")):
+        run = write_fake_run(tmp_path / name, privacy_spec(privacy))
+        monkeypatch.setenv(data.RUN_ENV, str(run))
+        at = _app("privacy")
+        rows = pd.read_parquet(run / rundir.PRIVACY)
+        table = at.dataframe[0].value
+        assert table["model"].tolist() == [
+            "gen_a", "gen_b", "copy (sanity baseline)", "real (held-out real, calibration)"
+        ]  # fmt: skip
+        for model, shown in zip(
+            ["gen_a", "gen_b", "copy", "real"], table.itertuples(index=False), strict=True
+        ):
+            mine = rows[rows.model == model]
+            assert shown[3] == pytest.approx(mine["flagged"].mean())  # memorised
+            assert shown[6] == pytest.approx((mine["flagged_by"] == "both").mean())
+        assert len(at.get("plotly_chart")) == 2
+        k = at.number_input(key="privacy_k").value
+        gens = rows[rows.model.isin(["gen_a", "gen_b"])].sort_values("nn_distance", kind="stable").head(k)
+        text = "\n".join(m.value for m in at.markdown)
+        assert all(f"{r.model} · {r.case_id} · sample {r.sample}" in text for r in gens.itertuples())
+        if privacy.show_training_images:
+            assert len(at.get("image")) == 3 * k  # generated, training, difference
+        else:
+            assert len(at.get("image")) == k  # the generated samples only
+            assert HIDDEN_NOTE in at.info[0].value
+            assert all(f"training case `{t}`" in text for t in gens["train_case_id"])
+        at.selectbox(key="privacy_space").set_value("nn_distance_pixel").run()
+        assert not at.exception
+
+
 # ------------------------------------------------------------------------------------------------
 # Serving, imports
 # ------------------------------------------------------------------------------------------------
@@ -499,6 +537,7 @@ PAGES = {  # url path -> title
     "distributions": "Distributions",
     "gallery": "Case gallery",
     "worst_cases": "Worst cases",
+    "privacy": "Privacy",
     "readers": "Reader scores",
     "compare": "Compare runs",
 }

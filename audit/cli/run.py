@@ -119,10 +119,13 @@ def handle_merge(args: argparse.Namespace, progress: bool) -> int:
 def handle_demo(args: argparse.Namespace, progress: bool) -> int:
     from audit.demo.cohort import build_cohort
     from audit.demo.study import write_demo_study
+    from audit.demo.training import generator_training_cases
 
     manifest = build_cohort(progress=progress)
     log.info("demo cohort: %s", manifest)
-    config_path = write_demo_study(manifest, args.out)
+    training = generator_training_cases(progress=progress)
+    log.info("demo generators' training cases: %s", training)
+    config_path = write_demo_study(manifest, args.out, training)
     log.info("demo study config: %s", config_path.resolve())
     return _run(config_path, keep_going=False, report=True, progress=progress)
 

@@ -1,4 +1,5 @@
-"""The demo study: the embedded cohort audited with the `real` row and labelled degradations."""
+"""The demo study: the embedded cohort audited with the `real` row, the demo generators, labelled
+degradations, a `training-copy` sanity baseline and a privacy audit against the generators' training cases."""
 
 from __future__ import annotations
 
@@ -28,7 +29,14 @@ DEMO_GENERATORS = (
 )
 
 
-def demo_study_toml(manifest: Path, output: Path) -> str:
+# The privacy audit's sanity baseline: training images of the generators plus a little noise, which the
+# audit must flag as copies (the degradations of held-out images must not be).
+COPY_TRAIN = ("copy-train", 0.02)
+# 48 held-out references resolve a 5 % quantile (1 % would need 100 of them).
+PRIVACY_QUANTILE = 0.05
+
+
+def demo_study_toml(manifest: Path, output: Path, training: Path) -> str:
     lines = [
         "# Demo study written by `xray-audit demo`. cond-ddpm, sdedit and unet-regressor are small",
         "# models trained on the demo cohort (python -m audit.demo.train_generators); the degrade",
@@ -63,6 +71,15 @@ def demo_study_toml(manifest: Path, output: Path) -> str:
             f'degradation = "{degradation}"',
             f"level = {level}",
         ]
+    copy_name, copy_level = COPY_TRAIN
+    lines += [
+        "",
+        "[[models]]",
+        f'name = "{copy_name}"',
+        'kind = "training-copy"',
+        f"training_cases = {_q(training)}",
+        f"level = {copy_level}",
+    ]
     lines += [
         "",
         "[metrics]",
@@ -78,16 +95,24 @@ def demo_study_toml(manifest: Path, output: Path) -> str:
         'segmenter = "auto"',
         'features = "auto"',
         "",
+        "# Memorisation: each sample's nearest image among the generators' training cases (the seed-1",
+        "# cohort; the audited seed-0 cases are held out and calibrate the thresholds).",
+        "[privacy]",
+        f"training_cases = {_q(training)}",
+        'features = "auto"',
+        f"quantile = {PRIVACY_QUANTILE}",
+        "",
     ]
     return "\n".join(lines)
 
 
-def write_demo_study(manifest: Path, out: Path) -> Path:
-    """Write ``OUT/demo.toml`` whose run directory is ``OUT/run``; returns the config path."""
+def write_demo_study(manifest: Path, out: Path, training: Path) -> Path:
+    """Write ``OUT/demo.toml`` whose run directory is ``OUT/run``; ``training`` is the generators'
+    training manifest (:func:`audit.demo.training.generator_training_cases`). Returns the config path."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "demo.toml"
-    write_text(path, demo_study_toml(manifest.resolve(), out / "run"))
+    write_text(path, demo_study_toml(manifest.resolve(), out / "run", training.resolve()))
     return path
 
 

@@ -33,7 +33,7 @@ __all__ = [
     "spec",
 ]
 
-Family = Literal["pixel", "clinical", "distribution", "norberg"]
+Family = Literal["pixel", "clinical", "distribution", "norberg", "privacy"]
 # "per_sample_mean": one value per image, reported as the mean over images (NaN values dropped, with
 # the reduced n shown); "distribution": a value over a set of cases only (CI by bootstrapping cases).
 Aggregation = Literal["per_sample_mean", "distribution"]
@@ -56,6 +56,7 @@ TABLES: tuple[ResultTable, ...] = (
     ResultTable("mask", "Adherence to the input anatomy mask"),
     ResultTable("distribution", "Distribution"),
     ResultTable("norberg", "Norberg-angle agreement"),
+    ResultTable("privacy", "Privacy and memorisation"),
 )
 
 
@@ -67,7 +68,7 @@ class MetricSpec:
     whose ideal is 0). ``unit`` may hold ``{range}``, filled by :meth:`unit_at` with ``pixel_range``
     (MSE on images scaled to [0, 255] is in "intensity² (range 255)"). ``entry`` is the config list
     item that turns the metric on (``"dice"`` turns on every Dice, ``"prdc"`` the four k-NN metrics;
-    Norberg metrics have none: ``[norberg]`` turns them on). The order of :data:`CATALOGUE` is the
+    Norberg and privacy metrics have none: ``[norberg]`` and ``[privacy]`` turn them on). The order of :data:`CATALOGUE` is the
     report's column order.
     """
 
@@ -376,7 +377,81 @@ _NORBERG = (
     ),
 )
 
-CATALOGUE: tuple[MetricSpec, ...] = (*_PIXEL, *_CLINICAL, *_DISTRIBUTION, *_NORBERG)
+
+def _privacy(
+    name: str, label: str, higher_is_better: bool, aggregation: Aggregation, description: str, unit: str = ""
+) -> MetricSpec:
+    return MetricSpec(name, "privacy", label, higher_is_better, aggregation, "privacy", description, unit)
+
+
+# The privacy stage (audit.privacy, turned on by [privacy]) compares every sample with the training set
+# of the generator; the `real` row is the held-out references, which calibrate the thresholds.
+_NN = "nearest training image (exact search over the whole [privacy].training_cases set)"
+_PRIVACY = (
+    _privacy(
+        "nn_distance",
+        "NN distance (features)",
+        True,
+        "per_sample_mean",
+        f"Cosine distance 1 − cos(g, t) between the sample's and its {_NN}'s embeddings from the "
+        "[privacy].features evaluator; lower = closer to the training data (0 = same embedding).",
+    ),
+    _privacy(
+        "nn_distance_pixel",
+        "NN distance (pixels)",
+        True,
+        "per_sample_mean",
+        f"L2 distance / √pixels between the sample and its {_NN}, both centre-square cropped, resized "
+        "to pixel_size² and in [0, 1] (an RMS intensity difference); lower = closer to the training data.",
+    ),
+    _privacy(
+        "memorised_fraction",
+        "memorised",
+        False,
+        "per_sample_mean",
+        "Fraction of samples flagged as training copies: nearest-training distance strictly below the "
+        "threshold in feature OR pixel space, each threshold the [privacy].quantile-quantile of the "
+        "held-out real images' own nearest-training distances (so the real row is ≈ quantile by "
+        "construction).",
+    ),
+    _privacy(
+        "authenticity",
+        "authenticity",
+        True,
+        "per_sample_mean",
+        "Fraction of authentic samples (Alaa et al. 2022): a sample is not authentic when it is closer "
+        "(feature space) to its nearest training image than that image is to its own nearest other "
+        "training image.",
+    ),
+    _privacy(
+        "reid_score",
+        "re-ID score",
+        False,
+        "per_sample_mean",
+        "Mean over the k nearest training images (feature space) of the [privacy.reid_model] "
+        "re-identification network's same-patient score in [0, 1] for the (sample, training image) pair.",
+    ),
+    _privacy(
+        "reid_score_max",
+        "re-ID score max",
+        False,
+        "per_sample_mean",
+        "Maximum over the k nearest training images of the re-identification network's same-patient "
+        "score; the per-sample worst case behind reid_score.",
+    ),
+    _privacy(
+        "privacy_auc",
+        "privacy AUC",
+        True,
+        "distribution",
+        "Mann–Whitney AUC P(d_gen > d_real) + ½ P(d_gen = d_real) of the samples' against the held-out "
+        "real images' nearest-training feature distances. 0.5: samples are as far from the training set "
+        "as unseen patients are (ideal); below 0.5: closer, i.e. memorisation; above 0.5 is no privacy "
+        "risk but a sign the samples are off the training distribution. CI: bootstrap over cases.",
+    ),
+)
+
+CATALOGUE: tuple[MetricSpec, ...] = (*_PIXEL, *_CLINICAL, *_DISTRIBUTION, *_NORBERG, *_PRIVACY)
 METRICS: dict[str, MetricSpec] = {m.name: m for m in CATALOGUE}
 _RANK = {m.name: i for i, m in enumerate(CATALOGUE)}
 

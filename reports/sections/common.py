@@ -21,6 +21,11 @@ PLOT_FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif",
 HOVER_LABELS_MAX = 20_000
 # An error message is cut to this many characters (image grid placeholders, failures table).
 MAX_ERROR_CHARS = 400
+# What each sanity-baseline kind (reports.run.BASELINE_KINDS) is, for its badge's tooltip.
+BASELINE_TITLES = {
+    "degrade": "deterministic degradation of the reference",
+    "training-copy": "a training image plus noise: the privacy audit must flag it as a copy",
+}
 
 
 def escape(value: Any) -> str:
@@ -44,7 +49,8 @@ def model_label(model: ModelRow) -> str:
         if level is not None:
             level_text = f"{level:g}" if isinstance(level, (int, float)) else str(level)
             detail = f"{detail}, level {level_text}" if detail else f"level {level_text}"
-        out += ' <span class="badge baseline" title="deterministic degradation of the reference">'
+        title = BASELINE_TITLES.get(model.kind, "a sanity baseline, not a generative model")
+        out += f' <span class="badge baseline" title="{escape(title)}">'
         out += "sanity baseline</span>"
         if detail:
             out += f'<div class="sub">{escape(detail)}</div>'

@@ -412,6 +412,16 @@ def _monotonicity(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[M
     return f'<ul class="checks">{"".join(lines)}</ul>' if lines else ""
 
 
+def _copy_note(models: Sequence[ModelRow]) -> str:
+    if not any(m.kind == "training-copy" for m in models):
+        return ""
+    return (
+        " Rows of kind <code>training-copy</code> are training images of the generator plus a little "
+        "noise: the privacy audit must flag them as copies, and their paired metrics compare another "
+        "patient with the reference."
+    )
+
+
 def baseline_callout(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[MetricColumn]) -> str:
     if not any(m.is_baseline for m in models):
         return ""
@@ -422,6 +432,7 @@ def baseline_callout(run: RunFiles, models: Sequence[ModelRow], metrics: Sequenc
         "They calibrate the metrics: more damage (a higher level) should rank worse. A generator "
         "that scores below a mild degradation is far from the references; a metric that does not "
         "get worse as the level rises is broken or insensitive to that damage."
+        + _copy_note(models)
         + _monotonicity(run, models, metrics)
         + "</div>"
     )

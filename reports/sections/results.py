@@ -25,6 +25,9 @@ TABLE_INTROS = {
     "against the annotated angle of the same case and side, both sides pooled; the <b>real</b> row is the "
     "detector on the real images, the upper bound. Per side, the Bland–Altman plot and the scatter are in "
     '<a href="#norberg">Norberg angles</a>.',
+    "privacy": "Each sample against its nearest image of the generator's training set (<code>[privacy]</code>); "
+    "the <b>real</b> row is the held-out real images, which calibrate the thresholds. Histograms and the "
+    'closest pairs are in <a href="#privacy">Privacy and memorisation</a>.',
     "other": "Metrics this version of the report does not group.",
 }
 

@@ -74,9 +74,9 @@ VOLATILE_RUN_JSON = (
     r"/config_hash",
     r"/cases_hash",
 )
-# Placeholders for the two absolute directories a demo run's files mention: its run directory and
-# the demo cohort (under XRAY_AUDIT_HOME). The rest of each path is still compared.
-RUN_DIR, COHORT_DIR = "<run>", "<cohort>"
+# Placeholders for the absolute directories a demo run's files mention: its run directory, the demo
+# cohort and the generators' training cohort of the privacy audit (both under XRAY_AUDIT_HOME). The rest of each path is still compared.
+RUN_DIR, COHORT_DIR, TRAINING_DIR = "<run>", "<cohort>", "<training>"
 
 # report.html: the tables of these sections are frozen (cell text and the cell's own title tooltip).
 # Left out: distributions (plots only), images (the image grid), failures, and provenance, which holds
@@ -96,9 +96,13 @@ REPORT_TABLE_COLUMNS = ["section", "table", "table_index", "r", "c", "row", "col
 
 def path_placeholders(run_dir: Path) -> list[tuple[str, str]]:
     """(absolute prefix, placeholder) pairs, longest first, from the paths the run's config.toml names."""
-    study = tomllib.loads((run_dir / "config.toml").read_text())["study"]
+    config = tomllib.loads((run_dir / "config.toml").read_text())
+    study = config["study"]
+    dirs = [(str(study["output"]), RUN_DIR), (str(Path(study["cases"]).parent), COHORT_DIR)]
+    if "privacy" in config:
+        dirs.append((str(Path(config["privacy"]["training_cases"]).parent), TRAINING_DIR))
     pairs = {}
-    for raw, label in ((str(study["output"]), RUN_DIR), (str(Path(study["cases"]).parent), COHORT_DIR)):
+    for raw, label in dirs:
         for form in (raw, str(Path(raw).resolve())):
             pairs[form] = label
     for form in (str(run_dir), str(run_dir.resolve())):

@@ -1,0 +1,624 @@
+"""Privacy and memorisation kernels: exact nearest neighbours to the training set, and what follows.
+
+Numpy in, numpy out. :func:`nearest_neighbours` works in blocks on ``device`` ("cpu", "cuda",
+"cuda:N"): torch's matrix products on a GPU, numpy's BLAS on a CPU (faster there, see :func:`_scores`),
+torch's top-k and sorts on either. Everything is deterministic: no random numbers are drawn.
+
+* :func:`nearest_neighbours`: exact k-NN of generated images (query) among training images
+  (reference) in feature space (``metric="cosine"``: 1 − cos(a, b)) or pixel space (``metric="l2"``:
+  ‖a − b‖ / √d, a per-pixel RMS difference on :func:`pixel_vectors`). The reference may be a stream of
+  blocks, so memory is O(block_rows × block_cols), flat in both set sizes.
+* :func:`calibration_threshold` / :func:`flag_memorised`: the memorisation threshold is the
+  ``quantile`` of held-out real patients' distances to the training set, so "closer to training than
+  all but 1 % of genuinely new patients are" is flagged; a generator that copies nothing is flagged at
+  about ``quantile``.
+* :func:`authenticity`: Alaa, van Breugel, Saveliev & van der Schaar, "How Faithful is your
+  Synthetic Data? Sample-level Metrics for Evaluating and Auditing Generative Models", ICML 2022,
+  §3.3: a generated sample is *not* authentic when it is strictly closer to its nearest training point
+  than that training point is to its own nearest other training point.
+* :func:`mann_whitney_auc`: P(gen > real) + ½ P(gen = real) over nearest-training distances of
+  generated samples vs held-out real ones; below 0.5 the generator sits closer to its training set
+  than new patients do.
+* :func:`reid_scores`: mean and max of a re-identification model's scores over the k nearest
+  training images.
+
+What this avoids from CheXGenBench's memorisation check: images there are subtracted as uint8, so
+``0 − 255`` wraps to 1 and a maximally different pair looks nearly identical (here every image is
+float before any arithmetic); and a sample is called memorised against no threshold at all (here the
+threshold is calibrated on held-out real patients, so the false-positive rate is known).
+
+``alpha_precision_beta_recall`` is not provided: the paper's α/β supports live in a learned one-class
+embedding, and without that network there is no reference to test an implementation against.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and audit.evaluators.base, which imports it) is imported inside the functions that multiply
+# matrices or resize images: the calibration, authenticity, AUC and re-ID kernels are pure numpy, and
+# aggregating a run whose features are all cached must not import torch.
+
+__all__ = [
+    "Neighbours",
+    "authenticity",
+    "calibration_threshold",
+    "flag_memorised",
+    "mann_whitney_auc",
+    "nearest_neighbours",
+    "pixel_vectors",
+    "reid_scores",
+]
+
+Metric = Literal["cosine", "l2"]
+
+# Elements per distance block (query rows × reference rows) and per reference block (rows × d): 32 MiB
+# of float32 on a CPU, 512 MiB on a GPU. On 2 CPU cores, 512 × 11k to 4096² blocks ran at the same
+# GEMM rate (numpy's OpenBLAS, ~200 GFLOP/s), so the budget only bounds memory.
+_BLOCK_ELEMENTS = {"cpu": 2**23, "cuda": 2**27}
+_QUERY_ROWS = {"cpu": 512, "cuda": 2048}  # default block_rows; reference rows per block follow
+# Candidates taken per query and block beyond k by the float32 pass: the (k + _EXTRA)-th proves that
+# nothing outside the candidates can be among the k nearest (see _merge_block); queries where it cannot
+# (near-ties at float32 precision) take a wider second pass.
+_EXTRA = 3
+_U32 = 2.0**-24  # float32 unit roundoff
+_SENTINEL = int(np.iinfo(np.int64).max)  # "no neighbour yet": sorts after every real index
+_IMAGE_CHUNK = 64  # images converted and resized at a time in pixel_vectors
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The k nearest reference rows of each query row.
+
+    ``distances``: float64 (n, k), ascending along each row; ``indices``: int64 (n, k), rows of the
+    concatenated reference (every block of a stream, in order). Equal distances keep the lower index
+    first.
+    """
+
+    distances: np.ndarray
+    indices: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def _check_features(x: np.ndarray, name: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array shaped (N, D); got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(
+            f"{name} must hold floating-point vectors; got dtype {x.dtype}. Pass features as the extractor "
+            "returns them, or images through pixel_vectors"
+        )
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be 2-D, shaped (N rows, D >= 1 columns); got shape {x.shape}")
+    return x
+
+
+def _nonfinite_error(name: str, bad: np.ndarray, offset: int = 0) -> ValueError:
+    rows = (bad[:10] + offset).tolist()
+    more = " …" if bad.size > 10 else ""
+    return ValueError(
+        f"{name} contains NaN or ±inf in {bad.size} row(s) (row {rows}{more}); fix the feature extraction "
+        "(NaN usually comes from a blank or unreadable image) or drop those rows"
+    )
+
+
+def _zero_rows_error(name: str, bad: np.ndarray, offset: int = 0) -> ValueError:
+    rows = (bad[:10] + offset).tolist()
+    more = " …" if bad.size > 10 else ""
+    return ValueError(
+        f"{name} has {bad.size} all-zero row(s) (row {rows}{more}): their cosine distance is undefined. "
+        "Use metric='l2', or drop those rows (an all-zero feature vector usually means a failed extraction)"
+    )
+
+
+def _vector(x: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array; got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real numbers; got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(
+            f"{name} contains NaN or ±inf at index {np.flatnonzero(~np.isfinite(a))[:10].tolist()}"
+        )
+    return a
+
+
+# ---------------------------------------------------------------------------------------------- k-NN
+
+
+def _input_roundoff() -> float:
+    """Unit roundoff of torch's float32 GEMM inputs under torch's current precision settings.
+
+    ``torch.set_float32_matmul_precision("high")`` (TF32) or ``"medium"`` (bfloat16), or the per-backend
+    ``fp32_precision`` switches, make float32 matrix products round their inputs to 10 or 7 mantissa
+    bits; the error bound must widen with them or candidates could be missed.
+    """
+    import torch
+
+    settings = {torch.get_float32_matmul_precision()}
+    for backend in (torch.backends, torch.backends.cuda.matmul, torch.backends.mkldnn.matmul):
+        settings.add(str(getattr(backend, "fp32_precision", "ieee")))
+    if "medium" in settings or "bf16" in settings:
+        return 2.0**-8
+    if "high" in settings or "tf32" in settings or torch.backends.cuda.matmul.allow_tf32:
+        return 2.0**-11
+    return _U32
+
+
+def _blocks(reference: np.ndarray | Iterable[np.ndarray], d: int, cols: int) -> Iterator[np.ndarray]:
+    """The reference as consecutive blocks of exactly ``cols`` rows (the last may be shorter).
+
+    Whole ``cols``-row slices of a block are passed on as views. Remainders are copied into one
+    ``cols``-row buffer until it is full, so many small cache blocks still make full-size matrix
+    products, each row is copied at most once, and a stream that reuses one array for every block it
+    yields is safe. Each yielded block is finished with before the next is drawn.
+    """
+
+    def check(block: np.ndarray, name: str) -> None:
+        _check_features(block, name)
+        if block.shape[1] != d:
+            raise ValueError(
+                f"{name} has {block.shape[1]} columns but the query has {d}: both sets must come from the "
+                "same feature extractor (or the same pixel_size)"
+            )
+
+    if isinstance(reference, np.ndarray):  # one array: views only
+        check(reference, "reference")
+        for start in range(0, reference.shape[0], cols):
+            yield reference[start : start + cols]
+        return
+    buffer: np.ndarray | None = None
+    held = 0
+    for b, block in enumerate(reference):
+        check(block, f"reference block {b}")
+        start = 0
+        while start < block.shape[0]:
+            if held == 0 and block.shape[0] - start >= cols:
+                yield block[start : start + cols]
+                start += cols
+                continue
+            if buffer is None or buffer.dtype != np.result_type(buffer.dtype, block.dtype):
+                dtype = block.dtype if buffer is None else np.result_type(buffer.dtype, block.dtype)
+                grown = np.empty((cols, d), dtype)
+                if buffer is not None:
+                    grown[:held] = buffer[:held]
+                buffer = grown
+            take = min(cols - held, block.shape[0] - start)
+            buffer[held : held + take] = block[start : start + take]
+            held, start = held + take, start + take
+            if held == cols:
+                yield buffer
+                held = 0
+    if held and buffer is not None:
+        yield buffer[:held]
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One side (query, or a reference block) on the device, as the two passes need it."""
+
+    gemm: torch.Tensor  # float32 rows for the candidate GEMM (unit rows for cosine)
+    source: torch.Tensor  # the input rows, as given: re-scoring gathers and upcasts them (exactly)
+    source_norm: torch.Tensor  # float64 ‖row‖ of the input: cosine re-scoring divides by it
+    sq_norm: torch.Tensor  # float64 ‖v‖² of the vectors v whose distances are sought (1 for cosine)
+    norm: torch.Tensor  # float64 ‖v‖ of those vectors (1 for cosine)
+    max_norm: float
+    cosine: bool
+
+
+def _read_only_tensor(x: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """``x`` as a tensor on ``dev`` without a copy on a CPU, also when ``x`` is read-only (a memory map,
+    an audit.images array): these tensors are only ever read, so torch's not-writable warning is noise."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(x).to(dev)
+
+
+def _numpy_gemm(dev: torch.device) -> bool:
+    """Whether the float32 scores go through numpy's BLAS (CPU, see :func:`_scores`) or torch's."""
+    return dev.type == "cpu"
+
+
+def _prepare(x: np.ndarray, metric: Metric, chunk: int, name: str, offset: int, dev: torch.device) -> _Rows:
+    """Check ``x`` and build its float32 rows and norms, ``chunk`` rows at a time, in numpy.
+
+    numpy, single-threaded, rather than torch: these are cheap passes over memory, and on a busy
+    machine every multi-threaded torch op on a CPU waits at an OpenMP barrier.
+    """
+    import torch
+
+    n, d = x.shape
+    cosine = metric == "cosine"
+    # l2 on float32 input multiplies the input itself; otherwise a float32 copy (unit rows for cosine).
+    gemm = x if (not cosine and x.dtype == np.float32) else np.empty((n, d), np.float32)
+    norm = np.empty(n, np.float64)
+    for s in range(0, n, chunk):
+        part = x[s : s + chunk].astype(np.float64)
+        sq = np.einsum("ij,ij->i", part, part)
+        bad = np.flatnonzero(~np.isfinite(sq))
+        if bad.size:
+            nonfinite = bad[~np.isfinite(part[bad]).all(axis=1)]
+            if nonfinite.size:
+                raise _nonfinite_error(name, nonfinite + s, offset)
+            raise ValueError(
+                f"{name} row {int(bad[0]) + s + offset} is too large to square in float64; rescale both "
+                "sets by one common factor"
+            )
+        norm[s : s + chunk] = np.sqrt(sq)
+        if cosine:
+            zero = np.flatnonzero(sq == 0)
+            if zero.size:
+                raise _zero_rows_error(name, zero + s, offset)
+            gemm[s : s + chunk] = part / norm[s : s + chunk, None]
+        elif gemm is not x:
+            gemm[s : s + chunk] = part
+    max_norm = 1.0 if cosine else float(norm.max(initial=0.0))
+    if max_norm >= 1e18:  # float32 overflows at 3.4e38: its squares must stay finite in the GEMM
+        raise ValueError(
+            f"{name} has a row of norm {max_norm:.3g}: too large to square in float32; rescale both sets "
+            "by one common factor"
+        )
+    source_norm = torch.from_numpy(norm).to(dev)
+    unit = torch.ones_like(source_norm)
+    return _Rows(
+        _read_only_tensor(gemm, dev),
+        _read_only_tensor(x, dev),
+        source_norm,
+        unit if cosine else source_norm.square(),
+        unit if cosine else source_norm,
+        max_norm,
+        cosine,
+    )
+
+
+def _exact(q: _Rows, qi: torch.Tensor, r: _Rows, ri: torch.Tensor, chunk: int) -> torch.Tensor:
+    """float64 ‖a − b‖² for the pairs (qi, ri) from the input rows (unit rows for cosine), by
+    differences: no cancellation, and exact copies give exactly 0."""
+    import torch
+
+    out = torch.empty(qi.shape[0], dtype=torch.float64, device=qi.device)
+    for s in range(0, qi.shape[0], chunk):
+        i, j = qi[s : s + chunk], ri[s : s + chunk]
+        a, b = q.source.index_select(0, i).double(), r.source.index_select(0, j).double()
+        if q.cosine:
+            a /= q.source_norm.index_select(0, i)[:, None]
+            b /= r.source_norm.index_select(0, j)[:, None]
+        a -= b
+        out[s : s + chunk] = a.square_().sum(dim=1)
+    return out
+
+
+def _scores(
+    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, buffer: np.ndarray | None
+) -> torch.Tensor:
+    """float32 a·bᵀ (+ bias per column): larger is nearer.
+
+    On a CPU through numpy's BLAS into a reused buffer: torch's CPU matmul (MKL) ran at 120 GFLOP/s
+    on this project's AMD EPYC test machine where numpy's OpenBLAS ran at 200 (512 × 768 × 11k blocks,
+    2 cores). The float32 arithmetic, and so the error bound, is the same. On a GPU, torch's own.
+    """
+    import torch
+
+    if buffer is None:
+        return a @ b.T if bias is None else torch.addmm(bias[None, :], a, b.T)
+    out = buffer[: a.shape[0] * b.shape[0]].reshape(a.shape[0], b.shape[0])
+    np.matmul(a.numpy(), b.numpy().T, out=out)
+    if bias is not None:
+        out += bias.numpy()
+    return torch.from_numpy(out)
+
+
+def _sort_pairs(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by (value, index): a stable sort by index, then a stable sort by value."""
+    import torch
+
+    order = torch.sort(indices, dim=1, stable=True).indices
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    order = torch.sort(values, dim=1, stable=True).indices
+    return values.gather(1, order), indices.gather(1, order)
+
+
+def nearest_neighbours(
+    query: np.ndarray,
+    reference: np.ndarray | Iterable[np.ndarray],
+    *,
+    metric: Metric,
+    k: int = 1,
+    exclude_self: bool = False,
+    device: str = "cpu",
+    block_rows: int | None = None,
+) -> Neighbours:
+    """Exact k nearest reference rows of every query row, in blocks.
+
+    cosine distance = 1 − cos(a, b); l2 distance = ‖a − b‖ / √d. ``reference`` is one (m, d) array or an
+    iterable of (m_i, d) blocks (read once, in order; indices count across blocks). With
+    ``exclude_self`` the query *is* the reference and each row's own row is skipped (a duplicate row
+    elsewhere still counts, at distance 0). ``block_rows`` query rows go through each matrix product;
+    by default it and the reference block size follow an element budget per device.
+
+    How it stays exact: each (query block × reference block) is scored by one float32 matrix product,
+    a·b − ‖b‖²/2 (larger is nearer: ‖a − b‖² = ‖a‖² − 2·score, and ‖a‖² is constant per row), of which
+    ``torch.topk`` keeps k + 3 candidates. A rigorous bound on the float32 error decides which
+    candidates can still be among the k nearest: those are re-scored in float64 from the input rows and
+    merged into a running top-k sorted by (distance, index). When the bound cannot exclude the
+    (k + 3)-th candidate (near-ties), that query takes every candidate within the bound. Distances are
+    therefore those of a float64 computation, and ties fall to the lower index.
+    """
+    import torch
+
+    from audit.evaluators.base import resolve_device
+
+    if metric not in ("cosine", "l2"):
+        raise ValueError(f"metric must be 'cosine' (feature space) or 'l2' (pixel space); got {metric!r}")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}")
+    k = int(k)
+    _check_features(query, "query")
+    n, d = query.shape
+    dev = resolve_device(device)
+    budget_key = "cuda" if dev.type == "cuda" else "cpu"
+    budget = _BLOCK_ELEMENTS[budget_key]
+    if block_rows is not None and (not isinstance(block_rows, (int, np.integer)) or block_rows < 1):
+        raise ValueError(f"block_rows must be a positive integer or None; got {block_rows!r}")
+    # Few query rows against many reference rows: a candidate enters the running top-k about
+    # k·(1 + ½ + … + 1/blocks) times per query, each entry re-scored in float64, so fewer reference
+    # blocks mean less re-scoring, while the GEMM runs as fast at 512 rows as at 4096 (measured).
+    rows = max(1, min(n, int(block_rows) if block_rows else _QUERY_ROWS[budget_key]))
+    cols = max(1, min(budget // rows, budget // d))
+    if n == 0:
+        return Neighbours(np.zeros((0, k), np.float64), np.zeros((0, k), np.int64))
+    # Rigorous bound on |float32 ‖a − b‖² − exact| for one pair: the dot product's accumulation error
+    # (≤ d·u·‖a‖‖b‖, doubled by the −2a·b), the inputs' rounding to float32 and to the GEMM's precision
+    # (≤ 2u(‖a‖ + ‖b‖)² each way) and a few roundings of the sums, all within
+    # coefficient · (‖a‖ + ‖b‖)². Realistic errors are ~√d smaller: this only widens the candidate set.
+    coefficient = 4 * (_U32 if _numpy_gemm(dev) else _input_roundoff()) + (2 * d + 16) * _U32
+    chunk = max(1, 2**20 // d)  # rows upcast to float64 at a time while preparing: 8 MiB
+    pair_chunk = max(1, budget // (8 * d))  # pairs re-scored at a time: 8 MiB per float64 side on a CPU
+
+    with torch.inference_mode():
+        q = _prepare(np.ascontiguousarray(query), metric, chunk, "query", 0, dev)
+        best = torch.full((n, k), math.inf, dtype=torch.float64, device=dev)
+        best_index = torch.full((n, k), _SENTINEL, dtype=torch.int64, device=dev)
+        buffer = np.empty(rows * cols, np.float32) if _numpy_gemm(dev) else None
+        offset = 0
+        for block in _blocks(reference, d, cols):
+            r = _prepare(np.ascontiguousarray(block), metric, chunk, "reference", offset, dev)
+            # a·b − ‖b‖²/2 ranks ‖a − b‖² per row (cosine: every ‖b‖ is 1, so the offset is a constant,
+            # left out of the product and put back in `base`).
+            bias = None if metric == "cosine" else (r.sq_norm * -0.5).float()
+            shift = 1.0 if metric == "cosine" else 0.0
+            m = r.gemm.shape[0]
+            for q0 in range(0, n, rows):
+                q1 = min(n, q0 + rows)
+                scores = _scores(q.gemm[q0:q1], r.gemm, bias, buffer)
+                if exclude_self:
+                    lo, hi = max(q0, offset), min(q1, offset + m)
+                    if lo < hi:
+                        diag = torch.arange(lo, hi, device=dev)
+                        scores[diag - q0, diag - offset] = -math.inf
+                # Per query row, the bound for every pair of this block (‖b‖ ≤ max_norm).
+                error = coefficient * (q.norm[q0:q1] + r.max_norm).square()
+                _merge_block(
+                    scores, q, r, k, q0, offset, error, q.sq_norm[q0:q1] + shift,
+                    best[q0:q1], best_index[q0:q1], pair_chunk,
+                )  # fmt: skip
+            offset += m
+
+        if offset == 0:
+            raise ValueError(
+                "reference is empty: no training rows to search. Check the training manifest (or the "
+                "feature cache it was read from)"
+            )
+        if exclude_self and offset != n:
+            raise ValueError(
+                f"exclude_self=True needs the reference to be the query itself, but the query has {n} rows "
+                f"and the reference {offset}"
+            )
+        if bool((best_index == _SENTINEL).any()):
+            have = offset - 1 if exclude_self else offset
+            raise ValueError(f"k={k} neighbours requested but the reference offers only {have} per query row")
+        sq = best.clamp_(min=0.0).cpu().numpy()
+        distances = sq / 2.0 if metric == "cosine" else np.sqrt(sq) / math.sqrt(d)
+        return Neighbours(distances, best_index.cpu().numpy())
+
+
+def _merge_block(
+    scores: torch.Tensor,
+    q: _Rows,
+    r: _Rows,
+    k: int,
+    q0: int,
+    offset: int,
+    error: torch.Tensor,
+    base: torch.Tensor,
+    best: torch.Tensor,
+    best_index: torch.Tensor,
+    pair_chunk: int,
+) -> None:
+    """Fold one block's candidates into the running (best, best_index) of its query rows, in place.
+
+    ``scores`` (rows × m, float32, larger = nearer): approximate ‖a − b‖² = base − 2·score, within
+    ``error`` of the exact value per row. Notation: D̃ the float32 distance, D the exact one, E the bound.
+
+    * The block's true k-th smallest D is ≤ (k-th smallest D̃) + E, and a pair enters the top-k only if
+      D ≤ the running k-th; so only pairs with D ≤ T = min(running k-th, k-th D̃ + E), i.e. with
+      D̃ ≤ T + E, can matter. These are re-scored exactly.
+    * ``topk`` keeps c = k + _EXTRA candidates; if the c-th still has D̃ ≤ T + E there may be more, and
+      those rows take every column with D̃ ≤ T + E instead.
+    """
+    import torch
+
+    m = scores.shape[1]
+    c = min(m, k + _EXTRA)
+    values, columns = torch.topk(scores, c, dim=1, largest=True, sorted=True)
+    approx = base[:, None] - 2.0 * values.double()  # -inf scores (excluded self) become +inf
+    kth = approx[:, k - 1] if c >= k else torch.full_like(base, math.inf)
+    limit = torch.minimum(best[:, k - 1], kth + error) + error
+    wide = (approx[:, c - 1] <= limit) if c < m else torch.zeros_like(base, dtype=torch.bool)
+    groups = [(torch.nonzero(~wide).flatten(), values, columns)]
+    if bool(wide.any()):
+        rows = torch.nonzero(wide).flatten()
+        full = base[rows, None] - 2.0 * scores[rows].double()
+        width = int((full <= limit[rows, None]).sum(dim=1).max())
+        v, cidx = torch.topk(scores[rows], width, dim=1, largest=True, sorted=True)
+        groups = [(groups[0][0], values[groups[0][0]], columns[groups[0][0]]), (rows, v, cidx)]
+    for rows, v, cidx in groups:
+        if rows.numel() == 0:
+            continue
+        approx = base[rows, None] - 2.0 * v.double()
+        keep = (approx <= limit[rows, None]) & torch.isfinite(approx)
+        pr, pc = torch.nonzero(keep, as_tuple=True)
+        exact = torch.full(v.shape, math.inf, dtype=torch.float64, device=v.device)
+        index = torch.full(v.shape, _SENTINEL, dtype=torch.int64, device=v.device)
+        if pr.numel():
+            exact[pr, pc] = _exact(q, q0 + rows[pr], r, cidx[pr, pc], pair_chunk)
+            index[pr, pc] = offset + cidx[pr, pc]
+        exact, index = _sort_pairs(exact, index)
+        # Every running index is below every index of this block, so a stable sort by distance of
+        # [running, block] keeps ties in index order.
+        merged = torch.cat([best[rows], exact], dim=1)
+        merged_index = torch.cat([best_index[rows], index], dim=1)
+        order = torch.sort(merged, dim=1, stable=True).indices[:, :k]
+        best[rows] = merged.gather(1, order)
+        best_index[rows] = merged_index.gather(1, order)
+
+
+# ------------------------------------------------------------------------------------------ pixels
+
+
+def _to_unit_float(image: np.ndarray, i: int) -> np.ndarray:
+    """One image as float32 in [0, 1], converted before any arithmetic (no uint8/uint16 wrap-around)."""
+    arr = np.asarray(image)
+    if arr.ndim != 2 or min(arr.shape) == 0:
+        raise ValueError(
+            f"image {i} must be a non-empty 2-D greyscale array (H, W) as audit.images returns it; got "
+            f"shape {arr.shape}"
+        )
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.unsignedinteger):
+        # The stored range, as audit.images does for 8- and 16-bit files: /255, /65535.
+        return (arr.astype(np.float64) / np.iinfo(arr.dtype).max).astype(np.float32)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(
+            f"image {i} has dtype {arr.dtype}; pass float images in [0, 1] (audit.images.read_image) or "
+            "unsigned integers (divided by their dtype's maximum)"
+        )
+    out = arr.astype(np.float32)
+    if not np.isfinite(out).all() or out.min() < 0.0 or out.max() > 1.0:
+        raise ValueError(
+            f"image {i} has values outside [0, 1] (min {np.nanmin(arr):.4g}, max {np.nanmax(arr):.4g}, or "
+            "NaN); read images with audit.images.read_image, which maps every format onto [0, 1]"
+        )
+    return out
+
+
+def pixel_vectors(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Images as float32 rows (n, size·size) for pixel-space neighbours (``metric="l2"``).
+
+    Each image becomes float in [0, 1] first (float images must already be; unsigned integers are
+    divided by their dtype's maximum), then goes through the evaluators' own preprocessing
+    (:class:`audit.evaluators.base.InputContract`): centre-square crop, bilinear antialiased resize to
+    ``size`` × ``size``. With ``metric="l2"`` the distance is then the RMS pixel difference,
+    L2 / √(size²), on [0, 1]: identical images give 0, black vs white gives 1.
+    """
+    import torch
+
+    from audit.evaluators.base import InputContract
+
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer number of pixels; got {size!r}")
+    contract = InputContract("privacy-pixels", channels=1, size=int(size), value_range=(0.0, 1.0))
+    out = np.empty((len(images), int(size) * int(size)), dtype=np.float32)
+    with torch.inference_mode():
+        for s in range(0, len(images), _IMAGE_CHUNK):
+            batch = [_to_unit_float(images[i], i) for i in range(s, min(len(images), s + _IMAGE_CHUNK))]
+            out[s : s + len(batch)] = contract.prepare(batch).reshape(len(batch), -1).numpy()
+    return out
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+
+def calibration_threshold(real_distances: np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of held-out real patients' nearest-training distances (``np.quantile``, linear).
+
+    With ``quantile=0.01`` about 1 % of genuinely new patients fall below it: that is the false-positive
+    rate :func:`flag_memorised` has on a generator that memorises nothing.
+    """
+    values = _vector(real_distances, "real_distances")
+    if not (isinstance(quantile, (int, float, np.floating)) and 0.0 <= float(quantile) <= 1.0):
+        raise ValueError(f"quantile must be a number in [0, 1] (e.g. 0.01); got {quantile!r}")
+    return float(np.quantile(values, float(quantile), method="linear"))
+
+
+def flag_memorised(distances: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean per sample: ``distance < threshold``, strictly (a sample exactly at it is not flagged)."""
+    values = np.asarray(distances, dtype=np.float64)
+    if np.isnan(values).any():
+        raise ValueError(
+            "distances contain NaN; every sample needs a nearest-training distance to be flagged"
+        )
+    if not math.isfinite(float(threshold)):
+        raise ValueError(f"threshold must be finite; got {threshold!r}")
+    return values < float(threshold)
+
+
+def authenticity(generated_to_train_nn: np.ndarray, train_nn_of_that_train: np.ndarray) -> np.ndarray:
+    """Per generated sample, True when authentic (Alaa et al. 2022); the metric is the mean.
+
+    ``generated_to_train_nn[j]``: distance of sample j to its nearest training point i*;
+    ``train_nn_of_that_train[j]``: distance of i* to its own nearest *other* training point. Sample j is
+    not authentic when it is strictly closer to i* than i*'s nearest training neighbour is.
+    """
+    gen = _vector(generated_to_train_nn, "generated_to_train_nn")
+    train = _vector(train_nn_of_that_train, "train_nn_of_that_train")
+    if gen.shape != train.shape:
+        raise ValueError(
+            f"generated_to_train_nn has {gen.size} entries but train_nn_of_that_train {train.size}: pass, "
+            "per generated sample, the training neighbour's own nearest-other-training distance"
+        )
+    return ~(gen < train)
+
+
+def mann_whitney_auc(generated: np.ndarray, real: np.ndarray) -> float:
+    """P(gen > real) + ½ P(gen = real) over all (generated, real) pairs: the Mann–Whitney U / (n₁n₂).
+
+    Inputs are nearest-training distances. 0.5: generated samples are as far from the training set as
+    held-out real patients; below 0.5: closer (memorisation pressure); above: farther (often just a
+    distribution shift). Computed by sorting, O((n₁ + n₂) log n₂).
+    """
+    gen = _vector(generated, "generated")
+    ref = np.sort(_vector(real, "real"))
+    below = np.searchsorted(ref, gen, side="left")
+    equal = np.searchsorted(ref, gen, side="right") - below
+    return float((below.sum() + 0.5 * equal.sum()) / (gen.size * ref.size))
+
+
+def reid_scores(pairwise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, max) per generated sample of re-ID scores (n, k) against its k nearest training images."""
+    scores = np.asarray(pairwise)
+    if scores.ndim != 2 or scores.shape[1] == 0:
+        raise ValueError(
+            f"pairwise must be (n samples, k >= 1 nearest training images) re-ID scores; got shape {scores.shape}"
+        )
+    scores = scores.astype(np.float64)
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+        raise ValueError(f"re-ID scores contain NaN or ±inf in sample row(s) {bad[:10].tolist()}")
+    return scores.mean(axis=1), scores.max(axis=1)
