@@ -123,7 +123,7 @@ class MetricInfo:
     family: str  # "pixel" | "clinical" | "distribution" | "norberg"
     # None where neither direction is better (Bland–Altman bias and limits: ideal 0).
     higher_is_better: bool | None
-    aggregation: str  # "per_sample_mean" | "distribution"
+    aggregation: str  # "per_sample_mean" | "per_sample_median" | "distribution"
     unit: str
     description: str
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -15,21 +17,42 @@ def bootstrap_mean_ci(
 
     Returns (nan, nan) for fewer than 2 values, where a resampling CI means nothing.
     """
+    return _bootstrap_ci(values, rng, resamples, confidence, np.mean)
+
+
+def bootstrap_median_ci(
+    values: np.ndarray,
+    rng: np.random.Generator,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the median of ``values``: the same resamples as
+    :func:`bootstrap_mean_ci` draws from the same generator, each reduced by its median."""
+    return _bootstrap_ci(values, rng, resamples, confidence, np.median)
+
+
+def _bootstrap_ci(
+    values: np.ndarray,
+    rng: np.random.Generator,
+    resamples: int,
+    confidence: float,
+    reduce: Callable[..., np.ndarray],
+) -> tuple[float, float]:
     x = np.asarray(values, dtype=np.float64)
     n = x.size
     if n < 2:
         return float("nan"), float("nan")
     # Blocks bound the (resamples × n) index matrix so memory stays flat for large cohorts.
     block = max(1, (1 << 22) // n)
-    means = np.empty(resamples, dtype=np.float64)
+    stats = np.empty(resamples, dtype=np.float64)
     for start in range(0, resamples, block):
         stop = min(resamples, start + block)
         idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = x[idx].mean(axis=1)
+        stats[start:stop] = reduce(x[idx], axis=1)
     alpha = (1.0 - confidence) / 2.0
     # Linear interpolation turns ±inf into nan (inf - inf); order statistics keep them.
-    method = "linear" if np.isfinite(means).all() else "inverted_cdf"
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha], method=method)
+    method = "linear" if np.isfinite(stats).all() else "inverted_cdf"
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha], method=method)
     return float(lo), float(hi)
 
 

@@ -21,7 +21,7 @@ from audit.evaluation import ALL_CASES, Evaluation, entry_metrics
 from audit.metrics import catalogue
 from audit.models.base import ModelAdapter, derive_seed
 from audit.run_plan import METRIC_SHARD_SCHEMA, SAMPLE_SHARD_SCHEMA, Plan, RunOptions
-from audit.stats import bootstrap_mean_ci
+from audit.stats import bootstrap_mean_ci, bootstrap_median_ci
 
 
 def aggregate(
@@ -136,12 +136,15 @@ def summarise(
             values = values[~np.isnan(values)]
             seed_key = f"bootstrap:{metric}" if group == ALL_CASES else f"bootstrap:{metric}:{group}"
             rng = np.random.default_rng(derive_seed(config.study.seed, model, seed_key, 0))
-            lo, hi = bootstrap_mean_ci(values, rng, m.bootstrap_resamples, m.confidence)
+            median = catalogue.spec(metric).aggregation == "per_sample_median"
+            ci = bootstrap_median_ci if median else bootstrap_mean_ci
+            lo, hi = ci(values, rng, m.bootstrap_resamples, m.confidence)
+            centre = np.median if median else np.mean
             rows.append(
                 {
                     "model": model,
                     "metric": metric,
-                    "value": float(values.mean()) if values.size else float("nan"),
+                    "value": float(centre(values)) if values.size else float("nan"),
                     "ci_low": lo,
                     "ci_high": hi,
                     "n": int(values.size),

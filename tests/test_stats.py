@@ -107,3 +107,15 @@ def test_percentile_ci_ignores_undefined_replicates():
     lo, hi = percentile_ci(x, 0.9)
     assert (lo, hi) == pytest.approx(np.quantile(np.linspace(0, 1, 101), [0.05, 0.95]))
     assert np.isnan(percentile_ci(np.r_[[0.5] * 3, [np.nan] * 10], 0.9)).all()
+
+
+def test_median_ci_reduces_the_mean_cis_resamples_by_their_median():
+    from audit.stats import bootstrap_mean_ci, bootstrap_median_ci
+
+    x = np.random.default_rng(3).gamma(2.0, size=37)
+    idx = np.random.default_rng(11).integers(0, x.size, size=(500, x.size))
+    want = tuple(np.quantile(np.median(x[idx], axis=1), [0.05, 0.95]))
+    assert bootstrap_median_ci(x, np.random.default_rng(11), 500, 0.9) == pytest.approx(want, abs=0)
+    mean_want = tuple(np.quantile(x[idx].mean(axis=1), [0.05, 0.95]))
+    assert bootstrap_mean_ci(x, np.random.default_rng(11), 500, 0.9) == pytest.approx(mean_want, abs=0)
+    assert np.isnan(bootstrap_median_ci(x[:1], np.random.default_rng(0))).all()

@@ -34,9 +34,10 @@ __all__ = [
 ]
 
 Family = Literal["pixel", "clinical", "distribution", "norberg", "privacy"]
-# "per_sample_mean": one value per image, reported as the mean over images (NaN values dropped, with
-# the reduced n shown); "distribution": a value over a set of cases only (CI by bootstrapping cases).
-Aggregation = Literal["per_sample_mean", "distribution"]
+# "per_sample_mean" / "per_sample_median": one value per image, reported as the mean / median over
+# cases (a case's samples averaged first, NaN values dropped with the reduced n shown);
+# "distribution": a value over a set of cases only (CI by bootstrapping cases).
+Aggregation = Literal["per_sample_mean", "per_sample_median", "distribution"]
 # The evaluator whose outputs a metric needs ("" for none): its role (audit.evaluators.plan.Role).
 Evaluator = Literal["", "classifier", "segmenter", "features", "raddino"]
 
@@ -392,17 +393,19 @@ _PRIVACY = (
         "nn_distance",
         "NN distance (features)",
         True,
-        "per_sample_mean",
+        "per_sample_median",
         f"Cosine distance 1 − cos(g, t) between the sample's and its {_NN}'s embeddings from the "
-        "[privacy].features evaluator; lower = closer to the training data (0 = same embedding).",
+        "[privacy].features evaluator; lower = closer to the training data (0 = same embedding). "
+        "Summarised as the median over cases, with a bootstrap CI of the median.",
     ),
     _privacy(
         "nn_distance_pixel",
         "NN distance (pixels)",
         True,
-        "per_sample_mean",
+        "per_sample_median",
         f"L2 distance / √pixels between the sample and its {_NN}, both centre-square cropped, resized "
-        "to pixel_size² and in [0, 1] (an RMS intensity difference); lower = closer to the training data.",
+        "to pixel_size² and in [0, 1] (an RMS intensity difference); lower = closer to the training data. "
+        "Summarised as the median over cases, with a bootstrap CI of the median.",
     ),
     _privacy(
         "memorised_fraction",
