@@ -61,6 +61,9 @@ class PrivacyInfo:
     # (or with a value that is not a boolean) shows ids only.
     show_training_images: bool
     reid_model: str | None  # sha256 of the re-ID network, None without one
+    # The per-space quantile level both thresholds sit at, chosen so that ``quantile`` of the held-out
+    # references is flagged by either space (audit.privacy.union_thresholds); None when not recorded.
+    level: float | None = None
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any]) -> PrivacyInfo:
@@ -82,6 +85,7 @@ class PrivacyInfo:
             n_training=_integer(record.get("n_training")),
             show_training_images=record.get("show_training_images") is True,
             reid_model=str(record["reid_model"]) if record.get("reid_model") else None,
+            level=_number(record.get("level")),
         )
 
     def threshold(self, column: str) -> float | None:

@@ -34,9 +34,9 @@ info = found.info
 st.caption(
     "Every sample against its nearest training image, in the feature space of "
     f"`{info.features or '?'}` ({info.metric or '?'} distance) and in pixel space (L2 / √pixels). A sample is "
-    "flagged when either distance is below its threshold: the "
-    f"{info.quantile if info.quantile is not None else '?'} quantile of the held-out real images' own "
-    "nearest-training distances (the real rows, the calibration)."
+    "flagged when either distance is below its threshold; both thresholds sit at one quantile level of "
+    "the held-out real images' own nearest-training distances (the real rows, the calibration), chosen so "
+    f"that {info.quantile if info.quantile is not None else '?'} of them is flagged by either space."
 )
 cols = st.columns(4)
 for col, (label, value) in zip(

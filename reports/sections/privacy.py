@@ -83,6 +83,10 @@ def _facts(privacy: PrivacyFiles) -> str:
             ),
         ),
         ("calibration quantile", escape(q_text)),
+        (
+            "threshold level per space",
+            escape(f"{info.level:.3g}" if info.level is not None else "—"),
+        ),
         ("threshold (features)", escape(_distance(info.thresholds.get("features")))),
         ("threshold (pixels)", escape(_distance(info.thresholds.get("pixels")))),
         ("training images", escape(n_training if n_training is not None else "—")),
@@ -103,7 +107,7 @@ def _label(model: ModelRow, quantile: float | None) -> str:
     return (
         f'<span class="model-name">{escape(model.name)}</span> <span class="badge real" title="the held-out '
         'real images: their own nearest-training distances set the thresholds">calibration reference</span>'
-        f'<div class="sub">held-out patients; each space flags ≈ {escape(q)} of them by construction</div>'
+        f'<div class="sub">held-out patients; ≈ {escape(q)} of them flagged by either space, by construction</div>'
     )
 
 
@@ -347,8 +351,9 @@ def render_privacy(ctx: PageContext, privacy: PrivacyFiles, k: int = CLOSEST_PAI
     return (
         '\n<p class="small">Every sample is matched to its nearest image of the generator\'s training set, '
         "in an embedding space and in pixel space; a sample is flagged as memorised when either distance "
-        "is below its threshold, the calibration quantile of the held-out real images' own "
-        "nearest-training distances (the <b>real</b> row).</p>\n"
+        "is below its threshold. Both thresholds sit at one quantile level of the held-out real images' own "
+        "nearest-training distances (the <b>real</b> row), chosen so that the calibration quantile of them "
+        "is flagged by either space.</p>\n"
         f"{_facts(privacy)}\n"
         "<h3>Per model</h3>\n"
         f"{stat_table(head, rows, 'privacy-models')}\n"
