@@ -666,3 +666,14 @@ def image_size(path: PathLike) -> tuple[int, int]:
     with _open_pil(path, fmt) as im:
         width, height = im.size
     return int(height), int(width)
+
+
+def resize_to(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize with antialiasing (the `to_reference` policy), float32 in [0,1]."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.array(pixels, dtype=np.float32))[None, None]  # a writable copy
+        y = F.interpolate(x, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
+        return y[0, 0].clamp_(0.0, 1.0).numpy().copy()

@@ -180,7 +180,7 @@ def ensure_metrics(
                     f'{ref.shape[0]}×{ref.shape[1]} px; set resize = "to_reference" in [metrics] to resize samples',
                 )
                 continue
-            gen = resize_to(gen, ref.shape)
+            gen = images.resize_to(gen, ref.shape)
         pairs.append((row, gen, ref))
 
     frames = []
@@ -266,14 +266,3 @@ def _evaluate_chunk(
         for row in rows:
             fail(row, f"evaluators: {exc}")
         return []
-
-
-def resize_to(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize with antialiasing (the `to_reference` policy), float32 in [0,1]."""
-    import torch
-    import torch.nn.functional as F
-
-    with torch.inference_mode():
-        x = torch.from_numpy(np.array(pixels, dtype=np.float32))[None, None]  # a writable copy
-        y = F.interpolate(x, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
-        return y[0, 0].clamp_(0.0, 1.0).numpy().copy()

@@ -81,22 +81,10 @@ def training_copy(
     pixels = images.read_image(training[row]).pixels.astype(np.float32)
     if pixels.shape != tuple(shape):
         # Paired metrics need the reference's shape; the same resize scoring's `to_reference` uses.
-        pixels = _resize(pixels, shape)
+        pixels = images.resize_to(pixels, shape)
     # Drawn even at level 0 (all zeros) so the stream, and any later draw, never depends on level.
     noise = rng.normal(0.0, level, size=pixels.shape).astype(np.float32)
     return row, np.clip(pixels + noise, 0.0, 1.0).astype(np.float32)
-
-
-def _resize(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear with antialiasing, as :func:`audit.scoring.resize_to` (which cannot be imported here:
-    scoring sits above the model kinds, via the config and this registry)."""
-    import torch
-    import torch.nn.functional as F
-
-    with torch.inference_mode():
-        x = torch.from_numpy(np.array(pixels, dtype=np.float32))[None, None]
-        y = F.interpolate(x, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
-        return y[0, 0].clamp_(0.0, 1.0).numpy().copy()
 
 
 class TrainingCopyAdapter(ModelAdapter):
