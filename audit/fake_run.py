@@ -457,6 +457,7 @@ def _write_privacy(
                     "nn_distance": float(distance),
                     "pixel_train_case_id": f"t{t_pixel:03d}",
                     "nn_distance_pixel": float(pixel),
+                    "pixel_mirrored": False,
                     "authentic": bool(distance >= own_nn[t]),
                     "reid_score": float(reid) if privacy.reid else math.nan,
                     "reid_score_max": float(reid + (1.0 - reid) * reid_gap) if privacy.reid else math.nan,

@@ -57,6 +57,7 @@ from audit import images, rundir
 from audit.atomic import sha256_bytes, sha256_file
 from audit.cases import Manifest, ManifestError, load_manifest
 from audit.config import PrivacySection, StudyConfig
+from audit.evaluators import speed
 from audit.evaluators.plan import EvaluatorPlan, Role, Unavailable
 from audit.feature_cache import EvaluatorKey, FeatureCache, compute_with_cache, default_cache_root
 from audit.models.base import derive_seed
@@ -97,6 +98,7 @@ _SCHEMA = pa.schema(
         ("nn_distance", pa.float64()),
         ("pixel_train_case_id", pa.string()),
         ("nn_distance_pixel", pa.float64()),
+        ("pixel_mirrored", pa.bool_()),
         ("flagged", pa.bool_()),
         ("flagged_by", pa.string()),
         ("authentic", pa.bool_()),
@@ -126,6 +128,7 @@ class PrivacyResult:
     per_sample: pd.DataFrame  # model, case_id, sample, metric, value (audit.rundir.PER_SAMPLE_COLUMNS)
     summary_rows: list[dict[str, Any]]  # privacy_auc per model and group, as distribution rows
     info: dict[str, Any]  # run.json "privacy"
+    evaluators: dict[str, str]  # metric -> what computed it (summary.csv's evaluator column)
 
 
 # --------------------------------------------------------------------------------------------- prepare
@@ -181,6 +184,29 @@ def prepare_privacy(config: StudyConfig, manifest: Manifest, out: Path) -> Priva
         reid_sha = _verified_reid_sha(section)
     vector = "probs" if plan.source == "user" else "features"
     return PrivacyPlan(section, plan, vector, train, refs, sha256_file(training.path), reid_sha)
+
+
+def privacy_evaluators(plan: PrivacyPlan) -> dict[str, str]:
+    """The network behind each privacy metric, for summary.csv's evaluator column (as for the scoring
+    networks): the embedding, or the pinned re-ID file. nn_distance_pixel has none (pixels against
+    pixels); memorised_fraction's only network is the embedding."""
+    features = plan.features.name
+    out = dict.fromkeys(("nn_distance", "authenticity", "privacy_auc", "memorised_fraction"), features)
+    if plan.section.reid_model is not None:
+        out |= dict.fromkeys(
+            ("reid_score", "reid_score_max"), f"re-ID model {Path(plan.section.reid_model.path).name}"
+        )
+    return out
+
+
+def privacy_work(plan: PrivacyPlan, config: StudyConfig, queries: int) -> speed.NetworkWork:
+    """What the privacy embedding may still evaluate, for the slow-CPU warning: the training images
+    not in its feature cache (exact: their hashes are known before the run), plus ``queries``, an
+    upper bound on the references and samples it embeds itself (0 when a scoring network is the same
+    one and caches them)."""
+    root = config.evaluators.cache_dir or default_cache_root(config.study.output)
+    missing = FeatureCache(root, plan.features.key).missing(list(plan.training["sha256"]))
+    return speed.NetworkWork(plan.features.name, len(missing) + queries, upper_bound=queries > 0)
 
 
 def _check_overlap(
@@ -362,24 +388,49 @@ def _spaces(
     )
 
 
+def _as_given(vectors: np.ndarray) -> list[np.ndarray]:
+    return [vectors]
+
+
 def _search(
-    space: _Space, queries: Sequence[str], train: Sequence[str], k: int, device: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(distances, indices) (n, k) of each query's k nearest training images, exact; queries and the
-    training set are both streamed in blocks of at most :data:`BLOCK_ELEMENTS` floats."""
-    from audit.metrics.functional.privacy import nearest_neighbours
+    space: _Space,
+    queries: Sequence[str],
+    train: Sequence[str],
+    k: int,
+    device: str,
+    views: Callable[[np.ndarray], list[np.ndarray]] = _as_given,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distances, indices, view) (n, k) of each query's k nearest training images, exact; queries and
+    the training set are both streamed in blocks of at most :data:`BLOCK_ELEMENTS` floats.
+
+    ``views`` turns a block of query vectors into the versions searched (e.g. as given and mirrored);
+    a neighbour's ``view`` is the position of the version that found it (0: the first)."""
+    from audit.metrics.functional.privacy import nearest_neighbours, nearest_of_both
 
     dim = space.ensure(train)
     rows = max(1, BLOCK_ELEMENTS // dim)
-    dist, idx = [], []
+    dist, idx, view = [], [], []
     for q in space.blocks(queries, rows):
-        try:
-            nn = nearest_neighbours(q, space.blocks(train, rows), metric=space.metric, k=k, device=device)
-        except ValueError as exc:  # e.g. an all-zero embedding has no cosine distance
-            raise RunError(f"[privacy]: nearest training images in the {space.name} space: {exc}") from None
+        nn, which = None, None
+        for v, version in enumerate(views(q)):
+            try:
+                found = nearest_neighbours(
+                    version, space.blocks(train, rows), metric=space.metric, k=k, device=device
+                )
+            except ValueError as exc:  # e.g. an all-zero embedding has no cosine distance
+                raise RunError(
+                    f"[privacy]: nearest training images in the {space.name} space: {exc}"
+                ) from None
+            if nn is None or which is None:
+                nn, which = found, np.zeros(found.indices.shape, np.int64)
+            else:
+                nn, source = nearest_of_both(nn, found)
+                which = np.where(source >= k, v, np.take_along_axis(which, np.minimum(source, k - 1), axis=1))
+        assert nn is not None and which is not None
         dist.append(nn.distances)
         idx.append(nn.indices)
-    return np.concatenate(dist), np.concatenate(idx)
+        view.append(which)
+    return np.concatenate(dist), np.concatenate(idx), np.concatenate(view)
 
 
 def _nearest_other(space: _Space, train: Sequence[str], device: str) -> np.ndarray:
@@ -387,7 +438,7 @@ def _nearest_other(space: _Space, train: Sequence[str], device: str) -> np.ndarr
 
     Queries are streamed in blocks, so the diagonal is dropped by index: of the two nearest, the first
     that is not the query itself (a duplicate training image is another image, at distance 0)."""
-    dist, idx = _search(space, train, train, 2, device)
+    dist, idx, _ = _search(space, train, train, 2, device)
     own = np.arange(len(train))
     first_is_self = idx[:, 0] == own
     return np.where(first_is_self, dist[:, 1], dist[:, 0])
@@ -484,6 +535,7 @@ def run_privacy(
             "nn_distance": f_dist[at, 0].astype(np.float64),
             "pixel_train_case_id": train_ids[p_idx[at, 0]],
             "nn_distance_pixel": p_dist[at, 0].astype(np.float64),
+            "pixel_mirrored": found.p_mirrored[at],
             "flagged": (by_f | by_p)[at],
             "flagged_by": flagged_by[at],
             "authentic": np.asarray(authentic, dtype=bool)[at],
@@ -506,12 +558,14 @@ def run_privacy(
         [ids.assign(metric=m, value=v.to_numpy(np.float64)) for m, v in values.items()], ignore_index=True
     )[list(rundir.PER_SAMPLE_COLUMNS)]
     reference_nn = f_dist[ref_rows, 0].astype(np.float64)
-    summary_rows = _auc_rows(
-        config, frame, plan.references["case_id"].to_numpy(str), reference_nn, self_reference, cases
-    )
-    # summary.csv's evaluator column stays empty: its names are looked up in run.json's "evaluation"
-    # block, and the privacy embedding is described in run.json's "privacy" record instead.
     feature_name = plan.features.name
+    evaluators = privacy_evaluators(plan)
+    summary_rows = [
+        {**row, "evaluator": evaluators["privacy_auc"]}
+        for row in _auc_rows(
+            config, frame, plan.references["case_id"].to_numpy(str), reference_nn, self_reference, cases
+        )
+    ]
     info = {
         "features": feature_name,
         "metric": FEATURE_METRIC,
@@ -531,7 +585,7 @@ def run_privacy(
         "training_cases": str(section.training_cases),
         "training_manifest_sha256": plan.training_manifest_sha256,
     }
-    return PrivacyResult(per_sample, summary_rows, info)
+    return PrivacyResult(per_sample, summary_rows, info, evaluators)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -543,6 +597,7 @@ class _Found:
     f_idx: np.ndarray  # (n, k) their training rows
     p_dist: np.ndarray  # (n, 1) pixel-space distance to the nearest training image
     p_idx: np.ndarray  # (n, 1) its training row
+    p_mirrored: np.ndarray  # (n,) bool: the query's left-right mirror image was the nearer one
     radius: np.ndarray  # (n_train,) each training image's distance to its nearest other training image
     reid: tuple[np.ndarray, np.ndarray]  # (n,) mean and max re-ID score over the k neighbours (NaN: none)
 
@@ -553,6 +608,7 @@ def _find(
     from tqdm.auto import tqdm
 
     from audit.evaluators.base import resolve_device
+    from audit.metrics.functional.privacy import mirror_pixel_vectors
 
     device = str(resolve_device(config.evaluators.device))
     ref_paths = dict(zip(cases["case_id"].astype(str), cases["image"].astype(str), strict=True))
@@ -569,13 +625,16 @@ def _find(
     # Normally only the training images move this bar: samples and references are mostly cached.
     with tqdm(desc="privacy (cache misses)", unit="image", disable=not progress, leave=False) as bar:
         features, pixels = _spaces(plan, config, paths, bar.update)
-        f_dist, f_idx = _search(features, queries, train, k, device)
-        p_dist, p_idx = _search(pixels, queries, train, 1, device)
+        f_dist, f_idx, _ = _search(features, queries, train, k, device)
+        size = plan.section.pixel_size
+        p_dist, p_idx, p_view = _search(
+            pixels, queries, train, 1, device, lambda q: [q, mirror_pixel_vectors(q, size)]
+        )
         radius = _nearest_other(features, train, device)
         reid = (np.full(len(queries), np.nan), np.full(len(queries), np.nan))
         if plan.section.reid_model is not None:
             reid = _reid(plan, pixels, queries, f_idx, train, device, config.evaluators.batch_size)
-    return _Found(queries, f_dist, f_idx, p_dist, p_idx, radius, reid)
+    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] == 1, radius, reid)
 
 
 def _reid(

@@ -17,7 +17,8 @@ Layout of ``<output>/`` after ``xray-audit run STUDY.toml``::
     privacy.parquet     one row per (model, case_id, sample) (only with [privacy]): the nearest
                         training image in feature and pixel space and what that says:
                         model, case_id, sample, train_case_id, nn_distance, pixel_train_case_id,
-                        nn_distance_pixel, flagged, flagged_by, authentic, reid_score, reid_score_max
+                        nn_distance_pixel, pixel_mirrored, flagged, flagged_by, authentic, reid_score,
+                        reid_score_max
                         (the `real` rows are the held-out references: the thresholds' calibration)
     privacy_training.parquet  the training manifest as loaded: case_id, image (absolute), sha256
     report.html         self-contained report
@@ -80,7 +81,8 @@ PER_SAMPLE_COLUMNS = ("model", "case_id", "sample", "metric", "value")
 SUMMARY_COLUMNS = ("model", "metric", "value", "ci_low", "ci_high", "n", "higher_is_better")
 FAILURES_COLUMNS = ("model", "case_id", "sample", "stage", "error")
 # privacy.parquet. Distances: nn_distance is cosine distance (1 - cos) to the nearest training image
-# in the [privacy].features evaluator's space, nn_distance_pixel L2 / sqrt(pixels) on [0, 1] images.
+# in the [privacy].features evaluator's space, nn_distance_pixel L2 / sqrt(pixels) on [0, 1] images: the
+# smaller of the sample as generated and its left-right mirror image (pixel_mirrored: the mirror was nearer).
 # flagged_by is "features", "pixels", "both" or "" (not flagged); reid_score(_max) are NaN without a
 # [privacy.reid_model].
 PRIVACY_COLUMNS = (
@@ -91,6 +93,7 @@ PRIVACY_COLUMNS = (
     "nn_distance",
     "pixel_train_case_id",
     "nn_distance_pixel",
+    "pixel_mirrored",
     "flagged",
     "flagged_by",
     "authentic",

@@ -34,7 +34,7 @@ from audit.config import StudyConfig, dump_toml
 from audit.evaluation import entry_metrics
 from audit.hashing import stable_hash
 from audit.models.base import ModelAdapter
-from audit.privacy import PrivacyPlan, PrivacyResult, prepare_privacy, run_privacy
+from audit.privacy import PrivacyPlan, PrivacyResult, prepare_privacy, privacy_work, run_privacy
 from audit.registry import build_adapter
 from audit.run_plan import Plan, RunError, RunOptions, write_parquet
 from audit.samples import References, ensure_references, ensure_samples, preflight
@@ -83,13 +83,18 @@ def run_study(config: StudyConfig, options: RunOptions = _DEFAULT_OPTIONS) -> Ru
     if not options.keep_going:
         preflight(adapters, cases)
     plan = Plan(config, options, out, cases_hash, evaluation)
-    if evaluation is not None and not options.require_complete:
-        warn_if_slow_on_cpu(plan, adapters, cases)
     # Before any generation, so a bad annotation file or detector fails in seconds, not hours.
     norberg = _prepare_norberg(config, manifest) if options.shard is None else None
     # Likewise the training manifest, its overlap with the references and the re-ID file's hash;
     # the privacy stage itself runs only where the run aggregates (never in a --shard process).
     privacy = prepare_privacy(config, manifest, out) if options.shard is None else None
+    if (evaluation is not None or privacy is not None) and not options.require_complete:
+        extra = (
+            []
+            if privacy is None
+            else [privacy_work(privacy, config, _privacy_queries(privacy, plan, adapters, cases))]
+        )
+        warn_if_slow_on_cpu(plan, adapters, cases, extra)
 
     t = time.perf_counter()
     if options.require_complete:
@@ -116,12 +121,14 @@ def run_study(config: StudyConfig, options: RunOptions = _DEFAULT_OPTIONS) -> Ru
         distribution_rows = [*distribution_rows, *norberg_rows]
         timings["norberg_s"] = time.perf_counter() - t
     privacy_info: dict = {}
+    stage_evaluators: dict[str, str] = {}
     if privacy is not None:
         t = time.perf_counter()
         result = _audit_privacy(privacy, plan, adapters, manifest, options)
         append_per_sample(out, result.per_sample, per_case)
         distribution_rows = [*distribution_rows, *result.summary_rows]
         privacy_info = result.info
+        stage_evaluators |= result.evaluators
         timings["privacy_s"] = time.perf_counter() - t
     t = time.perf_counter()
     failures_path = out / rundir.FAILURES
@@ -130,7 +137,7 @@ def run_study(config: StudyConfig, options: RunOptions = _DEFAULT_OPTIONS) -> Ru
             failures.to_csv(tmp, index=False)
     else:
         failures_path.unlink(missing_ok=True)
-    summary = summarise(per_case, config, manifest.frame, distribution_rows, evaluation)
+    summary = summarise(per_case, config, manifest.frame, distribution_rows, evaluation, stage_evaluators)
     with atomic_path(out / rundir.SUMMARY) as tmp:
         summary.to_csv(tmp, index=False)
     prune_stale_parts(plan, adapters)
@@ -296,6 +303,18 @@ def _measure_norberg(plan: Plan, norberg: _NorbergPlan, options: RunOptions) -> 
     }
     write_outputs(plan.out, angles, summary, {"detector": info})
     return summary.drop(columns="source").to_dict("records"), info
+
+
+def _privacy_queries(
+    privacy: PrivacyPlan, plan: Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case]
+) -> int:
+    """Images the privacy embedding evaluates beyond the training set, at most: none when a scoring
+    network is the same one (scoring caches them first), else every reference and sample."""
+    if plan.evaluation is not None and privacy.features.key in {
+        p.key for p in plan.evaluation.plans.values()
+    }:
+        return 0
+    return len(cases) * (1 + sum(a.samples_per_case() for a in adapters if not a.self_reference))
 
 
 def _audit_privacy(

@@ -54,18 +54,41 @@ def prepare_evaluation(
     return evaluation
 
 
-def warn_if_slow_on_cpu(plan: Plan, adapters: Sequence[ModelAdapter], cases: Sequence[Case]) -> None:
-    """Log a warning, before any work, when the evaluators would take over 30 minutes on CPU."""
+def warn_if_slow_on_cpu(
+    plan: Plan,
+    adapters: Sequence[ModelAdapter],
+    cases: Sequence[Case],
+    extra: Sequence[speed.NetworkWork] = (),
+) -> None:
+    """Log a warning, before any work, when the evaluators would take over 30 minutes on CPU.
+
+    ``extra``: network work outside the scoring stage (the privacy audit's training images)."""
     device = plan.config.evaluators.device
     if device.startswith("cuda"):
         return
+
+    def work(cached: bool) -> list[speed.NetworkWork]:
+        scoring = _evaluator_work(plan, adapters, cases, cached=cached) if plan.evaluation else []
+        return _combine([*scoring, *extra])
+
     # The upper bound first (arithmetic only); the feature cache is only read for a run that looks slow.
-    work = _evaluator_work(plan, adapters, cases, cached=False)
-    if speed.cpu_seconds(work) > speed.SLOW_CPU_SECONDS:
-        work = _evaluator_work(plan, adapters, cases, cached=True)
-        message = speed.slow_cpu_warning(work, device, _cuda_available)
+    if speed.cpu_seconds(work(cached=False)) > speed.SLOW_CPU_SECONDS:
+        message = speed.slow_cpu_warning(work(cached=True), device, _cuda_available)
         if message:
             log.warning(message)
+
+
+def _combine(work: Sequence[speed.NetworkWork]) -> list[speed.NetworkWork]:
+    """One entry per network: the privacy embedding is often the scoring's feature network too."""
+    out: dict[str, speed.NetworkWork] = {}
+    for w in work:
+        seen = out.get(w.evaluator)
+        out[w.evaluator] = (
+            w
+            if seen is None
+            else speed.NetworkWork(w.evaluator, seen.images + w.images, seen.upper_bound or w.upper_bound)
+        )
+    return list(out.values())
 
 
 def _cuda_available() -> bool:

@@ -215,10 +215,13 @@ def _differences(a: StudyConfig, b: StudyConfig) -> list[str]:
         d["study"].pop("output", None)
         # Where a shard ran (`--device cuda:1`) does not change its numbers; the dtype does.
         d["evaluators"].pop("device", None)
-    out = [f"[{k}]" for k in ("study", "metrics", "evaluators") if da[k] != db[k]]
-    if da["models"] != db["models"]:
-        out.append("[[models]]")
-    return out
+    # Every section, including ones only the merging process uses ([privacy], [norberg]): shards of
+    # one study share one config file, so any difference means they came from two studies.
+    return [
+        "[[models]]" if k == "models" else f"[{k}]"
+        for k in dict.fromkeys([*da, *db])
+        if da.get(k) != db.get(k)
+    ]
 
 
 def _copy_parts(src: Path, dest: Path) -> None:

@@ -5,7 +5,7 @@ in the config's model and metric order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +113,7 @@ def summarise(
     cases: pd.DataFrame | None = None,
     distribution_rows: Sequence[dict] = (),
     evaluation: Evaluation | None = None,
+    evaluators: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per (model, metric, group): mean over cases with a percentile-bootstrap CI over cases.
 
@@ -128,7 +129,8 @@ def summarise(
     groups: list[tuple[str, np.ndarray]] = (
         groups_of(cases, m.group_by) if cases is not None else [(ALL_CASES, np.array([], dtype=str))]
     )
-    evaluators = metric_evaluators(evaluation) if evaluation is not None else {}
+    # What computes each metric: the scoring networks, and ``evaluators`` for the other stages' metrics.
+    evaluators = {**(metric_evaluators(evaluation) if evaluation is not None else {}), **(evaluators or {})}
     rows = []
     for (model, metric), (case_ids, all_values) in per_case.items():
         for group, members in groups:

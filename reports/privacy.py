@@ -39,6 +39,14 @@ SPACES = {
 SUMMARY_METRICS = ("memorised_fraction", "authenticity", "privacy_auc", "reid_score", "reid_score_max")
 HISTOGRAM_BINS = 30
 BASELINE_HATCHES = ("/", "x", ".", "+", "\\")
+
+
+def pixel_match(train_case_id: str, pixel_train_case_id: str, mirrored: bool) -> str:
+    """Where the pixel-space nearest training image is, said against the feature-space one."""
+    where = "same image" if pixel_train_case_id == train_case_id else f"training case {pixel_train_case_id}"
+    return f"{where}, mirrored" if mirrored else where
+
+
 # Why the training images may be missing from a page.
 HIDDEN_NOTE = (
     "Training images are not shown: the run's [privacy].show_training_images is false (the training "
@@ -147,6 +155,7 @@ def load_privacy(run_dir: str | Path, info: Mapping[str, Any] | None = None) -> 
         rows[column] = rows[column].astype(str)
     rows["flagged_by"] = rows["flagged_by"].fillna("").astype(str)
     rows["flagged"] = rows["flagged"].fillna(False).astype(bool)
+    rows["pixel_mirrored"] = rows["pixel_mirrored"].fillna(False).astype(bool)
     for column in ("nn_distance", "nn_distance_pixel", "reid_score", "reid_score_max"):
         rows[column] = pd.to_numeric(rows[column], errors="coerce").astype(np.float64)
     training: pd.DataFrame | None = None
@@ -295,14 +304,22 @@ class PairImages:
 
 
 def pair_images(
-    generated_path: str | None, training_path: str | None, size: int, show_training: bool
+    generated_path: str | None,
+    training_path: str | None,
+    size: int,
+    show_training: bool,
+    mirrored: bool = False,
 ) -> PairImages:
     """The pair's thumbnails (longer side at most ``size``). The training image is never read when
-    ``show_training`` is False, so its pixels cannot reach a page."""
+    ``show_training`` is False, so its pixels cannot reach a page. ``mirrored``: the pair was matched
+    with the sample mirrored (privacy.parquet's pixel_mirrored), so the training image is shown
+    mirrored too and the difference lines the two up."""
     generated, why = read_thumb(generated_path, size, _name)
     if not show_training:
         return PairImages(generated, why, None, "hidden", None, "hidden")
     training, training_why = read_thumb(training_path, size, _name)
+    if training is not None and mirrored:
+        training = np.ascontiguousarray(training[:, ::-1])
     if generated is None or training is None:
         reason = why or training_why
         return PairImages(generated, why, training, training_why, None, f"no difference: {reason}")

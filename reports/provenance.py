@@ -107,11 +107,22 @@ def evaluator_tag(evaluator: str, pin: str) -> str:
 
 def _evaluators(info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     block = _mapping(_mapping(info.get("evaluation")).get("evaluators"))
+    # The privacy embedding is described in run.json's "privacy" record (it may be a network the
+    # scoring does not use).
+    privacy = _mapping(_mapping(info.get("privacy")).get("features_plan"))
     out: dict[str, Mapping[str, Any]] = {}
-    for desc in block.values():
+    for desc in [*block.values(), privacy]:
         desc = _mapping(desc)
-        out.setdefault(str(desc.get("name", "")), desc)
+        if desc:
+            out.setdefault(str(desc.get("name", "")), desc)
     return out
+
+
+def _reid_mark(info: Mapping[str, Any], names: list[str]) -> EvaluatorMark:
+    """Re-ID scores come from the [privacy.reid_model] file, checked against the config's sha256."""
+    sha = str(_mapping(info.get("privacy")).get("reid_model") or "")
+    name = names[0] if names else "re-ID model"
+    return EvaluatorMark(name, sha, "config", evaluator_tag(name, "config"), PIN_SENTENCES["config"])
 
 
 def _join(parts: Iterable[str]) -> str:
@@ -147,6 +158,14 @@ def metric_mark(info: Mapping[str, Any], metric: str, evaluator: str = "") -> Ev
     if base.startswith(NORBERG_PREFIX):
         return _detector_mark(info)
     names = [n.strip() for n in evaluator.split(",") if n.strip()]
+    if base in catalogue.METRICS and catalogue.spec(base).family == "privacy":
+        if base == "nn_distance_pixel":
+            return None  # pixels against pixels: no network
+        if base.startswith("reid_score"):
+            return _reid_mark(info, names)
+        # The [privacy].features embedding, named in run.json when summary.csv does not name it.
+        features = str(_mapping(info.get("privacy")).get("features") or "")
+        names = names or ([features] if features else [])
     if not names:
         by_metric = _mapping(_mapping(info.get("evaluation")).get("metric_evaluators"))
         found = by_metric.get(metric) or by_metric.get(base)

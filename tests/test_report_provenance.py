@@ -25,7 +25,14 @@ from reports.run import RESULT_TABLES, MetricColumn, load_run
 from reports.sections.provenance import render_provenance
 from reports.statistics import read_paired_tests
 
-EVALUATOR_METRICS = {*catalogue.names(family="clinical"), *catalogue.names(family="distribution")}
+# The privacy metrics scored by the [privacy].features embedding (nn_distance_pixel and the re-ID
+# scores are not: pixels, and the re-ID file).
+PRIVACY_EMBEDDING = {"nn_distance", "memorised_fraction", "authenticity", "privacy_auc"}
+EVALUATOR_METRICS = {
+    *catalogue.names(family="clinical"),
+    *catalogue.names(family="distribution"),
+    *PRIVACY_EMBEDDING,
+}
 DISTRIBUTION_METRICS = catalogue.names(family="distribution")
 RESAMPLES = 40
 CLASSIFIER_SHA = "ab12" * 16
@@ -191,7 +198,7 @@ def test_demo_csvs_carry_evaluator_and_weights_sha(
         evaluator, sha, pin = values.pop()
         if base in ("pathology_auc", "pathology_f1", "fxd", "precision", "recall", "density", "coverage"):
             assert (evaluator, sha, pin) == ("demo-nodule-classifier", classifier_sha, "demo"), metric
-        elif base.startswith("dice_") or base in ("fid", "kid"):
+        elif base.startswith("dice_") or base in ("fid", "kid", *PRIVACY_EMBEDDING):
             assert (evaluator, sha, pin) == ("demo-anatomy-segmenter", segmenter_sha, "demo"), metric
         else:
             assert (evaluator, sha, pin) == ("", "", ""), metric
@@ -233,7 +240,9 @@ def real_run(demo_run, tmp_path_factory) -> Path:
     evaluation = info["evaluation"]
     for role, desc in evaluation["evaluators"].items():
         desc.update(REAL[role])
-    features = {"fid", "kid"}  # the demo's segmenter stands in for the FID extractor of these
+    features = {"fid", "kid", *PRIVACY_EMBEDDING}  # the demo's segmenter stands in for the FID extractor
+    info["privacy"]["features"] = REAL["features"]["name"]
+    info["privacy"]["features_plan"].update(REAL["features"])
 
     def new_name(metric: str, old: str) -> str:
         if not old:
@@ -261,7 +270,7 @@ def real_exports(real_run: Path, tmp_path_factory) -> Path:
 
 def _role(metric: str) -> str:
     base = metric.split(":", 1)[0]
-    if base in ("fid", "kid"):
+    if base in ("fid", "kid", *PRIVACY_EMBEDDING):
         return "features"
     return "segmenter" if base.startswith("dice_") else "classifier"
 
@@ -396,3 +405,27 @@ def test_raddino_metrics_have_labels_and_a_table() -> None:
         assert name in distribution
         column = MetricColumn(name, catalogue.spec(name).higher_is_better, "")
         assert (column.label, column.arrow) == (label, arrow)
+
+
+def test_privacy_metrics_name_their_embedding_the_reid_file_or_nothing():
+    """The privacy embedding is described in run.json "privacy" (not "evaluation"); pixel distances
+    have no network; re-ID scores come from the file pinned in the config."""
+    from reports.provenance import metric_mark
+
+    info = {
+        "privacy": {
+            "features": "rad-dino",
+            "reid_model": "ab" * 32,
+            "features_plan": {"name": "rad-dino", "weights_sha256": "cd" * 32, "pin": "release"},
+        }
+    }
+    for metric in ("memorised_fraction", "nn_distance", "authenticity", "privacy_auc"):
+        for named in ("", "rad-dino"):  # summary.csv names it (current runs) or not (older ones)
+            mark = metric_mark(info, metric, named)
+            assert mark is not None
+            assert (mark.evaluator, mark.weights_sha256, mark.pin) == ("rad-dino", "cd" * 32, "release")
+            assert mark.tag == "rad-dino, pinned"
+    assert metric_mark(info, "nn_distance_pixel", "") is None
+    reid = metric_mark(info, "reid_score_max", "re-ID model reid.ts")
+    assert reid is not None
+    assert (reid.evaluator, reid.weights_sha256, reid.pin) == ("re-ID model reid.ts", "ab" * 32, "config")

@@ -132,3 +132,19 @@ def test_shards_run_on_different_devices_are_one_study(tmp_path, cohort):
     on = lambda **kw: dataclasses.replace(cfg, evaluators=dataclasses.replace(cfg.evaluators, **kw))
     assert _differences(on(device="cuda:0"), on(device="cuda:1")) == []  # `--device` per node
     assert _differences(on(dtype="fp32"), on(dtype="fp16")) == ["[evaluators]"]  # changes the numbers
+
+
+def test_merge_refuses_shards_whose_privacy_sections_differ(tmp_path, cohort):
+    """[privacy] runs only in the merging process, so a shard's section would otherwise go unread."""
+    from audit.config import PrivacySection, dump_toml
+
+    cfg = load_config(study(tmp_path / "a", cohort, REAL))
+    run_study(cfg, dataclasses.replace(OPTS, shard=(0, 2)))
+    other = tmp_path / "b"
+    other.mkdir()
+    training = tmp_path / "train.csv"
+    training.write_text(Path(cohort).read_text())
+    private = dataclasses.replace(cfg, privacy=PrivacySection(training_cases=training, quantile=0.05))
+    (other / rundir.CONFIG_TOML).write_text(dump_toml(private))
+    with pytest.raises(RunError, match=r"not a shard of the same study .*differs in \[privacy\]"):
+        merge_runs([cfg.study.output, other], OPTS)

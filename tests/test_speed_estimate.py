@@ -170,6 +170,35 @@ def test_slow_run_warns_before_any_work_with_the_cli_device(tmp_path, cohort, mo
     assert seen == ["cpu", "cuda"] and "on CPU will take" not in caplog.text
 
 
+def test_the_privacy_audit_counts_its_uncached_training_images(tmp_path, cohort, monkeypatch, caplog):
+    """[privacy] embeds the training set with its own network: the same network as FID here, so the
+    warning counts one network with both workloads (the 10 training images exactly: their hashes are
+    known before the run)."""
+    import audit.runner
+    from tests.conftest import make_cohort
+
+    training = make_cohort(tmp_path / "train", n=10, seed=5)
+    cfg = _study(tmp_path, cohort, device="cpu")
+    cfg.write_text(cfg.read_text() + f'\n[privacy]\ntraining_cases = "{training}"\nfeatures = "demo"\n')
+    monkeypatch.setitem(speed.CPU_IMAGES_PER_S, "demo-anatomy-segmenter", 0.005)
+    monkeypatch.setattr(audit.runner, "_process", _stop)
+    with caplog.at_level(logging.WARNING, logger="audit.scoring"), pytest.raises(_Stop):
+        main(["-q", "run", str(cfg)])
+    # 6 references + 6 blurred samples (upper bound) + 10 training images = 22 at 0.005/s.
+    want = "evaluating up to 22 images with demo-anatomy-segmenter on CPU will take about 1 h 13 min"
+    assert caplog.text.count(want) == 1
+    # Without FID nothing else embeds the references and samples: the privacy stage counts them itself.
+    cfg.write_text(
+        cfg.read_text()
+        .replace('distribution = ["fid"]', "distribution = []")
+        .replace("pixel = []", 'pixel = ["mse"]')
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="audit.scoring"), pytest.raises(_Stop):
+        main(["-q", "run", str(cfg)])
+    assert caplog.text.count(want) == 1
+
+
 def test_a_shard_counts_only_its_own_chunks(tmp_path, cohort, monkeypatch, caplog):
     import audit.runner
     from audit.config import load_config

@@ -33,7 +33,7 @@ if found is None:
 info = found.info
 st.caption(
     "Every sample against its nearest training image, in the feature space of "
-    f"`{info.features or '?'}` ({info.metric or '?'} distance) and in pixel space (L2 / √pixels). A sample is "
+    f"`{info.features or '?'}` ({info.metric or '?'} distance) and in pixel space (L2 / √pixels, as generated or mirrored, whichever is nearer). A sample is "
     "flagged when either distance is below its threshold; both thresholds sit at one quantile level of "
     "the held-out real images' own nearest-training distances (the real rows, the calibration), chosen so "
     f"that {info.quantile if info.quantile is not None else '?'} of them is flagged by either space."
@@ -159,16 +159,22 @@ for i, r in enumerate(pairs.itertuples(index=False)):
     st.markdown(
         f"**{i + 1}. {r.model} · {r.case_id} · sample {r.sample}** — features "
         f"{common.format_value(r.nn_distance)}, pixels {common.format_value(r.nn_distance_pixel)}"
+        + (" · pixel match mirrored" if r.pixel_mirrored else "")
         + (f" · flagged by {r.flagged_by}" if r.flagged else "")
     )
     path = audit.sample_path(view.files.samples, view.run_dir, r.model, r.case_id, int(r.sample))
-    imgs = audit.pair_images(path, found.training_path(train_id), data.THUMB_PX, show_training)
+    mirrored = column == "nn_distance_pixel" and bool(r.pixel_mirrored)
+    imgs = audit.pair_images(path, found.training_path(train_id), data.THUMB_PX, show_training, mirrored)
     c_gen, c_train, c_diff = st.columns(3)
     with c_gen:
         common.image_tile(imgs.generated, f"{r.model} (generated)", imgs.generated_why)
     with c_train:
         if show_training:
-            common.image_tile(imgs.training, f"training case {train_id}", imgs.training_why)
+            common.image_tile(
+                imgs.training,
+                f"training case {train_id}" + (" (mirrored)" if mirrored else ""),
+                imgs.training_why,
+            )
         else:
             st.markdown(f"training case `{train_id}`")
     with c_diff:

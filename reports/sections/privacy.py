@@ -30,6 +30,7 @@ from reports.privacy import (
     model_table,
     pair_images,
     pair_models,
+    pixel_match,
     sample_path,
 )
 from reports.run import ModelRow
@@ -307,11 +308,7 @@ def _pairs(ctx: PageContext, privacy: PrivacyFiles, k: int) -> str:
             ]
         else:
             cells.append(f'<td class="train-id" data-train="{escape(r.train_case_id)}">{caption}</td>')
-        pixel_to = (
-            "same image"
-            if r.pixel_train_case_id == r.train_case_id
-            else f"training case {r.pixel_train_case_id}"
-        )
+        pixel_to = pixel_match(r.train_case_id, r.pixel_train_case_id, bool(r.pixel_mirrored))
         flag = f'<div class="warn-note">flagged by {escape(r.flagged_by)}</div>' if r.flagged else ""
         cells.append(
             f'<td class="distances" data-features="{float(r.nn_distance)!r}" '
@@ -329,7 +326,7 @@ def _pairs(ctx: PageContext, privacy: PrivacyFiles, k: int) -> str:
         f"The {len(pairs)} samples nearest to a training image in feature space, closest first"
         + (" (sanity baselines left out: their copies would fill the list)" if baselines_left_out else "")
         + ". The pixel distance is to the sample's nearest training image in pixel space, which may be "
-        "another one."
+        "another one, or the same one matched with the sample mirrored left-right."
     )
     note = f'<div class="callout hidden-training">{escape(HIDDEN_NOTE)}</div>' if not show else ""
     return (
@@ -350,7 +347,8 @@ def render_privacy(ctx: PageContext, privacy: PrivacyFiles, k: int = CLOSEST_PAI
     figures = "".join(_histogram(privacy, column, models, i) for i, column in enumerate(SPACES))
     return (
         '\n<p class="small">Every sample is matched to its nearest image of the generator\'s training set, '
-        "in an embedding space and in pixel space; a sample is flagged as memorised when either distance "
+        "in an embedding space and in pixel space (as generated or mirrored left-right, whichever is "
+        "nearer); a sample is flagged as memorised when either distance "
         "is below its threshold. Both thresholds sit at one quantile level of the held-out real images' own "
         "nearest-training distances (the <b>real</b> row), chosen so that the calibration quantile of them "
         "is flagged by either space.</p>\n"

@@ -9,10 +9,11 @@ pairs together.
 * ``norberg_r``: Pearson correlation of generated against real angles.
 * ``norberg_r2``: what the canine-hip paper reports as "R-squared", the square of Pearson r. The paper
   describes it as "the proportion of variance in the dependent variable predictable from the independent
-  variables" (section 4.2.2), i.e. the R² of a least-squares line of generated on real angles, and every
-  value in its Table 1 is the square of the correlation beside it to within rounding (LLCM left
-  0.2026² = 0.0410 vs 0.0411, Stable Diffusion right 0.2747² = 0.0755 vs 0.0754, Dreambooth right
-  0.1338² = 0.0179). It is not agreement with the identity line: a generator that is biased or rescales
+  variables" (section 4.2.2), i.e. the R² of a least-squares line of generated on real angles, and five
+  of the six values in its Table 1 are the square of the correlation beside it to within rounding (LLCM
+  left 0.2026² = 0.0410 vs 0.0411, Stable Diffusion right 0.2747² = 0.0755 vs 0.0754, Dreambooth right
+  0.1338² = 0.0179). The exception is Stable Diffusion left: r = 0.1307 gives r² in [0.01707, 0.01710),
+  i.e. 0.0171, where 0.0170 is printed. It is not agreement with the identity line: a generator that is biased or rescales
   the angles can still score 1, which is why MAE, Bland–Altman and ICC are reported beside it.
 * ``norberg_mae``: mean absolute difference, degrees.
 * Bland–Altman (Bland & Altman 1986): ``norberg_ba_bias`` = mean of generated − real, and the 95% limits

@@ -54,7 +54,9 @@ __all__ = [
     "calibration_threshold",
     "flag_memorised",
     "mann_whitney_auc",
+    "mirror_pixel_vectors",
     "nearest_neighbours",
+    "nearest_of_both",
     "pixel_vectors",
     "reid_scores",
 ]
@@ -550,6 +552,59 @@ def pixel_vectors(images: Sequence[np.ndarray], size: int) -> np.ndarray:
             batch = [_to_unit_float(images[i], i) for i in range(s, min(len(images), s + _IMAGE_CHUNK))]
             out[s : s + len(batch)] = contract.prepare(batch).reshape(len(batch), -1).numpy()
     return out
+
+
+def mirror_pixel_vectors(vectors: np.ndarray, size: int) -> np.ndarray:
+    """The :func:`pixel_vectors` rows of the left-right mirrored images: each row read as a
+    ``size`` × ``size`` image and its columns reversed.
+
+    A flip is a training augmentation as common as a shift, and a mirrored copy of a training radiograph
+    is still that patient's radiograph; pixel distance on its own is not flip-invariant, so the audit
+    searches each sample as given and mirrored (:func:`nearest_of_both`). The centre-square crop and
+    the bilinear resize are symmetric, so this equals ``pixel_vectors`` of the flipped images up to
+    float32 rounding.
+    """
+    arr = np.asarray(vectors)
+    if arr.ndim != 2 or arr.shape[1] != size * size:
+        raise ValueError(
+            f"vectors must be pixel_vectors rows shaped (n, {size}·{size}={size * size}); got shape {arr.shape}"
+        )
+    return np.ascontiguousarray(arr.reshape(-1, size, size)[:, :, ::-1]).reshape(arr.shape[0], -1)
+
+
+def nearest_of_both(first: Neighbours, second: Neighbours) -> tuple[Neighbours, np.ndarray]:
+    """Per row, the k nearest of two searches of the same reference (e.g. a sample and its mirror
+    image), and where each came from: an int (n, k), its column in ``[first, second]`` side by side
+    (``>= k``: found by ``second``).
+
+    A reference row found by both keeps its smaller distance; on equal distance ``first`` wins, and
+    equal distances otherwise keep the lower index first, as :func:`nearest_neighbours` orders them.
+    """
+    if first.distances.shape != second.distances.shape:
+        raise ValueError(
+            f"both searches must have the same shape (n, k); got {first.distances.shape} and "
+            f"{second.distances.shape}"
+        )
+    n, k = first.distances.shape
+    dist = np.concatenate([first.distances, second.distances], axis=1)
+    index = np.concatenate([first.indices, second.indices], axis=1)
+    source = np.broadcast_to(np.arange(2 * k), (n, 2 * k))
+    # Sort by (distance, index, source): lexsort's last key is the primary one.
+    order = np.lexsort((source, index, dist), axis=1)
+    dist, index, source = (np.take_along_axis(a, order, axis=1) for a in (dist, index, source))
+    # Drop the later (farther, or same distance from `second`) occurrence of an index found by both.
+    seen_before = (index[:, :, None] == index[:, None, :]) & np.tri(2 * k, k=-1, dtype=bool)[None]
+    keep = ~seen_before.any(axis=2)
+    rank = np.cumsum(keep, axis=1) - 1
+    rows, cols = np.nonzero(keep & (rank < k))
+    slot = rank[rows, cols]
+    out_d, out_i, out_s = np.empty((n, k), np.float64), np.empty((n, k), np.int64), np.empty((n, k), np.int64)
+    out_d[rows, slot], out_i[rows, slot], out_s[rows, slot] = (
+        dist[rows, cols],
+        index[rows, cols],
+        source[rows, cols],
+    )
+    return Neighbours(out_d, out_i), out_s
 
 
 # ------------------------------------------------------------------------------------ calibration
