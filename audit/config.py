@@ -142,6 +142,21 @@ class PrivacySection:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReaderStudySection:
+    """Where the study's reader ratings are: ``xray-audit report`` reads them when ``--reader-study`` is
+    not given, so a recipe's reader columns fill without another option.
+
+    ``ratings``: a reader-study directory (``xray-audit reader-study create --out``) or its ratings
+    export (``ratings.csv`` / ``.parquet``). ``simulate_readers`` (demo only): ``xray-audit run`` writes
+    that many simulated readers' ratings to ``ratings`` (readers named ``SIMULATED-1``, …), so the
+    reader columns of a demo table are filled and visibly not radiologists'.
+    """
+
+    ratings: Path
+    simulate_readers: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class StudyConfig:
     study: StudySection
     models: tuple[ModelSpec, ...]
@@ -149,6 +164,7 @@ class StudyConfig:
     evaluators: EvaluatorsSection = EvaluatorsSection()
     norberg: NorbergSection | None = None
     privacy: PrivacySection | None = None
+    reader_study: ReaderStudySection | None = None
     source: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +179,8 @@ class StudyConfig:
             d["norberg"] = plain(dataclasses.asdict(self.norberg))
         if self.privacy is not None:
             d["privacy"] = plain(dataclasses.asdict(self.privacy))
+        if self.reader_study is not None:
+            d["reader_study"] = plain(dataclasses.asdict(self.reader_study))
         return d
 
     def hash(self) -> str:
@@ -276,12 +294,29 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
 
     where = str(source) if source else "<config>"
     base_dir = source.parent if source else Path.cwd()
-    unknown = sorted(set(raw) - {"study", "models", "metrics", "evaluators", "norberg", "privacy"})
+    unknown = sorted(
+        set(raw) - {"study", "models", "metrics", "evaluators", "norberg", "privacy", "reader_study"}
+    )
     if unknown:
         raise ConfigError(
             f"{where}: unknown top-level key(s) {', '.join(repr(k) for k in unknown)}; "
-            "allowed are [study], [[models]], [metrics], [evaluators], [norberg], [privacy]"
+            "allowed are [study], [[models]], [metrics], [evaluators], [norberg], [privacy], [reader_study]"
         )
+    reader_study = None
+    if "reader_study" in raw:
+        reader_study = parse_section(
+            ReaderStudySection, raw["reader_study"], f"{where}: [reader_study]", base_dir
+        )
+        if reader_study.simulate_readers and reader_study.ratings.suffix not in (".csv", ".parquet"):
+            raise ConfigError(
+                f"{where}: [reader_study].ratings must be a .csv or .parquet file when simulate_readers is "
+                f"set (the simulated export is written there), got {reader_study.ratings}"
+            )
+        if not 0 <= reader_study.simulate_readers <= 20:
+            raise ConfigError(
+                f"{where}: [reader_study].simulate_readers must be 0 (real readers) to 20, got "
+                f"{reader_study.simulate_readers}"
+            )
     if "study" not in raw:
         raise ConfigError(f"{where}: missing the [study] table")
     study = parse_section(StudySection, raw["study"], f"{where}: [study]", base_dir)
@@ -342,6 +377,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
         evaluators=evaluators,
         norberg=norberg,
         privacy=privacy,
+        reader_study=reader_study,
         source=source,
     )
 
@@ -545,6 +581,9 @@ def dump_toml(config: StudyConfig) -> str:
         if d["privacy"]["reid_model"] is not None:
             lines += ["", "[privacy.reid_model]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in d["privacy"]["reid_model"].items()]
+    if "reader_study" in d:
+        lines += ["", "[reader_study]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in d["reader_study"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -154,6 +154,34 @@ def export_frame(study_dir: str | Path) -> pd.DataFrame:
     return _ratings_frame(_tables(study_dir))
 
 
+def read_ratings(path: str | Path) -> pd.DataFrame:
+    """Ratings from a study directory (:func:`export_frame`) or from an export file written by
+    ``reader-study export`` (``ratings.csv`` / ``.parquet``), checked for the export's columns."""
+    path = Path(path)
+    if path.is_dir():
+        return export_frame(path)
+    if path.suffix not in studydir.EXPORT_SUFFIXES or not path.is_file():
+        raise study.StudyError(
+            f"{path}: not a reader-study directory or a ratings export (.csv/.parquet written by "
+            "`xray-audit reader-study export`)"
+        )
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"case_id": str})
+    missing = [c for c in studydir.EXPORT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise study.StudyError(
+            f"{path}: missing column(s) {', '.join(missing)}; give the ratings file that "
+            "`xray-audit reader-study export` writes"
+        )
+    for col in ("score", "confidence", "read_number", "sample"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    if "calibration" in frame:
+        frame["calibration"] = frame["calibration"].astype(str).str.lower().isin(("true", "1"))
+    else:
+        frame["calibration"] = False
+    frame["case_id"] = frame["case_id"].astype(str)
+    return frame
+
+
 def _ratings_frame(t: _Tables) -> pd.DataFrame:
     heads = t.responses.drop(columns=["comment"]).rename(
         columns={"created_at": "response_created_at", "updated_at": "response_updated_at"}

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable
 
 from audit import __version__
-from audit.cli import cases, dashboard, reader_study, report, run, weights
+from audit.cli import cases, dashboard, init, reader_study, report, run, weights
 from audit.cli.exit_codes import EXIT_PROBLEMS, EXIT_USAGE
 from audit.norberg import cli as norberg_cli
 from audit.norberg import landmarks_cli
@@ -36,10 +36,12 @@ COMMANDS: dict[str, Handler] = {
     "report": report.handle_report,
     "dashboard": dashboard.handle_dashboard,
     "cases": cases.handle_cases,
+    "init": init.handle_init,
 }
 
 # In the order `xray-audit --help` lists the commands.
 _PARSERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    init.add_parser,
     run.add_parsers,
     weights.add_parser,
     reader_study.add_parser,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from audit.cli.exit_codes import EXIT_OK
 
@@ -25,6 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     report.add_argument("--group-by", metavar="COLUMN", help="repeat the table per value of this case column")
     report.add_argument("--out", type=Path, metavar="DIR", help="where the files go (default: RUN_DIR)")
+    report.add_argument(
+        "--layout",
+        metavar="NAME",
+        help="also write a paper's table layout, table-NAME.md/.tex/.csv (a recipe: `xray-audit init --list`)",
+    )
 
 
 def handle_report(args: argparse.Namespace, progress: bool) -> int:
@@ -37,6 +45,13 @@ def handle_report(args: argparse.Namespace, progress: bool) -> int:
         raise ConfigError(f"--format takes html, md, tex and/or csv, got {args.format!r}")
     run_dir = rundir.require_run_dir(args.run_dir)
     out = args.out or run_dir
+    recipe = None
+    if args.layout is not None:
+        from audit.recipes.registry import RECIPES
+
+        if args.layout not in RECIPES:
+            raise ConfigError(f"--layout {args.layout!r}: unknown; the recipes are {', '.join(RECIPES)}")
+        recipe = RECIPES[args.layout]
     from reports.run import load_run
     from reports.statistics import run_paired_tests
 
@@ -44,13 +59,17 @@ def handle_report(args: argparse.Namespace, progress: bool) -> int:
     # [metrics].bootstrap_resamples, [study].seed).
     run = load_run(run_dir)
     reader_scores = ratings = stats = None
-    if args.reader_study is not None:
-        from reader_study.admin import export_frame
+    source = args.reader_study or _configured_ratings(run.config)
+    simulated = False
+    if source is not None:
+        from reader_study.admin import read_ratings
+        from reader_study.simulate import is_simulated
         from reports.reader_stats import run_reader_statistics
 
-        ratings = export_frame(args.reader_study)
+        ratings = read_ratings(source)
         if ratings.empty:
-            raise ConfigError(f"{args.reader_study}: no ratings yet (see `xray-audit reader-study status`)")
+            raise ConfigError(f"{source}: no ratings yet (see `xray-audit reader-study status`)")
+        simulated = is_simulated(ratings)
         stats = run_reader_statistics(ratings, run.settings)
         reader_scores = stats.scores
     written = []
@@ -62,6 +81,11 @@ def handle_report(args: argparse.Namespace, progress: bool) -> int:
         from reports.comparison import write_exports
 
         written += write_exports(run, out, tables, args.group_by, reader_scores, paired=paired)
+    if recipe is not None:
+        from reports.layouts import write_layout
+
+        layout_formats = [f for f in formats if f in ("md", "tex", "csv")] or ["md", "tex", "csv"]
+        written += write_layout(recipe, run, Path(out), layout_formats, reader_scores, simulated)
     if "html" in formats:
         from reports.html import write_html_report
 
@@ -71,10 +95,24 @@ def handle_report(args: argparse.Namespace, progress: bool) -> int:
                 Path(out) / rundir.REPORT_HTML,
                 reader_ratings=ratings,
                 reader_stats=stats,
-                reader_source=str(args.reader_study or ""),
+                reader_source=str(source or "") + (" (SIMULATED readers)" if simulated else ""),
                 paired=paired,
             )
         )
     for path in written:
         print(path)
     return EXIT_OK
+
+
+def _configured_ratings(config: Mapping[str, Any]) -> Path | None:
+    """The study config's [reader_study].ratings (as recorded in the run's config.toml), if it exists."""
+    table = config.get("reader_study")
+    if not isinstance(table, Mapping) or not table.get("ratings"):
+        return None
+    path = Path(str(table["ratings"]))
+    if not path.exists():
+        logging.getLogger("audit").warning(
+            "[reader_study].ratings %s does not exist (yet): the tables have no reader scores", path
+        )
+        return None
+    return path

@@ -188,6 +188,18 @@ def _run(
             "" if chunk_size == 64 else f" --chunk-size {chunk_size}",
         )
         return EXIT_OK
+    if config.reader_study is not None and config.reader_study.simulate_readers:
+        from reader_study.simulate import write_simulated_ratings
+
+        target = write_simulated_ratings(
+            result.path, config.reader_study.ratings, config.reader_study.simulate_readers, config.study.seed
+        )
+        log.warning(
+            "[reader_study].simulate_readers: wrote %d SIMULATED readers' ratings to %s (demo only: not "
+            "radiologists)",
+            config.reader_study.simulate_readers,
+            target,
+        )
     return _finished(result, _write_report(result.path) if report else None)
 
 
