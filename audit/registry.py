@@ -29,13 +29,14 @@ from audit.models.diffusion import (
 )
 from audit.models.folder import FolderAdapter, FolderSpec, validate_folder
 from audit.models.real import RealAdapter, validate_real
+from audit.models.sweep import expand_sweep
 from audit.models.training_copy import (
     TrainingCopyAdapter,
     TrainingCopySpec,
     resolve_training_copy,
     validate_training_copy,
 )
-from audit.models.user_callable import PythonAdapter, PythonSpec, validate_python
+from audit.models.user_callable import PythonAdapter, PythonSpec, resolve_python, validate_python
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,13 @@ MODEL_KINDS: dict[str, ModelKind] = {
             )
         ),
         ModelKind(
-            "python", PythonSpec, PythonAdapter, validate_python, "a user callable package.module:function"
+            "python",
+            PythonSpec,
+            PythonAdapter,
+            validate_python,
+            "a user callable package.module:function",
+            resolve_python,
+            expand_sweep,
         ),
     )
 }

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from audit.atomic import atomic_path
 from reader_study import studydir
@@ -88,9 +89,10 @@ def write_simulated_ratings(run_dir: Path, target: Path, readers: int, seed: int
     (.csv or .parquet), atomically."""
     from audit import rundir
 
+    target = Path(target)
+    refuse_real_ratings(target)
     samples = pd.read_parquet(Path(run_dir) / rundir.SAMPLES)
     frame = simulate_ratings(samples, readers, seed)
-    target = Path(target)
     if target.suffix not in studydir.EXPORT_SUFFIXES:
         raise ValueError(
             f"[reader_study].ratings for simulated readers must end in .csv or .parquet, got {target}"
@@ -102,3 +104,32 @@ def write_simulated_ratings(run_dir: Path, target: Path, readers: int, seed: int
         else:
             frame.to_csv(tmp, index=False)
     return target
+
+
+def refuse_real_ratings(target: Path) -> None:
+    """Raise when ``target`` holds anything but simulated ratings: simulating must never overwrite the
+    ratings of real readers (a demo's [reader_study] block copied into a real study's config)."""
+    from reader_study.study import StudyError
+
+    target = Path(target)
+    if not target.exists():
+        return
+    if target.is_dir():
+        raise StudyError(
+            f"[reader_study].ratings {target} is a directory (a real reader study?); simulated ratings go to "
+            "a .csv or .parquet file of their own"
+        )
+    try:
+        frame = pd.read_parquet(target) if target.suffix == ".parquet" else pd.read_csv(target, dtype=str)
+        readers = frame["reader"].astype(str)
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:  # unreadable: not ours either
+        raise StudyError(
+            f"[reader_study].ratings {target} exists and is not a simulated ratings file ({exc}); it was "
+            "left as it is. Point [reader_study].ratings at a new file, or remove simulate_readers"
+        ) from None
+    real = sorted(set(readers[~readers.str.startswith(PREFIX)]))
+    if real:
+        raise StudyError(
+            f"[reader_study].ratings {target} holds ratings of real readers ({', '.join(real[:5])}); simulated "
+            "ratings never overwrite them. Point [reader_study].ratings at a new file, or remove simulate_readers"
+        )

@@ -14,6 +14,7 @@ this module looks the numbers up and writes ``table-RECIPE.md``, ``.tex`` and ``
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from audit import rundir
 from audit.atomic import write_text
 from audit.recipes.base import READER, PaperTable, Published, Recipe, Ref, RunView
 from reports.provenance import MARK_COLUMNS, EvaluatorMark, demo_evaluators, mark_fields, metric_mark
 from reports.run import RunFiles, order_models
 from reports.statistics import per_case_means
+
+log = logging.getLogger(__name__)
 
 DASH = "—"
 MISSING = "n/a"
@@ -48,6 +52,22 @@ class Number:
     std: float = math.nan
 
 
+def _is_demo(run: RunFiles) -> bool:
+    """Whether the run used the embedded demo: its generators, or a study `init --demo` wrote."""
+    callables = [str(m.get("callable", "")) for m in run.settings.models]
+    return any(c.startswith("audit.demo.") for c in callables) or run.settings.name.endswith("-demo")
+
+
+def _norberg_summary(run: RunFiles) -> pd.DataFrame | None:
+    path = run.run_dir / rundir.NORBERG_SUMMARY
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in ("value", "ci_low", "ci_high", "n"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
 def run_view(run: RunFiles, reader_scores: pd.DataFrame | None, simulated: bool) -> RunView:
     groups: dict[str, tuple[str, ...]] = {}
     for label in run.summary["group"].unique():
@@ -58,54 +78,91 @@ def run_view(run: RunFiles, reader_scores: pd.DataFrame | None, simulated: bool)
     metrics = set(run.summary["metric"].astype(str))
     if reader_scores is not None:
         metrics |= {f"{READER}{c}" for c in reader_scores["criterion"].astype(str).unique()}
+    norberg = _norberg_summary(run)
+    sources = tuple(dict.fromkeys(norberg["source"])) if norberg is not None and "source" in norberg else ()
     return RunView(
         models=tuple((m.name, m.kind) for m in order_models(run)),
         metrics=frozenset(metrics),
         group_values={k: tuple(sorted(set(v))) for k, v in groups.items()},
         simulated_readers=simulated,
+        demo=_is_demo(run),
+        pixel_range=float(run.settings.metrics.pixel_range),
+        overlap_threshold=float(run.settings.metrics.overlap_threshold),
+        norberg_sources=sources,
     )
 
 
 class _Resolver:
     def __init__(self, run: RunFiles, reader_scores: pd.DataFrame | None) -> None:
-        s = run.summary
-        self._summary = {(str(r.model), str(r.metric), str(r.group)): r for r in s.itertuples(index=False)}
+        self._summary = {
+            (str(r.model), str(r.metric), str(r.group)): r for r in run.summary.itertuples(index=False)
+        }
+        norberg = _norberg_summary(run)
+        self._norberg = (
+            {
+                (str(r.model), str(r.metric), str(r.group), str(r.source)): r
+                for r in norberg.itertuples(index=False)
+            }
+            if norberg is not None and "source" in norberg
+            else {}
+        )
         self._readers = (
             {(str(r.model), str(r.criterion)): r for r in reader_scores.itertuples(index=False)}
             if reader_scores is not None
             else {}
         )
+        # A reader study names the reference images "real", whatever the run's real-kind model is called.
+        self._reader_name = {m.name: "real" for m in order_models(run) if m.is_real}
         self._run = run
         self._per_case: pd.DataFrame | None = None
+        self.missing: list[Ref] = []
 
     def _std(self, ref: Ref) -> float:
+        from audit.evaluation import groups_of
+
         if self._per_case is None:
             self._per_case = per_case_means(self._run)
         pc = self._per_case
         pc = pc[(pc["model"] == ref.model) & (pc["metric"] == ref.metric)]
         if ref.group:
-            column, _, value = ref.group.partition("=")
+            column = ref.group.partition("=")[0]
             cases = self._run.cases
             if cases is None or column not in cases:
                 return math.nan
-            members = set(cases.loc[cases[column].astype(str) == value, "case_id"].astype(str))
-            pc = pc[pc["case_id"].isin(members)]
+            # The same membership as summary.csv's group rows (missing values form "(missing)").
+            members = dict(groups_of(cases, [column])).get(ref.group)
+            if members is None:
+                return math.nan
+            pc = pc[pc["case_id"].isin(set(members))]
         values = pc["value"].to_numpy(np.float64)
         return float(np.std(values, ddof=1)) if values.size > 1 else math.nan
+
+    def _row(self, ref: Ref) -> tuple[float, float, float, float] | None:
+        if ref.metric.startswith(READER):
+            model = self._reader_name.get(ref.model, ref.model)
+            row = self._readers.get((model, ref.metric[len(READER) :]))
+            return (
+                None
+                if row is None
+                else (float(row.mean), float(row.ci_low), float(row.ci_high), float(row.n_ratings))
+            )
+        hit = (
+            self._norberg.get((ref.model, ref.metric, ref.group, ref.source))
+            if ref.source
+            else self._summary.get((ref.model, ref.metric, ref.group))
+        )
+        return (
+            None if hit is None else (float(hit.value), float(hit.ci_low), float(hit.ci_high), float(hit.n))
+        )
 
     def number(self, ref: Ref) -> Number:
         if ref.dash:
             return Number(DASH, "")
-        if ref.metric.startswith(READER):
-            row = self._readers.get((ref.model, ref.metric[len(READER) :]))
-            if row is None:
-                return Number(MISSING, "")
-            value, lo, hi, n = float(row.mean), float(row.ci_low), float(row.ci_high), float(row.n_ratings)
-        else:
-            hit = self._summary.get((ref.model, ref.metric, ref.group))
-            if hit is None:
-                return Number(MISSING, "")
-            value, lo, hi, n = float(hit.value), float(hit.ci_low), float(hit.ci_high), float(hit.n)
+        found = self._row(ref)
+        if found is None:
+            self.missing.append(ref)
+            return Number(MISSING, "")
+        value, lo, hi, n = found
         if not math.isfinite(value):
             return Number(MISSING if math.isnan(value) else _fmt(value, ref.digits), "", value, lo, hi, n)
         ci = (
@@ -138,11 +195,25 @@ def fill(recipe: Recipe, run: RunFiles, reader_scores: pd.DataFrame | None, simu
     """The recipe's tables for this run, every Ref resolved."""
     resolver = _Resolver(run, reader_scores)
     out = []
+    refs = 0
     for table in recipe.layout(run_view(run, reader_scores, simulated)):
         cells = tuple(
             tuple(resolver.number(c) if isinstance(c, Ref) else c for c in row) for row in table.rows
         )
+        refs += sum(isinstance(c, Ref) and not c.dash for row in table.rows for c in row)
         out.append(Filled(table, cells))
+    if resolver.missing:
+        metrics = sorted({r.metric for r in resolver.missing})
+        log.warning(
+            "--layout %s: %d of %d cells have no value in this run (n/a): %s%s",
+            recipe.name,
+            len(resolver.missing),
+            refs,
+            ", ".join(metrics[:8]),
+            "; was the run made from this recipe's study (`xray-audit init " + recipe.name + "`)?"
+            if len(resolver.missing) * 2 > refs
+            else "",
+        )
     return out
 
 
@@ -208,11 +279,16 @@ def _published_md(tables: Sequence[Published]) -> list[str]:
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
         "↑": r"$\uparrow$", "↓": r"$\downarrow$", "±": r"$\pm$", "—": "---", "†": r"\textdagger{}",
-        "‡": r"\textdaggerdbl{}", "²": r"$^2$", "×": r"$\times$", "∞": r"$\infty$", "−": "-"}  # fmt: skip
+        "‡": r"\textdaggerdbl{}", "²": r"$^2$", "×": r"$\times$", "∞": r"$\infty$", "−": "-",
+        "σ": r"$\sigma$", "°": r"$^\circ$", "≥": r"$\geq$", "≤": r"$\leq$", "≈": r"$\approx$",
+        "→": r"$\rightarrow$", "–": "--", "’": "'", "“": "``", "”": "''", "|": r"\textbar{}",
+        "<": r"\textless{}", ">": r"\textgreater{}"}  # fmt: skip
 
 
 def _tex(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in text)
+    """``text`` for pdflatex: specials escaped, known symbols as math, any other non-ASCII character as
+    ``?`` (pdflatex stops at one it has no definition for)."""
+    return "".join(_TEX.get(ch, ch if ch.isascii() else "?") for ch in text)
 
 
 def latex(recipe: Recipe, filled: Sequence[Filled], banner: Sequence[str]) -> str:
@@ -252,10 +328,10 @@ def latex(recipe: Recipe, filled: Sequence[Filled], banner: Sequence[str]) -> st
                     )
                 else:
                     out.append(_tex(cell))
-            lines.append(" & ".join(out) + r" \\")
+            lines.append("{}" + " & ".join(out) + r" \\")  # {}: a cell starting with [ is not \\[len]
         lines += [r"\bottomrule", r"\end{tabular}"]
-        notes = [*t.notes, "Second line of a cell: its 95\\% CI; N per cell in the csv."]
-        lines += [r"\par\smallskip\footnotesize " + " ".join(_tex(n) if "\\%" not in n else n for n in notes)]
+        notes = [*banner, *t.notes, "Second line of a cell: its 95% CI; N per cell in the csv."]
+        lines += [r"\par\smallskip\footnotesize " + " ".join(_tex(n) for n in notes)]
         lines += [r"\end{table}", ""]
     for p in recipe.published:
         lines += [r"\begin{table}[t]", r"\centering"]
@@ -336,6 +412,11 @@ def write_layout(
         banner.append("PHANTOM: the cases are a drawn pelvis phantom, not anatomy.")
     if simulated:
         banner.append("Reader scores from SIMULATED readers (demo), not radiologists.")
+    if _is_demo(run):
+        banner.append(
+            "DEMO: the embedded synthetic data and the small demo generators/evaluators trained on it; the "
+            "numbers show the layout working, not anything about real models."
+        )
     written = []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -211,7 +211,13 @@ def test_canine_hip_tables_and_phantom_label(demos):
 def test_fracatlas_and_nodule_rows(demos):
     frac = _table(demos["fracatlas-controlnet"], "fracatlas-controlnet")
     assert list(dict.fromkeys(frac["column"])) == ["MSE Score", "Precision", "Recall", "F1 Score"]
-    assert set(frac["model"]) == {"cond-ddpm"}
+    assert list(dict.fromkeys(frac["model"])) == ["cond-ddpm", "cond-ddpm[motion_blur=9]"]
+    assert list(dict.fromkeys(frac["row"])) == [
+        "Baseline (demo) / cond-ddpm",
+        "Robustness sweep (demo) / cond-ddpm; test control maps motion-blurred, 9 px",
+    ]
+    md = (demos["fracatlas-controlnet"] / "table-fracatlas-controlnet.md").read_text()
+    assert "DEMO:" in md  # a pixel-metric demo says so too (no demo evaluator to flag it)
     nodule = _table(demos["nodule-controlnet"], "nodule-controlnet")
     assert list(dict.fromkeys(nodule["column"])) == ["PSNR", "SSIM"]
     md = (demos["nodule-controlnet"] / "table-nodule-controlnet.md").read_text()
@@ -234,20 +240,70 @@ def test_published_figures_are_the_papers_own(name):
         found = re.search(r"lines? (\d+)(?:-(\d+))?", table.source)
         assert found, table.source
         first, last = int(found.group(1)), int(found.group(2) or found.group(1))
-        text = "\n".join(lines[first - 1 : last])
+        block = [re.sub(r"</?[bu]>", "", ln) for ln in lines[first - 1 : last]]
+        # The caption is the paper's (FracAtlas prints none above its tables: its captions follow them).
+        assert not table.caption or table.caption in "\n".join(lines), (name, table.caption)
+        text = "\n".join(lines)
         for row in table.rows:
-            for cell in row:
-                if cell and cell != "—":
-                    assert cell in text, (name, table.title, cell)
+            numbers = [c for c in row if re.fullmatch(r"[\d.±]+", c)]
+            # One line of the paper holds the row's figures in this order (a swapped pair fails) ...
+            assert any(_in_order(numbers, ln) for ln in block), (name, table.title, row)
+            # ... and its labels are the paper's words.
+            assert all(c in text for c in row if c and c != "—" and c not in numbers), (name, row)
 
 
-def test_ratings_file_must_be_an_export(tmp_path):
-    from reader_study.admin import read_ratings
+def _in_order(cells: list[str], line: str) -> bool:
+    at = 0
+    for cell in cells:
+        at = line.find(cell, at)
+        if at < 0:
+            return False
+        at += len(cell)
+    return True
+
+
+def test_simulated_ratings_never_overwrite_real_readers(tmp_path, cohort):
     from reader_study.errors import ERRORS
+    from reader_study.simulate import refuse_real_ratings
+    from tests.test_runner import REAL, study
 
-    bad = tmp_path / "ratings.csv"
-    bad.write_text("reader,score\nr1,3\n")
-    with pytest.raises(ERRORS, match="missing column"):
-        read_ratings(bad)
-    with pytest.raises(ERRORS, match="not a reader-study directory"):
-        read_ratings(tmp_path / "nothing.txt")
+    real = tmp_path / "ratings.csv"
+    real.write_text("reader,item,model,case_id,sample,criterion,score\nalice,i1,real,c1,,anatomy,4\n")
+    with pytest.raises(ERRORS, match="real readers"):
+        refuse_real_ratings(real)
+    refuse_real_ratings(tmp_path / "absent.csv")  # nothing there: fine
+    # `run` refuses before any work, and the file is left as it was.
+    path = study(tmp_path, cohort, REAL)
+    path.write_text(path.read_text() + f'\n[reader_study]\nratings = "{real}"\nsimulate_readers = 2\n')
+    before = real.read_bytes()
+    assert main(["-q", "run", str(path), "--no-report"]) != 0
+    assert real.read_bytes() == before and not (tmp_path / "run" / rundir.SAMPLES).exists()
+
+
+def test_layout_edge_cases_from_a_run_view():
+    """Knee without group_by falls back to one all-cases column; canine-hip gives one block of rows per
+    Norberg source; LaTeX escapes σ and a cell starting with "[" cannot become \\[len]."""
+    from audit.recipes import canine_hip, knee
+    from audit.recipes.base import RunView
+    from reports.layouts import _tex
+
+    view = RunView(models=(("cond-ddpm", "python"), ("real", "real")), metrics=frozenset(), group_values={})
+    (table,) = knee.layout(view)
+    assert table.header == (("Condition", "", "All cases"),)
+    assert {c.group for r in table.rows for c in r[2:]} == {""}
+    both = RunView(
+        models=(("stable-diffusion", "diffusers-text2img"), ("real", "real")),
+        metrics=frozenset(),
+        group_values={},
+        norberg_sources=("detector", "readers"),
+    )
+    rows = canine_hip.layout(both)[0].rows
+    assert [r[0] for r in rows if r[0]] == [
+        "Stable Diffusion [landmark detector]",
+        "Real images (landmark detector vs annotation)",
+        "Stable Diffusion [expert landmarks (reader study)]",
+        "Real images (expert landmarks (reader study) vs annotation)",
+    ]
+    assert {c.source for r in rows for c in r[2:]} == {"detector", "readers"}
+    assert _tex("σ = 1.5, 50 % ≥ 0.5°") == r"$\sigma$ = 1.5, 50 \% $\geq$ 0.5$^\circ$"
+    assert "?" in _tex("α")  # an unknown symbol never reaches pdflatex raw

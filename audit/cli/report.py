@@ -67,11 +67,17 @@ def handle_report(args: argparse.Namespace, progress: bool) -> int:
         from reports.reader_stats import run_reader_statistics
 
         ratings = read_ratings(source)
-        if ratings.empty:
+        if ratings.empty and args.reader_study is not None:
             raise ConfigError(f"{source}: no ratings yet (see `xray-audit reader-study status`)")
-        simulated = is_simulated(ratings)
-        stats = run_reader_statistics(ratings, run.settings)
-        reader_scores = stats.scores
+        if ratings.empty:  # the config's source, before the readers started: the rest still gets written
+            logging.getLogger("audit").warning(
+                "[reader_study].ratings %s has no ratings yet: the tables have no reader scores", source
+            )
+            ratings = None
+        else:
+            simulated = is_simulated(ratings)
+            stats = run_reader_statistics(ratings, run.settings)
+            reader_scores = stats.scores
     written = []
     tables = [f for f in formats if f != "html"]
     # The model-vs-model tests, computed once for paired_tests.csv and the page (metrics with non-finite

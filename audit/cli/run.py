@@ -169,6 +169,10 @@ def _run(
     from audit.runner import run_study
 
     config = load_config(config_path)
+    if config.reader_study is not None and config.reader_study.simulate_readers:
+        from reader_study.simulate import refuse_real_ratings
+
+        refuse_real_ratings(config.reader_study.ratings)  # before any work, not after it
     if device is not None:
         # run.json and config.toml then record the device the evaluators actually ran on.
         config = dataclasses.replace(config, evaluators=dataclasses.replace(config.evaluators, device=device))

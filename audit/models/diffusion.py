@@ -49,29 +49,21 @@ from audit.models.generation import (
     torch_dtype,
     validate_generation,
 )
+from audit.models.sweep import (
+    CONDITION_AXES,
+    PROMPT_AXES,
+    SweepSpec,
+    check_sweep,
+    expand_sweep,
+    perturbation_rng,
+    resolve_perturbation,
+)
 
 Encoding = Literal["image", "binary", "structures"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 # Axis values for conditions are numbers; prompt axes take text (a synonym file, a fixed prompt).
-_CONDITION_AXES = ("blur", "motion_blur", "noise", "dropout")
-_PROMPT_AXES = ("synonyms", "fixed_prompt")
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepSpec:
-    """``[models.sweep]``: each value becomes its own model row, e.g. ``controlnet[blur=2]``."""
-
-    blur: tuple[float, ...] = ()  # gaussian sigma of the condition map, px
-    motion_blur: tuple[float, ...] = ()  # motion-blur length, px (direction drawn per sample)
-    noise: tuple[float, ...] = ()  # gaussian noise std on the [0, 1] scale
-    dropout: tuple[float, ...] = ()  # probability of dropping each mask structure
-    synonyms: tuple[Path, ...] = ()  # CSV files `term,synonym`
-    fixed_prompt: tuple[str, ...] = ()  # one prompt for every case
-
-    def values(self) -> list[tuple[str, Any]]:
-        return [(f.name, v) for f in dataclasses.fields(self) for v in getattr(self, f.name)]
-
-
 @dataclasses.dataclass(frozen=True)
 class DiffusersSpec(GenerationSpec):
     path: str = ""  # local directory or hub id ("org/name") of the (base) pipeline
@@ -152,9 +144,7 @@ def resolve_diffusers(spec: ModelSpec, base_dir: Path) -> ModelSpec:
         changes["condition"] = _as_tuple(spec.condition)
         changes["encoding"] = _as_tuple(spec.encoding)
         changes["conditioning_scale"] = tuple(float(x) for x in _as_tuple(spec.conditioning_scale))
-    if spec.perturbation.startswith("synonyms="):
-        file = Path(spec.perturbation.split("=", 1)[1]).expanduser()
-        changes["perturbation"] = f"synonyms={file if file.is_absolute() else (base_dir / file).resolve()}"
+    changes |= resolve_perturbation(spec, base_dir)
     return dataclasses.replace(spec, **changes)
 
 
@@ -206,56 +196,10 @@ def validate_diffusers(spec: ModelSpec, study: StudySection, where: str) -> None
         for key in ("encoding", "conditioning_scale"):
             if len(getattr(spec, key)) not in (1, n):
                 raise ConfigError(f"{where}: {key} needs one value, or one per ControlNet ({n})")
-    if spec.perturbation:
-        _check_perturbation(spec, spec.perturbation, where)
-    if spec.sweep is not None:
-        if spec.perturbation:
-            raise ConfigError(f"{where}: use either perturbation or [models.sweep], not both")
-        if not spec.sweep.values():
-            raise ConfigError(f"{where}: [models.sweep] lists no values")
-        for axis, value in spec.sweep.values():
-            _check_perturbation(spec, f"{axis}={value}", where)
+    check_sweep(spec, where)
 
 
-def _check_perturbation(spec: DiffusersSpec, text: str, where: str) -> None:
-    from audit import perturb
-
-    axis, sep, value = text.partition("=")
-    if not sep or axis not in (*_CONDITION_AXES, *_PROMPT_AXES):
-        raise ConfigError(
-            f"{where}: perturbation {text!r} must be axis=value with axis one of "
-            f"{', '.join(_CONDITION_AXES + _PROMPT_AXES)}"
-        )
-    if axis in _CONDITION_AXES:
-        if not spec.has_condition:
-            raise ConfigError(f"{where}: {axis} perturbs a condition map, and kind {spec.kind} has none")
-        try:
-            perturb.check_condition_value(axis, float(value))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    elif axis == "synonyms":
-        try:
-            perturb.load_synonyms(Path(value))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{where}: synonyms file: {exc}") from None
-
-
-def expand_diffusers(spec: ModelSpec) -> list[ModelSpec]:
-    assert isinstance(spec, DiffusersSpec)
-    if spec.sweep is None:
-        return [spec]
-    from audit.perturb import axis_label
-
-    base = dataclasses.replace(spec, sweep=None)
-    rows: list[ModelSpec] = [base]
-    for axis, value in spec.sweep.values():
-        text = str(value) if not isinstance(value, float) else format(value, "g")
-        rows.append(
-            dataclasses.replace(
-                base, name=f"{spec.name}[{axis_label(axis, value)}]", perturbation=f"{axis}={text}"
-            )
-        )
-    return rows
+expand_diffusers = expand_sweep
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -301,11 +245,6 @@ def condition_image(condition: np.ndarray) -> Any:
 
     rgb = np.repeat(condition, 3, axis=0) if condition.shape[0] == 1 else condition
     return Image.fromarray(np.rint(np.moveaxis(rgb, 0, -1) * 255).astype(np.uint8), mode="RGB")
-
-
-def perturbation_rng(seed: int, purpose: int) -> np.random.Generator:
-    # Separate streams per purpose, derived from the sample's seed (never the diffusion noise's).
-    return np.random.default_rng([int(seed), 0x5EED, purpose])
 
 
 # ------------------------------------------------------------------------------------------- adapter
@@ -508,7 +447,7 @@ class DiffusersAdapter(ModelAdapter):
 
         prompt = render_prompt(self.spec.prompt, req.case)
         axis, _, value = self.spec.perturbation.partition("=")
-        if axis in _PROMPT_AXES:
+        if axis in PROMPT_AXES:
             if axis == "synonyms" and self._synonyms is None:
                 self._synonyms = perturb.load_synonyms(Path(value))
             prompt = perturb.perturb_prompt(
@@ -523,7 +462,7 @@ class DiffusersAdapter(ModelAdapter):
         assert path is not None  # preflight / case_problems reject cases without it
         cond = load_condition(path, encoding)
         axis, _, value = self.spec.perturbation.partition("=")
-        if axis in _CONDITION_AXES:
+        if axis in CONDITION_AXES:
             cond = perturb.perturb_condition(cond, axis, float(value), perturbation_rng(req.seed, 2))
         return cond
 

@@ -21,14 +21,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from audit import images
-from audit.cases import Case
+from audit.cases import MASK_COLUMNS, PATH_COLUMNS, Case
 from audit.config_base import ConfigError, ModelSpec, StudySection
 from audit.images import XrayImage
 from audit.models.base import ModelAdapter, ModelLoadError, SampleFailure, SampleRequest
@@ -43,6 +44,15 @@ from audit.models.generation import (
     torch_dtype,
     validate_generation,
 )
+from audit.models.sweep import (
+    CONDITION_AXES,
+    PROMPT_AXES,
+    SweepSpec,
+    base_name,
+    check_sweep,
+    perturbation_rng,
+    resolve_perturbation,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +62,24 @@ class PythonSpec(GenerationSpec):
     # Expected output size; None accepts any size (the runner then records whatever comes back).
     height: int | None = None
     width: int | None = None
+    # Robustness sweeps (audit.models.sweep): the case column a condition axis perturbs. The callable
+    # gets cases whose `condition` file is the perturbed map (an 8-bit PNG) or whose prompt is perturbed.
+    condition: str = "anatomy_mask"
+    perturbation: str = ""  # one sweep axis value, "axis=value"; set by [models.sweep] or by hand
+    sweep: SweepSpec | None = None
+
+    has_condition: ClassVar[bool] = True
 
 
 def validate_python(spec: ModelSpec, study: StudySection, where: str) -> None:
     assert isinstance(spec, PythonSpec)
     validate_generation(spec, where)
+    if spec.condition not in PATH_COLUMNS:
+        raise ConfigError(
+            f"{where}: condition {spec.condition!r} is not an image column of the case manifest; use one of "
+            f"{', '.join(PATH_COLUMNS)}"
+        )
+    check_sweep(spec, where)
     module, sep, attr = spec.callable.partition(":")
     if not sep or not module or not attr:
         raise ConfigError(f'{where}: callable must be "package.module:function", got {spec.callable!r}')
@@ -112,11 +135,23 @@ class PythonAdapter(ModelAdapter):
         self._fn: Callable[..., Any] | None = None
         self._device: Any = None
         self._stats = GenerationStats()
+        self._synonyms: dict[str, tuple[str, ...]] | None = None
 
     def preflight(self, cases: Sequence[Case]) -> list[tuple[Case, int, str]]:
         fn = load_callable(self.spec.callable)
         check_signature(fn, self.spec.options, self.spec.callable)
-        return []
+        axis = self.spec.perturbation.partition("=")[0]
+        if axis not in CONDITION_AXES:
+            return []
+        column = self.spec.condition
+        reason = f"column {column!r} (the condition the {axis} perturbation changes) is empty or missing for this case"
+        return [
+            (c, s, reason) for c in cases if c.path(column) is None for s in range(self.samples_per_case())
+        ]
+
+    def seed_name(self) -> str:
+        # A sweep row starts from its base model's seeds, so only the perturbation differs.
+        return base_name(self.spec.name, self.spec.perturbation)
 
     def batch_size(self) -> int:
         return self.spec.batch_size
@@ -141,14 +176,9 @@ class PythonAdapter(ModelAdapter):
         fn = self._load()
         timer = Timer()
         gens = [torch.Generator(self._device).manual_seed(r.seed) for r in requests]
-        with torch.inference_mode():
-            outputs = fn(
-                [r.case for r in requests],
-                gens,
-                device=self._device,
-                dtype=torch_dtype(self.spec),
-                **self.spec.options,
-            )
+        with tempfile.TemporaryDirectory(prefix="xray-audit-sweep-") as tmp, torch.inference_mode():
+            cases = [self._perturbed(r, Path(tmp) / str(i)) for i, r in enumerate(requests)]
+            outputs = fn(cases, gens, device=self._device, dtype=torch_dtype(self.spec), **self.spec.options)
         outputs = list(outputs)
         if len(outputs) != len(requests):
             raise ModelLoadError(
@@ -174,6 +204,37 @@ class PythonAdapter(ModelAdapter):
         self._stats.images += len(requests)
         return out
 
+    def _perturbed(self, req: SampleRequest, folder: Path) -> Case:
+        """The case as the callable sees it: with this row's perturbation of its prompt or condition
+        map, drawn from the sample's seed (the same draw as a diffusers model's)."""
+        from audit import perturb
+
+        axis, _, value = self.spec.perturbation.partition("=")
+        if not axis:
+            return req.case
+        fields = dict(req.case.fields)
+        if axis in PROMPT_AXES:
+            if axis == "synonyms" and self._synonyms is None:
+                self._synonyms = perturb.load_synonyms(Path(value))
+            prompt = str(fields.get("prompt") or "")
+            fields["prompt"] = perturb.perturb_prompt(
+                prompt, axis, value, perturbation_rng(req.seed, 1), self._synonyms
+            )
+        else:
+            column = self.spec.condition
+            path = req.case.path(column)
+            assert path is not None  # preflight rejects cases without it
+            if column in MASK_COLUMNS:
+                cond = np.moveaxis(images.read_mask(path), -1, 0).astype(np.float32)
+            else:
+                cond = images.read_image(path).pixels[None].astype(np.float32)
+            out = perturb.perturb_condition(cond, axis, float(value), perturbation_rng(req.seed, 2))
+            folder.mkdir(parents=True, exist_ok=True)
+            file = folder / f"{column}.png"
+            images.write_png(file, out[0] if out.shape[0] == 1 else np.moveaxis(out, 0, -1), bit_depth=8)
+            fields[column] = str(file)
+        return dataclasses.replace(req.case, fields=fields)
+
     def sample_info(self, request: SampleRequest) -> dict[str, Any]:
         return {"dtype": self.spec.dtype, "weights": f"python:{self.spec.callable}"}
 
@@ -197,3 +258,9 @@ def _integer_depth(image: Any) -> int | None:
     if dtype == np.uint16:
         return 16
     return None
+
+
+def resolve_python(spec: ModelSpec, base_dir: Path) -> ModelSpec:
+    """A relative synonyms file of ``perturbation`` resolves against the config's directory."""
+    assert isinstance(spec, PythonSpec)
+    return dataclasses.replace(spec, **resolve_perturbation(spec, base_dir))

@@ -33,6 +33,7 @@ class Ref:
     digits: int = 3
     std_digits: int = 2
     dash: bool = False
+    source: str = ""  # Norberg metrics: norberg_summary.csv's source ("detector", "readers"); "": summary.csv
 
 
 Cell = str | Ref
@@ -72,6 +73,10 @@ class RunView:
     metrics: frozenset[str]
     group_values: Mapping[str, tuple[str, ...]]  # case column -> its values, sorted
     simulated_readers: bool = False  # the reader scores come from simulated readers (a demo)
+    demo: bool = False  # the run used the embedded demo data or generators (every table says so)
+    pixel_range: float = 1.0  # [metrics].pixel_range of the run (MSE/MAE scale)
+    overlap_threshold: float = 0.5  # [metrics].overlap_threshold of the run
+    norberg_sources: tuple[str, ...] = ()  # norberg_summary.csv's sources: "detector", "readers"
 
     def names(self) -> list[str]:
         return [name for name, _ in self.models]

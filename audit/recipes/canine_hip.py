@@ -75,12 +75,23 @@ PUBLISHED = (
 )
 
 
+SOURCE_WORDS = {"detector": "landmark detector", "readers": "expert landmarks (reader study)"}
+
+
 def layout(view: RunView) -> list[PaperTable]:
+    # One block of rows per measurement source in norberg_summary.csv (the detector of `run`, the
+    # readers' landmarks of `norberg evaluate --reader-landmarks`); summary.csv's rows without it.
+    sources = view.norberg_sources or ("",)
     rows = []
-    for model, spec in ordered_rows(view, ROWS, "Real images (detector vs annotation)"):
-        for i, (metric, label) in enumerate(AGREEMENT):
-            cells = [Ref(model, f"{metric}:{side}", digits=4) for side, _ in SIDES]
-            rows.append((spec.label if i == 0 else "", label, *cells))
+    for source in sources:
+        words = SOURCE_WORDS.get(source, source or "landmark detector")
+        for model, spec in ordered_rows(view, ROWS, f"Real images ({words} vs annotation)"):
+            label = (
+                spec.label if len(sources) == 1 or view.kind(model) == "real" else f"{spec.label} [{words}]"
+            )
+            for i, (metric, name) in enumerate(AGREEMENT):
+                cells = [Ref(model, f"{metric}:{side}", digits=4, source=source) for side, _ in SIDES]
+                rows.append((label if i == 0 else "", name, *cells))
     tables = [
         PaperTable(
             title="Table 1 (canine-hip layout)",
@@ -90,9 +101,9 @@ def layout(view: RunView) -> list[PaperTable]:
             row_labels=2,
             notes=(
                 (
-                    "Correlation Coeff. = Pearson r, R-squared = r² (norberg_r, norberg_r2 from the [norberg] "
-                    "landmark detector), over cases; the real row is the detector on the real image against "
-                    "the annotation (the upper bound)."
+                    "Correlation Coeff. = Pearson r, R-squared = r² (norberg_r, norberg_r2), over cases, per "
+                    "measurement source; the real row measures the real image against the annotation (the "
+                    "upper bound)."
                 ),
             ),
         )
@@ -229,7 +240,7 @@ below are the paper's, on its data.
 def demo(directory: Path, progress: bool) -> DemoStudy:
     from audit.images import write_png
     from audit.norberg import train as tr
-    from audit.norberg.phantom import _ALLOWED_ANGLES, make_phantom, write_phantom_cohort
+    from audit.norberg.phantom import _ALLOWED_ANGLES, ANGLE_RANGE, make_phantom, write_phantom_cohort
 
     out = directory.resolve()
     size = 128
@@ -244,10 +255,14 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
     gen.mkdir(parents=True, exist_ok=True)
     lo, hi = _ALLOWED_ANGLES
     for i, case_id in enumerate(cases["case_id"]):
-        rng = np.random.default_rng([7, i])
+        moved = np.random.default_rng([7, i])
         left, right = (
-            float(np.clip(angles.at[case_id, s] + rng.normal(0, 4.0), lo, hi)) for s in ("left", "right")
+            float(np.clip(angles.at[case_id, s] + moved.normal(0, 4.0), lo, hi)) for s in ("left", "right")
         )
+        # The case's own phantom (write_phantom_cohort's generator for seed 0, index i, its two angle
+        # draws consumed) drawn with the moved angles: the same pelvis, other hip angles.
+        rng = np.random.default_rng([0, i])
+        rng.uniform(*ANGLE_RANGE, size=2)
         write_png(gen / f"{case_id}.png", make_phantom(rng, size, (left, right)).image, bit_depth=16)
     detector = out / "detector"
     if not (detector / "model.json").is_file():
@@ -255,7 +270,7 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
         if not (train_cohort / "cases.csv").is_file():
             write_phantom_cohort(train_cohort, n=64, seed=1, size=size)
         config = tr.TrainConfig(
-            epochs=60, size=64, channels=(8, 16, 24), stem=2, stride=2, batch_size=8,
+            epochs=64, size=64, channels=(8, 16, 24), stem=2, stride=2, batch_size=8,
             learning_rate=0.01, val_fraction=0.2, seed=0,
         )  # fmt: skip
         with warnings.catch_warnings():

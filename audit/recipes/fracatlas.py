@@ -20,7 +20,7 @@ from audit.recipes.base import (
 
 NAME = "fracatlas-controlnet"
 PAPER = "controlnet-xray-fracatlas.txt"
-CITATION = "ControlNet for FracAtlas X-rays (sd_locked, motion-blurred control maps, synonym-swapped prompts)"
+CITATION = "Rapanan, Readlinger & Moore, ControlNet for X-Ray Image Generation (FracAtlas)"
 COLUMNS = (
     ("mse", "MSE Score"),
     ("overlap_precision", "Precision"),
@@ -30,14 +30,35 @@ COLUMNS = (
 ARM = "Arm"
 ROWS = {
     "controlnet": RowSpec("Baseline", "sd_locked = False, motion-blurred inputs, variable text inputs"),
-    "controlnet[motion_blur=9]": RowSpec("Robustness sweep", "test control maps motion-blurred (9 px)"),
-    "controlnet[synonyms=synonyms.csv]": RowSpec("Robustness sweep", "test prompts synonym-swapped"),
     "controlnet-sd-locked": RowSpec("Table 1", "sd_locked = True"),
     "controlnet-clean-inputs": RowSpec("Table 2", "Non-blurred inputs"),
     "controlnet-single-prompt": RowSpec("Table 3", "Singular standard text input"),
     "cond-ddpm": RowSpec("Baseline (demo)", "cond-ddpm"),
-    "cond-ddpm-blurred-maps": RowSpec("Robustness (demo)", "cond-ddpm"),
 }
+# What a robustness-sweep row (`controlnet[motion_blur=9]`, audit.perturb.axis_label) perturbs at test time.
+SWEEP_WORDS = {
+    "motion_blur": "test control maps motion-blurred, {} px",
+    "blur": "test control maps blurred, sigma {} px",
+    "noise": "test control maps with noise, std {}",
+    "dropout": "test control-map structures dropped, p = {}",
+    "synonyms": "test prompts synonym-swapped ({})",
+    "fixed_prompt": "one fixed test prompt ({})",
+}
+
+
+def _rows(view: RunView) -> dict[str, RowSpec]:
+    """The recipe's rows, and each sweep row of a known model right after it."""
+    rows: dict[str, RowSpec] = {}
+    for model, spec in ROWS.items():
+        rows[model] = spec
+        for name in view.names():
+            base, bracket, rest = name.partition("[")
+            axis, _, value = rest.rstrip("]").partition("=")
+            if base == model and bracket and axis in SWEEP_WORDS:
+                words = SWEEP_WORDS[axis].format(value or axis)
+                group = "Robustness sweep (demo)" if spec.group.endswith("(demo)") else "Robustness sweep"
+                rows[name] = RowSpec(group, f"{spec.label}; {words}")
+    return rows
 
 
 def _published(title: str, caption: str, rows: tuple[tuple[str, ...], ...], lines: str) -> Published:
@@ -85,24 +106,35 @@ PUBLISHED = (
 )
 
 
+def _scale(pixel_range: float) -> str:
+    return "the 8-bit scale (0-255)" if pixel_range == 255 else f"the scale 0-{pixel_range:g}"
+
+
 def layout(view: RunView) -> list[PaperTable]:
     rows = []
-    for model, spec in ordered_rows(view, ROWS, "Real images"):
+    for model, spec in ordered_rows(view, _rows(view), "Real images"):
         if view.kind(model) == "real":
             continue  # paired metrics of the references against themselves: not computed
-        label = spec.label if model not in ("cond-ddpm-blurred-maps",) else model
-        rows.append((spec.group, label, *[Ref(model, m, digits=4) for m, _ in COLUMNS]))
+        rows.append((spec.group, spec.label, *[Ref(model, m, digits=4) for m, _ in COLUMNS]))
     return [
         PaperTable(
             title="Tables 1-3 (FracAtlas layout, one row per arm)",
-            caption="MSE on the 8-bit scale and thresholded overlap precision, recall and F1 per arm.",
+            caption=f"MSE on {_scale(view.pixel_range)} and thresholded overlap precision, recall and F1 per arm.",
             header=((ARM, "Model", *[h for _, h in COLUMNS]),),
             rows=tuple(rows),
             row_labels=2,
             notes=(
                 (
-                    "MSE with [metrics].pixel_range = 255 (intensities on 0-255). Precision/recall/F1: pixels "
-                    "above [metrics].overlap_threshold in the generated vs the real image, per image, mean over cases."
+                    f"MSE with [metrics].pixel_range = {view.pixel_range:g} ({_scale(view.pixel_range)}). "
+                    f"Precision/recall/F1: pixels above [metrics].overlap_threshold = {view.overlap_threshold:g} "
+                    "of the range in the generated vs the real image, per image, mean over cases."
+                ),
+                *(
+                    ()
+                    if view.pixel_range == 255
+                    else (
+                        "This run's MSE is not on the 8-bit scale of the recipe: not comparable to the paper's.",
+                    )
                 ),
             ),
         )
@@ -209,7 +241,7 @@ One row per arm, columns MSE Score, Precision, Recall, F1 Score (`mse`, `overlap
 | non-blurred training inputs | Table 2, 104.8624 | `controlnet-clean-inputs` (another trained ControlNet) |
 | singular standard text input | Table 3, 101.4314 | `controlnet-single-prompt` (another trained ControlNet) |
 | test control maps motion-blurred | robustness | `controlnet[motion_blur=9]` (`[models.sweep]`) |
-| test prompts synonym-swapped | robustness | `controlnet[synonyms=synonyms.csv]` (`[models.sweep]`) |
+| test prompts synonym-swapped | robustness | `controlnet[synonyms=synonyms]` (`[models.sweep]`) |
 
 The training arms are separately trained ControlNets (the suite evaluates them; it does not train).
 The robustness arms are `[models.sweep]` axes on the baseline: the same seeds, only the control map
@@ -249,11 +281,14 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
     out = directory.resolve()
     cases = demo_data.chest_cases(progress)
     note = (
-        f"{demo_data.DEMO_NOTE} Chest DRRs stand in for FracAtlas; one arm only (cond-ddpm as the baseline): "
-        "the training arms need separately trained ControlNets, and the sweep arms need a diffusers model."
+        f"{demo_data.DEMO_NOTE} Chest DRRs stand in for FracAtlas; cond-ddpm stands in for the baseline arm, "
+        "with a robustness arm that motion-blurs its condition map (9 px). The training arms (sd_locked, "
+        "clean inputs, single prompt) need separately trained ControlNets, and the demo generators take no "
+        "prompt, so a synonym arm would equal the baseline: neither is in the demo."
     )
     lines = demo_data.study_header("fracatlas-controlnet-demo", cases, out / "run", note)
     lines += demo_data.generator_models(["cond-ddpm"])
+    lines += ["[models.sweep]", "motion_blur = [9]   # the control map motion-blurred at test time, 9 px"]
     lines += [
         "",
         "[metrics]",

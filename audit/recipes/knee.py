@@ -61,27 +61,37 @@ PUBLISHED = (
 def layout(view: RunView) -> list[PaperTable]:
     values = view.group_values.get(CONDITION, ())
     ordered = [v for v in CONDITIONS if v in values] + [v for v in values if v not in CONDITIONS]
+    # Without [metrics].group_by = ["condition"], one column over all cases.
+    columns = [(v, f"{CONDITION}={v}") for v in ordered] or [("All cases", "")]
     rows = []
     for model, spec in ordered_rows(view, ROWS, "Real images"):
         if view.kind(model) == "real":
             continue  # paired metrics of the references against themselves: not computed
         for i, (metric, label, digits, std_digits) in enumerate(METRICS):
-            cells = [Ref(model, metric, f"{CONDITION}={v}", "mean_std", digits, std_digits) for v in ordered]
+            cells = [Ref(model, metric, group, "mean_std", digits, std_digits) for _, group in columns]
             rows.append((spec.label if i == 0 else "", label, *cells))
     notes = [
         (
             "mean ± std (ddof 1) over the condition type's cases (samples of a case averaged first); the "
             "mean is summary.csv's value for the group condition=VALUE."
         ),
-        "PSNR with peak 1.0 on [0, 1] images ([metrics].pixel_range = 1).",
+        f"MAE on the scale 0-{view.pixel_range:g} ([metrics].pixel_range); PSNR in dB, peak = the full range.",
     ]
+    if view.pixel_range != 1:
+        notes.append("The paper's MAE is on [0, 1]: this run's MAE is on another scale.")
     if not values:
-        notes.append(f'The run has no [metrics].group_by = ["{CONDITION}"]: no condition columns.')
+        notes.append(f'The run has no [metrics].group_by = ["{CONDITION}"]: one column over all cases.')
+    if view.demo:
+        notes.append(
+            "DEMO: the condition column alternates Contour / Contour+bone by case order, and the demo "
+            "generators see the same anatomy mask either way: the columns show the layout, not a "
+            "condition effect."
+        )
     return [
         PaperTable(
             title="Table I (knee layout)",
             caption="Quantitative model comparison, per condition type.",
-            header=(("Condition", "", *ordered),),
+            header=(("Condition", "", *[c for c, _ in columns]),),
             rows=tuple(rows),
             row_labels=2,
             notes=tuple(notes),
@@ -98,25 +108,28 @@ def study_toml() -> str:
 
 [study]
 name = "knee-table-1"
-# One row per test radiograph, with its segmentation condition image (anatomy_mask) and a
-# `{CONDITION}` column naming the condition type: "Contour" or "Contour+bone" ("3300 radiographs are
-# generated for each type of segmentation").
+# One row per (test radiograph, condition type): its segmentation condition image (anatomy_mask) and a
+# `{CONDITION}` column naming the type, "Contour" or "Contour+bone" (the paper: "In total, 3300
+# radiographs are generated for each type of segmentation"). Give the two rows of one radiograph
+# different case_ids (e.g. 0042-contour, 0042-contour-bone).
 cases = "CASES.csv"
 output = "runs/knee"
 seed = 0
 samples_per_case = 1
 
-# "U-Net": the NCSNpp backbone "with the noise-encoding module ... removed ... trained using the L1 loss".
+# U-Net: the paper's NCSNpp backbone with the noise encoding removed, trained with an L1 loss.
 [[models]]
 name = "unet"
 kind = "folder"
 path = "GENERATED/unet/{{case_id}}.png"
 
-# "CSM" (conditional sampling method): SDEdit from the condition image.
+# CSM (conditional sampling method): SDEdit from the condition image. `diffusers-img2img` loads a
+# Stable-Diffusion-style pipeline (AutoPipelineForImage2Image); for the paper's own NCSNpp score model,
+# generate the SDEdit samples with its code and use kind = "folder" with their path instead.
 [[models]]
 name = "csm"
 kind = "diffusers-img2img"
-path = "PIPELINE_DIR"        # an unconditional knee-radiograph diffusion pipeline
+path = "PIPELINE_DIR"        # a diffusers image-to-image pipeline fine-tuned on knee radiographs
 condition = "anatomy_mask"
 strength = 0.6               # t0, the fraction of the schedule re-noised
 steps = 50
@@ -125,7 +138,7 @@ height = 256
 width = 256
 prompt = ""
 
-# "CTM" (conditional training method): the condition-trained model's outputs.
+# CTM (conditional training method): the condition-trained model's outputs.
 [[models]]
 name = "ctm"
 kind = "folder"

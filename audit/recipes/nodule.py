@@ -30,11 +30,12 @@ ROWS = {"controlnet": RowSpec("", "ControlNet"), "cond-ddpm": RowSpec("", "cond-
 PUBLISHED = (
     Published(
         title="Nodule ControlNet, Section 4 (Results), prose",
-        caption="The paper has no table: two figures in the text, for its ControlNet.",
+        caption="",
         header=("Model", "PSNR", "SSIM"),
         rows=(("ControlNet", "19.6", "0.65"),),
         source=f"{PAPER}, line 50",
         data=(
+            "The paper has no table: two figures in its text, for its ControlNet. "
             "X-rays of patients with pulmonary nodules, ground truth beside the image generated from its "
             "condition (Fig. 1); dataset, resolution, intensity range (PSNR peak), image count and "
             "whether the figures are means are not stated. No MSE, LPIPS or FID is reported."
@@ -58,7 +59,7 @@ def layout(view: RunView) -> list[PaperTable]:
             row_labels=1,
             notes=(
                 (
-                    "PSNR in dB with peak 1.0 on [0, 1] images; SSIM: Gaussian-window SSIM "
+                    "PSNR in dB, peak = the full intensity range; SSIM: Gaussian-window SSIM "
                     "(σ = 1.5, 11 px, Wang et al. 2004) on [0, 1]."
                 ),
             ),

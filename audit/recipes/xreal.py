@@ -110,7 +110,9 @@ def layout(view: RunView) -> list[PaperTable]:
         ),
         "F1 and AUC are macro over the classifier's classes present in the cases' labels.",
     ]
-    if not readers:
+    if not readers and any(m.startswith(READER) for m in view.metrics):
+        notes.append("No reader columns: the ratings have no anatomy or pathology criterion.")
+    elif not readers:
         notes.append(
             "No reader columns: give the ratings with --reader-study STUDY_DIR|ratings.csv, or set "
             "[reader_study].ratings in the study config."
@@ -177,8 +179,10 @@ kind = "real"
 # "MS-SSIM between a real image and an image generated using the corresponding anatomy mask and
 # pathology label from the same image" (paired, higher = more realistic).
 pixel = ["ms_ssim"]
-# "F1 and AUC are calculated by passing the generated image through DenseNet-121"; "macro-F1";
-# "Dice ... between segmented lungs, aorta, and heart from the original and generated images".
+# "classification performance measures (F_1 and AUC) are calculated by passing the generated image
+# through DenseNet-121 [47] model"; "The reported macro- F_1 score is calculated by aggregating the F_1
+# scores for each class"; "We calculate the Dice score between segmented lungs, aorta, and heart from
+# the original and generated images".
 clinical = ["pathology_f1", "pathology_auc", "dice"]
 # "Fréchet Inception Distance (FID) ... using an ImageNet-trained Inception model"
 distribution = ["fid"]
@@ -193,7 +197,7 @@ confidence = 0.95
 # DenseNet-121 (the paper does not name its weights).
 classifier = "xrv"
 classifier_weights = "densenet121-res224-mimic_ch"
-# "a pre-trained X-ray segmentation model available in TorchXRayVision": the ChestX-Det PSPNet.
+# "a pre-trained X-ray segmentation model available in TorchXRyVision [sic] library": the ChestX-Det PSPNet.
 segmenter = "xrv"
 features = "inception"
 device = "auto"
