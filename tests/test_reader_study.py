@@ -373,10 +373,25 @@ def test_the_folder_and_database_do_not_group_items_by_model(tmp_path):
     assert len({st.st_atime_ns for st in images.values()}) == 1
     for name in (studydir.KEY, studydir.DB_FILE, studydir.BLINDING_FILE):
         assert (made.path / name).stat().st_mode & 0o777 == 0o600, name
-    # Each reader gets the practice items in an order of their own.
-    sessions = _sequences(made.path)
-    practice = {r: [x[:2] for x in seq if x[4]] for r, seq in sessions.items()}
-    assert sorted(practice["alice"]) == sorted(practice["bob"]) and practice["alice"] != practice["bob"]
+    # Each reader gets the practice items in an order of their own, drawn with the study's secret: two
+    # readers' orders of 4 items coincide by chance (about 1 in 24), so fresh studies are drawn until
+    # they differ; three coinciding in a row (p ~ 1e-4) means the orders are not drawn per reader.
+    differed = False
+    for attempt in range(3):
+        study_dir = (
+            made.path
+            if attempt == 0
+            else create_study(
+                run, tmp_path / f"study-{attempt}", _options(per_model=4, calibration=4), progress=False
+            ).path
+        )
+        sessions = _sequences(study_dir)
+        practice = {r: [x[:2] for x in seq if x[4]] for r, seq in sessions.items()}
+        assert sorted(practice["alice"]) == sorted(practice["bob"])
+        if practice["alice"] != practice["bob"]:
+            differed = True
+            break
+    assert differed
 
 
 def test_key_maps_every_item_back_to_its_source(created):
