@@ -23,7 +23,6 @@ from audit.models.diffusion import (
     InpaintSpec,
     Text2ImgAdapter,
     Text2ImgSpec,
-    expand_diffusers,
     resolve_diffusers,
     validate_diffusers,
 )
@@ -75,9 +74,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
             resolve_training_copy,
         ),
         *(
-            ModelKind(
-                name, spec, adapter, validate_diffusers, description, resolve_diffusers, expand_diffusers
-            )
+            ModelKind(name, spec, adapter, validate_diffusers, description, resolve_diffusers, expand_sweep)
             for name, spec, adapter, description in (
                 ("diffusers-text2img", Text2ImgSpec, Text2ImgAdapter, "text-to-image diffusers pipeline"),
                 (

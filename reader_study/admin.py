@@ -278,7 +278,7 @@ def landmarks_frame(study_dir: str | Path) -> pd.DataFrame:
     return out[list(studydir.LANDMARK_COLUMNS)].reset_index(drop=True)
 
 
-def _write(frame: pd.DataFrame, target: Path, neutralise: bool) -> None:
+def write_export(frame: pd.DataFrame, target: Path, neutralise: bool) -> None:
     """``frame`` to ``target`` (.csv/.parquet), owner-only; ``neutralise``: CSV formulas defused."""
     if target.suffix not in studydir.EXPORT_SUFFIXES:
         raise study.StudyError(f"--out must end in .csv or .parquet, got {target}")
@@ -326,7 +326,7 @@ def export(study_dir: str | Path, out: Path | None = None) -> list[Path]:
         parts.append((landmarks_frame(study_dir), _beside(out, root, studydir.LANDMARKS_STEM), False))
     for frame, targets, neutralise in parts:
         for target in targets:
-            _write(frame, target, neutralise)
+            write_export(frame, target, neutralise)
             written.append(target)
     return written
 

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from audit.atomic import atomic_path
 from reader_study import studydir
 
 PREFIX = "SIMULATED-"
@@ -88,21 +87,12 @@ def write_simulated_ratings(run_dir: Path, target: Path, readers: int, seed: int
     """Simulate ``readers`` readers over the run's samples and write the export to ``target``
     (.csv or .parquet), atomically."""
     from audit import rundir
+    from reader_study.admin import write_export
 
     target = Path(target)
     refuse_real_ratings(target)
-    samples = pd.read_parquet(Path(run_dir) / rundir.SAMPLES)
-    frame = simulate_ratings(samples, readers, seed)
-    if target.suffix not in studydir.EXPORT_SUFFIXES:
-        raise ValueError(
-            f"[reader_study].ratings for simulated readers must end in .csv or .parquet, got {target}"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        if target.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
+    frame = simulate_ratings(pd.read_parquet(Path(run_dir) / rundir.SAMPLES), readers, seed)
+    write_export(frame, target, neutralise=True)  # as `reader-study export` writes it: atomic, owner-only
     return target
 
 

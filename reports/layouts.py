@@ -24,7 +24,8 @@ import pandas as pd
 
 from audit import rundir
 from audit.atomic import write_text
-from audit.recipes.base import READER, PaperTable, Published, Recipe, Ref, RunView
+from audit.cases import is_phantom
+from audit.recipes.base import READER, PaperTable, Recipe, Ref, RunView, published_markdown
 from reports.provenance import MARK_COLUMNS, EvaluatorMark, demo_evaluators, mark_fields, metric_mark
 from reports.run import RunFiles, order_models
 from reports.statistics import per_case_means
@@ -68,7 +69,9 @@ def _norberg_summary(run: RunFiles) -> pd.DataFrame | None:
     return frame
 
 
-def run_view(run: RunFiles, reader_scores: pd.DataFrame | None, simulated: bool) -> RunView:
+def run_view(
+    run: RunFiles, reader_scores: pd.DataFrame | None, simulated: bool, norberg: pd.DataFrame | None
+) -> RunView:
     groups: dict[str, tuple[str, ...]] = {}
     for label in run.summary["group"].unique():
         column, sep, value = str(label).partition("=")
@@ -78,7 +81,6 @@ def run_view(run: RunFiles, reader_scores: pd.DataFrame | None, simulated: bool)
     metrics = set(run.summary["metric"].astype(str))
     if reader_scores is not None:
         metrics |= {f"{READER}{c}" for c in reader_scores["criterion"].astype(str).unique()}
-    norberg = _norberg_summary(run)
     sources = tuple(dict.fromkeys(norberg["source"])) if norberg is not None and "source" in norberg else ()
     return RunView(
         models=tuple((m.name, m.kind) for m in order_models(run)),
@@ -93,11 +95,12 @@ def run_view(run: RunFiles, reader_scores: pd.DataFrame | None, simulated: bool)
 
 
 class _Resolver:
-    def __init__(self, run: RunFiles, reader_scores: pd.DataFrame | None) -> None:
+    def __init__(
+        self, run: RunFiles, reader_scores: pd.DataFrame | None, norberg: pd.DataFrame | None
+    ) -> None:
         self._summary = {
             (str(r.model), str(r.metric), str(r.group)): r for r in run.summary.itertuples(index=False)
         }
-        norberg = _norberg_summary(run)
         self._norberg = (
             {
                 (str(r.model), str(r.metric), str(r.group), str(r.source)): r
@@ -115,6 +118,7 @@ class _Resolver:
         self._reader_name = {m.name: "real" for m in order_models(run) if m.is_real}
         self._run = run
         self._per_case: pd.DataFrame | None = None
+        self._groups: dict[str, dict[str, set[str]]] = {}  # case column -> group label -> case ids
         self.missing: list[Ref] = []
 
     def _std(self, ref: Ref) -> float:
@@ -129,11 +133,13 @@ class _Resolver:
             cases = self._run.cases
             if cases is None or column not in cases:
                 return math.nan
-            # The same membership as summary.csv's group rows (missing values form "(missing)").
-            members = dict(groups_of(cases, [column])).get(ref.group)
+            if column not in self._groups:
+                # The same membership as summary.csv's group rows (missing values form "(missing)").
+                self._groups[column] = {g: set(ids) for g, ids in groups_of(cases, [column])}
+            members = self._groups[column].get(ref.group)
             if members is None:
                 return math.nan
-            pc = pc[pc["case_id"].isin(set(members))]
+            pc = pc[pc["case_id"].isin(members)]
         values = pc["value"].to_numpy(np.float64)
         return float(np.std(values, ddof=1)) if values.size > 1 else math.nan
 
@@ -191,12 +197,16 @@ class Filled:
     cells: tuple[tuple[str | Number, ...], ...]
 
 
-def fill(recipe: Recipe, run: RunFiles, reader_scores: pd.DataFrame | None, simulated: bool) -> list[Filled]:
-    """The recipe's tables for this run, every Ref resolved."""
-    resolver = _Resolver(run, reader_scores)
+def fill(
+    recipe: Recipe, run: RunFiles, reader_scores: pd.DataFrame | None, simulated: bool
+) -> tuple[RunView, list[Filled]]:
+    """The run as the layout sees it, and the recipe's tables for it with every Ref resolved."""
+    norberg = _norberg_summary(run)
+    view = run_view(run, reader_scores, simulated, norberg)
+    resolver = _Resolver(run, reader_scores, norberg)
     out = []
     refs = 0
-    for table in recipe.layout(run_view(run, reader_scores, simulated)):
+    for table in recipe.layout(view):
         cells = tuple(
             tuple(resolver.number(c) if isinstance(c, Ref) else c for c in row) for row in table.rows
         )
@@ -214,7 +224,7 @@ def fill(recipe: Recipe, run: RunFiles, reader_scores: pd.DataFrame | None, simu
             if len(resolver.missing) * 2 > refs
             else "",
         )
-    return out
+    return view, out
 
 
 # --------------------------------------------------------------------------------------------- formats
@@ -261,19 +271,8 @@ def markdown(recipe: Recipe, filled: Sequence[Filled], banner: Sequence[str]) ->
             "- Second line of a cell: its 95% CI (bootstrap over cases; readers × items for reader scores); N per cell in the .csv."
         )
     lines += ["", "## Published: the paper's own numbers, on its data (not computed by this run)", ""]
-    lines += _published_md(recipe.published)
+    lines.append(published_markdown(recipe.published))
     return "\n".join(lines) + "\n"
-
-
-def _published_md(tables: Sequence[Published]) -> list[str]:
-    out = []
-    for p in tables:
-        out += [f"**{p.title}** ({p.source}). {p.caption}", ""]
-        out.append("| " + " | ".join(_md_escape(h) for h in p.header) + " |")
-        out.append("|" + "---|" * len(p.header))
-        out += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in p.rows]
-        out += ["", f"On the paper's data: {p.data}", ""]
-    return out
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -394,7 +393,7 @@ def write_layout(
     simulated: bool = False,
 ) -> list[Path]:
     """Write ``table-<recipe>.{md,tex,csv}`` (those of ``formats``) into ``out``; returns the paths."""
-    filled = fill(recipe, run, reader_scores, simulated)
+    view, filled = fill(recipe, run, reader_scores, simulated)
     by_metric = marks(run, filled)
     banner = []
     demo = demo_evaluators(by_metric.values())
@@ -404,15 +403,11 @@ def write_layout(
             f"Demo stand-in evaluators: {', '.join(columns)} were scored by {' and '.join(demo)}, networks "
             "trained on synthetic DRRs of the demo cohort: not comparable to the published numbers below."
         )
-    if (
-        run.cases is not None
-        and "phantom" in run.cases
-        and run.cases["phantom"].astype(str).str.lower().eq("true").any()
-    ):
+    if is_phantom(run.cases):
         banner.append("PHANTOM: the cases are a drawn pelvis phantom, not anatomy.")
     if simulated:
         banner.append("Reader scores from SIMULATED readers (demo), not radiologists.")
-    if _is_demo(run):
+    if view.demo:
         banner.append(
             "DEMO: the embedded synthetic data and the small demo generators/evaluators trained on it; the "
             "numbers show the layout working, not anything about real models."

@@ -3,9 +3,11 @@ degradations, a `training-copy` sanity baseline and a privacy audit against the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from audit.atomic import write_text
+from audit.config import toml_string
 
 # (name, degradation, level): pairs of the same kind at two strengths let the report show that
 # every metric ranks more damage as worse.
@@ -36,15 +38,15 @@ COPY_TRAIN = ("copy-train", 0.02)
 PRIVACY_QUANTILE = 0.05
 
 
-def demo_study_toml(manifest: Path, output: Path, training: Path) -> str:
-    lines = [
-        "# Demo study written by `xray-audit demo`. cond-ddpm, sdedit and unet-regressor are small",
-        "# models trained on the demo cohort (python -m audit.demo.train_generators); the degrade",
-        "# models are sanity baselines: deterministic damage of the reference, not generative models.",
+def study_header(name: str, cases: Path, output: Path, comment: Sequence[str]) -> list[str]:
+    """A demo study's first lines: ``comment`` lines, [study] (seed 0, one sample per case) and the
+    ``real`` row."""
+    return [
+        *(f"# {line}" for line in comment),
         "[study]",
-        'name = "demo"',
-        f"cases = {_q(manifest)}",
-        f"output = {_q(output)}",
+        f"name = {toml_string(name)}",
+        f"cases = {toml_string(cases)}",
+        f"output = {toml_string(output)}",
         "seed = 0",
         "samples_per_case = 1",
         "",
@@ -52,16 +54,33 @@ def demo_study_toml(manifest: Path, output: Path, training: Path) -> str:
         'name = "real"',
         'kind = "real"',
     ]
-    for name, target in DEMO_GENERATORS:
+
+
+def generator_tables(names: Sequence[str]) -> list[str]:
+    """[[models]] tables for the named demo generators (:data:`DEMO_GENERATORS`; python kind, CPU)."""
+    targets = dict(DEMO_GENERATORS)
+    lines: list[str] = []
+    for name in names:
         lines += [
             "",
             "[[models]]",
             f'name = "{name}"',
             'kind = "python"',
-            f'callable = "{target}"',
+            f'callable = "{targets[name]}"',
             "batch_size = 16",
             'device = "cpu"',
         ]
+    return lines
+
+
+def demo_study_toml(manifest: Path, output: Path, training: Path) -> str:
+    comment = (
+        "Demo study written by `xray-audit demo`. cond-ddpm, sdedit and unet-regressor are small",
+        "models trained on the demo cohort (python -m audit.demo.train_generators); the degrade",
+        "models are sanity baselines: deterministic damage of the reference, not generative models.",
+    )
+    lines = study_header("demo", manifest, output, comment)
+    lines += generator_tables([name for name, _ in DEMO_GENERATORS])
     for name, degradation, level in DEMO_DEGRADATIONS:
         lines += [
             "",
@@ -77,7 +96,7 @@ def demo_study_toml(manifest: Path, output: Path, training: Path) -> str:
         "[[models]]",
         f'name = "{copy_name}"',
         'kind = "training-copy"',
-        f"training_cases = {_q(training)}",
+        f"training_cases = {toml_string(training)}",
         f"level = {copy_level}",
     ]
     lines += [
@@ -98,7 +117,7 @@ def demo_study_toml(manifest: Path, output: Path, training: Path) -> str:
         "# Memorisation: each sample's nearest image among the generators' training cases (the seed-1",
         "# cohort; the audited seed-0 cases are held out and calibrate the thresholds).",
         "[privacy]",
-        f"training_cases = {_q(training)}",
+        f"training_cases = {toml_string(training)}",
         'features = "auto"',
         f"quantile = {PRIVACY_QUANTILE}",
         "",
@@ -114,7 +133,3 @@ def write_demo_study(manifest: Path, out: Path, training: Path) -> Path:
     path = out / "demo.toml"
     write_text(path, demo_study_toml(manifest.resolve(), out / "run", training.resolve()))
     return path
-
-
-def _q(path: Path) -> str:
-    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'

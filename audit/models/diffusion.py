@@ -50,12 +50,10 @@ from audit.models.generation import (
     validate_generation,
 )
 from audit.models.sweep import (
-    CONDITION_AXES,
-    PROMPT_AXES,
+    Perturbation,
     SweepSpec,
+    base_name,
     check_sweep,
-    expand_sweep,
-    perturbation_rng,
     resolve_perturbation,
 )
 
@@ -199,9 +197,6 @@ def validate_diffusers(spec: ModelSpec, study: StudySection, where: str) -> None
     check_sweep(spec, where)
 
 
-expand_diffusers = expand_sweep
-
-
 # ------------------------------------------------------------------------------------------- inputs
 
 
@@ -263,7 +258,7 @@ class DiffusersAdapter(ModelAdapter):
         self._stats = GenerationStats()
         self._weights: str | None = None
         self._scheduler: str | None = None
-        self._synonyms: dict[str, tuple[str, ...]] | None = None
+        self._perturbation = Perturbation(self.spec.perturbation)
 
     # -- checks before any work
 
@@ -306,7 +301,7 @@ class DiffusersAdapter(ModelAdapter):
 
     def seed_name(self) -> str:
         # A sweep row starts from its base model's noise, so only the perturbation differs.
-        return self.spec.name.rsplit("[", 1)[0] if self.spec.perturbation else self.spec.name
+        return base_name(self.spec.name, self.spec.perturbation)
 
     # -- loading
 
@@ -443,28 +438,12 @@ class DiffusersAdapter(ModelAdapter):
         return req.dest
 
     def _prompt(self, req: SampleRequest) -> str:
-        from audit import perturb
-
-        prompt = render_prompt(self.spec.prompt, req.case)
-        axis, _, value = self.spec.perturbation.partition("=")
-        if axis in PROMPT_AXES:
-            if axis == "synonyms" and self._synonyms is None:
-                self._synonyms = perturb.load_synonyms(Path(value))
-            prompt = perturb.perturb_prompt(
-                prompt, axis, value, perturbation_rng(req.seed, 1), self._synonyms
-            )
-        return prompt
+        return self._perturbation.prompt(render_prompt(self.spec.prompt, req.case), req.seed)
 
     def _condition(self, req: SampleRequest, column: str, encoding: str) -> np.ndarray:
-        from audit import perturb
-
         path = req.case.path(column)
         assert path is not None  # preflight / case_problems reject cases without it
-        cond = load_condition(path, encoding)
-        axis, _, value = self.spec.perturbation.partition("=")
-        if axis in CONDITION_AXES:
-            cond = perturb.perturb_condition(cond, axis, float(value), perturbation_rng(req.seed, 2))
-        return cond
+        return self._perturbation.condition(load_condition(path, encoding), req.seed)
 
     def _call_kwargs(
         self, requests: Sequence[SampleRequest], reference: Callable[[Case], XrayImage]

@@ -108,6 +108,43 @@ def perturbation_rng(seed: int, purpose: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), 0x5EED, purpose])
 
 
+class Perturbation:
+    """One sweep row's ``perturbation`` ("axis=value", or "" for none) applied to a sample's prompt or
+    condition map, drawn from the sample's seed; the same draws for every generating kind."""
+
+    def __init__(self, text: str) -> None:
+        self.axis, _, self.value = text.partition("=")
+        self._synonyms: dict[str, tuple[str, ...]] | None = None
+
+    @property
+    def on_prompt(self) -> bool:
+        return self.axis in PROMPT_AXES
+
+    @property
+    def on_condition(self) -> bool:
+        return self.axis in CONDITION_AXES
+
+    def prompt(self, prompt: str, seed: int) -> str:
+        """``prompt`` perturbed (unchanged unless the axis is a prompt axis)."""
+        from audit import perturb
+
+        if not self.on_prompt:
+            return prompt
+        if self.axis == "synonyms" and self._synonyms is None:
+            self._synonyms = perturb.load_synonyms(Path(self.value))  # read once per model row
+        return perturb.perturb_prompt(
+            prompt, self.axis, self.value, perturbation_rng(seed, 1), self._synonyms
+        )
+
+    def condition(self, condition: np.ndarray, seed: int) -> np.ndarray:
+        """A ``(C, H, W)`` [0, 1] map perturbed (unchanged unless the axis is a condition axis)."""
+        from audit import perturb
+
+        if not self.on_condition:
+            return condition
+        return perturb.perturb_condition(condition, self.axis, float(self.value), perturbation_rng(seed, 2))
+
+
 def base_name(name: str, perturbation: str) -> str:
     """The model name a sweep row derives its seeds from (its base model's)."""
     return name.rsplit("[", 1)[0] if perturbation else name

@@ -45,12 +45,10 @@ from audit.models.generation import (
     validate_generation,
 )
 from audit.models.sweep import (
-    CONDITION_AXES,
-    PROMPT_AXES,
+    Perturbation,
     SweepSpec,
     base_name,
     check_sweep,
-    perturbation_rng,
     resolve_perturbation,
 )
 
@@ -135,16 +133,18 @@ class PythonAdapter(ModelAdapter):
         self._fn: Callable[..., Any] | None = None
         self._device: Any = None
         self._stats = GenerationStats()
-        self._synonyms: dict[str, tuple[str, ...]] | None = None
+        self._perturbation = Perturbation(self.spec.perturbation)
 
     def preflight(self, cases: Sequence[Case]) -> list[tuple[Case, int, str]]:
         fn = load_callable(self.spec.callable)
         check_signature(fn, self.spec.options, self.spec.callable)
-        axis = self.spec.perturbation.partition("=")[0]
-        if axis not in CONDITION_AXES:
+        if not self._perturbation.on_condition:
             return []
         column = self.spec.condition
-        reason = f"column {column!r} (the condition the {axis} perturbation changes) is empty or missing for this case"
+        reason = (
+            f"column {column!r} (the condition the {self._perturbation.axis} perturbation changes) is empty or "
+            "missing for this case"
+        )
         return [
             (c, s, reason) for c in cases if c.path(column) is None for s in range(self.samples_per_case())
         ]
@@ -206,21 +206,12 @@ class PythonAdapter(ModelAdapter):
 
     def _perturbed(self, req: SampleRequest, folder: Path) -> Case:
         """The case as the callable sees it: with this row's perturbation of its prompt or condition
-        map, drawn from the sample's seed (the same draw as a diffusers model's)."""
-        from audit import perturb
-
-        axis, _, value = self.spec.perturbation.partition("=")
-        if not axis:
-            return req.case
+        map (the same draws as a diffusers model's), the map handed over as an 8-bit PNG in ``folder``."""
+        pert = self._perturbation
         fields = dict(req.case.fields)
-        if axis in PROMPT_AXES:
-            if axis == "synonyms" and self._synonyms is None:
-                self._synonyms = perturb.load_synonyms(Path(value))
-            prompt = str(fields.get("prompt") or "")
-            fields["prompt"] = perturb.perturb_prompt(
-                prompt, axis, value, perturbation_rng(req.seed, 1), self._synonyms
-            )
-        else:
+        if pert.on_prompt:
+            fields["prompt"] = pert.prompt(str(fields.get("prompt") or ""), req.seed)
+        elif pert.on_condition:
             column = self.spec.condition
             path = req.case.path(column)
             assert path is not None  # preflight rejects cases without it
@@ -228,11 +219,13 @@ class PythonAdapter(ModelAdapter):
                 cond = np.moveaxis(images.read_mask(path), -1, 0).astype(np.float32)
             else:
                 cond = images.read_image(path).pixels[None].astype(np.float32)
-            out = perturb.perturb_condition(cond, axis, float(value), perturbation_rng(req.seed, 2))
+            out = pert.condition(cond, req.seed)
             folder.mkdir(parents=True, exist_ok=True)
             file = folder / f"{column}.png"
             images.write_png(file, out[0] if out.shape[0] == 1 else np.moveaxis(out, 0, -1), bit_depth=8)
             fields[column] = str(file)
+        else:
+            return req.case
         return dataclasses.replace(req.case, fields=fields)
 
     def sample_info(self, request: SampleRequest) -> dict[str, Any]:

@@ -131,17 +131,30 @@ def ordered_rows(view: RunView, known: Mapping[str, RowSpec], real_label: str) -
     return rows
 
 
-def toml_path(path: Path | str) -> str:
-    """A TOML basic string for a path."""
-    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def template_preamble(title: str, recipe: str, paper: str) -> str:
+    """The first lines of every recipe's study.toml: what it is and the two commands after it."""
+    return (
+        f"# {title}.\n"
+        f"# Written by `xray-audit init {recipe}`. Replace the CAPITALISED placeholders with your paths, then:\n"
+        f"#   xray-audit run study.toml && xray-audit report RUN_DIR --layout {recipe}\n"
+        f"# Quoted passages are the paper's wording (../shared/papers/{paper}).\n"
+    )
 
 
 def published_markdown(tables: Sequence[Published]) -> str:
+    """The paper's own tables as Markdown (RECIPE.md and the layouts' "Published" block)."""
+
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
     out = []
     for t in tables:
-        out += [f"**{t.title}** ({t.source}). {t.caption}", ""]
-        out.append("| " + " | ".join(t.header) + " |")
-        out.append("|" + "---|" * len(t.header))
-        out += ["| " + " | ".join(r) + " |" for r in t.rows]
+        out += [
+            f"**{t.title}** ({t.source}). {t.caption}".rstrip(),
+            "",
+            row(t.header),
+            "|" + "---|" * len(t.header),
+        ]
+        out += [row(r) for r in t.rows]
         out += ["", f"*On the paper's data:* {t.data}", ""]
     return "\n".join(out)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audit.atomic import write_text
+from audit.config import toml_string
 from audit.recipes.base import (
     DemoStudy,
     PaperTable,
@@ -20,8 +20,9 @@ from audit.recipes.base import (
     RunView,
     ordered_rows,
     published_markdown,
-    toml_path,
+    template_preamble,
 )
+from audit.recipes.demo_data import study_header, write_study
 
 NAME = "canine-hip"
 PAPER = "canine-hip-norberg-text-to-image.txt"
@@ -131,11 +132,7 @@ def layout(view: RunView) -> list[PaperTable]:
 
 def study_toml() -> str:
     return f"""\
-# Canine hips, Tables 1-2 ({CITATION}).
-# Written by `xray-audit init canine-hip`. Replace the CAPITALISED placeholders, then:
-#   xray-audit run study.toml && xray-audit report RUN_DIR --layout canine-hip
-# Quoted passages are the paper's wording (../shared/papers/{PAPER}).
-
+{template_preamble(f"Canine hips, Tables 1-2 ({CITATION})", NAME, PAPER)}
 [study]
 name = "canine-hip"
 # "anonymized ventrodorsal canine pelvic radiographs ... 84 testing images": one row per test image
@@ -282,23 +279,13 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
                 config,
                 progress=progress,
             )
-    lines = [
-        f"# {PHANTOM_NOTE}",
-        "[study]",
-        'name = "canine-hip-demo (PHANTOM)"',
-        f"cases = {toml_path(cohort / 'cases.csv')}",
-        f"output = {toml_path(out / 'run')}",
-        "seed = 0",
-        "samples_per_case = 1",
+    lines = study_header("canine-hip-demo (PHANTOM)", cohort / "cases.csv", out / "run", [PHANTOM_NOTE])
+    lines += [
         "",
         "[[models]]",
         'name = "phantom-t2i"',
         'kind = "folder"',
-        f"path = {toml_path(f'{gen}/{{case_id}}.png')}",
-        "",
-        "[[models]]",
-        'name = "real"',
-        'kind = "real"',
+        f"path = {toml_string(f'{gen}/{{case_id}}.png')}",
         "",
         "[metrics]",
         "pixel = []",
@@ -310,13 +297,11 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
         'device = "cpu"',
         "",
         "[norberg]",
-        f"annotations = {toml_path(cohort / 'landmarks.csv')}",
-        f"detector = {toml_path(detector)}",
+        f"annotations = {toml_string(cohort / 'landmarks.csv')}",
+        f"detector = {toml_string(detector)}",
         "",
     ]
-    study = out / "study.toml"
-    write_text(study, "\n".join(lines))
-    return DemoStudy(study, (PHANTOM_NOTE,))
+    return write_study(out, lines, (PHANTOM_NOTE,))
 
 
 RECIPE = Recipe(

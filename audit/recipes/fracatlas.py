@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from audit.atomic import write_text
 from audit.recipes import demo_data
 from audit.recipes.base import (
     DemoStudy,
@@ -16,6 +15,7 @@ from audit.recipes.base import (
     RunView,
     ordered_rows,
     published_markdown,
+    template_preamble,
 )
 
 NAME = "fracatlas-controlnet"
@@ -143,11 +143,7 @@ def layout(view: RunView) -> list[PaperTable]:
 
 def study_toml() -> str:
     return f"""\
-# FracAtlas ControlNet, Tables 1-3 ({CITATION}).
-# Written by `xray-audit init fracatlas-controlnet`. Replace the CAPITALISED placeholders, then:
-#   xray-audit run study.toml && xray-audit report RUN_DIR --layout fracatlas-controlnet
-# Quoted passages are the paper's wording (../shared/papers/{PAPER}).
-
+{template_preamble(f"FracAtlas ControlNet, Tables 1-3 ({CITATION})", NAME, PAPER)}
 [study]
 name = "fracatlas-controlnet"
 # "FracAtlas dataset ... 4,083 examples": the test X-rays, each with its control map (anatomy_mask:
@@ -286,8 +282,8 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
         "clean inputs, single prompt) need separately trained ControlNets, and the demo generators take no "
         "prompt, so a synonym arm would equal the baseline: neither is in the demo."
     )
-    lines = demo_data.study_header("fracatlas-controlnet-demo", cases, out / "run", note)
-    lines += demo_data.generator_models(["cond-ddpm"])
+    lines = demo_data.study_header("fracatlas-controlnet-demo", cases, out / "run", [note])
+    lines += demo_data.generator_tables(["cond-ddpm"])
     lines += ["[models.sweep]", "motion_blur = [9]   # the control map motion-blurred at test time, 9 px"]
     lines += [
         "",
@@ -297,9 +293,7 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
         "overlap_threshold = 0.5",
         "",
     ]
-    study = out / "study.toml"
-    write_text(study, "\n".join(lines))
-    return DemoStudy(study, (note,))
+    return demo_data.write_study(out, lines, (note,))
 
 
 RECIPE = Recipe(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from audit.atomic import write_text
 from audit.recipes import demo_data
 from audit.recipes.base import (
     DemoStudy,
@@ -16,6 +15,7 @@ from audit.recipes.base import (
     RunView,
     ordered_rows,
     published_markdown,
+    template_preamble,
 )
 
 NAME = "knee"
@@ -101,11 +101,7 @@ def layout(view: RunView) -> list[PaperTable]:
 
 def study_toml() -> str:
     return f"""\
-# Knee radiographs, Table I ({CITATION}).
-# Written by `xray-audit init knee`. Replace the CAPITALISED placeholders, then:
-#   xray-audit run study.toml && xray-audit report RUN_DIR --layout knee
-# Quoted passages are the paper's wording (../shared/papers/{PAPER}).
-
+{template_preamble(f"Knee radiographs, Table I ({CITATION})", NAME, PAPER)}
 [study]
 name = "knee-table-1"
 # One row per (test radiograph, condition type): its segmentation condition image (anatomy_mask) and a
@@ -208,16 +204,18 @@ on its data.
 
 def demo(directory: Path, progress: bool) -> DemoStudy:
     out = directory.resolve()
-    cases = demo_data.with_column(
-        demo_data.chest_cases(progress), out / "cases.csv", CONDITION, list(CONDITIONS)
+    cases = demo_data.copy_manifest(
+        demo_data.chest_cases(progress),
+        out / "cases.csv",
+        lambda f: f.assign(**{CONDITION: [CONDITIONS[i % len(CONDITIONS)] for i in range(len(f))]}),
     )
     note = (
         f"{demo_data.DEMO_NOTE} The `{CONDITION}` column alternates Contour / Contour+bone by case order: "
         "the demo generators see the same anatomy mask either way, so the split shows the layout, not a "
         "condition effect."
     )
-    lines = demo_data.study_header("knee-demo", cases, out / "run", note)
-    lines += demo_data.generator_models(["unet-regressor", "sdedit", "cond-ddpm"])
+    lines = demo_data.study_header("knee-demo", cases, out / "run", [note])
+    lines += demo_data.generator_tables(["unet-regressor", "sdedit", "cond-ddpm"])
     lines += [
         "",
         "[metrics]",
@@ -226,9 +224,7 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
         f'group_by = ["{CONDITION}"]',
         "",
     ]
-    study = out / "study.toml"
-    write_text(study, "\n".join(lines))
-    return DemoStudy(study, (note,))
+    return demo_data.write_study(out, lines, (note,))
 
 
 RECIPE = Recipe(

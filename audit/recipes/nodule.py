@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from audit.atomic import write_text
 from audit.recipes import demo_data
 from audit.recipes.base import (
     DemoStudy,
@@ -18,6 +17,7 @@ from audit.recipes.base import (
     RunView,
     ordered_rows,
     published_markdown,
+    template_preamble,
 )
 
 NAME = "nodule-controlnet"
@@ -69,11 +69,7 @@ def layout(view: RunView) -> list[PaperTable]:
 
 def study_toml() -> str:
     return f"""\
-# Pulmonary-nodule ControlNet ({CITATION}).
-# Written by `xray-audit init nodule-controlnet`. Replace the CAPITALISED placeholders, then:
-#   xray-audit run study.toml && xray-audit report RUN_DIR --layout nodule-controlnet
-# Quoted passages are the paper's wording (../shared/papers/{PAPER}).
-
+{template_preamble(f"Pulmonary-nodule ControlNet ({CITATION})", NAME, PAPER)}
 [study]
 name = "nodule-controlnet"
 # "X-ray of a patient with pulmonary nodules": one row per ground-truth image with its condition
@@ -159,22 +155,18 @@ paper's, on its data.
 
 def demo(directory: Path, progress: bool) -> DemoStudy:
     out = directory.resolve()
-    source = demo_data.chest_cases(progress)
     # The paper's images are of patients with nodules: the demo's nodule cases.
-    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
-    frame = frame[frame["labels"].str.contains("Nodule")].copy()
-    for col in ("image", "anatomy_mask", "pathology_mask"):
-        frame[col] = [str((source.parent / v).resolve()) if v else "" for v in frame[col]]
-    cases = out / "cases.csv"
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(cases, frame.to_csv(index=False))
+    cases = demo_data.copy_manifest(
+        demo_data.chest_cases(progress),
+        out / "cases.csv",
+        lambda f: f[f["labels"].str.contains("Nodule")].copy(),
+    )
+    frame = pd.read_csv(cases, dtype=str)
     note = f"{demo_data.DEMO_NOTE} Only the cohort's nodule cases ({len(frame)})."
-    lines = demo_data.study_header("nodule-controlnet-demo", cases, out / "run", note)
-    lines += demo_data.generator_models(["cond-ddpm"])
+    lines = demo_data.study_header("nodule-controlnet-demo", cases, out / "run", [note])
+    lines += demo_data.generator_tables(["cond-ddpm"])
     lines += ["", "[metrics]", 'pixel = ["psnr", "ssim"]', "pixel_range = 1.0", ""]
-    study = out / "study.toml"
-    write_text(study, "\n".join(lines))
-    return DemoStudy(study, (note,))
+    return demo_data.write_study(out, lines, (note,))
 
 
 RECIPE = Recipe(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from audit.atomic import write_text
+from audit.config import toml_string
 from audit.recipes import demo_data
 from audit.recipes.base import (
     READER,
@@ -17,7 +17,7 @@ from audit.recipes.base import (
     RunView,
     ordered_rows,
     published_markdown,
-    toml_path,
+    template_preamble,
 )
 
 NAME = "xreal"
@@ -133,11 +133,7 @@ def layout(view: RunView) -> list[PaperTable]:
 
 def study_toml() -> str:
     return f"""\
-# XReal, Table I ({CITATION}).
-# Written by `xray-audit init xreal`. Replace the CAPITALISED placeholders with your paths, then:
-#   xray-audit run study.toml && xray-audit report RUN_DIR --layout xreal --reader-study STUDY_DIR
-# Quoted passages are the paper's wording (../shared/papers/{PAPER}).
-
+{template_preamble(f"XReal, Table I ({CITATION})", NAME, PAPER)}
 [study]
 name = "xreal-table-1"
 # "we used the official test split to evaluate model performance": one row per test image with
@@ -272,8 +268,8 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
     cases = demo_data.chest_cases(progress)
     out = directory.resolve()
     ratings = out / "simulated-readers" / "ratings.csv"
-    lines = demo_data.study_header("xreal-demo", cases, out / "run", demo_data.DEMO_NOTE)
-    lines += demo_data.generator_models(list(demo_data.GENERATORS))
+    lines = demo_data.study_header("xreal-demo", cases, out / "run", [demo_data.DEMO_NOTE])
+    lines += demo_data.generator_tables(demo_data.GENERATORS)
     lines += [
         "",
         "[metrics]",
@@ -289,13 +285,13 @@ def demo(directory: Path, progress: bool) -> DemoStudy:
         "",
         "# SIMULATED readers (demo only): `run` writes their ratings here; every table says so.",
         "[reader_study]",
-        f"ratings = {toml_path(ratings)}",
+        f"ratings = {toml_string(ratings)}",
         "simulate_readers = 2",
         "",
     ]
-    study = out / "study.toml"
-    write_text(study, "\n".join(lines))
-    return DemoStudy(study, (demo_data.DEMO_NOTE, "Reader scores: 2 SIMULATED readers, not radiologists."))
+    return demo_data.write_study(
+        out, lines, (demo_data.DEMO_NOTE, "Reader scores: 2 SIMULATED readers, not radiologists.")
+    )
 
 
 RECIPE = Recipe(
