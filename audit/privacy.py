@@ -11,8 +11,9 @@ training copy; both thresholds sit at one quantile level of those distances
 references is flagged by the union (:func:`union_thresholds`): the ``real`` row reads ≈ ``quantile``. Authenticity (Alaa et al. 2022) compares a sample's distance
 with its training neighbour's own distance to the nearest other training image; ``privacy_auc`` is
 the Mann-Whitney AUC of a model's distances against the references' (0.5: as far from the training
-set as unseen patients; below: closer). An optional re-identification network scores each
-(sample, training neighbour) pair.
+set as unseen patients; below: closer); ``alpha_precision`` and ``beta_recall`` (same paper) measure
+the samples' fidelity and diversity against the references in the same embedding. An optional
+re-identification network scores each (sample, training neighbour) pair.
 
 Which embedding ``[privacy].features`` names (:data:`FEATURE_SOURCES`, resolved with
 :func:`audit.evaluators.suite.resolve_evaluators`, so weights are verified exactly as for FID):
@@ -36,7 +37,8 @@ entries as FID's where the network is the same), and file hashes in ``parts/priv
 recomputes the neighbours from cached vectors without loading a network or decoding an image.
 Training and query sets are streamed in blocks from the cache: memory stays flat in both set sizes.
 The stage writes ``privacy.parquet`` and ``privacy_training.parquet`` (see :mod:`audit.rundir`) and
-returns the per-sample metric rows, the ``privacy_auc`` summary rows and run.json's ``"privacy"``.
+returns the per-sample metric rows, the ``privacy_auc``, ``alpha_precision`` and ``beta_recall`` summary
+rows and run.json's ``"privacy"``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from audit.config import PrivacySection, StudyConfig
 from audit.evaluators import speed
 from audit.evaluators.plan import EvaluatorPlan, Role, Unavailable
 from audit.feature_cache import EvaluatorKey, FeatureCache, compute_with_cache, default_cache_root
-from audit.models.base import derive_seed
+from audit.privacy_summary import ALPHA_BETA_METRICS, alpha_beta_rows, auc_rows
 from audit.run_plan import RunError, write_parquet
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ class PrivacyPlan:
 @dataclasses.dataclass(frozen=True)
 class PrivacyResult:
     per_sample: pd.DataFrame  # model, case_id, sample, metric, value (audit.rundir.PER_SAMPLE_COLUMNS)
-    summary_rows: list[dict[str, Any]]  # privacy_auc per model and group, as distribution rows
+    summary_rows: list[dict[str, Any]]  # privacy_auc, α/β per model and group, as distribution rows
     info: dict[str, Any]  # run.json "privacy"
     evaluators: dict[str, str]  # metric -> what computed it (summary.csv's evaluator column)
 
@@ -191,7 +193,9 @@ def privacy_evaluators(plan: PrivacyPlan) -> dict[str, str]:
     networks): the embedding, or the pinned re-ID file. nn_distance_pixel has none (pixels against
     pixels); memorised_fraction's only network is the embedding."""
     features = plan.features.name
-    out = dict.fromkeys(("nn_distance", "authenticity", "privacy_auc", "memorised_fraction"), features)
+    out = dict.fromkeys(
+        ("nn_distance", "authenticity", "privacy_auc", "memorised_fraction", *ALPHA_BETA_METRICS), features
+    )
     if plan.section.reid_model is not None:
         out |= dict.fromkeys(
             ("reid_score", "reid_score_max"), f"re-ID model {Path(plan.section.reid_model.path).name}"
@@ -562,8 +566,14 @@ def run_privacy(
     evaluators = privacy_evaluators(plan)
     summary_rows = [
         {**row, "evaluator": evaluators["privacy_auc"]}
-        for row in _auc_rows(
+        for row in auc_rows(
             config, frame, plan.references["case_id"].to_numpy(str), reference_nn, self_reference, cases
+        )
+    ]
+    summary_rows += [
+        {**row, "evaluator": evaluators["alpha_precision"]}
+        for row in alpha_beta_rows(
+            config, plan.references, found.embedding.vectors, samples, self_reference, cases
         )
     ]
     info = {
@@ -600,6 +610,7 @@ class _Found:
     p_mirrored: np.ndarray  # (n,) bool: the query's left-right mirror image was the nearer one
     radius: np.ndarray  # (n_train,) each training image's distance to its nearest other training image
     reid: tuple[np.ndarray, np.ndarray]  # (n,) mean and max re-ID score over the k neighbours (NaN: none)
+    embedding: _Space  # the feature space, for the α-precision / β-recall rows
 
 
 def _find(
@@ -634,7 +645,7 @@ def _find(
         reid = (np.full(len(queries), np.nan), np.full(len(queries), np.nan))
         if plan.section.reid_model is not None:
             reid = _reid(plan, pixels, queries, f_idx, train, device, config.evaluators.batch_size)
-    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] == 1, radius, reid)
+    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] == 1, radius, reid, features)
 
 
 def _reid(
@@ -699,61 +710,3 @@ def load_reid_model(path: Path, sha256: str, device: str) -> Any:
     model = torch.jit.load(io.BytesIO(data), map_location=device)
     model.eval()
     return model
-
-
-def _auc_rows(
-    config: StudyConfig,
-    frame: pd.DataFrame,
-    ref_cases: np.ndarray,
-    ref_nn: np.ndarray,
-    self_reference: Sequence[str],
-    cases: pd.DataFrame,
-) -> list[dict[str, Any]]:
-    """``privacy_auc`` per generating model and group, with a percentile-bootstrap CI over cases: each
-    replicate draws the group's cases with replacement and weights each case's samples and its
-    reference by its count (samples of one case are not independent)."""
-    from audit.evaluation import groups_of
-    from audit.metrics.functional.privacy import mann_whitney_auc
-    from audit.stats import case_resample_weights, percentile_ci, weighted_auc
-
-    m = config.metrics
-    rows = []
-    for model in dict.fromkeys(frame["model"]):
-        if model in self_reference:
-            continue  # the references against themselves: 0.5 by construction
-        sel = frame[frame["model"] == model]
-        gen_cases = sel["case_id"].to_numpy(str)
-        gen_nn = sel["nn_distance"].to_numpy(np.float64)
-        for group, members in groups_of(cases, m.group_by):
-            in_gen, in_ref = np.isin(gen_cases, members), np.isin(ref_cases, members)
-            g, r = gen_nn[in_gen], ref_nn[in_ref]
-            value, lo, hi = float("nan"), float("nan"), float("nan")
-            if g.size and r.size:
-                value = float(mann_whitney_auc(g, r))
-                both = np.concatenate([gen_cases[in_gen], ref_cases[in_ref]])
-                uniq, at = np.unique(both, return_inverse=True)
-                # AUC of "generated" (positive) over "real" scored by distance = P(d_gen > d_real) + ½ ties.
-                scores = np.concatenate([g, r])[:, None]
-                targets = np.concatenate([np.ones(g.size, bool), np.zeros(r.size, bool)])[:, None]
-                key = "bootstrap:privacy_auc" if not group else f"bootstrap:privacy_auc:{group}"
-                rng = np.random.default_rng(derive_seed(config.study.seed, model, key, 0))
-                boot = []
-                # Replicates in blocks keep the (replicates x rows) weights bounded for big cohorts.
-                step = max(1, (1 << 24) // max(1, scores.shape[0]))
-                for start in range(0, m.bootstrap_resamples, step):
-                    counts = case_resample_weights(rng, len(uniq), min(step, m.bootstrap_resamples - start))
-                    boot.append(weighted_auc(scores, targets, counts[:, at])[:, 0])
-                lo, hi = percentile_ci(np.concatenate(boot), m.confidence)
-            rows.append(
-                {
-                    "model": model,
-                    "metric": "privacy_auc",
-                    "value": value,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "n": int(g.size),
-                    "group": group,
-                    "evaluator": "",
-                }
-            )
-    return rows

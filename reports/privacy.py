@@ -36,7 +36,17 @@ SPACES = {
     "nn_distance_pixel": ("pixels", "pixel_train_case_id"),
 }
 # summary.csv metrics the model table shows with their CI, beside the parquet's own numbers.
-SUMMARY_METRICS = ("memorised_fraction", "authenticity", "privacy_auc", "reid_score", "reid_score_max")
+SUMMARY_METRICS = (
+    "memorised_fraction",
+    "authenticity",
+    "privacy_auc",
+    "alpha_precision",
+    "beta_recall",
+    "reid_score",
+    "reid_score_max",
+)
+# Set-level metrics of a model's samples against the held-out references: none for the references.
+AGAINST_REAL = ("privacy_auc", "alpha_precision", "beta_recall")
 HISTOGRAM_BINS = 30
 BASELINE_HATCHES = ("/", "x", ".", "+", "\\")
 

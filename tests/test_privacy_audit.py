@@ -32,6 +32,7 @@ from audit.metrics.functional.privacy import pixel_vectors
 from audit.run_plan import RunError, RunOptions
 from audit.runner import merge_runs, run_study
 from tests.conftest import make_cohort
+from tests.test_alpha_beta import _reference
 
 N_REF, N_TRAIN, K, QUANTILE, PIXELS = 20, 24, 3, 0.1, 32
 
@@ -244,6 +245,23 @@ def test_every_number_matches_an_independent_computation(finished, cohorts):
         assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"])
         assert str(row["higher_is_better"]) == "True" and int(row["n"]) == N_REF
     assert ("real", "privacy_auc") not in s.index  # the references against themselves
+
+    # α-precision / β-recall: the authors' reference formula (scikit-learn neighbours, np.quantile) on
+    # unit-length embeddings of each model's samples against the held-out references. Embeddings
+    # recomputed here may differ in the last float32 bit, which can move a point across one support's
+    # edge (0.0034 per crossing), hence the tolerance.
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    for model in ("copies", "blur"):
+        at = (merged.model == model).to_numpy()
+        *_, alpha, beta = _reference(unit(f_ref.astype(np.float64)), unit(f_gen[at].astype(np.float64)))
+        for metric, expected in (("alpha_precision", alpha), ("beta_recall", beta)):
+            row = s.loc[(model, metric)]
+            assert float(row["value"]) == pytest.approx(expected, abs=0.01), (model, metric)
+            assert float(row["ci_low"]) <= float(row["ci_high"]) and int(row["n"]) == N_REF
+            assert row["evaluator"] == "demo-anatomy-segmenter" and str(row["higher_is_better"]) == "True"
+    assert ("real", "alpha_precision") not in s.index
     groups = summary[(summary.metric == "privacy_auc") & (summary.model == "blur")].group.tolist()
     assert groups == ["", "group=a", "group=b"]
 

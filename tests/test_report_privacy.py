@@ -9,6 +9,7 @@ import html
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +335,28 @@ def test_training_copy_is_a_sanity_baseline(audited: tuple[Path, str]) -> None:
     assert re.search(r"gen\\_b &.*?\\\\\n\\midrule\ncopy &", body) and re.search(
         r"copy &.*?\\midrule\nreal &", body, re.DOTALL
     )
+
+
+def test_alpha_precision_and_beta_recall_show_summary_values(audited, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(audited[0], run)
+    summary = pd.read_csv(run / rundir.SUMMARY, keep_default_na=False)
+    template = summary[(summary.model == "gen_a") & (summary.metric == "privacy_auc")].iloc[0]
+    added = [
+        {
+            **template.to_dict(),
+            "metric": metric,
+            "value": value,
+            "ci_low": value - 0.1,
+            "ci_high": value + 0.05,
+        }
+        for metric, value in (("alpha_precision", 0.8125), ("beta_recall", 0.4375))
+    ]
+    pd.concat([summary, pd.DataFrame(added)], ignore_index=True).to_csv(run / rundir.SUMMARY, index=False)
+    table = _table_rows(_section(render_html_report(run)))
+    for metric, value in (("alpha_precision", 0.8125), ("beta_recall", 0.4375)):
+        shown, got = _cell(table["gen_a"], metric)
+        assert got == pytest.approx(value)
+        assert _text(shown)[0] == format_estimate(value, value - 0.1, value + 0.05)[0]
+        assert _cell(table["gen_b"], metric)[1] is None  # no row in summary.csv: no number invented
+        assert "—" in _cell(table["real"], metric)[0]  # the references against themselves

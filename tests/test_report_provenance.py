@@ -27,7 +27,14 @@ from reports.statistics import read_paired_tests
 
 # The privacy metrics scored by the [privacy].features embedding (nn_distance_pixel and the re-ID
 # scores are not: pixels, and the re-ID file).
-PRIVACY_EMBEDDING = {"nn_distance", "memorised_fraction", "authenticity", "privacy_auc"}
+PRIVACY_EMBEDDING = {
+    "nn_distance",
+    "memorised_fraction",
+    "authenticity",
+    "privacy_auc",
+    "alpha_precision",
+    "beta_recall",
+}
 EVALUATOR_METRICS = {
     *catalogue.names(family="clinical"),
     *catalogue.names(family="distribution"),
@@ -419,7 +426,7 @@ def test_privacy_metrics_name_their_embedding_the_reid_file_or_nothing():
             "features_plan": {"name": "rad-dino", "weights_sha256": "cd" * 32, "pin": "release"},
         }
     }
-    for metric in ("memorised_fraction", "nn_distance", "authenticity", "privacy_auc"):
+    for metric in ("memorised_fraction", "nn_distance", "authenticity", "privacy_auc", "beta_recall"):
         for named in ("", "rad-dino"):  # summary.csv names it (current runs) or not (older ones)
             mark = metric_mark(info, metric, named)
             assert mark is not None

@@ -452,6 +452,26 @@ _PRIVACY = (
         "as unseen patients are (ideal); below 0.5: closer, i.e. memorisation; above 0.5 is no privacy "
         "risk but a sign the samples are off the training distribution. CI: bootstrap over cases.",
     ),
+    _privacy(
+        "alpha_precision",
+        "α-precision",
+        True,
+        "distribution",
+        "Alaa et al. (ICML 2022) fidelity, in the [privacy].features embedding (unit vectors): the share "
+        "of samples inside the α-support of the held-out real images (the ball about their mean holding "
+        "α of them), for α on a 30-step grid, summarised as 1 − 2∫|share − α|dα (1 ideal). As the "
+        "authors' reference code, without its learned one-class embedding. CI: bootstrap over cases.",
+    ),
+    _privacy(
+        "beta_recall",
+        "β-recall",
+        True,
+        "distribution",
+        "Alaa et al. (ICML 2022) diversity, in the same embedding: the share of held-out real images "
+        "whose nearest sample is closer than their nearest other real image and lies in the β-support "
+        "of those nearest samples, summarised as 1 − 2∫|share − β|dβ. Same-distribution samples score "
+        "about 0.5, mode collapse near 0. CI: bootstrap over cases.",
+    ),
 )
 
 CATALOGUE: tuple[MetricSpec, ...] = (*_PIXEL, *_CLINICAL, *_DISTRIBUTION, *_NORBERG, *_PRIVACY)

@@ -77,10 +77,16 @@ shown = pd.DataFrame(
         "by pixels only": table["by_pixels"],
         "by both": table["by_both"],
         "authenticity ↑": table["authentic"],
-        "privacy AUC (0.5 ideal)": [
-            math.nan if m == audit.REAL else v
-            for m, v in zip(table["model"], table["privacy_auc"], strict=True)
-        ],
+        **{
+            label: [
+                math.nan if m == audit.REAL else v for m, v in zip(table["model"], table[metric], strict=True)
+            ]
+            for label, metric in (
+                ("privacy AUC (0.5 ideal)", "privacy_auc"),
+                ("α-precision ↑", "alpha_precision"),
+                ("β-recall ↑", "beta_recall"),
+            )
+        },
     }
 )
 if found.has_reid:
@@ -90,7 +96,9 @@ st.dataframe(shown, width="stretch", hide_index=True, key="privacy_table")
 st.caption(
     "Shares are over privacy.parquet's rows (one per sample). privacy AUC: P(a sample's distance > a "
     "held-out real image's) in feature space; 0.5 = as far from the training set as unseen patients, "
-    "below 0.5 = closer (memorisation)."
+    "below 0.5 = closer (memorisation). α-precision / β-recall (Alaa et al. 2022): fidelity and "
+    "diversity of the samples against the held-out real images in the same embedding; higher is "
+    "better, and samples drawn from the real distribution itself score ≈ 1 and ≈ 0.5."
 )
 
 known = {m.name for m in view.models}

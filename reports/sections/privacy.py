@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from reports.privacy import (
+    AGAINST_REAL,
     CLOSEST_PAIRS,
     HIDDEN_NOTE,
     REAL,
@@ -144,6 +145,8 @@ def _model_rows(
         "by both",
         "authenticity ↑",
         "privacy AUC (0.5 ideal)",
+        "α-precision ↑",
+        "β-recall ↑",
     ]
     if reid:
         head += ["re-ID score ↓", "re-ID score max ↓"]
@@ -157,12 +160,15 @@ def _model_rows(
         memorised, _ = _estimate(record, "memorised_fraction", record["memorised"])
         memorised += f'<div class="sub">{record["flagged"]} of {record["n"]} flagged</div>'
         authentic, authentic_value = _estimate(record, "authenticity", record["authentic"])
-        if is_real:
-            auc = '<span title="the held-out images compared with themselves: 0.5 by construction">—</span>'
-            auc_value = math.nan
-        else:
-            auc_value = record["privacy_auc"]
-            auc = estimate_text(auc_value, record["privacy_auc_ci_low"], record["privacy_auc_ci_high"])
+        against_real = {}
+        for metric in AGAINST_REAL:
+            if is_real:
+                text = '<span title="the held-out images compared with themselves">—</span>'
+                against_real[metric] = (text, math.nan)
+            else:
+                value = record[metric]
+                text = estimate_text(value, record[f"{metric}_ci_low"], record[f"{metric}_ci_high"])
+                against_real[metric] = (text, value)
         cells = [
             f'<th scope="row">{_label(model, privacy.info.quantile)}</th>',
             _cell("n", escape(record["n"]), float(record["n"])),
@@ -174,7 +180,7 @@ def _model_rows(
                 for kind in ("features", "pixels", "both")
             ),
             _cell("authentic", authentic, authentic_value),
-            _cell("privacy_auc", auc, auc_value),
+            *(_cell(metric, *against_real[metric]) for metric in AGAINST_REAL),
         ]
         if reid:
             for metric in ("reid_score", "reid_score_max"):

@@ -27,8 +27,7 @@ What this avoids from CheXGenBench's memorisation check: images there are subtra
 float before any arithmetic); and a sample is called memorised against no threshold at all (here the
 threshold is calibrated on held-out real patients, so the false-positive rate is known).
 
-``alpha_precision_beta_recall`` is not provided: the paper's α/β supports live in a learned one-class
-embedding, and without that network there is no reference to test an implementation against.
+The same paper's α-precision and β-recall are in :mod:`audit.metrics.functional.alpha_beta`.
 """
 
 from __future__ import annotations
