@@ -24,6 +24,10 @@ scikit-learn's order differs, the row is recomputed exactly (``scipy.spatial.dis
 float64); the check passes only if the suite's answer is the exact one (scikit-learn's cosine works in
 float32 for float32 input and can swap near-ties), and the count of such rows is reported.
 
+A third child times the matrix products alone (every pair's score, nothing else) in float32,
+bfloat16 and int8: the floor under any exact method that scores every pair in that arithmetic, and
+so the largest speed-up over scikit-learn such a method could reach on this machine.
+
 Finally, a FLOP-count *estimate* (not a measurement) for 100k × 100k at ``--dim`` on one H100:
 2·n·m·d flops at an assumed ~50 TFLOP/s effective float32 rate.
 """
@@ -116,6 +120,54 @@ def _child(impl: str, metric: str, n_train: int, n_gen: int, dim: int, k: int, r
     }
 
 
+def _floor_child(n_train: int, n_gen: int, dim: int, repeat: int) -> dict:
+    """The matrix products alone, with nothing else: every generated × training score, 512 query rows
+    at a time into one reused buffer, in float32 (numpy's BLAS, what the suite and scikit-learn both
+    use), in bfloat16 (torch) and in int8 (torch's integer GEMM, the lowest precision torch offers on
+    a CPU). An exact method that scores every pair in that arithmetic cannot beat these times,
+    whatever it does around them."""
+    import numpy as np
+    import torch
+
+    threads = int(os.environ.get("BENCH_THREADS", torch.get_num_threads()))
+    torch.set_num_threads(threads)
+    train, gen = _features(n_train, n_gen, dim, SEED)
+    rows = 512
+    buffer = np.empty((rows, n_train), np.float32)
+    t_bf16, g_bf16 = torch.from_numpy(train).bfloat16(), torch.from_numpy(gen).bfloat16()
+    out_bf16 = torch.empty((rows, n_train), dtype=torch.bfloat16)
+    # int8 codes (any scale: only the arithmetic's speed is measured), through torch's int8 GEMM.
+    t_int8 = torch.from_numpy(np.clip(np.rint(train * 16), -127, 127).astype(np.int8)).T.contiguous().T
+    g_int8 = torch.from_numpy(np.clip(np.rint(gen * 16), -127, 127).astype(np.int8))
+
+    def float32() -> None:
+        for s in range(0, n_gen, rows):
+            q = gen[s : s + rows]
+            np.matmul(q, train.T, out=buffer[: len(q)])
+
+    def bfloat16() -> None:
+        for s in range(0, n_gen, rows):
+            q = g_bf16[s : s + rows]
+            torch.matmul(q, t_bf16.T, out=out_bf16[: len(q)])
+
+    def int8() -> None:
+        for s in range(0, n_gen, rows):
+            torch._int_mm(g_int8[s : s + rows], t_int8.T)
+
+    times = {}
+    for name, fn in (("float32", float32), ("bfloat16", bfloat16), ("int8", int8)):
+        fn()
+        best = math.inf
+        for _ in range(max(2, repeat)):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        times[name] = best
+    flops = 2.0 * n_train * n_gen * dim
+    return {"impl": "floor", **{f"{k}_seconds": v for k, v in times.items()},
+            **{f"{k}_gflops": flops / v / 1e9 for k, v in times.items()}}  # fmt: skip
+
+
 def _run_child(impl: str, metric: str, args: argparse.Namespace, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", impl, metric]
     cmd += [str(v) for v in (args.train, args.gen, args.dim, args.k, args.repeat, out)]
@@ -163,7 +215,11 @@ def _h100_estimate(dim: int) -> dict[str, float]:
 
 
 def _table(
-    results: list[dict], checks: list[dict], args: argparse.Namespace, load: tuple[float, float]
+    results: list[dict],
+    checks: list[dict],
+    args: argparse.Namespace,
+    load: tuple[float, float],
+    floor: dict[str, float],
 ) -> str:
     lines = [
         (
@@ -189,6 +245,21 @@ def _table(
             f"| {check['metric']} | {sw:.0f} ({sc:.0f}) | {rw:.0f} ({rc:.0f}) | {sw / rw:.1f}× ({sc / rc:.1f}×) "
             f"| {s['peak_mb'] - s['baseline_mb']:.0f} ({s['peak_mb']:.0f}) "
             f"| {r['peak_mb'] - r['baseline_mb']:.0f} ({r['peak_mb']:.0f}) | {same} | {check['max_distance_diff']:.1e} |"
+        )
+    lines += [
+        "",
+        "Matrix-product floor (the scores of every pair and nothing else, same data, same threads):",
+    ]
+    for check in checks:
+        sk = by[("sklearn", check["metric"])]["seconds"]
+        lines.append(
+            f"- {check['metric']}: scikit-learn {sk:.2f} s; float32 products alone {floor['float32_seconds']:.2f} s "
+            f"({floor['float32_gflops']:.0f} GFLOP/s), so an exact method that scores every pair in float32 is "
+            f"at most {sk / floor['float32_seconds']:.1f}× faster; bfloat16 products alone "
+            f"{floor['bfloat16_seconds']:.2f} s ({floor['bfloat16_gflops']:.0f} GFLOP/s): at most "
+            f"{sk / floor['bfloat16_seconds']:.1f}× even with free, always-sufficient certified re-scoring; "
+            f"int8 products alone {floor['int8_seconds']:.2f} s ({floor['int8_gflops']:.0f} GOP/s): at most "
+            f"{sk / floor['int8_seconds']:.1f}×."
         )
     est = _h100_estimate(args.dim)
     lines += [
@@ -221,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         impl, metric, *nums, out = args.child
         n_train, n_gen, dim, k, repeat = map(int, nums)
-        print(json.dumps(_child(impl, metric, n_train, n_gen, dim, k, repeat, out)))
+        if impl == "floor":
+            print(json.dumps(_floor_child(n_train, n_gen, dim, repeat)))
+        else:
+            print(json.dumps(_child(impl, metric, n_train, n_gen, dim, k, repeat, out)))
         return 0
     if args.quick:
         args.train, args.gen, args.dim, args.repeat, args.rounds = 2000, 500, 128, 5, 1
@@ -240,12 +314,17 @@ def main(argv: list[str] | None = None) -> int:
             for impl in files:
                 results.append(min((r[impl] for r in rounds), key=lambda r: r["seconds"]))
             checks.append(_compare(metric, files["suite"], files["sklearn"], args))
-    print(_table(results, checks, args, (load_before, os.getloadavg()[0])))
+        floor = min(
+            (_run_child("floor", "-", args, Path(tmp) / "floor.npz") for _ in range(args.rounds)),
+            key=lambda r: r["float32_seconds"],
+        )
+    print(_table(results, checks, args, (load_before, os.getloadavg()[0]), floor))
     if args.out:
         report = {
             "results": results,
             "checks": checks,
             "h100_estimate": _h100_estimate(args.dim),
+            "gemm_floor": floor,
             "args": vars(args),
         }
         args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
