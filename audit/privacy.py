@@ -573,7 +573,14 @@ def run_privacy(
     summary_rows += [
         {**row, "evaluator": evaluators["alpha_precision"]}
         for row in alpha_beta_rows(
-            config, plan.references, found.embedding.vectors, samples, self_reference, cases
+            config,
+            plan.references,
+            list(plan.training["sha256"]),
+            found.embedding.vectors,
+            samples,
+            self_reference,
+            cases,
+            found.device,
         )
     ]
     info = {
@@ -611,6 +618,7 @@ class _Found:
     radius: np.ndarray  # (n_train,) each training image's distance to its nearest other training image
     reid: tuple[np.ndarray, np.ndarray]  # (n,) mean and max re-ID score over the k neighbours (NaN: none)
     embedding: _Space  # the feature space, for the α-precision / β-recall rows
+    device: str  # where the neighbour searches ran
 
 
 def _find(
@@ -645,7 +653,7 @@ def _find(
         reid = (np.full(len(queries), np.nan), np.full(len(queries), np.nan))
         if plan.section.reid_model is not None:
             reid = _reid(plan, pixels, queries, f_idx, train, device, config.evaluators.batch_size)
-    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] == 1, radius, reid, features)
+    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] == 1, radius, reid, features, device)
 
 
 def _reid(

@@ -45,8 +45,15 @@ SUMMARY_METRICS = (
     "reid_score",
     "reid_score_max",
 )
-# Set-level metrics of a model's samples against the held-out references: none for the references.
+# Set-level metrics of a model's samples against the held-out references. The references' own row
+# has no privacy_auc (0.5 by construction); its α/β rows are the calibration: training images (other
+# real patients) scored in place of samples, what an ideal generator reaches at this n and embedding.
 AGAINST_REAL = ("privacy_auc", "alpha_precision", "beta_recall")
+CALIBRATED = ("alpha_precision", "beta_recall")
+CALIBRATION_NOTE = (
+    "calibration: training images (other real patients, never generated) scored in place of samples; "
+    "an ideal generator's value at this number of references and this embedding"
+)
 HISTOGRAM_BINS = 30
 BASELINE_HATCHES = ("/", "x", ".", "+", "\\")
 

@@ -29,6 +29,7 @@ from audit.config import EvaluatorsSection, MetricsSection, load_config
 from audit.evaluators.plan import LoadOptions
 from audit.evaluators.suite import load_backend, resolve_evaluators
 from audit.metrics.functional.privacy import pixel_vectors
+from audit.privacy_summary import calibration_training_rows
 from audit.run_plan import RunError, RunOptions
 from audit.runner import merge_runs, run_study
 from tests.conftest import make_cohort
@@ -247,21 +248,34 @@ def test_every_number_matches_an_independent_computation(finished, cohorts):
     assert ("real", "privacy_auc") not in s.index  # the references against themselves
 
     # α-precision / β-recall: the authors' reference formula (scikit-learn neighbours, np.quantile) on
-    # unit-length embeddings of each model's samples against the held-out references. Embeddings
+    # unit-length embeddings of each model's samples against the held-out references; the real row
+    # holds the calibration, training images (other real patients) in place of samples. Embeddings
     # recomputed here may differ in the last float32 bit, which can move a point across one support's
     # edge (0.0034 per crossing), hence the tolerance.
     def unit(x):
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    for model in ("copies", "blur"):
-        at = (merged.model == model).to_numpy()
-        *_, alpha, beta = _reference(unit(f_ref.astype(np.float64)), unit(f_gen[at].astype(np.float64)))
+    chosen = calibration_training_rows(N_TRAIN, N_REF, seed=3)  # the study seed
+    assert len(chosen) == N_REF and len(set(chosen)) == N_REF
+    stand_ins = {
+        "copies": f_gen[(merged.model == "copies").to_numpy()],
+        "blur": f_gen[(merged.model == "blur").to_numpy()],
+        "real": f_train[chosen],
+    }
+    for model, synthetic in stand_ins.items():
+        *_, alpha, beta = _reference(unit(f_ref.astype(np.float64)), unit(synthetic.astype(np.float64)))
         for metric, expected in (("alpha_precision", alpha), ("beta_recall", beta)):
             row = s.loc[(model, metric)]
             assert float(row["value"]) == pytest.approx(expected, abs=0.01), (model, metric)
-            assert float(row["ci_low"]) <= float(row["ci_high"]) and int(row["n"]) == N_REF
+            # the jackknife interval is centred on the estimate, within the summary's range
+            assert (
+                -1 / 29 - 1e-12 <= float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"]) <= 1
+            )
+            assert float(row["ci_low"]) < float(row["ci_high"]) and int(row["n"]) == N_REF
             assert row["evaluator"] == "demo-anatomy-segmenter" and str(row["higher_is_better"]) == "True"
-    assert ("real", "alpha_precision") not in s.index
+    groups = summary[(summary.metric == "beta_recall") & (summary.model == "blur")].group.tolist()
+    assert groups == ["", "group=a", "group=b"]
+    assert summary[(summary.metric == "beta_recall") & (summary.model == "real")].group.tolist() == [""]
     groups = summary[(summary.metric == "privacy_auc") & (summary.model == "blur")].group.tolist()
     assert groups == ["", "group=a", "group=b"]
 

@@ -342,21 +342,27 @@ def test_alpha_precision_and_beta_recall_show_summary_values(audited, tmp_path: 
     shutil.copytree(audited[0], run)
     summary = pd.read_csv(run / rundir.SUMMARY, keep_default_na=False)
     template = summary[(summary.model == "gen_a") & (summary.metric == "privacy_auc")].iloc[0]
+    values = {("gen_a", "alpha_precision"): 0.8125, ("gen_a", "beta_recall"): 0.4375}
+    values |= {("real", "alpha_precision"): 0.6875, ("real", "beta_recall"): 0.5625}  # the calibration
     added = [
         {
             **template.to_dict(),
+            "model": model,
             "metric": metric,
-            "value": value,
-            "ci_low": value - 0.1,
-            "ci_high": value + 0.05,
+            "value": v,
+            "ci_low": v - 0.1,
+            "ci_high": v + 0.05,
         }
-        for metric, value in (("alpha_precision", 0.8125), ("beta_recall", 0.4375))
+        for (model, metric), v in values.items()
     ]
     pd.concat([summary, pd.DataFrame(added)], ignore_index=True).to_csv(run / rundir.SUMMARY, index=False)
     table = _table_rows(_section(render_html_report(run)))
-    for metric, value in (("alpha_precision", 0.8125), ("beta_recall", 0.4375)):
-        shown, got = _cell(table["gen_a"], metric)
+    for (model, metric), value in values.items():
+        shown, got = _cell(table[model], metric)
         assert got == pytest.approx(value)
         assert _text(shown)[0] == format_estimate(value, value - 0.1, value + 0.05)[0]
+        assert ("calibration: training images" in shown) == (model == "real")
+    for metric in ("alpha_precision", "beta_recall"):
         assert _cell(table["gen_b"], metric)[1] is None  # no row in summary.csv: no number invented
-        assert "—" in _cell(table["real"], metric)[0]  # the references against themselves
+    shown, got = _cell(table["real"], "privacy_auc")
+    assert got is None and "—" in shown  # the references against themselves

@@ -459,8 +459,11 @@ _PRIVACY = (
         "distribution",
         "Alaa et al. (ICML 2022) fidelity, in the [privacy].features embedding (unit vectors): the share "
         "of samples inside the α-support of the held-out real images (the ball about their mean holding "
-        "α of them), for α on a 30-step grid, summarised as 1 − 2∫|share − α|dα (1 ideal). As the "
-        "authors' reference code, without its learned one-class embedding. CI: bootstrap over cases.",
+        "α of them), for α on a 30-step grid, summarised as 1 − 2∫|share − α|dα, in [−1/29, 1]. The "
+        "authors' reference formula, without its learned one-class embedding. It depends on the number "
+        "of references and the embedding's dimension as much as on the samples: the real row is the "
+        "calibration, training images (other real patients) in place of samples. CI: delete-d jackknife "
+        "over half-samples of the cases.",
     ),
     _privacy(
         "beta_recall",
@@ -469,8 +472,9 @@ _PRIVACY = (
         "distribution",
         "Alaa et al. (ICML 2022) diversity, in the same embedding: the share of held-out real images "
         "whose nearest sample is closer than their nearest other real image and lies in the β-support "
-        "of those nearest samples, summarised as 1 − 2∫|share − β|dβ. Same-distribution samples score "
-        "about 0.5, mode collapse near 0. CI: bootstrap over cases.",
+        "of those nearest samples, summarised as 1 − 2∫|share − β|dβ, in [−1/29, 1]; near 0 for mode "
+        "collapse. The real row is the calibration, as for α-precision. CI: delete-d jackknife over "
+        "half-samples of the cases.",
     ),
 )
 

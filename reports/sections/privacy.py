@@ -19,6 +19,8 @@ import numpy as np
 
 from reports.privacy import (
     AGAINST_REAL,
+    CALIBRATED,
+    CALIBRATION_NOTE,
     CLOSEST_PAIRS,
     HIDDEN_NOTE,
     REAL,
@@ -162,13 +164,13 @@ def _model_rows(
         authentic, authentic_value = _estimate(record, "authenticity", record["authentic"])
         against_real = {}
         for metric in AGAINST_REAL:
-            if is_real:
-                text = '<span title="the held-out images compared with themselves">—</span>'
-                against_real[metric] = (text, math.nan)
-            else:
-                value = record[metric]
-                text = estimate_text(value, record[f"{metric}_ci_low"], record[f"{metric}_ci_high"])
-                against_real[metric] = (text, value)
+            value = record[metric]
+            text = estimate_text(value, record[f"{metric}_ci_low"], record[f"{metric}_ci_high"])
+            if is_real and metric not in CALIBRATED:
+                text, value = '<span title="the held-out images compared with themselves">—</span>', math.nan
+            elif is_real:
+                text = f'<span title="{escape(CALIBRATION_NOTE)}">{text}</span>'
+            against_real[metric] = (text, value)
         cells = [
             f'<th scope="row">{_label(model, privacy.info.quantile)}</th>',
             _cell("n", escape(record["n"]), float(record["n"])),

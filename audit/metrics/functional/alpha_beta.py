@@ -30,9 +30,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ALPHAS", "AlphaBeta", "Supports", "alpha_beta", "alpha_precision_beta_recall", "prepare_supports"]
+__all__ = [
+    "ALPHAS",
+    "SUMMARY_RANGE",
+    "AlphaBeta",
+    "Supports",
+    "alpha_beta",
+    "alpha_precision_beta_recall",
+    "prepare_supports",
+]
 
 ALPHAS = np.linspace(0.0, 1.0, 30)  # the reference implementation's grid
+# The summaries' range for monotone curves: 1 at the diagonal, 1 − 2·Σα·Δα = −1/29 for a curve stuck
+# at 0 (or 1) everywhere.
+SUMMARY_RANGE = (float(1.0 - 2.0 * ALPHAS.sum() * (ALPHAS[1] - ALPHAS[0])), 1.0)
 NEIGHBOURS = 32  # nearest rows kept per real row; a replicate that drew none of them searches all rows
 _ELEMENTS = 1 << 24  # (replicates × rows × columns) elements of one chunk's temporaries
 
@@ -50,14 +61,15 @@ class AlphaBeta:
 
 @dataclass(frozen=True)
 class Supports:
-    """What every replicate shares: the rows (centred on the real mean, float64), which case each
-    synthetic row belongs to, and each real row's nearest real (other) and synthetic rows."""
+    """What every replicate shares: the rows (float64, as given), which case each synthetic row
+    belongs to, and each real row's nearest real (other) and synthetic rows."""
 
     real: np.ndarray  # (n, d)
     synthetic: np.ndarray  # (m, d)
     synthetic_case: np.ndarray  # (m,) int: the real row (case) each synthetic row was drawn for
-    real_sq: np.ndarray  # (n,) ‖real‖²
-    synthetic_sq: np.ndarray  # (m,)
+    offset: np.ndarray  # (d,) the real mean: batched distances to centres are taken about it
+    real_sq: np.ndarray  # (n,) ‖real − offset‖²
+    synthetic_sq: np.ndarray  # (m,) ‖synthetic − offset‖²
     rr_dist: np.ndarray  # (n, K) distances to the nearest other real rows, ascending
     rr_idx: np.ndarray
     rs_dist: np.ndarray  # (n, K') distances to the nearest synthetic rows, ascending
@@ -78,19 +90,19 @@ def _rows(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _nearest(
-    query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool
+    query: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool, device: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest (Euclidean), through the privacy audit's blocked search."""
     from audit.metrics.functional.privacy import nearest_neighbours
 
-    found = nearest_neighbours(query, reference, metric="l2", k=k, exclude_self=exclude_self)
+    found = nearest_neighbours(query, reference, metric="l2", k=k, exclude_self=exclude_self, device=device)
     # nearest_neighbours reports ‖a − b‖ / √d; the scale is the same for every comparison made here,
     # but fallback searches (_brute) compute ‖a − b‖, so undo it.
     return found.distances * np.sqrt(query.shape[1]), found.indices
 
 
 def prepare_supports(
-    real: np.ndarray, synthetic: np.ndarray, synthetic_case: np.ndarray | None = None
+    real: np.ndarray, synthetic: np.ndarray, synthetic_case: np.ndarray | None = None, *, device: str = "cpu"
 ) -> Supports:
     """Check the inputs and find the neighbours every replicate draws from.
 
@@ -126,25 +138,61 @@ def prepare_supports(
             raise ValueError(
                 f"synthetic_case must index the {r.shape[0]} real rows; got values outside 0..{r.shape[0] - 1}"
             )
-    centre = r.mean(axis=0)
-    r, s = r - centre, s - centre  # distances are unchanged; the centres' norms stay small
-    rr_dist, rr_idx = _nearest(r, r, min(NEIGHBOURS, r.shape[0] - 1), exclude_self=True)
-    rs_dist, rs_idx = _nearest(r, s, min(NEIGHBOURS, s.shape[0]), exclude_self=False)
+    offset = r.mean(axis=0)
+    # Enough synthetic neighbours per real row to span NEIGHBOURS distinct cases even when one case's
+    # samples are all alike (a deterministic or memorising model), so replicates rarely search all rows.
+    per_case = int(np.bincount(case, minlength=r.shape[0]).max()) if case.size else 1
+    rr_dist, rr_idx = _nearest(r, r, min(NEIGHBOURS, r.shape[0] - 1), exclude_self=True, device=device)
+    rs_dist, rs_idx = _nearest(
+        r, s, min(NEIGHBOURS * per_case, s.shape[0]), exclude_self=False, device=device
+    )
     return Supports(
-        r, s, case.astype(np.int64), np.einsum("ij,ij->i", r, r), np.einsum("ij,ij->i", s, s),
-        rr_dist, rr_idx, rs_dist, rs_idx,
-    )  # fmt: skip
+        r,
+        s,
+        case.astype(np.int64),
+        offset,
+        _sq(r - offset),
+        _sq(s - offset),
+        rr_dist,
+        rr_idx,
+        rs_dist,
+        rs_idx,
+    )
 
 
-def _to_centres(x: np.ndarray, x_sq: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """(B, rows) ‖x − c_b‖."""
-    sq = x_sq[None, :] - 2.0 * (centres @ x.T) + np.einsum("ij,ij->i", centres, centres)[:, None]
-    return np.sqrt(np.maximum(sq, 0.0))
+def _sq(x: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", x, x)
+
+
+def _to_centres(x: np.ndarray, x_sq: np.ndarray, offset: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(B, rows) ‖x − c_b‖: by differences for a single centre (the estimate itself: the reference's
+    arithmetic, so points equally far from the centre stay equal), by one matrix product about
+    ``offset`` for a batch of replicates (the interval only); ``x_sq`` is ‖x − offset‖²."""
+    if centres.shape[0] == 1:
+        out = np.empty((1, x.shape[0]))
+        step = max(1, _ELEMENTS // (4 * x.shape[1]))
+        for s in range(0, x.shape[0], step):
+            out[0, s : s + step] = np.sqrt(((x[s : s + step] - centres[0]) ** 2).sum(axis=1))
+        return out
+    c = centres - offset
+    # (x − o)·(c − o) = x·(c − o) − o·(c − o): no shifted copy of x is made.
+    cross = x @ c.T - (offset @ c.T)[None, :]
+    sq = x_sq[:, None] - 2.0 * cross + _sq(c)[None, :]
+    return np.sqrt(np.maximum(sq, 0.0)).T
+
+
+def _means(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B, d) weighted means; all-ones weights take numpy's mean, the reference's arithmetic."""
+    if weights.shape[0] == 1 and (weights == 1).all():
+        return x.mean(axis=0)[None, :]
+    total = weights.sum(axis=1)
+    return (weights @ x) / np.where(total > 0, total, 1.0)[:, None]
 
 
 def _weighted_quantile(values: np.ndarray, weights: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """(B, A) ``np.quantile(..., method="linear")`` of each row's multiset: value i repeated weights[b, i]
-    times (integer weights; zero-weight values are absent)."""
+    times (integer weights; zero-weight values are absent), with numpy's own index and interpolation
+    arithmetic, so a replicate of all-ones weights gives numpy's bits."""
     order = np.argsort(values, axis=1, kind="stable")
     v = np.take_along_axis(values, order, axis=1)
     cw = np.cumsum(np.take_along_axis(weights, order, axis=1), axis=1)  # exact: integer counts
@@ -152,14 +200,18 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, levels: np.ndarr
     out = np.empty((values.shape[0], levels.size))
     rows = np.arange(values.shape[0])
     for a, level in enumerate(levels):
-        pos = level * (total - 1.0)
-        lo = np.floor(pos)
-        hi = np.minimum(lo + 1.0, total - 1.0)
+        virtual = (total - 1.0) * level  # numpy's virtual index for "linear"
+        lo = np.floor(virtual)
+        gamma = virtual - lo
+        above = virtual >= total - 1.0
+        lo = np.where(above, total - 1.0, np.maximum(lo, 0.0))
+        hi = np.where(above, total - 1.0, np.minimum(lo + 1.0, total - 1.0))
         # The element at (0-based) position t of the sorted multiset: the first value whose cumulative
         # count exceeds t.
-        v_lo = v[rows, (cw > lo[:, None]).argmax(axis=1)]
-        v_hi = v[rows, (cw > hi[:, None]).argmax(axis=1)]
-        out[:, a] = v_lo + (pos - lo) * (v_hi - v_lo)
+        a_ = v[rows, (cw > lo[:, None]).argmax(axis=1)]
+        b_ = v[rows, (cw > hi[:, None]).argmax(axis=1)]
+        diff = b_ - a_
+        out[:, a] = np.where(gamma >= 0.5, b_ - diff * (1.0 - gamma), a_ + diff * gamma)  # numpy's _lerp
     return out
 
 
@@ -209,17 +261,18 @@ def _chunk(s: Supports, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     wr, wu = w.sum(axis=1), u.sum(axis=1)
     real_present, synth_present = w > 0, u > 0
     # α-precision: the real α-supports, and the synthetic rows inside each.
-    centre = (w @ s.real) / wr[:, None]
-    radii = _weighted_quantile(_to_centres(s.real, s.real_sq, centre), w, ALPHAS)
-    to_centre = _to_centres(s.synthetic, s.synthetic_sq, centre)
+    centre = _means(s.real, w)
+    radii = _weighted_quantile(_to_centres(s.real, s.real_sq, s.offset, centre), w, ALPHAS)
+    to_centre = _to_centres(s.synthetic, s.synthetic_sq, s.offset, centre)
     inside = (to_centre[:, :, None] <= radii[:, None, :]) * u[:, :, None]
     precision = inside.sum(axis=1) / np.where(wu > 0, wu, np.nan)[:, None]
     # β-recall: real rows covered by a synthetic row, within the β-support of those synthetic rows.
     rr, _ = _first_present(s.rr_dist, s.rr_idx, real_present, s.real, s.real, True, real_present)
     rs, arg = _first_present(s.rs_dist, s.rs_idx, synth_present, s.real, s.synthetic, False, real_present)
     arg = np.maximum(arg, 0)  # -1 only where no synthetic row is present: those replicates are NaN below
-    synth_centre = (u @ s.synthetic) / np.where(wu > 0, wu, 1.0)[:, None]
-    closest = np.take_along_axis(_to_centres(s.synthetic, s.synthetic_sq, synth_centre), arg, axis=1)
+    synth_centre = _means(s.synthetic, u)
+    to_synth_centre = _to_centres(s.synthetic, s.synthetic_sq, s.offset, synth_centre)
+    closest = np.take_along_axis(to_synth_centre, arg, axis=1)
     radii_s = _weighted_quantile(closest, w, ALPHAS)
     covered = (rs <= rr) & real_present
     within = (closest[:, :, None] <= radii_s[:, None, :]) & covered[:, :, None]
