@@ -49,13 +49,19 @@ def test_demo_end_to_end(demo_run):
         for metric in ("mse", "mae", "psnr", "ssim", "ms_ssim", *clinical):
             assert pd.notna(v[(name, metric)]), (name, metric)
     # ...and the real row carries the upper bounds that are not degenerate.
-    # The real row is also the privacy audit's calibration: its distances to the training cases.
+    # The real row is also the privacy audit's calibration: its distances to the training cases, and
+    # α/β of training images (other real patients) in place of samples.
     privacy = {"memorised_fraction", "authenticity", "nn_distance", "nn_distance_pixel"}
+    privacy |= {"alpha_precision", "beta_recall"}
     real = set(summary.loc[summary.model == "real", "metric"])
     assert real == {m for m in clinical if m.startswith(("pathology_", "dice_mask_"))} | privacy
     # The privacy audit tells the training copies from held-out images (quantile 0.05, 48 references).
     assert v[("copy-train", "memorised_fraction")] >= 0.9 and v[("copy-train", "privacy_auc")] < 0.1
     assert v[("real", "memorised_fraction")] <= 0.05
+    # The demo generators sit far below the calibration's α-precision; the copies of training images
+    # (real patients) reach about its level.
+    for name in generators:
+        assert v[(name, "alpha_precision")] < v[("real", "alpha_precision")] - 0.3, name
     for name in [name for name, _, _ in DEMO_DEGRADATIONS] + generators:
         assert v[(name, "memorised_fraction")] <= 0.1, name
     assert v[("real", "pathology_auc")] > 0.85  # the demo classifier's held-out AUC is 0.908
