@@ -366,3 +366,13 @@ def test_alpha_precision_and_beta_recall_show_summary_values(audited, tmp_path: 
         assert _cell(table["gen_b"], metric)[1] is None  # no row in summary.csv: no number invented
     shown, got = _cell(table["real"], "privacy_auc")
     assert got is None and "—" in shown  # the references against themselves
+
+
+def test_summary_tooltips_say_how_each_privacy_number_was_made(audited) -> None:
+    _, page = audited
+    tips = dict(re.findall(r'title="gen_a · ([a-z_]+): ([^";]+);', page))
+    assert tips["memorised_fraction"].startswith("mean ")  # a share over cases
+    assert tips["nn_distance"].startswith("median ")  # the median over cases
+    assert tips["privacy_auc"].startswith("estimate ")  # one AUC from the whole set
+    n_of = dict(re.findall(r'title="gen_a · ([a-z_]+): [^"]*; n=\d+ ([a-z]+)', page))
+    assert n_of["privacy_auc"] == "samples" and n_of["memorised_fraction"] == "cases"

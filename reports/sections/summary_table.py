@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from audit.metrics import catalogue
 from reports.format import decimals, finite, format_estimate, format_number, int_or, precise
 from reports.provenance import is_demo
 from reports.run import (
@@ -79,6 +80,18 @@ def _na_reason(ctx: TableContext, model: ModelRow, metric: str, group: str) -> s
     return "no value"
 
 
+def _summarised_as(base: str) -> tuple[str, str]:
+    """How a summary.csv value came about, and what its ``n`` counts, for the cell's tooltip: a mean
+    or median over cases, or one estimate from the whole set (an AUC, a set-level privacy metric,
+    whose n counts the samples)."""
+    spec = catalogue.METRICS.get(base)
+    if spec is None or spec.aggregation == "per_sample_mean":
+        return "mean", "cases"
+    if spec.aggregation == "per_sample_median":
+        return "median", "cases"
+    return "estimate", "samples" if spec.family == "privacy" else "cases"
+
+
 def _estimate_cell(
     ctx: TableContext,
     model: ModelRow,
@@ -110,8 +123,11 @@ def _estimate_cell(
         )
         tip += f"; {n_text} ratings" if n_text else ""
     else:
-        tip = f"{model.name} · {metric.name}: mean {full[0]}; {ctx.confidence:.0%} CI [{full[1]}, {full[2]}]"
-        tip += f"; {n_text} cases" if n_text else ""
+        what, counted = _summarised_as(metric.base)
+        tip = (
+            f"{model.name} · {metric.name}: {what} {full[0]}; {ctx.confidence:.0%} CI [{full[1]}, {full[2]}]"
+        )
+        tip += f"; {n_text} {counted}" if n_text else ""
     if group:
         tip += f"; group {group}"
     flag = ""
