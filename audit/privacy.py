@@ -509,7 +509,10 @@ def run_privacy(
         out / rundir.PRIVACY_TRAINING,
     )
     samples = samples.assign(case_id=samples["case_id"].astype(str)).reset_index(drop=True)
-    found = _find(plan, config, samples, cases, progress)
+    from audit.evaluators.base import resolve_device
+
+    device = str(resolve_device(config.evaluators.device))
+    found = _find(plan, config, samples, cases, device, progress)
     f_dist, f_idx, p_dist, p_idx = found.f_dist, found.f_idx, found.p_dist, found.p_idx
     row = {s: i for i, s in enumerate(found.queries)}
     ref_rows = np.array([row[s] for s in plan.references["sha256"]])
@@ -580,7 +583,7 @@ def run_privacy(
             samples,
             self_reference,
             cases,
-            found.device,
+            device,
         )
     ]
     info = {
@@ -618,18 +621,20 @@ class _Found:
     radius: np.ndarray  # (n_train,) each training image's distance to its nearest other training image
     reid: tuple[np.ndarray, np.ndarray]  # (n,) mean and max re-ID score over the k neighbours (NaN: none)
     embedding: _Space  # the feature space, for the α-precision / β-recall rows
-    device: str  # where the neighbour searches ran
 
 
 def _find(
-    plan: PrivacyPlan, config: StudyConfig, samples: pd.DataFrame, cases: pd.DataFrame, progress: bool
+    plan: PrivacyPlan,
+    config: StudyConfig,
+    samples: pd.DataFrame,
+    cases: pd.DataFrame,
+    device: str,
+    progress: bool,
 ) -> _Found:
     from tqdm.auto import tqdm
 
-    from audit.evaluators.base import resolve_device
     from audit.metrics.functional.privacy import mirror_pixel_vectors
 
-    device = str(resolve_device(config.evaluators.device))
     ref_paths = dict(zip(cases["case_id"].astype(str), cases["image"].astype(str), strict=True))
     paths = dict(zip(plan.training["sha256"], plan.training["image"], strict=True))
     paths.update(
@@ -653,7 +658,7 @@ def _find(
         reid = (np.full(len(queries), np.nan), np.full(len(queries), np.nan))
         if plan.section.reid_model is not None:
             reid = _reid(plan, pixels, queries, f_idx, train, device, config.evaluators.batch_size)
-    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] == 1, radius, reid, features, device)
+    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] == 1, radius, reid, features)
 
 
 def _reid(

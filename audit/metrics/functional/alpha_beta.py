@@ -95,10 +95,10 @@ def _nearest(
     """Exact k nearest (Euclidean), through the privacy audit's blocked search."""
     from audit.metrics.functional.privacy import nearest_neighbours
 
+    # Distances on nearest_neighbours' scale, ‖a − b‖ / √d, which _brute keeps too: only neighbour
+    # distances are compared with each other, so the scale is free.
     found = nearest_neighbours(query, reference, metric="l2", k=k, exclude_self=exclude_self, device=device)
-    # nearest_neighbours reports ‖a − b‖ / √d; the scale is the same for every comparison made here,
-    # but fallback searches (_brute) compute ‖a − b‖, so undo it.
-    return found.distances * np.sqrt(query.shape[1]), found.indices
+    return found.distances, found.indices
 
 
 def prepare_supports(
@@ -216,11 +216,12 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, levels: np.ndarr
 
 
 def _brute(query: np.ndarray, reference: np.ndarray, allowed: np.ndarray) -> tuple[float, int]:
-    """Nearest allowed reference row of one query row, by differences (inf, -1 when none is allowed)."""
+    """Nearest allowed reference row of one query row, by differences, as ‖a − b‖ / √d (inf, -1 when
+    none is allowed)."""
     cand = np.flatnonzero(allowed)
     if cand.size == 0:
         return np.inf, -1
-    d = np.sqrt(((reference[cand] - query[None, :]) ** 2).sum(axis=1))
+    d = np.sqrt(((reference[cand] - query[None, :]) ** 2).sum(axis=1)) / np.sqrt(query.size)
     j = int(np.argmin(d))  # ties: the lowest index, as nearest_neighbours orders them
     return float(d[j]), int(cand[j])
 
