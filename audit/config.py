@@ -126,7 +126,8 @@ class PrivacySection:
     Every sample (and, as the calibration, every held-out reference) is matched to its nearest images
     of ``training_cases`` (the generator's training manifest; image column required) in an
     embedding space (``features``, cosine distance) and in pixel space (``pixel_size``² pixels, L2 /
-    √pixels). A sample is flagged as memorised when either distance is below the ``quantile`` of the
+    √pixels, the smallest over shifts up to ``max_shift`` pixels, as given and mirrored). A sample is
+    flagged as memorised when either distance is below the ``quantile`` of the
     held-out references' own nearest-training distances. ``k`` training neighbours are kept per
     sample (re-ID scores average over them). ``show_training_images = false`` keeps training pixels
     out of the report (only case ids are shown).
@@ -139,6 +140,9 @@ class PrivacySection:
     k: int = 5
     reid_model: ReidModelSection | None = None
     show_training_images: bool = True
+    # Pixel distance is the smallest over every shift of the sample by up to this many pixels (at
+    # pixel_size) in each direction, as given and mirrored: a copy moved a little is still a copy.
+    max_shift: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +370,14 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
         kinds[kind].validate(spec, study, loc)
         # A sweep turns one [[models]] table into the model plus one row per axis value.
         models.extend(kinds[kind].expand(spec))
+    if privacy is not None and not any(m.kind == "real" for m in models):
+        # The references' own nearest-training distances are the calibration every privacy number is
+        # read against (the real row ≈ quantile, the held-out histogram, α/β's calibration row).
+        raise ConfigError(
+            f'{where}: [privacy] needs a model of kind "real" (the held-out references, whose distances '
+            'calibrate the memorisation threshold and are shown as the reference): add [[models]] name = "real", '
+            'kind = "real"'
+        )
     names = [m.name for m in models]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -539,6 +551,11 @@ def _check_privacy(privacy: PrivacySection, evaluators: EvaluatorsSection, where
         )
     if privacy.pixel_size < 16:
         raise ConfigError(f"{loc}.pixel_size must be >= 16 (128 is usual), got {privacy.pixel_size}")
+    if not 0 <= privacy.max_shift <= privacy.pixel_size // 8:
+        raise ConfigError(
+            f"{loc}.max_shift must be between 0 and pixel_size / 8 = {privacy.pixel_size // 8} pixels (2 is "
+            f"usual: the pixel search compares every shift up to it, as given and mirrored), got {privacy.max_shift}"
+        )
     if privacy.k < 1:
         raise ConfigError(f"{loc}.k must be >= 1 (training neighbours kept per sample), got {privacy.k}")
     reid = privacy.reid_model

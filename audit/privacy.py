@@ -62,7 +62,7 @@ from audit.config import PrivacySection, StudyConfig
 from audit.evaluators import speed
 from audit.evaluators.plan import EvaluatorPlan, Role, Unavailable
 from audit.feature_cache import EvaluatorKey, FeatureCache, compute_with_cache, default_cache_root
-from audit.privacy_summary import ALPHA_BETA_METRICS, alpha_beta_rows, auc_rows
+from audit.privacy_summary import ALPHA_BETA_METRICS, alpha_beta_rows, auc_rows, memorised_rows
 from audit.run_plan import RunError, write_parquet
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,10 @@ PIXEL_VERSION = "privacy-pixels-v1"
 # Float32 elements of one block of vectors (query or training) held at once: 2^26 = 256 MiB.
 BLOCK_ELEMENTS = 1 << 26
 PRIVACY_DIR = "privacy"  # under parts/: the file-hash journal
+# RMS pixel difference (on [0, 1], at pixel_size) at or below which two images are the same picture
+# saved twice: one 8-bit grey level, above lossless re-encoding and metadata edits, far below the distance
+# between two patients' radiographs (the demo's nearest held-out patient: 0.03).
+SAME_IMAGE = 1 / 255
 PRIVACY_METRICS = (
     "nn_distance",
     "nn_distance_pixel",
@@ -233,6 +237,33 @@ def _check_overlap(
     )
 
 
+def _check_pixel_overlap(plan: PrivacyPlan, found: _Found, ref_rows: np.ndarray) -> None:
+    """A held-out reference within :data:`SAME_IMAGE` of a training image in pixel space is that image
+    saved again (re-encoded, metadata changed, or mirrored): the file hashes of :func:`_check_overlap`
+    differ, but the calibration would still rest on a training image, and every threshold would drop."""
+    dist = found.p_dist[ref_rows, 0]
+    hits = np.flatnonzero(dist <= SAME_IMAGE)
+    if not hits.size:
+        return
+    train_ids = plan.training["case_id"].to_numpy(str)
+    ref_ids = plan.references["case_id"].to_numpy(str)
+    lines = []
+    for i in hits[:50]:
+        how = ", mirrored" if found.p_mirrored[ref_rows[i]] else ""
+        lines.append(
+            f"  - case {ref_ids[i]} ≈ training case {train_ids[found.p_idx[ref_rows[i], 0]]} "
+            f"(RMS pixel difference {dist[i]:.5f}{how})"
+        )
+    more = f"\n  … and {hits.size - 50} more" if hits.size > 50 else ""
+    raise RunError(
+        f"{hits.size} held-out reference(s) have the same pixels as a training image of "
+        f"{plan.section.training_cases} (RMS difference at most {SAME_IMAGE:.4f} on [0, 1] at "
+        f"{plan.section.pixel_size} px, though the files differ):\n" + "\n".join(lines) + f"{more}\n"
+        "The references calibrate the memorisation threshold and must be patients the generator never saw: "
+        "remove these cases from one of the two manifests (the study's cases or [privacy].training_cases)."
+    )
+
+
 def _verified_reid_sha(section: PrivacySection) -> str:
     reid = section.reid_model
     assert reid is not None
@@ -343,7 +374,20 @@ class _Space:
             return self._compute([images.read_image(p).pixels for p in paths])
 
         outs = compute_with_cache(self.cache, items, compute, self.batch_size, names=(self.name,))
-        return np.stack([np.asarray(o[self.name], dtype=np.float32).reshape(-1) for o in outs])
+        out = np.stack([np.asarray(o[self.name], dtype=np.float32).reshape(-1) for o in outs])
+        bad = ~np.isfinite(out).all(axis=1)
+        if self.metric == "cosine":
+            bad |= ~(np.abs(out) > 0).any(axis=1)  # no direction: no cosine distance
+        if bad.any():
+            files = [self.paths[shas[i]] for i in np.flatnonzero(bad)]
+            what = "NaN/inf or all zero" if self.metric == "cosine" else "NaN/inf"
+            raise RunError(
+                f"[privacy]: the {self.name} vectors of {len(files)} image(s) are {what}, so their distance to "
+                f"the training set is undefined: {', '.join(files[:10])}{' …' if len(files) > 10 else ''}. "
+                "Check that these files are readable, non-blank radiographs; replace or remove them from "
+                "their manifest (a blank image usually means a failed export)"
+            )
+        return out
 
     def ensure(self, shas: Sequence[str]) -> int:
         """Compute and cache what is missing without reading what is there; returns the dimension."""
@@ -392,8 +436,8 @@ def _spaces(
     )
 
 
-def _as_given(vectors: np.ndarray) -> list[np.ndarray]:
-    return [vectors]
+def _as_given(vectors: np.ndarray) -> np.ndarray:
+    return vectors
 
 
 def _search(
@@ -402,35 +446,42 @@ def _search(
     train: Sequence[str],
     k: int,
     device: str,
-    views: Callable[[np.ndarray], list[np.ndarray]] = _as_given,
+    views: Callable[[np.ndarray], np.ndarray] = _as_given,
+    n_views: int = 1,
+    reference_view: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distances, indices, view) (n, k) of each query's k nearest training images, exact; queries and
     the training set are both streamed in blocks of at most :data:`BLOCK_ELEMENTS` floats.
 
-    ``views`` turns a block of query vectors into the versions searched (e.g. as given and mirrored);
-    a neighbour's ``view`` is the position of the version that found it (0: the first)."""
-    from audit.metrics.functional.privacy import nearest_neighbours, nearest_of_both
+    ``views`` turns a block of n query vectors into the ``n_views`` versions searched, stacked view after
+    view ((n_views·n, d'): e.g. shifted and mirrored windows, :func:`~audit.metrics.functional.privacy.
+    pixel_views`), compared with ``reference_view`` of each training block (e.g. its centred
+    window; the vectors themselves when None). All versions of a query block go through one pass over
+    the training set; a neighbour's ``view`` is the position of the version that found it (on equal
+    distance, the first)."""
+    from audit.metrics.functional.privacy import Neighbours, nearest_neighbours, nearest_of_both
 
     dim = space.ensure(train)
-    rows = max(1, BLOCK_ELEMENTS // dim)
+    train_rows = max(1, BLOCK_ELEMENTS // dim)
+    rows = max(1, BLOCK_ELEMENTS // (dim * n_views))
     dist, idx, view = [], [], []
     for q in space.blocks(queries, rows):
-        nn, which = None, None
-        for v, version in enumerate(views(q)):
-            try:
-                found = nearest_neighbours(
-                    version, space.blocks(train, rows), metric=space.metric, k=k, device=device
-                )
-            except ValueError as exc:  # e.g. an all-zero embedding has no cosine distance
-                raise RunError(
-                    f"[privacy]: nearest training images in the {space.name} space: {exc}"
-                ) from None
-            if nn is None or which is None:
-                nn, which = found, np.zeros(found.indices.shape, np.int64)
-            else:
-                nn, source = nearest_of_both(nn, found)
-                which = np.where(source >= k, v, np.take_along_axis(which, np.minimum(source, k - 1), axis=1))
-        assert nn is not None and which is not None
+        stacked = views(q)
+        if stacked.shape[0] != n_views * len(q):
+            raise AssertionError(f"views made {stacked.shape[0]} rows for {len(q)} queries × {n_views} views")
+        blocks = space.blocks(train, train_rows)
+        reference = blocks if reference_view is None else (reference_view(b) for b in blocks)
+        try:
+            found = nearest_neighbours(stacked, reference, metric=space.metric, k=k, device=device)
+        except ValueError as exc:
+            raise RunError(f"[privacy]: nearest training images in the {space.name} space: {exc}") from None
+        n = len(q)
+        nn = Neighbours(found.distances[:n], found.indices[:n])
+        which = np.zeros(nn.indices.shape, np.int64)
+        for v in range(1, n_views):
+            part = Neighbours(found.distances[v * n : (v + 1) * n], found.indices[v * n : (v + 1) * n])
+            nn, source = nearest_of_both(nn, part)
+            which = np.where(source >= k, v, np.take_along_axis(which, np.minimum(source, k - 1), axis=1))
         dist.append(nn.distances)
         idx.append(nn.indices)
         view.append(which)
@@ -438,14 +489,30 @@ def _search(
 
 
 def _nearest_other(space: _Space, train: Sequence[str], device: str) -> np.ndarray:
-    """Each training image's distance to its nearest OTHER training image (authenticity's radius).
+    """Each training row's distance to its nearest OTHER distinct training image (authenticity's radius).
 
-    Queries are streamed in blocks, so the diagonal is dropped by index: of the two nearest, the first
-    that is not the query itself (a duplicate training image is another image, at distance 0)."""
-    dist, idx, _ = _search(space, train, train, 2, device)
-    own = np.arange(len(train))
-    first_is_self = idx[:, 0] == own
-    return np.where(first_is_self, dist[:, 1], dist[:, 0])
+    Images are compared as embeddings, and one at distance 0 is the same image (itself, a duplicated
+    file, or the same pixels saved again): were it counted, the radius would be 0 and an exact copy of a
+    duplicated training image would pass as authentic. So the radius is the smallest distance above 0,
+    sought among the 2, 4, 8, … nearest distinct images until one is found; 0 only when every training
+    image has the same embedding."""
+    distinct = list(dict.fromkeys(train))
+    radius = np.zeros(len(distinct), dtype=np.float64)
+    todo = np.arange(len(distinct))
+    k = 2
+    while todo.size:
+        k = min(k, len(distinct))
+        dist, _, _ = _search(space, [distinct[i] for i in todo], distinct, k, device)
+        positive = dist > 0
+        found = positive.any(axis=1)
+        first = positive.argmax(axis=1)
+        radius[todo[found]] = dist[found, first[found]]
+        todo = todo[~found]
+        if k == len(distinct):
+            break
+        k *= 2
+    at = {s: i for i, s in enumerate(distinct)}
+    return radius[[at[s] for s in train]]
 
 
 # --------------------------------------------------------------------------------------------- the stage
@@ -456,7 +523,7 @@ def union_thresholds(
 ) -> tuple[dict[str, float], float]:
     """Both spaces' thresholds at one common quantile level of the held-out references' distances, and
     that level: the largest level <= ``quantile`` at which at most ``quantile`` of the references is
-    flagged by either space.
+    flagged by either space (:func:`audit.metrics.functional.privacy.union_thresholds`).
 
     A sample is flagged when any space flags it, so thresholds calibrated at ``quantile`` in each space
     alone would flag up to twice ``quantile`` of unseen patients; calibrating the union keeps the
@@ -464,28 +531,8 @@ def union_thresholds(
     """
     from audit.metrics.functional import privacy as fp
 
-    def at(level: float) -> dict[str, float]:
-        return {
-            "features": fp.calibration_threshold(real_features, level),
-            "pixels": fp.calibration_threshold(real_pixels, level),
-        }
-
-    def share(level: float) -> float:
-        t = at(level)
-        flagged = fp.flag_memorised(real_features, t["features"]) | fp.flag_memorised(
-            real_pixels, t["pixels"]
-        )
-        return float(flagged.mean())
-
-    low, high = 0.0, float(quantile)
-    if share(high) <= quantile:
-        low = high
-    else:
-        # share() is a non-decreasing step function of the level: bisect for its last step <= quantile.
-        for _ in range(60):
-            mid = (low + high) / 2
-            low, high = (mid, high) if share(mid) <= quantile else (low, mid)
-    return at(low), low
+    tf, tp, level = fp.union_thresholds(real_features[None, :], real_pixels[None, :], quantile)
+    return {"features": float(tf[0]), "pixels": float(tp[0])}, float(level[0])
 
 
 def run_privacy(
@@ -516,6 +563,7 @@ def run_privacy(
     f_dist, f_idx, p_dist, p_idx = found.f_dist, found.f_idx, found.p_dist, found.p_idx
     row = {s: i for i, s in enumerate(found.queries)}
     ref_rows = np.array([row[s] for s in plan.references["sha256"]])
+    _check_pixel_overlap(plan, found, ref_rows)
     thresholds, level = union_thresholds(f_dist[ref_rows, 0], p_dist[ref_rows, 0], section.quantile)
     if len(ref_rows) * section.quantile < 1:
         log.warning(
@@ -574,6 +622,18 @@ def run_privacy(
         )
     ]
     summary_rows += [
+        {**row, "evaluator": evaluators["memorised_fraction"]}
+        for row in memorised_rows(
+            config,
+            frame,
+            plan.references["case_id"].to_numpy(str),
+            f_dist[ref_rows, 0].astype(np.float64),
+            p_dist[ref_rows, 0].astype(np.float64),
+            section.quantile,
+            cases,
+        )
+    ]
+    summary_rows += [
         {**row, "evaluator": evaluators["alpha_precision"]}
         for row in alpha_beta_rows(
             config,
@@ -590,6 +650,7 @@ def run_privacy(
         "features": feature_name,
         "metric": FEATURE_METRIC,
         "pixel_size": section.pixel_size,
+        "max_shift": section.max_shift,
         "quantile": section.quantile,
         "k": section.k,
         "thresholds": {k_: float(v) for k_, v in thresholds.items()},
@@ -633,7 +694,7 @@ def _find(
 ) -> _Found:
     from tqdm.auto import tqdm
 
-    from audit.metrics.functional.privacy import mirror_pixel_vectors
+    from audit.metrics.functional.privacy import pixel_shifts, pixel_views, pixel_window
 
     ref_paths = dict(zip(cases["case_id"].astype(str), cases["image"].astype(str), strict=True))
     paths = dict(zip(plan.training["sha256"], plan.training["image"], strict=True))
@@ -650,15 +711,23 @@ def _find(
     with tqdm(desc="privacy (cache misses)", unit="image", disable=not progress, leave=False) as bar:
         features, pixels = _spaces(plan, config, paths, bar.update)
         f_dist, f_idx, _ = _search(features, queries, train, k, device)
-        size = plan.section.pixel_size
+        size, shift = plan.section.pixel_size, plan.section.max_shift
+        shifts = len(pixel_shifts(shift))
         p_dist, p_idx, p_view = _search(
-            pixels, queries, train, 1, device, lambda q: [q, mirror_pixel_vectors(q, size)]
+            pixels,
+            queries,
+            train,
+            1,
+            device,
+            views=lambda q: pixel_views(q, size, shift),
+            n_views=2 * shifts,
+            reference_view=lambda t: pixel_window(t, size, shift),
         )
         radius = _nearest_other(features, train, device)
         reid = (np.full(len(queries), np.nan), np.full(len(queries), np.nan))
         if plan.section.reid_model is not None:
             reid = _reid(plan, pixels, queries, f_idx, train, device, config.evaluators.batch_size)
-    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] == 1, radius, reid, features)
+    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] >= shifts, radius, reid, features)
 
 
 def _reid(

@@ -130,6 +130,11 @@ def run_study(config: StudyConfig, options: RunOptions = _DEFAULT_OPTIONS) -> Ru
         privacy_info = result.info
         stage_evaluators |= result.evaluators
         timings["privacy_s"] = time.perf_counter() - t
+    else:
+        # An earlier run into this directory with [privacy]: its files describe another configuration
+        # (and may name training images the report must no longer show).
+        for name in (rundir.PRIVACY, rundir.PRIVACY_TRAINING):
+            (out / name).unlink(missing_ok=True)
     t = time.perf_counter()
     failures_path = out / rundir.FAILURES
     if len(failures):

@@ -132,8 +132,13 @@ def summarise(
     # What computes each metric: the scoring networks, and ``evaluators`` for the other stages' metrics.
     evaluators = {**(metric_evaluators(evaluation) if evaluation is not None else {}), **(evaluators or {})}
     rows = []
+    # A stage may hand over a per-sample metric's finished row when its interval needs more than the
+    # per-case values (memorised_fraction: thresholds recalibrated in every replicate): that row wins.
+    finished = {(r["model"], r["metric"], r["group"]) for r in distribution_rows}
     for (model, metric), (case_ids, all_values) in per_case.items():
         for group, members in groups:
+            if (model, metric, group) in finished:
+                continue
             values = all_values if group == ALL_CASES else all_values[np.isin(case_ids, members)]
             values = values[~np.isnan(values)]
             seed_key = f"bootstrap:{metric}" if group == ALL_CASES else f"bootstrap:{metric}:{group}"

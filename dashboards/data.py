@@ -21,7 +21,7 @@ from audit import images, rundir
 from audit.metrics import catalogue
 from dashboards.serve import COMPARE_ENV, RUN_ENV, STUDY_ENV  # noqa: F401  (pages use data.*)
 from reader_study.studydir import RATINGS_PARQUET
-from reports.privacy import PrivacyFiles, load_privacy
+from reports.privacy import PrivacyFiles, Withheld, load_privacy, withheld_samples
 from reports.run import (
     MetricColumn,
     ModelRow,
@@ -401,6 +401,12 @@ def _privacy(run_dir: str, stamp: tuple[float, ...]) -> PrivacyFiles | None:
 def privacy(view: RunView) -> PrivacyFiles | None:
     """The run's privacy audit (:func:`reports.privacy.load_privacy`), None without privacy.parquet."""
     return _privacy(str(view.run_dir.resolve()), _privacy_stamp(view.run_dir))
+
+
+def withheld(view: RunView) -> Withheld:
+    """The samples no page may show (:func:`reports.privacy.withheld_samples`): training images while
+    the run's [privacy].show_training_images is not true."""
+    return withheld_samples(view.models, view.files.info, privacy(view))
 
 
 @st.cache_data(max_entries=4, show_spinner=False)

@@ -322,7 +322,14 @@ def _footnote(table: ComparisonTable) -> str:
     return (
         f"Mean [{table.confidence:.0%} CI]; N: cases (generated samples for the set-level metrics, "
         "ratings for reader scores). ↑ higher is better, ↓ lower is better; best value per column "
-        "among the evaluated models (not sanity baselines or real) in bold; real is the upper bound." + where
+        "among the evaluated models (not sanity baselines or real) in bold; real is the upper bound"
+        + (
+            " (in the privacy columns, the calibration: held-out patients, ≈ the quantile by construction)"
+            if set(table.metrics) & set(catalogue.names(family="privacy"))
+            else ""
+        )
+        + "."
+        + where
     )
 
 
@@ -397,7 +404,8 @@ def to_markdown(table: ComparisonTable) -> str:
         for c in line:
             main = f"**{c.value}**" if c.best else c.value
             texts.append(" ".join(t for t in (main, c.ci, f"({c.n})" if c.n else "") if t))
-        lines.append("| " + " | ".join([_md_escape(model), _md_escape(kinds[model]), *texts]) + " |")
+        kind = kinds[model] + (" (sanity baseline)" if kinds[model] in BASELINE_KINDS else "")
+        lines.append("| " + " | ".join([_md_escape(model), _md_escape(kind), *texts]) + " |")
     lines.append("| " + " | ".join(["N", "", *n_row]) + " |")
     legend = _evaluator_legend(table.marks, labels)
     if legend:
@@ -482,7 +490,8 @@ def to_latex(table: ComparisonTable, caption: str | None = None, label: str = "t
             main = r"\textbf{" + main + "}" if c.best else main
             extra = " ".join(t for t in (c.ci, f"({c.n})" if c.n else "") if t)
             texts.append(main + (r" {\scriptsize " + tex_escape(extra) + "}" if extra else ""))
-        lines.append(" & ".join([tex_escape(model), *texts]) + r" \\")
+        name = tex_escape(model) + (r" {\scriptsize (sanity baseline)}" if section == "baseline" else "")
+        lines.append(" & ".join([name, *texts]) + r" \\")
     lines += [
         r"\midrule",
         " & ".join([r"\textit{N}", *(tex_escape(n) for n in n_row)]) + r" \\",

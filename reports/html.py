@@ -28,6 +28,7 @@ from audit.atomic import write_text
 from audit.cases import is_phantom
 from reports.format import format_time
 from reports.norberg import phantom_callout
+from reports.privacy import load_privacy, withheld_samples
 from reports.run import (
     EvaluationInfo,
     MetricColumn,
@@ -129,6 +130,7 @@ def _page_context(
             table_metrics += [MetricColumn(name, True, "1–5") for name in dict.fromkeys(rows["metric"])]
         points = validity_points(run.per_sample, reader_ratings, run.summary)
         reader = ReaderInputs(reader_ratings, reader_stats, points, correlate_points(points), reader_source)
+    privacy_files = load_privacy(run.run_dir, run.info)
     return PageContext(
         run=run,
         results_run=results_run,
@@ -145,6 +147,8 @@ def _page_context(
         statistics=statistics,
         reader=reader,
         grid_cases=grid_cases,
+        privacy=privacy_files,
+        withheld=withheld_samples(models, run.info, privacy_files),
     )
 
 

@@ -67,8 +67,51 @@ def pixel_match(train_case_id: str, pixel_train_case_id: str, mirrored: bool) ->
 # Why the training images may be missing from a page.
 HIDDEN_NOTE = (
     "Training images are not shown: the run's [privacy].show_training_images is false (the training "
-    "data may not leave its owner); pairs are named by training case id only."
+    "data may not leave its owner); pairs are named by training case id only, and samples that are "
+    "training images (training-copy baselines) or flagged as copies of one are withheld too."
 )
+TRAINING_COPY = "training-copy"  # the model kind whose samples are training images plus noise
+
+
+@dataclasses.dataclass(frozen=True)
+class Withheld:
+    """Samples whose pixels no page may show while training images may not be shown: a
+    ``training-copy`` baseline's samples are training images (plus noise), and a sample the audit
+    flagged is, by its own measure, as close to a training patient as a copy. Hiding only the training
+    thumbnails would let either put a training image on the page."""
+
+    copies: frozenset[str]  # models of kind training-copy
+    flagged: Mapping[tuple[str, str, int], str]  # (model, case_id, sample) -> training case it copies
+
+    def reason(self, model: str, case_id: str, sample: int) -> str | None:
+        """Why this sample's pixels are withheld (a placeholder's text), None when it may be shown."""
+        if model in self.copies:
+            return "withheld: a training image (training-copy baseline) and training images are not shown"
+        hit = self.flagged.get((str(model), str(case_id), int(sample)))
+        if hit is not None:
+            return f"withheld: flagged as a copy of training case {hit}, and training images are not shown"
+        return None
+
+
+def withheld_samples(
+    models: Sequence[ModelRow], info: Mapping[str, Any], privacy: PrivacyFiles | None
+) -> Withheld:
+    """What :class:`Withheld` keeps off the pages of a run (``info``: run.json). Nothing when the run's
+    privacy record says ``show_training_images = true``; otherwise every training-copy model's samples
+    (also in a run without the audit, which never said training pixels may be shown) and every flagged
+    sample of the other models (the real rows are held-out patients, never training images)."""
+    if PrivacyInfo.from_info(info).show_training_images:
+        return Withheld(frozenset(), {})
+    copies = frozenset(m.name for m in models if m.kind == TRAINING_COPY)
+    flagged: dict[tuple[str, str, int], str] = {}
+    if privacy is not None:
+        real = {m.name for m in models if m.is_real} | {REAL}
+        rows = privacy.rows[privacy.rows["flagged"] & ~privacy.rows["model"].isin(real)]
+        for r in rows.itertuples(index=False):
+            # The image the flagging space found (pixels: the pixel-space neighbour).
+            source = r.pixel_train_case_id if r.flagged_by == "pixels" else r.train_case_id
+            flagged[(str(r.model), str(r.case_id), int(r.sample))] = str(source)
+    return Withheld(copies, flagged)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +202,19 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
 
 
 def load_privacy(run_dir: str | Path, info: Mapping[str, Any] | None = None) -> PrivacyFiles | None:
-    """The run's privacy audit, or None when it has no privacy.parquet. ``info`` is run.json as already
-    read (read here when not given)."""
+    """The run's privacy audit, or None when it has no privacy.parquet, or when its run.json has no
+    ``"privacy"`` record (files left by an earlier configuration). ``info`` is run.json as already read
+    (read here when not given)."""
     run = Path(run_dir)
     path = run / rundir.PRIVACY
     if not path.exists():
+        return None
+    if info is None:
+        try:
+            info = json.loads((run / rundir.RUN_JSON).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            info = {}
+    if isinstance(info, Mapping) and info and "privacy" not in info:
         return None
     rows = pd.read_parquet(path)
     _require(rows, rundir.PRIVACY_COLUMNS, path)
@@ -181,22 +232,42 @@ def load_privacy(run_dir: str | Path, info: Mapping[str, Any] | None = None) -> 
         training = pd.read_parquet(training_path)
         _require(training, ("case_id", "image"), training_path)
         training["case_id"] = training["case_id"].astype(str)
-    if info is None:
-        try:
-            info = json.loads((run / rundir.RUN_JSON).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            info = {}
     return PrivacyFiles(run, rows, training, PrivacyInfo.from_info(info if isinstance(info, Mapping) else {}))
 
 
-def ordered_models(rows: pd.DataFrame, order: Sequence[str]) -> list[str]:
-    """The models of privacy.parquet in ``order`` (the report's), any others after them, real last."""
+def reference_names(models: Sequence[ModelRow]) -> frozenset[str]:
+    """The models whose privacy rows are the held-out references (the calibration): every model of kind
+    ``real``, whatever its name, and a model named ``real`` the run does not describe."""
+    known = {m.name for m in models}
+    return frozenset({m.name for m in models if m.is_real} | ({REAL} - known))
+
+
+def display_name(name: str, models: Sequence[ModelRow]) -> str:
+    """A model's name in a legend or caption: the references marked as the calibration, a sanity
+    baseline as one (a training-copy's samples are not generated images)."""
+    if name in reference_names(models):
+        return f"{name} (held-out, calibration)"
+    if any(m.name == name and m.is_baseline for m in models):
+        return f"{name} (sanity baseline)"
+    return name
+
+
+def ordered_models(
+    rows: pd.DataFrame, order: Sequence[str], references: frozenset[str] = frozenset({REAL})
+) -> list[str]:
+    """The models of privacy.parquet in ``order`` (the report's), any others after them, the
+    ``references`` (:func:`reference_names`) last."""
     present_models = list(dict.fromkeys(rows["model"]))
     out = [m for m in order if m in present_models] + [m for m in present_models if m not in order]
-    return [m for m in out if m != REAL] + [m for m in out if m == REAL]
+    return [m for m in out if m not in references] + [m for m in out if m in references]
 
 
-def model_table(privacy: PrivacyFiles, summary: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+def model_table(
+    privacy: PrivacyFiles,
+    summary: pd.DataFrame,
+    order: Sequence[str],
+    references: frozenset[str] = frozenset({REAL}),
+) -> pd.DataFrame:
     """One row per model (in :func:`ordered_models` order): ``n`` samples, ``flagged`` count,
     ``memorised`` (flagged share of the samples), the shares flagged by ``features`` only, ``pixels``
     only and ``both``, ``authentic`` share, mean ``reid_score`` and ``reid_score_max`` (NaN without
@@ -206,7 +277,7 @@ def model_table(privacy: PrivacyFiles, summary: pd.DataFrame, order: Sequence[st
     index = summary[summary["group"].fillna("") == ""] if "group" in summary.columns else summary
     index = index.drop_duplicates(["model", "metric"], keep="last").set_index(["model", "metric"])
     out = []
-    for model in ordered_models(rows, order):
+    for model in ordered_models(rows, order, references):
         grp = rows[rows["model"] == model]
         n = len(grp)
         by = grp["flagged_by"].value_counts()
@@ -243,7 +314,7 @@ def pair_models(models: Sequence[ModelRow], privacy: PrivacyFiles) -> list[str]:
     present_models = set(privacy.rows["model"])
     known = {m.name for m in models}
     generators = [m.name for m in models if not m.is_real and not m.is_baseline and m.name in present_models]
-    generators += sorted(n for n in present_models if n not in known and n != REAL)
+    generators += sorted(n for n in present_models if n not in known and n not in reference_names(models))
     return generators or [m.name for m in models if m.is_baseline and m.name in present_models]
 
 

@@ -168,6 +168,11 @@ def test_privacy_section_defaults_paths_and_hash(tmp_path):
         ("quantile = 0", r"\[privacy\]\.quantile must be in \(0, 0.5\)"),
         ("pixel_size = 8", r"\[privacy\]\.pixel_size must be >= 16"),
         ("k = 0", r"\[privacy\]\.k must be >= 1"),
+        ("max_shift = -1", r"\[privacy\]\.max_shift must be between 0 and pixel_size / 8 = 16"),
+        (
+            "pixel_size = 32\nmax_shift = 5",
+            r"\[privacy\]\.max_shift must be between 0 and pixel_size / 8 = 4",
+        ),
         ('features = "dino"', r"\[privacy\]\.features must be one of 'auto', 'raddino'"),
         ('features = "hf:owner/name@main"', r"\[privacy\]\.features must be one of"),
         ('features = "user"', r'features = "user" embeds with your own network'),
@@ -187,3 +192,15 @@ def test_privacy_section_is_checked(tmp_path, extra, needle):
 def test_privacy_training_cases_is_required(tmp_path):
     with pytest.raises(ConfigError, match=r"\[privacy\]: missing required key 'training_cases'"):
         load_config(write(tmp_path, BASE + "[privacy]\nk = 3\n"))
+
+
+def test_privacy_needs_the_real_model(tmp_path):
+    """The references' own distances are the calibration: without a real model there is none."""
+    import re
+
+    text = BASE + PRIVACY
+    no_real = re.sub(r'\[\[models\]\]\nname = "real"\nkind = "real"\n', "", text)
+    assert no_real != text
+    with pytest.raises(ConfigError, match=r'\[privacy\] needs a model of kind "real"'):
+        load_config(write(tmp_path, no_real))
+    assert load_config(write(tmp_path, text)).privacy.max_shift == 2

@@ -24,8 +24,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -528,3 +530,138 @@ def test_nearest_of_both_is_the_k_nearest_of_the_union():
         assert ((source[i] >= k) == np.array([side == 1 for _, (_, side) in want])).all()
         both = np.concatenate([a.indices[i], b.indices[i]])
         assert (both[source[i]] == got.indices[i]).all()
+
+
+def test_pixel_shifts_and_windows_against_slicing():
+    from audit.metrics.functional.privacy import pixel_shifts, pixel_views, pixel_window
+
+    shifts = pixel_shifts(2)
+    assert shifts[0] == (0, 0) and len(shifts) == 25 and len(set(shifts)) == 25
+    assert [max(abs(a), abs(b)) for a, b in shifts] == sorted(max(abs(a), abs(b)) for a, b in shifts)
+    assert pixel_shifts(0) == [(0, 0)]
+    rng = np.random.default_rng(0)
+    size = 16
+    v = rng.random((3, size * size)).astype(np.float32)
+    img = v.reshape(3, size, size)
+    np.testing.assert_array_equal(pixel_window(v, size, 0), v)
+    np.testing.assert_array_equal(pixel_window(v, size, 2), img[:, 2:14, 2:14].reshape(3, -1))
+    np.testing.assert_array_equal(pixel_window(v, size, 2, (1, -2)), img[:, 3:15, 0:12].reshape(3, -1))
+    views = pixel_views(v, size, 1).reshape(2 * 9, 3, -1)  # view after view
+    for k, shift in enumerate(pixel_shifts(1)):
+        np.testing.assert_array_equal(views[k], pixel_window(v, size, 1, shift))
+        np.testing.assert_array_equal(
+            views[9 + k], pixel_window(mirror_pixel_vectors(v, size), size, 1, shift)
+        )
+    np.testing.assert_array_equal(views[0], img[:, 1:15, 1:15].reshape(3, -1))
+    np.testing.assert_array_equal(views[9], img[:, 1:15, ::-1][:, :, 1:15].reshape(3, -1))
+    # A copy moved by (dy, dx) within max_shift is found at distance 0 by the view with that shift.
+    moved = np.zeros_like(img)
+    moved[:, 1:, :-2] = img[:, :-1, 2:]  # content down 1 row, left 2 columns
+    train_window = pixel_window(v, size, 2)
+    best = min(
+        float(np.abs(view - train_window).max())
+        for view in pixel_views(moved.reshape(3, -1), size, 2).reshape(50, 3, -1)[:25]
+        if view.shape == train_window.shape
+    )
+    assert best == 0.0
+    with pytest.raises(ValueError, match="max_shift must leave a window"):
+        pixel_window(v, size, 8)
+    with pytest.raises(ValueError, match="exceeds max_shift"):
+        pixel_window(v, size, 1, (2, 0))
+    with pytest.raises(ValueError, match="non-negative integer"):
+        pixel_shifts(-1)
+
+
+def _bisect_union(f: np.ndarray, p: np.ndarray, q: float) -> tuple[float, float, float]:
+    """union_thresholds for one set, written out with np.quantile (the reference for the kernel)."""
+
+    def share(level: float) -> float:
+        return float(((f < np.quantile(f, level)) | (p < np.quantile(p, level))).mean())
+
+    low, high = 0.0, q
+    if share(high) <= q:
+        low = high
+    else:
+        for _ in range(60):
+            mid = (low + high) / 2
+            low, high = (mid, high) if share(mid) <= q else (low, mid)
+    return float(np.quantile(f, low)), float(np.quantile(p, low)), low
+
+
+def test_union_thresholds_rows_match_a_per_set_bisection():
+    from audit.metrics.functional.privacy import union_thresholds
+
+    rng = np.random.default_rng(5)
+    for n, q in ((48, 0.05), (200, 0.01), (13, 0.2)):
+        f = rng.gamma(3.0, size=(40, n))
+        p = 0.5 * f + rng.gamma(2.0, size=(40, n))  # correlated spaces, as real distances are
+        f[:5, :4] = f[:5, :1]  # ties
+        t_f, t_p, level = union_thresholds(f, p, q)
+        for i in range(f.shape[0]):
+            assert (t_f[i], t_p[i], level[i]) == _bisect_union(f[i], p[i], q)
+            assert ((f[i] < t_f[i]) | (p[i] < t_p[i])).mean() <= q
+    with pytest.raises(ValueError, match="paired"):
+        union_thresholds(np.ones((2, 3)), np.ones((2, 4)), 0.1)
+    with pytest.raises(ValueError, match="quantile must be"):
+        union_thresholds(np.ones((2, 3)), np.ones((2, 3)), 0.0)
+
+
+def test_memorised_fraction_interval_recalibrates_in_every_replicate():
+    """The stage's memorised_fraction rows against a direct loop: materialise each replicate's drawn
+    cases, recalibrate on their references, flag their samples, average per case then over cases."""
+    from audit.config import MetricsSection
+    from audit.models.base import derive_seed
+    from audit.privacy_summary import memorised_rows
+    from audit.stats import percentile_ci
+
+    rng = np.random.default_rng(9)
+    n, q, resamples = 30, 0.1, 64
+    ref_cases = np.array([f"c{i:02d}" for i in range(n)])
+    ref_f, ref_p = rng.gamma(3.0, size=n), rng.gamma(3.0, size=n)
+    rows = []
+    for model, shift in (("near", 0.5), ("far", 1.5)):
+        for i, c in enumerate(ref_cases):
+            for s in range(1 + i % 3):  # 1 to 3 samples per case
+                rows.append((model, c, s, shift * rng.gamma(3.0), shift * rng.gamma(3.0)))
+    frame = pd.DataFrame(rows, columns=["model", "case_id", "sample", "nn_distance", "nn_distance_pixel"])
+    t_f, t_p, _ = _bisect_union(ref_f, ref_p, q)
+    frame["flagged"] = (frame.nn_distance < t_f) | (frame.nn_distance_pixel < t_p)
+    cases = pd.DataFrame({"case_id": ref_cases, "group": ["a" if i % 2 else "b" for i in range(n)]})
+    config = SimpleNamespace(
+        metrics=MetricsSection(bootstrap_resamples=resamples, group_by=("group",)),
+        study=SimpleNamespace(seed=4),
+    )
+    got = {
+        (r["model"], r["group"]): r for r in memorised_rows(config, frame, ref_cases, ref_f, ref_p, q, cases)
+    }
+    assert set(got) == {(m, g) for m in ("near", "far") for g in ("", "group=a", "group=b")}
+
+    draws = np.random.default_rng(derive_seed(4, "", "bootstrap:memorised_fraction", 0)).integers(
+        0, n, size=(resamples, n)
+    )
+    thresholds = [_bisect_union(ref_f[drawn], ref_p[drawn], q)[:2] for drawn in draws]
+    for (model, group), row in got.items():
+        members = set(ref_cases) if not group else set(cases.case_id[cases.group == group[6:]])
+        sel = frame[(frame.model == model) & frame.case_id.isin(members)]
+        per_case = sel.groupby("case_id").flagged.mean()
+        assert row["value"] == pytest.approx(per_case.mean()) and row["n"] == len(per_case)
+        by_case = {
+            c: (g.nn_distance.to_numpy(), g.nn_distance_pixel.to_numpy()) for c, g in sel.groupby("case_id")
+        }
+        replicate = []
+        for drawn, (tf, tp) in zip(draws, thresholds, strict=True):
+            shares = [
+                ((f < tf) | (px < tp)).mean()
+                for f, px in (by_case[c] for c in ref_cases[drawn] if c in by_case)
+            ]
+            replicate.append(np.mean(shares) if shares else np.nan)
+        lo, hi = percentile_ci(np.array(replicate), 0.95)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
+    assert got[("near", "")]["value"] > got[("far", "")]["value"]
+
+
+def test_unusable_inputs_are_named():
+    with pytest.raises(ValueError, match="dtype float128; pass float16, float32 or float64"):
+        nearest_neighbours(np.ones((2, 3), np.longdouble), np.ones((2, 3)), metric="l2")
+    with pytest.raises(ValueError, match="quantile must be a number in"):
+        calibration_threshold(np.ones(5), True)

@@ -169,7 +169,12 @@ def test_histograms_are_valid_plotly_with_the_real_reference(audited: tuple[Path
     record = json.loads((run / rundir.RUN_JSON).read_text())["privacy"]
     for i, (column, space) in enumerate((("nn_distance", "features"), ("nn_distance_pixel", "pixels"))):
         data, layout = figure(page, f"privacy-hist-{i}")  # go.Figure validates it
-        assert [t["name"] for t in data] == ["gen_a", "gen_b", "copy", "real (held-out, calibration)"]
+        assert [t["name"] for t in data] == [
+            "gen_a",
+            "gen_b",
+            "copy (sanity baseline)",
+            "real (held-out, calibration)",
+        ]
         assert all(t["type"] == "histogram" and t["histnorm"] == "probability" for t in data)
         bins = data[0]["xbins"]
         assert all(t["xbins"] == bins for t in data)  # the same bins for every model
@@ -243,8 +248,26 @@ def test_hidden_training_images_leak_no_pixels(hidden: tuple[Path, str]) -> None
     for model, case_id, sample, tr in pairs:
         train_id = rows.loc[(model, case_id, sample), "train_case_id"]
         assert f'data-train="{train_id}"' in tr and f"training case {train_id}" in tr
-        assert tr.count("<img") == 1  # the generated sample only: no training image, no difference
+        # The sample only, no training image, no difference; and not even the sample when the audit
+        # flagged it (by its own measure, a training patient's image).
+        flagged = bool(rows.loc[(model, case_id, sample), "flagged"])
+        assert tr.count("<img") == (0 if flagged else 1), (model, case_id, sample)
+        assert ("withheld: flagged as a copy of training case" in tr) == flagged
+    assert any(rows.loc[(m, c, s_), "flagged"] for m, c, s_, _ in pairs)  # the test saw both kinds
     assert "|generated − training|" not in section
+    # A training-copy baseline's samples are training images: none of them is anywhere on the page,
+    # its column of the image grid holds placeholders that say why.
+    samples = pd.read_parquet(run / rundir.SAMPLES)
+    copies = samples[samples.model == "copy"]
+    assert len(copies)
+    for path in copies["path"]:
+        assert data_uri(shrink(read_image(path).pixels, 160)) not in page
+    grid = re.search(r'<table class="grid">.*?</table>', page, flags=re.DOTALL).group(0)
+    assert "withheld: a training image (training-copy baseline)" in grid
+    # Unflagged samples of the generators are still shown.
+    assert any(
+        f'alt="gen_a · {c} · sample 0"' in grid and not rows.loc[("gen_a", c, 0), "flagged"] for c in CASES
+    )
 
 
 def test_no_external_resources(audited: tuple[Path, str], hidden: tuple[Path, str]) -> None:
@@ -331,10 +354,13 @@ def test_training_copy_is_a_sanity_baseline(audited: tuple[Path, str]) -> None:
     assert [m.name for m in order_models(load_run(run))] == ["gen_a", "gen_b", "copy", "real"]
     tex = to_latex(comparison_table(load_run(run)))
     body = tex[tex.index(r"\midrule") :]
-    # a rule between the generators and the baseline, and before the real row
-    assert re.search(r"gen\\_b &.*?\\\\\n\\midrule\ncopy &", body) and re.search(
-        r"copy &.*?\\midrule\nreal &", body, re.DOTALL
-    )
+    # a rule between the generators and the baseline, named as one, and before the real row
+    assert re.search(r"gen\\_b &.*?\\\\\n\\midrule\ncopy \{\\scriptsize \(sanity baseline\)\} &", body)
+    assert re.search(r"copy \{\\scriptsize \(sanity baseline\)\} &.*?\\midrule\nreal &", body, re.DOTALL)
+    md = next(
+        p for p in write_exports(load_run(run), run.parent / "exports") if p.suffix == ".md"
+    ).read_text()
+    assert "| copy | training-copy (sanity baseline) |" in md
 
 
 def test_alpha_precision_and_beta_recall_show_summary_values(audited, tmp_path: Path) -> None:
@@ -376,3 +402,35 @@ def test_summary_tooltips_say_how_each_privacy_number_was_made(audited) -> None:
     assert tips["privacy_auc"].startswith("estimate ")  # one AUC from the whole set
     n_of = dict(re.findall(r'title="gen_a · ([a-z_]+): [^"]*; n=\d+ ([a-z]+)', page))
     assert n_of["privacy_auc"] == "samples" and n_of["memorised_fraction"] == "cases"
+
+
+def test_withheld_samples_follow_the_record(audited: tuple[Path, str], hidden: tuple[Path, str]) -> None:
+    from reports.privacy import withheld_samples
+
+    for run, show in ((audited[0], True), (hidden[0], False)):
+        files = load_run(run)
+        models = order_models(files)
+        privacy = load_privacy(run, files.info)
+        rows = pd.read_parquet(run / rundir.PRIVACY)
+        withheld = withheld_samples(models, files.info, privacy)
+        for r in rows.itertuples(index=False):
+            reason = withheld.reason(r.model, r.case_id, r.sample)
+            expected = not show and r.model != "real" and (r.model == "copy" or bool(r.flagged))
+            assert (reason is not None) == expected, (show, r.model, r.case_id, r.sample)
+    # A run without the audit never said training pixels may be shown: its training-copy samples are
+    # withheld, its other samples are not.
+    files = load_run(hidden[0])
+    models = order_models(files)
+    bare = withheld_samples(models, {}, None)
+    assert bare.reason("copy", "c00", 0) is not None and bare.reason("gen_b", "c00", 0) is None
+
+
+def test_stale_privacy_files_are_not_read(audited: tuple[Path, str], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(audited[0], run)
+    info = json.loads((run / rundir.RUN_JSON).read_text())
+    assert load_privacy(run) is not None
+    del info["privacy"]  # a later run of the directory without [privacy]
+    (run / rundir.RUN_JSON).write_text(json.dumps(info))
+    assert load_privacy(run) is None
+    assert '<section id="privacy">' not in render_html_report(run)

@@ -77,7 +77,8 @@ def demo_study_toml(manifest: Path, output: Path, training: Path) -> str:
     comment = (
         "Demo study written by `xray-audit demo`. cond-ddpm, sdedit and unet-regressor are small",
         "models trained on the demo cohort (python -m audit.demo.train_generators); the degrade",
-        "models are sanity baselines: deterministic damage of the reference, not generative models.",
+        "models are sanity baselines: deterministic damage of the reference, not generative models;",
+        "copy-train is one too: training images plus noise, which the privacy audit must flag.",
     )
     lines = study_header("demo", manifest, output, comment)
     lines += generator_tables([name for name, _ in DEMO_GENERATORS])

@@ -380,7 +380,12 @@ _NORBERG = (
 
 
 def _privacy(
-    name: str, label: str, higher_is_better: bool, aggregation: Aggregation, description: str, unit: str = ""
+    name: str,
+    label: str,
+    higher_is_better: bool | None,
+    aggregation: Aggregation,
+    description: str,
+    unit: str = "",
 ) -> MetricSpec:
     return MetricSpec(name, "privacy", label, higher_is_better, aggregation, "privacy", description, unit)
 
@@ -413,9 +418,10 @@ _PRIVACY = (
         False,
         "per_sample_mean",
         "Fraction of samples flagged as training copies: nearest-training distance strictly below the "
-        "threshold in feature OR pixel space, each threshold the [privacy].quantile-quantile of the "
-        "held-out real images' own nearest-training distances (so the real row is ≈ quantile by "
-        "construction).",
+        "threshold in feature OR pixel space. Both thresholds sit at one common quantile level of the "
+        "held-out real images' own nearest-training distances in their space, the level chosen so that "
+        "either space together flags [privacy].quantile of those images (so the real row is ≈ quantile "
+        "by construction; run.json's privacy.level records the level).",
     ),
     _privacy(
         "authenticity",
@@ -424,7 +430,9 @@ _PRIVACY = (
         "per_sample_mean",
         "Fraction of authentic samples (Alaa et al. 2022): a sample is not authentic when it is closer "
         "(feature space) to its nearest training image than that image is to its own nearest other "
-        "training image.",
+        "distinct training image (duplicated training images count once). As in the paper, only the "
+        "embedding is used: a copy only the pixel search finds (e.g. a mirrored one) may still count as "
+        "authentic; memorised_fraction flags it.",
     ),
     _privacy(
         "reid_score",
@@ -445,7 +453,7 @@ _PRIVACY = (
     _privacy(
         "privacy_auc",
         "privacy AUC",
-        True,
+        None,  # 0.5 is ideal: neither end is better, so no model is marked best on it
         "distribution",
         "Mann–Whitney AUC P(d_gen > d_real) + ½ P(d_gen = d_real) of the samples' against the held-out "
         "real images' nearest-training feature distances. 0.5: samples are as far from the training set "

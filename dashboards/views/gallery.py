@@ -55,6 +55,7 @@ if failures is not None and not failures.empty:
     for r in failures[failures["case_id"] == case_id].itertuples(index=False):
         failed.setdefault(r.model, f"failed at {r.stage}: {r.error}"[:400])
 
+hide = data.withheld(view)
 tiles: list[tuple] = []
 reference, why = data.thumb(data.present(case.get("image")), size)
 tiles.append(("reference", reference, why, {}))
@@ -71,7 +72,8 @@ for model in view.models:
             )
         )
         continue
-    pixels, why = data.thumb(paths[model.name], size)
+    hidden = hide.reason(model.name, case_id, sample)
+    pixels, why = (None, hidden) if hidden is not None else data.thumb(paths[model.name], size)
     tiles.append((common.model_label(model), pixels, why, metrics.get(model.name, {})))
 
 for start in range(0, len(tiles), COLUMNS):

@@ -58,18 +58,11 @@ for col, (label, value) in zip(
 ):
     col.metric(label, "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
 
-rows = {m.name: m for m in view.models}
-table = audit.model_table(found, view.files.summary, view.model_names)
+references = audit.reference_names(view.models)
+table = audit.model_table(found, view.files.summary, view.model_names, references)
 shown = pd.DataFrame(
     {
-        "model": [
-            f"{name} (held-out real, calibration)"
-            if name == audit.REAL
-            else common.model_label(rows[name])
-            if name in rows
-            else name
-            for name in table["model"]
-        ],
+        "model": [audit.display_name(name, view.models) for name in table["model"]],
         "samples": table["n"],
         "flagged": table["flagged"],
         "memorised ↓": table["memorised"],
@@ -78,7 +71,7 @@ shown = pd.DataFrame(
         "by both": table["by_both"],
         "authenticity ↑": table["authentic"],
         "privacy AUC (0.5 ideal)": [
-            math.nan if m == audit.REAL else v
+            math.nan if m in references else v
             for m, v in zip(table["model"], table["privacy_auc"], strict=True)
         ],
         # The real row's α/β are the calibration (training images in place of samples).
@@ -114,16 +107,16 @@ for column, where in zip(SPACES, (left, right), strict=True):
         continue
     fig = go.Figure()
     names = list(dict.fromkeys([*view.model_names, *found.rows["model"]]))
-    for name in [n for n in names if n != audit.REAL] + [audit.REAL]:
+    for name in [n for n in names if n not in references] + [n for n in names if n in references]:
         values = found.rows.loc[found.rows["model"] == name, column].to_numpy(np.float64)
         values = values[np.isfinite(values)]
         if not values.size:
             continue
-        is_real = name == audit.REAL
+        is_real = name in references
         fig.add_trace(
             go.Histogram(
                 x=values,
-                name=f"{name} (held-out, calibration)" if is_real else name,
+                name=audit.display_name(name, view.models),
                 xbins=bins,
                 autobinx=False,
                 histnorm="probability",
@@ -147,6 +140,7 @@ for column, where in zip(SPACES, (left, right), strict=True):
 
 st.subheader("Closest pairs")
 show_training = info.show_training_images
+hide = data.withheld(view)
 if not show_training:
     st.info(audit.HIDDEN_NOTE, icon="🔒")
 c_space, c_k = st.columns([3, 1])
@@ -155,7 +149,7 @@ column = c_space.selectbox(
 )
 k = int(c_k.number_input("k", 1, SHOW_MAX, audit.CLOSEST_PAIRS, key="privacy_k"))
 models = common.pick_models(view, "privacy_models", default=audit.pair_models(view.models, found))
-pairs = audit.closest_pairs(found, [m for m in models if m != audit.REAL], k, column)
+pairs = audit.closest_pairs(found, [m for m in models if m not in references], k, column)
 if pairs.empty:
     st.info("No samples of these models to pair with the training set.")
     st.stop()
@@ -163,7 +157,7 @@ train_column = audit.SPACES[column][1]
 for i, r in enumerate(pairs.itertuples(index=False)):
     train_id = getattr(r, train_column)
     st.markdown(
-        f"**{i + 1}. {r.model} · {r.case_id} · sample {r.sample}** — features "
+        f"**{i + 1}. {audit.display_name(r.model, view.models)} · {r.case_id} · sample {r.sample}** — features "
         f"{common.format_value(r.nn_distance)}, pixels {common.format_value(r.nn_distance_pixel)}"
         + (" · pixel match mirrored" if r.pixel_mirrored else "")
         + (f" · flagged by {r.flagged_by}" if r.flagged else "")
@@ -173,7 +167,11 @@ for i, r in enumerate(pairs.itertuples(index=False)):
     imgs = audit.pair_images(path, found.training_path(train_id), data.THUMB_PX, show_training, mirrored)
     c_gen, c_train, c_diff = st.columns(3)
     with c_gen:
-        common.image_tile(imgs.generated, f"{r.model} (generated)", imgs.generated_why)
+        hidden = hide.reason(r.model, r.case_id, int(r.sample))
+        generated, generated_why = (
+            (None, hidden) if hidden is not None else (imgs.generated, imgs.generated_why)
+        )
+        common.image_tile(generated, f"{audit.display_name(r.model, view.models)} (sample)", generated_why)
     with c_train:
         if show_training:
             common.image_tile(

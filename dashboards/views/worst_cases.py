@@ -36,6 +36,7 @@ st.dataframe(worst, width="stretch", hide_index=True)
 
 cases = view.files.cases
 case_rows = cases.drop_duplicates("case_id").set_index("case_id") if cases is not None else None
+hide = data.withheld(view)
 st.subheader(f"The {min(len(worst), SHOW_IMAGES)} worst, with images")
 for i, r in enumerate(worst.head(SHOW_IMAGES).itertuples(index=False)):
     case = {"case_id": r.case_id}
@@ -53,7 +54,8 @@ for i, r in enumerate(worst.head(SHOW_IMAGES).itertuples(index=False)):
         cond, caption = data.condition(case, 192)
         common.image_tile(cond, caption if cond is not None else "condition", caption)
     with c_sample:
-        pixels, why = data.thumb(paths.get(r.model), 192)
+        hidden = hide.reason(r.model, r.case_id, 0)
+        pixels, why = (None, hidden) if hidden is not None else data.thumb(paths.get(r.model), 192)
         common.image_tile(pixels, f"{r.model} (sample 0)", why)
     if c_go.button("Open in gallery", key=f"worst_open_{i}"):
         st.session_state["gallery_jump"] = r.case_id

@@ -13,6 +13,7 @@ from reports.run import EvaluationInfo, MetricColumn, ModelRow, RunFiles, TableC
 if TYPE_CHECKING:  # the statistics modules pull in scipy.stats: the page imports them when it renders
     import pandas as pd
 
+    from reports.privacy import PrivacyFiles, Withheld
     from reports.reader_stats import ReaderStatistics
     from reports.statistics import PairedTests
 
@@ -49,6 +50,9 @@ class PageContext:
     statistics: Mapping[str, str]  # how the page's own statistics were drawn (shown in provenance)
     reader: ReaderInputs | None  # None without a reader study
     grid_cases: int  # cases in the image grid
+    privacy: PrivacyFiles | None  # the privacy audit's files, None without them
+    # Samples no section may show: training images while [privacy].show_training_images is not true.
+    withheld: Withheld
 
     @property
     def settings(self) -> rundir.RunSettings:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from audit import images, rundir
+from reports.privacy import Withheld
 from reports.run import ModelRow, RunFiles
 from reports.sections.base import PageContext, Section
 from reports.sections.common import MAX_ERROR_CHARS, escape, model_label
@@ -86,7 +87,10 @@ def _condition_cell(case: Mapping[str, Any], reference: np.ndarray | None, size:
     return _placeholder("no condition"), "none"
 
 
-def render_grid(run: RunFiles, models: Sequence[ModelRow], k: int, size: int = THUMB_PX) -> str:
+def render_grid(
+    run: RunFiles, models: Sequence[ModelRow], k: int, withheld: Withheld, size: int = THUMB_PX
+) -> str:
+    """The grid; a sample ``withheld`` names (a training image that may not be shown) is a placeholder."""
     if run.cases is None:
         return f"<p>No image grid: {escape(rundir.CASES)} is missing from the run directory.</p>"
     names = [m.name for m in models]
@@ -133,6 +137,10 @@ def render_grid(run: RunFiles, models: Sequence[ModelRow], k: int, size: int = T
                 reason = failed.get((m.name, case_id), "no sample for this case")
                 cells.append(f"<td>{_placeholder(reason)}</td>")
                 continue
+            reason = withheld.reason(m.name, case_id, int(entry[1]))
+            if reason is not None:
+                cells.append(f"<td>{_placeholder(reason)}</td>")
+                continue
             path = present(entry[0])
             if path is not None and not Path(path).is_absolute():
                 path = str(run.run_dir / path)  # suite-generated samples may be recorded run-relative
@@ -157,7 +165,7 @@ def render(ctx: PageContext) -> str:
     return (
         '\n<p class="small">Reference | condition | sample 0 of each model, for '
         f"{ctx.grid_cases} case(s) chosen deterministically\n(by case id, spread over groups).</p>\n"
-        f"{render_grid(ctx.run, ctx.models, ctx.grid_cases)}\n"
+        f"{render_grid(ctx.run, ctx.models, ctx.grid_cases, ctx.withheld)}\n"
     )
 
 

@@ -23,17 +23,17 @@ from reports.privacy import (
     CALIBRATION_NOTE,
     CLOSEST_PAIRS,
     HIDDEN_NOTE,
-    REAL,
     SPACES,
     PrivacyFiles,
     closest_pairs,
+    display_name,
     histogram_bins,
     histogram_markers,
-    load_privacy,
     model_table,
     pair_images,
     pair_models,
     pixel_match,
+    reference_names,
     sample_path,
 )
 from reports.run import ModelRow
@@ -104,8 +104,8 @@ def _facts(privacy: PrivacyFiles) -> str:
     return f'<div class="table-wrap"><table class="plain privacy-facts"><tbody>{body}</tbody></table></div>'
 
 
-def _label(model: ModelRow, quantile: float | None) -> str:
-    if model.name != REAL and not model.is_real:
+def _label(model: ModelRow, quantile: float | None, is_reference: bool) -> str:
+    if not is_reference:
         return model_label(model)
     q = f"{quantile:g}" if quantile is not None else "the quantile"
     return (
@@ -136,7 +136,8 @@ def _model_rows(
     privacy: PrivacyFiles, ctx_models: Sequence[ModelRow], summary: Any
 ) -> tuple[list[str], list[str]]:
     by_name = {m.name: m for m in ctx_models}
-    table = model_table(privacy, summary, [m.name for m in ctx_models])
+    references = reference_names(ctx_models)
+    table = model_table(privacy, summary, [m.name for m in ctx_models], references)
     reid = privacy.has_reid
     head = [
         "model",
@@ -154,10 +155,8 @@ def _model_rows(
         head += ["re-ID score ↓", "re-ID score max ↓"]
     rows = []
     for record in table.to_dict("records"):
-        model = by_name.get(
-            record["model"], ModelRow(record["model"], REAL if record["model"] == REAL else "unknown", {})
-        )
-        is_real = model.is_real or model.name == REAL
+        model = by_name.get(record["model"], ModelRow(record["model"], "unknown", {}))
+        is_real = model.name in references
         cls = "real" if is_real else "baseline" if model.is_baseline else "generator"
         memorised, _ = _estimate(record, "memorised_fraction", record["memorised"])
         memorised += f'<div class="sub">{record["flagged"]} of {record["n"]} flagged</div>'
@@ -172,7 +171,7 @@ def _model_rows(
                 text = f'<span title="{escape(CALIBRATION_NOTE)}">{text}</span>'
             against_real[metric] = (text, value)
         cells = [
-            f'<th scope="row">{_label(model, privacy.info.quantile)}</th>',
+            f'<th scope="row">{_label(model, privacy.info.quantile, is_real)}</th>',
             _cell("n", escape(record["n"]), float(record["n"])),
             _cell(
                 "memorised", memorised, record["memorised"], "flagged share: a distance below its threshold"
@@ -203,6 +202,7 @@ def histogram_traces(
     markers = histogram_markers(models)
     rows = privacy.rows
     traces = []
+    references = reference_names(models)
     names = [m.name for m in models]
     for name in [*names, *(n for n in dict.fromkeys(rows["model"]) if n not in names)]:
         values = rows.loc[rows["model"] == name, column].to_numpy(np.float64)
@@ -212,20 +212,18 @@ def histogram_traces(
         trace: dict[str, Any] = {
             "type": "histogram",
             "x": typed_array(values, "f4"),
-            "name": html.escape(name),
+            "name": html.escape(display_name(name, models)),
             "xbins": bins,
             "autobinx": False,
             "histnorm": "probability",
             "hovertemplate": "%{x}<br>%{y:.3f} of the samples<extra>%{fullData.name}</extra>",
         }
         trace["marker"] = markers.get(name, {"color": "#4C72B0"})
-        if name == REAL:
-            trace["name"] = html.escape(f"{name} (held-out, calibration)")
-        else:
+        if name not in references:
             trace["opacity"] = 0.55
-        traces.append(trace)
+        traces.append((name in references, trace))
     # The reference last, so its outline is drawn over the filled bars.
-    traces.sort(key=lambda t: t["name"].startswith(html.escape(f"{REAL} (")))
+    traces = [t for _, t in sorted(traces, key=lambda pair: pair[0])]
     return traces, bins
 
 
@@ -287,14 +285,19 @@ def _pairs(ctx: PageContext, privacy: PrivacyFiles, k: int) -> str:
         gen_path = sample_path(ctx.run.samples, ctx.run.run_dir, r.model, r.case_id, int(r.sample))
         imgs = pair_images(gen_path, privacy.training_path(r.train_case_id), THUMB_PX, show)
         what = f"{r.model} · {r.case_id} · sample {r.sample}"
+        withheld = ctx.withheld.reason(r.model, r.case_id, int(r.sample))
         gen_cell = (
-            _img(imgs.generated, what) if imgs.generated is not None else _placeholder(imgs.generated_why)
+            _placeholder(withheld)
+            if withheld is not None
+            else _img(imgs.generated, what)
+            if imgs.generated is not None
+            else _placeholder(imgs.generated_why)
         )
         cells = [
             f"<td>{rank}</td>",
             (
                 f'<th scope="row" class="case"><div class="case-id">{escape(r.case_id)}</div>'
-                f'<div class="sub">{escape(r.model)} · sample {escape(r.sample)}</div></th>'
+                f'<div class="sub">{escape(display_name(r.model, ctx.models))} · sample {escape(r.sample)}</div></th>'
             ),
             f"<td>{gen_cell}</td>",
         ]
@@ -373,7 +376,7 @@ def render_privacy(ctx: PageContext, privacy: PrivacyFiles, k: int = CLOSEST_PAI
 
 
 def render(ctx: PageContext) -> str:
-    privacy = load_privacy(ctx.run.run_dir, ctx.run.info)
+    privacy = ctx.privacy
     if privacy is None:
         return ""
     return render_privacy(ctx, privacy)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from audit import rundir
+from audit.metrics import catalogue
 from reports.format import finite, int_or, precise
 from reports.provenance import is_demo
 from reports.run import (
@@ -38,12 +39,21 @@ from reports.run import (
 from reports.sections.common import escape
 from reports.sections.summary_table import class_order
 
+# The privacy audit's metrics (audit.metrics.catalogue, family privacy).
+PRIVACY_NAMES = frozenset(catalogue.names(family="privacy"))
+
 
 def general_notes(ctx: TableContext, settings: rundir.RunSettings, names: set[str]) -> str:
     resamples = settings.bootstrap_resamples if settings.found else None
     notes = [
         "↑ higher is better, ↓ lower is better. Each cell is the mean over cases with its "
         f"{ctx.confidence:.0%} percentile-bootstrap confidence interval"
+        + (
+            " (the nearest-training distances are medians; AUCs and the set-level privacy metrics are one "
+            "estimate from the whole set; hover a cell for which)"
+            if names & PRIVACY_NAMES
+            else ""
+        )
         + (f" ({escape(resamples)} resamples)" if resamples is not None else "")
         + "; n is the number of cases"
         + (
@@ -62,7 +72,14 @@ def general_notes(ctx: TableContext, settings: rundir.RunSettings, names: set[st
     ]
     if any(m.is_real for m in ctx.models):
         text = (
-            "<b>real</b> is the reference set itself, shown last as the upper bound. Paired metrics of "
+            "<b>real</b> is the reference set itself, shown last as the upper bound"
+            + (
+                " (in the privacy columns it is the calibration instead: held-out patients the generator "
+                "never saw, so its memorised share sits at the quantile by construction)"
+                if names & PRIVACY_NAMES
+                else ""
+            )
+            + ". Paired metrics of "
             "the real images against themselves are identical by construction and are not computed "
             "(shown as —), as in Table I of the XReal paper."
         )
@@ -391,7 +408,9 @@ def _monotonicity(run: RunFiles, models: Sequence[ModelRow], metrics: Sequence[M
         levels.sort()
         good, bad = [], []
         for metric in metrics:
-            if metric.higher_is_better is None:
+            # Privacy metrics measure closeness to the training set, not quality: a degraded held-out
+            # image moving away from it is what should happen, not a metric failing the check.
+            if metric.higher_is_better is None or metric.base in PRIVACY_NAMES:
                 continue
             series = [(lv, summary.get((name, metric.name), np.nan)) for lv, name in levels]
             series = [(lv, v) for lv, v in series if not pd.isna(v)]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -42,6 +42,15 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+# The pixel vectors live in their own module; imported here, where callers have always found them.
+from audit.metrics.functional.privacy_pixels import (
+    mirror_pixel_vectors,
+    pixel_shifts,
+    pixel_vectors,
+    pixel_views,
+    pixel_window,
+)
 
 # torch (and audit.evaluators.base, which imports it) is imported inside the functions that multiply
 # matrices or resize images: the calibration, authenticity, AUC and re-ID kernels are pure numpy, and
@@ -56,8 +65,12 @@ __all__ = [
     "mirror_pixel_vectors",
     "nearest_neighbours",
     "nearest_of_both",
+    "pixel_shifts",
     "pixel_vectors",
+    "pixel_views",
+    "pixel_window",
     "reid_scores",
+    "union_thresholds",
 ]
 
 Metric = Literal["cosine", "l2"]
@@ -71,9 +84,12 @@ _QUERY_ROWS = {"cpu": 512, "cuda": 2048}  # default block_rows; reference rows p
 # nothing outside the candidates can be among the k nearest (see _merge_block); queries where it cannot
 # (near-ties at float32 precision) take a wider second pass.
 _EXTRA = 3
+# Columns per partial matrix product (see _scores): bounds the float32 accumulation error of a dot
+# product by ~(1024 + d/1024)·u instead of d·u. Feature vectors (768-d) are one part; 128² pixel rows
+# 16, at no measurable cost.
+_GEMM_DEPTH = 1024
 _U32 = 2.0**-24  # float32 unit roundoff
 _SENTINEL = int(np.iinfo(np.int64).max)  # "no neighbour yet": sorts after every real index
-_IMAGE_CHUNK = 64  # images converted and resized at a time in pixel_vectors
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,10 @@ def _check_features(x: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(
             f"{name} must hold floating-point vectors; got dtype {x.dtype}. Pass features as the extractor "
             "returns them, or images through pixel_vectors"
+        )
+    if x.dtype.itemsize > 8:  # torch has no long double: say so before it fails with a TypeError
+        raise ValueError(
+            f"{name} has dtype {x.dtype}; pass float16, float32 or float64 (x.astype(np.float64))"
         )
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"{name} must be 2-D, shaped (N rows, D >= 1 columns); got shape {x.shape}")
@@ -213,8 +233,9 @@ class _Rows:
 
     gemm: torch.Tensor  # float32 rows for the candidate GEMM (unit rows for cosine)
     source: torch.Tensor  # the input rows, as given: re-scoring gathers and upcasts them (exactly)
-    source_norm: torch.Tensor  # float64 ‖row‖ of the input: cosine re-scoring divides by it
-    sq_norm: torch.Tensor  # float64 ‖v‖² of the vectors v whose distances are sought (1 for cosine)
+    source_norm: torch.Tensor  # float64 ‖row‖ (l2: less the centre); cosine re-scoring divides by it
+    # float64 ‖v‖² of the vectors v multiplied (1 for cosine; for l2 the rows less the centre)
+    sq_norm: torch.Tensor
     norm: torch.Tensor  # float64 ‖v‖ of those vectors (1 for cosine)
     max_norm: float
     cosine: bool
@@ -235,8 +256,20 @@ def _numpy_gemm(dev: torch.device) -> bool:
     return dev.type == "cpu"
 
 
-def _prepare(x: np.ndarray, metric: Metric, chunk: int, name: str, offset: int, dev: torch.device) -> _Rows:
+def _prepare(
+    x: np.ndarray,
+    metric: Metric,
+    chunk: int,
+    name: str,
+    offset: int,
+    dev: torch.device,
+    center: np.ndarray | None = None,
+) -> _Rows:
     """Check ``x`` and build its float32 rows and norms, ``chunk`` rows at a time, in numpy.
+
+    ``center`` (l2 only): a vector subtracted from every row of both sides before the matrix product.
+    Distances do not change, but the rows' norms, which the float32 error bound scales with, shrink to
+    the spread around it (pixel rows in [0, 1]: by 3 to 5 times), and so does the candidate set.
 
     numpy, single-threaded, rather than torch: these are cheap passes over memory, and on a busy
     machine every multi-threaded torch op on a CPU waits at an OpenMP barrier.
@@ -245,11 +278,15 @@ def _prepare(x: np.ndarray, metric: Metric, chunk: int, name: str, offset: int, 
 
     n, d = x.shape
     cosine = metric == "cosine"
-    # l2 on float32 input multiplies the input itself; otherwise a float32 copy (unit rows for cosine).
-    gemm = x if (not cosine and x.dtype == np.float32) else np.empty((n, d), np.float32)
+    # l2 on float32 input, not centred, multiplies the input itself; otherwise a float32 copy (unit
+    # rows for cosine, centred rows for l2 with a centre).
+    itself = not cosine and x.dtype == np.float32 and center is None
+    gemm = x if itself else np.empty((n, d), np.float32)
     norm = np.empty(n, np.float64)
     for s in range(0, n, chunk):
         part = x[s : s + chunk].astype(np.float64)
+        if center is not None:
+            part -= center
         sq = np.einsum("ij,ij->i", part, part)
         bad = np.flatnonzero(~np.isfinite(sq))
         if bad.size:
@@ -292,6 +329,8 @@ def _exact(q: _Rows, qi: torch.Tensor, r: _Rows, ri: torch.Tensor, chunk: int) -
     differences: no cancellation, and exact copies give exactly 0."""
     import torch
 
+    if qi.device.type == "cpu":
+        return torch.from_numpy(_exact_numpy(q, qi.numpy(), r, ri.numpy()))
     out = torch.empty(qi.shape[0], dtype=torch.float64, device=qi.device)
     for s in range(0, qi.shape[0], chunk):
         i, j = qi[s : s + chunk], ri[s : s + chunk]
@@ -304,21 +343,69 @@ def _exact(q: _Rows, qi: torch.Tensor, r: _Rows, ri: torch.Tensor, chunk: int) -
     return out
 
 
+def _exact_numpy(q: _Rows, qi: np.ndarray, r: _Rows, ri: np.ndarray) -> np.ndarray:
+    """:func:`_exact` on a CPU, in numpy: single-threaded passes over memory, as in :func:`_prepare`,
+    rather than torch ops that each wait at an OpenMP barrier behind the BLAS threads (measured: 20 µs
+    against 88 µs per 128²-pixel pair inside the privacy stage). Pairs go in chunks of 2 MiB of float64
+    per side, which stay in cache."""
+    qs, rs = q.source.numpy(), r.source.numpy()
+    out = np.empty(qi.shape[0], dtype=np.float64)
+    step = max(1, (1 << 18) // max(1, qs.shape[1]))
+    for s in range(0, qi.shape[0], step):
+        i, j = qi[s : s + step], ri[s : s + step]
+        a, b = qs[i].astype(np.float64), rs[j].astype(np.float64)
+        if q.cosine:
+            a /= q.source_norm.numpy()[i][:, None]
+            b /= r.source_norm.numpy()[j][:, None]
+        a -= b
+        out[s : s + step] = np.einsum("ij,ij->i", a, a)
+    return out
+
+
+def _mean_row(x: np.ndarray, chunk: int) -> np.ndarray | None:
+    """The float64 mean of ``x``'s rows (summed ``chunk`` rows at a time), None when it is not finite
+    (the row checks in :func:`_prepare` then name the bad rows)."""
+    total = np.zeros(x.shape[1], np.float64)
+    for s in range(0, x.shape[0], chunk):
+        total += x[s : s + chunk].sum(axis=0, dtype=np.float64)
+    mean = total / max(x.shape[0], 1)
+    return mean if np.isfinite(mean).all() else None
+
+
 def _scores(
-    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, buffer: np.ndarray | None
+    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, buffer: np.ndarray | None, depth: int
 ) -> torch.Tensor:
     """float32 a·bᵀ (+ bias per column): larger is nearer.
 
     On a CPU through numpy's BLAS into a reused buffer: torch's CPU matmul (MKL) ran at 120 GFLOP/s
     on this project's AMD EPYC test machine where numpy's OpenBLAS ran at 200 (512 × 768 × 11k blocks,
     2 cores). The float32 arithmetic, and so the error bound, is the same. On a GPU, torch's own.
+
+    ``depth`` columns at a time, the partial products summed in float32: the rounding error of one
+    dot product then grows with ``depth`` + the number of parts instead of its whole length (see the
+    bound in :func:`nearest_neighbours`), whatever order the BLAS sums in.
     """
     import torch
 
+    d = a.shape[1]
     if buffer is None:
-        return a @ b.T if bias is None else torch.addmm(bias[None, :], a, b.T)
-    out = buffer[: a.shape[0] * b.shape[0]].reshape(a.shape[0], b.shape[0])
-    np.matmul(a.numpy(), b.numpy().T, out=out)
+        out = (
+            a[:, :depth] @ b[:, :depth].T
+            if bias is None
+            else torch.addmm(bias[None, :], a[:, :depth], b[:, :depth].T)
+        )
+        for s in range(depth, d, depth):
+            out.addmm_(a[:, s : s + depth], b[:, s : s + depth].T)
+        return out
+    rows, cols = a.shape[0], b.shape[0]
+    out = buffer[: rows * cols].reshape(rows, cols)
+    an, bn = a.numpy(), b.numpy()
+    np.matmul(an[:, :depth], bn[:, :depth].T, out=out)
+    if d > depth:
+        part = np.empty_like(out)
+        for s in range(depth, d, depth):
+            np.matmul(an[:, s : s + depth], bn[:, s : s + depth].T, out=part)
+            out += part
     if bias is not None:
         out += bias.numpy()
     return torch.from_numpy(out)
@@ -353,7 +440,9 @@ def nearest_neighbours(
     by default it and the reference block size follow an element budget per device.
 
     How it stays exact: each (query block × reference block) is scored by one float32 matrix product,
-    a·b − ‖b‖²/2 (larger is nearer: ‖a − b‖² = ‖a‖² − 2·score, and ‖a‖² is constant per row), of which
+    a·b − ‖b‖²/2 (larger is nearer: ‖a − b‖² = ‖a‖² − 2·score, and ‖a‖² is constant per row; for l2
+    both sides less the query's mean row, which leaves distances as they are and shrinks the norms the
+    error bound scales with; taken 1024 columns at a time, see :func:`_scores`), of which
     ``torch.topk`` keeps k + 3 candidates. A rigorous bound on the float32 error decides which
     candidates can still be among the k nearest: those are re-scored in float64 from the input rows and
     merged into a running top-k sorted by (distance, index). When the bound cannot exclude the
@@ -387,18 +476,23 @@ def nearest_neighbours(
     # (≤ d·u·‖a‖‖b‖, doubled by the −2a·b), the inputs' rounding to float32 and to the GEMM's precision
     # (≤ 2u(‖a‖ + ‖b‖)² each way) and a few roundings of the sums, all within
     # coefficient · (‖a‖ + ‖b‖)². Realistic errors are ~√d smaller: this only widens the candidate set.
-    coefficient = 4 * (_U32 if _numpy_gemm(dev) else _input_roundoff()) + (2 * d + 16) * _U32
+    # With the product taken _GEMM_DEPTH columns at a time and the parts summed in float32
+    # (:func:`_scores`), the accumulation term is (depth + parts)·u instead of d·u.
+    depth = min(d, _GEMM_DEPTH)
+    parts = -(-d // depth)
+    coefficient = 4 * (_U32 if _numpy_gemm(dev) else _input_roundoff()) + (2 * (depth + parts) + 16) * _U32
     chunk = max(1, 2**20 // d)  # rows upcast to float64 at a time while preparing: 8 MiB
     pair_chunk = max(1, budget // (8 * d))  # pairs re-scored at a time: 8 MiB per float64 side on a CPU
 
     with torch.inference_mode():
-        q = _prepare(np.ascontiguousarray(query), metric, chunk, "query", 0, dev)
+        center = _mean_row(query, chunk) if metric == "l2" else None
+        q = _prepare(np.ascontiguousarray(query), metric, chunk, "query", 0, dev, center)
         best = torch.full((n, k), math.inf, dtype=torch.float64, device=dev)
         best_index = torch.full((n, k), _SENTINEL, dtype=torch.int64, device=dev)
         buffer = np.empty(rows * cols, np.float32) if _numpy_gemm(dev) else None
         offset = 0
         for block in _blocks(reference, d, cols):
-            r = _prepare(np.ascontiguousarray(block), metric, chunk, "reference", offset, dev)
+            r = _prepare(np.ascontiguousarray(block), metric, chunk, "reference", offset, dev, center)
             # a·b − ‖b‖²/2 ranks ‖a − b‖² per row (cosine: every ‖b‖ is 1, so the offset is a constant,
             # left out of the product and put back in `base`).
             bias = None if metric == "cosine" else (r.sq_norm * -0.5).float()
@@ -406,7 +500,7 @@ def nearest_neighbours(
             m = r.gemm.shape[0]
             for q0 in range(0, n, rows):
                 q1 = min(n, q0 + rows)
-                scores = _scores(q.gemm[q0:q1], r.gemm, bias, buffer)
+                scores = _scores(q.gemm[q0:q1], r.gemm, bias, buffer, depth)
                 if exclude_self:
                     lo, hi = max(q0, offset), min(q1, offset + m)
                     if lo < hi:
@@ -499,78 +593,6 @@ def _merge_block(
         best_index[rows] = merged_index.gather(1, order)
 
 
-# ------------------------------------------------------------------------------------------ pixels
-
-
-def _to_unit_float(image: np.ndarray, i: int) -> np.ndarray:
-    """One image as float32 in [0, 1], converted before any arithmetic (no uint8/uint16 wrap-around)."""
-    arr = np.asarray(image)
-    if arr.ndim != 2 or min(arr.shape) == 0:
-        raise ValueError(
-            f"image {i} must be a non-empty 2-D greyscale array (H, W) as audit.images returns it; got "
-            f"shape {arr.shape}"
-        )
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.unsignedinteger):
-        # The stored range, as audit.images does for 8- and 16-bit files: /255, /65535.
-        return (arr.astype(np.float64) / np.iinfo(arr.dtype).max).astype(np.float32)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(
-            f"image {i} has dtype {arr.dtype}; pass float images in [0, 1] (audit.images.read_image) or "
-            "unsigned integers (divided by their dtype's maximum)"
-        )
-    out = arr.astype(np.float32)
-    if not np.isfinite(out).all() or out.min() < 0.0 or out.max() > 1.0:
-        raise ValueError(
-            f"image {i} has values outside [0, 1] (min {np.nanmin(arr):.4g}, max {np.nanmax(arr):.4g}, or "
-            "NaN); read images with audit.images.read_image, which maps every format onto [0, 1]"
-        )
-    return out
-
-
-def pixel_vectors(images: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Images as float32 rows (n, size·size) for pixel-space neighbours (``metric="l2"``).
-
-    Each image becomes float in [0, 1] first (float images must already be; unsigned integers are
-    divided by their dtype's maximum), then goes through the evaluators' own preprocessing
-    (:class:`audit.evaluators.base.InputContract`): centre-square crop, bilinear antialiased resize to
-    ``size`` × ``size``. With ``metric="l2"`` the distance is then the RMS pixel difference,
-    L2 / √(size²), on [0, 1]: identical images give 0, black vs white gives 1.
-    """
-    import torch
-
-    from audit.evaluators.base import InputContract
-
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"size must be a positive integer number of pixels; got {size!r}")
-    contract = InputContract("privacy-pixels", channels=1, size=int(size), value_range=(0.0, 1.0))
-    out = np.empty((len(images), int(size) * int(size)), dtype=np.float32)
-    with torch.inference_mode():
-        for s in range(0, len(images), _IMAGE_CHUNK):
-            batch = [_to_unit_float(images[i], i) for i in range(s, min(len(images), s + _IMAGE_CHUNK))]
-            out[s : s + len(batch)] = contract.prepare(batch).reshape(len(batch), -1).numpy()
-    return out
-
-
-def mirror_pixel_vectors(vectors: np.ndarray, size: int) -> np.ndarray:
-    """The :func:`pixel_vectors` rows of the left-right mirrored images: each row read as a
-    ``size`` × ``size`` image and its columns reversed.
-
-    A flip is a training augmentation as common as a shift, and a mirrored copy of a training radiograph
-    is still that patient's radiograph; pixel distance on its own is not flip-invariant, so the audit
-    searches each sample as given and mirrored (:func:`nearest_of_both`). The centre-square crop and
-    the bilinear resize are symmetric, so this equals ``pixel_vectors`` of the flipped images up to
-    float32 rounding.
-    """
-    arr = np.asarray(vectors)
-    if arr.ndim != 2 or arr.shape[1] != size * size:
-        raise ValueError(
-            f"vectors must be pixel_vectors rows shaped (n, {size}·{size}={size * size}); got shape {arr.shape}"
-        )
-    return np.ascontiguousarray(arr.reshape(-1, size, size)[:, :, ::-1]).reshape(arr.shape[0], -1)
-
-
 def nearest_of_both(first: Neighbours, second: Neighbours) -> tuple[Neighbours, np.ndarray]:
     """Per row, the k nearest of two searches of the same reference (e.g. a sample and its mirror
     image), and where each came from: an int (n, k), its column in ``[first, second]`` side by side
@@ -616,9 +638,74 @@ def calibration_threshold(real_distances: np.ndarray, quantile: float) -> float:
     rate :func:`flag_memorised` has on a generator that memorises nothing.
     """
     values = _vector(real_distances, "real_distances")
-    if not (isinstance(quantile, (int, float, np.floating)) and 0.0 <= float(quantile) <= 1.0):
+    if isinstance(quantile, bool) or not (
+        isinstance(quantile, (int, float, np.floating)) and 0.0 <= float(quantile) <= 1.0
+    ):
         raise ValueError(f"quantile must be a number in [0, 1] (e.g. 0.01); got {quantile!r}")
     return float(np.quantile(values, float(quantile), method="linear"))
+
+
+def _sorted_quantile(ordered: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Per row of ``ordered`` (each row sorted ascending), its quantile at that row's ``level``: the
+    arithmetic of ``np.quantile(row, level, method="linear")``, index and interpolation alike, so the
+    values are numpy's own, bit for bit."""
+    n = ordered.shape[1]
+    virtual = level * (n - 1)
+    lower = np.floor(virtual).astype(np.int64)
+    upper = np.minimum(lower + 1, n - 1)
+    gamma = virtual - lower
+    rows = np.arange(ordered.shape[0])
+    a, b = ordered[rows, lower], ordered[rows, upper]
+    diff = b - a
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+
+
+def union_thresholds(
+    features: np.ndarray, pixels: np.ndarray, quantile: float, steps: int = 60
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both spaces' thresholds at one common quantile level of held-out patients' nearest-training
+    distances, for each row of (sets, patients) arrays at once: (features threshold, pixels threshold,
+    level), each shaped (sets,).
+
+    ``features[i, j]`` and ``pixels[i, j]`` are one patient's distances in the two spaces (a row is one
+    set of held-out patients, e.g. one bootstrap replicate of them). The level is the largest one <=
+    ``quantile`` at which at most ``quantile`` of the row's patients are flagged by either space
+    (:func:`flag_memorised` on each, a sample being flagged when any space flags it): thresholds at
+    ``quantile`` in each space alone would flag up to twice ``quantile`` of unseen patients. Bisection
+    over the level, ``steps`` halvings (2⁻⁶⁰ of ``quantile`` by default); each threshold is
+    ``np.quantile(row, level)`` (:func:`calibration_threshold`).
+    """
+    f = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    p = np.atleast_2d(np.asarray(pixels, dtype=np.float64))
+    if f.shape != p.shape or f.shape[1] == 0:
+        raise ValueError(
+            f"features and pixels must be paired (sets, patients) distances of the same shape; got {f.shape} "
+            f"and {p.shape}"
+        )
+    if np.isnan(f).any() or np.isnan(p).any():
+        raise ValueError("distances contain NaN; every held-out patient needs a distance in both spaces")
+    if isinstance(quantile, bool) or not (
+        isinstance(quantile, (int, float, np.floating)) and 0.0 < float(quantile) < 1.0
+    ):
+        raise ValueError(f"quantile must be a number in (0, 1) (e.g. 0.01); got {quantile!r}")
+    q = float(quantile)
+    f_sorted, p_sorted = np.sort(f, axis=1), np.sort(p, axis=1)
+
+    def share(level: np.ndarray) -> np.ndarray:
+        tf, tp = _sorted_quantile(f_sorted, level), _sorted_quantile(p_sorted, level)
+        return ((f < tf[:, None]) | (p < tp[:, None])).mean(axis=1)
+
+    low = np.zeros(f.shape[0])
+    high = np.full(f.shape[0], q)
+    done = share(high) <= q
+    low[done] = q
+    for _ in range(steps):
+        # share() is a non-decreasing step function of the level: bisect for its last step <= quantile.
+        mid = (low + high) / 2
+        ok = share(mid) <= q
+        low = np.where(done, low, np.where(ok, mid, low))
+        high = np.where(done, high, np.where(ok, high, mid))
+    return _sorted_quantile(f_sorted, low), _sorted_quantile(p_sorted, low), low
 
 
 def flag_memorised(distances: np.ndarray, threshold: float) -> np.ndarray:
