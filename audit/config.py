@@ -370,6 +370,13 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> StudyCon
         kinds[kind].validate(spec, study, loc)
         # A sweep turns one [[models]] table into the model plus one row per axis value.
         models.extend(kinds[kind].expand(spec))
+    impostors = [m.name for m in models if m.name == "real" and m.kind != "real"]
+    if impostors:
+        # Reports, the dashboard and the reader study read a model named "real" as the references.
+        raise ConfigError(
+            f'{where}: the model name "real" is reserved for kind = "real" (the references); rename the '
+            f"{next(m.kind for m in models if m.name == 'real')} model"
+        )
     if privacy is not None and not any(m.kind == "real" for m in models):
         # The references' own nearest-training distances are the calibration every privacy number is
         # read against (the real row ≈ quantile, the held-out histogram, α/β's calibration row).

@@ -481,6 +481,7 @@ def _write_privacy(
         "features": privacy.features,
         "metric": "cosine",
         "pixel_size": 128,
+        "max_shift": 2,
         "quantile": privacy.quantile,
         "k": 5,
         "thresholds": thresholds,

@@ -551,10 +551,6 @@ def run_privacy(
 
     section = plan.section
     out = config.study.output
-    write_parquet(
-        pa.Table.from_pandas(plan.training[list(rundir.PRIVACY_TRAINING_COLUMNS)], preserve_index=False),
-        out / rundir.PRIVACY_TRAINING,
-    )
     samples = samples.assign(case_id=samples["case_id"].astype(str)).reset_index(drop=True)
     from audit.evaluators.base import resolve_device
 
@@ -597,6 +593,12 @@ def run_privacy(
             "reid_score": reid_mean[at],
             "reid_score_max": reid_max[at],
         }
+    )
+    # Both files after the search, together: a rerun that fails before here (an overlap found by the
+    # pixel search) leaves the previous pair as it was, never a new manifest beside old neighbours.
+    write_parquet(
+        pa.Table.from_pandas(plan.training[list(rundir.PRIVACY_TRAINING_COLUMNS)], preserve_index=False),
+        out / rundir.PRIVACY_TRAINING,
     )
     write_parquet(pa.Table.from_pandas(frame, schema=_SCHEMA, preserve_index=False), out / rundir.PRIVACY)
 

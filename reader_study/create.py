@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -31,6 +32,9 @@ from audit.norberg.geometry import PATIENT_LEFT_ON
 from reader_study import assignment, blinding, placement, rendering, study, studydir
 from reader_study.criteria import Criterion
 from reader_study.store import Store, new_token, sqlite_url
+
+# The model kind whose samples are training images plus noise (audit.models.training_copy).
+TRAINING_COPY = "training-copy"
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +145,12 @@ def _sources(run: Path, models: Sequence[str] | None) -> tuple[dict[str, list[_S
         f = pd.read_csv(run / rundir.FAILURES, dtype={"case_id": str})
         failed = {(m, c, int(s)) for m, c, s in zip(f.model, f.case_id, f["sample"]) if pd.notna(s)}
     generated = [m for m in dict.fromkeys(samples.model) if m != REAL]
+    kinds = dict(zip(samples.model, samples["kind"], strict=False)) if "kind" in samples.columns else {}
+    # A training-copy baseline's samples are training images: not generated, and a reader study must not
+    # show them unless the run's privacy audit says training images may be shown.
+    copies = [m for m in generated if kinds.get(m) == TRAINING_COPY]
     if models is None:
-        chosen = generated
+        chosen = [m for m in generated if m not in copies]
     else:
         unknown = [m for m in models if m not in generated]
         if unknown:
@@ -150,6 +158,14 @@ def _sources(run: Path, models: Sequence[str] | None) -> tuple[dict[str, list[_S
                 f"--models: {unknown} not in {run / rundir.SAMPLES}; its models are: {', '.join(generated)}"
             )
         chosen = list(models)
+        shown = [m for m in chosen if m in copies]
+        if shown and not _training_images_may_be_shown(run):
+            raise CreateError(
+                f"--models: {', '.join(shown)} {'is a' if len(shown) == 1 else 'are'} training-copy "
+                "baseline(s), whose samples are training images, and the run's [privacy].show_training_images "
+                "is not true; leave them out (they are not generated images), or rerun with "
+                "show_training_images = true if the training data may be shown to readers"
+            )
     out: dict[str, list[_Source]] = {
         REAL: [_Source(REAL, str(c), None, str(p), None) for c, p in zip(cases.case_id, cases.image)]
     }
@@ -161,6 +177,15 @@ def _sources(run: Path, models: Sequence[str] | None) -> tuple[dict[str, list[_S
             if isinstance(r.path, str) and (model, str(r.case_id), int(r.sample)) not in failed
         ]
     return out, cases
+
+
+def _training_images_may_be_shown(run: Path) -> bool:
+    try:
+        info = json.loads((run / rundir.RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    record = info.get("privacy") if isinstance(info, dict) else None
+    return isinstance(record, dict) and record.get("show_training_images") is True
 
 
 def _read_source(src: _Source) -> tuple[np.ndarray, str]:

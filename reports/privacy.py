@@ -71,6 +71,7 @@ HIDDEN_NOTE = (
     "training images (training-copy baselines) or flagged as copies of one are withheld too."
 )
 TRAINING_COPY = "training-copy"  # the model kind whose samples are training images plus noise
+DEGRADE = "degrade"  # the model kind whose samples are damaged held-out references
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +100,16 @@ def withheld_samples(
     """What :class:`Withheld` keeps off the pages of a run (``info``: run.json). Nothing when the run's
     privacy record says ``show_training_images = true``; otherwise every training-copy model's samples
     (also in a run without the audit, which never said training pixels may be shown) and every flagged
-    sample of the other models (the real rows are held-out patients, never training images)."""
+    sample of the generators (the real rows and their degradations are held-out patients' images)."""
     if PrivacyInfo.from_info(info).show_training_images:
         return Withheld(frozenset(), {})
     copies = frozenset(m.name for m in models if m.kind == TRAINING_COPY)
     flagged: dict[tuple[str, str, int], str] = {}
     if privacy is not None:
-        real = {m.name for m in models if m.is_real} | {REAL}
-        rows = privacy.rows[privacy.rows["flagged"] & ~privacy.rows["model"].isin(real)]
+        # The references, and degradations of them, are held-out patients' images shown beside them
+        # anyway: a flag there is the calibration's false positive, not a training image.
+        held_out = reference_names(models) | {m.name for m in models if m.kind == DEGRADE}
+        rows = privacy.rows[privacy.rows["flagged"] & ~privacy.rows["model"].isin(held_out)]
         for r in rows.itertuples(index=False):
             # The image the flagging space found (pixels: the pixel-space neighbour).
             source = r.pixel_train_case_id if r.flagged_by == "pixels" else r.train_case_id
@@ -132,6 +135,18 @@ class PrivacyInfo:
     # The per-space quantile level both thresholds sit at, chosen so that ``quantile`` of the held-out
     # references is flagged by either space (audit.privacy.union_thresholds); None when not recorded.
     level: float | None = None
+    max_shift: int | None = None  # the pixel search's largest shift in pixels; None when not recorded
+
+    @property
+    def pixel_text(self) -> str:
+        """How the pixel distance was taken, for the pages."""
+        size = f"{self.pixel_size}² " if self.pixel_size else ""
+        if self.max_shift:
+            return (
+                f"L2 / √pixels on {size}images, the smallest over the sample as generated and mirrored, each "
+                f"moved by up to {self.max_shift} pixels, against the training image's centred window"
+            )
+        return f"L2 / √pixels on {size}images, as generated or mirrored, whichever is nearer"
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any]) -> PrivacyInfo:
@@ -154,6 +169,7 @@ class PrivacyInfo:
             show_training_images=record.get("show_training_images") is True,
             reid_model=str(record["reid_model"]) if record.get("reid_model") else None,
             level=_number(record.get("level")),
+            max_shift=_integer(record.get("max_shift")),
         )
 
     def threshold(self, column: str) -> float | None:

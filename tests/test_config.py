@@ -204,3 +204,11 @@ def test_privacy_needs_the_real_model(tmp_path):
     with pytest.raises(ConfigError, match=r'\[privacy\] needs a model of kind "real"'):
         load_config(write(tmp_path, no_real))
     assert load_config(write(tmp_path, text)).privacy.max_shift == 2
+
+
+def test_the_name_real_is_reserved_for_the_references(tmp_path):
+    text = BASE.replace('name = "real"\nkind = "real"', 'name = "heldout"\nkind = "real"')
+    text = text.replace('name = "xreal"', 'name = "real"')
+    assert 'name = "real"' in text and 'name = "heldout"' in text
+    with pytest.raises(ConfigError, match=r'the model name "real" is reserved for kind = "real"'):
+        load_config(write(tmp_path, text))

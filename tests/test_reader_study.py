@@ -1783,3 +1783,23 @@ def test_both_apps_are_served_with_the_same_locked_down_settings():
             "--client.toolbarMode": "minimal", "--client.showErrorDetails": "none",
             "--global.developmentMode": "false",
         }  # fmt: skip
+
+
+def test_training_copy_samples_reach_readers_only_when_the_run_allows(tmp_path):
+    """A training-copy baseline's samples are training images: never a default stratum, and refused
+    when asked for unless the run's privacy audit says training images may be shown."""
+    from audit.fake_run import FakePrivacy, write_fake_run
+    from reader_study.create import _sources
+    from tests.test_report_privacy import PRIVACY
+    from tests.test_report_privacy import _spec as privacy_spec
+
+    shown = write_fake_run(tmp_path / "shown", privacy_spec(PRIVACY))
+    hidden = write_fake_run(
+        tmp_path / "hidden", privacy_spec(FakePrivacy(closeness=PRIVACY.closeness, show_training_images=False))
+    )
+    for run in (shown, hidden):
+        sources, _ = _sources(run, None)
+        assert set(sources) == {"real", "gen_a", "gen_b"}  # no "copy"
+    assert "copy" in _sources(shown, ("gen_a", "copy"))[0]
+    with pytest.raises(CreateError, match=r"--models: copy is a training-copy baseline.*show_training_images"):
+        _sources(hidden, ("gen_a", "copy"))

@@ -434,3 +434,9 @@ def test_stale_privacy_files_are_not_read(audited: tuple[Path, str], tmp_path: P
     (run / rundir.RUN_JSON).write_text(json.dumps(info))
     assert load_privacy(run) is None
     assert '<section id="privacy">' not in render_html_report(run)
+
+
+def test_the_pages_say_how_the_pixel_distance_was_taken(audited: tuple[Path, str]) -> None:
+    _, page = audited
+    assert "moved by up to 2 pixels, against the training image" in html.unescape(_section(page))
+    assert "as generated or mirrored, whichever is nearer" in PrivacyInfo.from_info({"privacy": {}}).pixel_text

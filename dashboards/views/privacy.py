@@ -33,7 +33,7 @@ if found is None:
 info = found.info
 st.caption(
     "Every sample against its nearest training image, in the feature space of "
-    f"`{info.features or '?'}` ({info.metric or '?'} distance) and in pixel space (L2 / √pixels, as generated or mirrored, whichever is nearer). A sample is "
+    f"`{info.features or '?'}` ({info.metric or '?'} distance) and in pixel space ({info.pixel_text}). A sample is "
     "flagged when either distance is below its threshold; both thresholds sit at one quantile level of "
     "the held-out real images' own nearest-training distances (the real rows, the calibration), chosen so "
     f"that {info.quantile if info.quantile is not None else '?'} of them is flagged by either space."

@@ -358,8 +358,8 @@ def render_privacy(ctx: PageContext, privacy: PrivacyFiles, k: int = CLOSEST_PAI
     figures = "".join(_histogram(privacy, column, models, i) for i, column in enumerate(SPACES))
     return (
         '\n<p class="small">Every sample is matched to its nearest image of the generator\'s training set, '
-        "in an embedding space and in pixel space (as generated or mirrored left-right, whichever is "
-        "nearer); a sample is flagged as memorised when either distance "
+        f"in an embedding space and in pixel space ({escape(privacy.info.pixel_text)}); a sample is "
+        "flagged as memorised when either distance "
         "is below its threshold. Both thresholds sit at one quantile level of the held-out real images' own "
         "nearest-training distances (the <b>real</b> row), chosen so that the calibration quantile of them "
         "is flagged by either space.</p>\n"

@@ -264,12 +264,16 @@ def _prepare(
     offset: int,
     dev: torch.device,
     center: np.ndarray | None = None,
+    scale: float = 1.0,
 ) -> _Rows:
     """Check ``x`` and build its float32 rows and norms, ``chunk`` rows at a time, in numpy.
 
     ``center`` (l2 only): a vector subtracted from every row of both sides before the matrix product.
     Distances do not change, but the rows' norms, which the float32 error bound scales with, shrink to
     the spread around it (pixel rows in [0, 1]: by 3 to 5 times), and so does the candidate set.
+    ``scale`` (l2 only, a power of two, so exact): multiplies those rows of both sides so the query's
+    largest is about 1, keeping float32 products of tiny or huge vectors in float32's normal range,
+    where the relative error bound holds. Re-scoring uses the input rows, so distances are unscaled.
 
     numpy, single-threaded, rather than torch: these are cheap passes over memory, and on a busy
     machine every multi-threaded torch op on a CPU waits at an OpenMP barrier.
@@ -287,6 +291,7 @@ def _prepare(
         part = x[s : s + chunk].astype(np.float64)
         if center is not None:
             part -= center
+            part *= scale
         sq = np.einsum("ij,ij->i", part, part)
         bad = np.flatnonzero(~np.isfinite(sq))
         if bad.size:
@@ -370,6 +375,18 @@ def _mean_row(x: np.ndarray, chunk: int) -> np.ndarray | None:
         total += x[s : s + chunk].sum(axis=0, dtype=np.float64)
     mean = total / max(x.shape[0], 1)
     return mean if np.isfinite(mean).all() else None
+
+
+def _power_of_two_scale(x: np.ndarray, center: np.ndarray, chunk: int) -> float:
+    """2^-e with 2^e the power of two nearest the largest ‖row − center‖ of ``x`` (1 when that is 0 or
+    not finite: the row checks in :func:`_prepare` then speak)."""
+    largest = 0.0
+    for s in range(0, x.shape[0], chunk):
+        part = x[s : s + chunk].astype(np.float64) - center
+        largest = max(largest, float(np.sqrt(np.einsum("ij,ij->i", part, part).max(initial=0.0))))
+    if not (math.isfinite(largest) and largest > 0.0):
+        return 1.0
+    return math.ldexp(1.0, -round(math.log2(largest)))
 
 
 def _scores(
@@ -486,13 +503,14 @@ def nearest_neighbours(
 
     with torch.inference_mode():
         center = _mean_row(query, chunk) if metric == "l2" else None
-        q = _prepare(np.ascontiguousarray(query), metric, chunk, "query", 0, dev, center)
+        scale = _power_of_two_scale(query, center, chunk) if center is not None else 1.0
+        q = _prepare(np.ascontiguousarray(query), metric, chunk, "query", 0, dev, center, scale)
         best = torch.full((n, k), math.inf, dtype=torch.float64, device=dev)
         best_index = torch.full((n, k), _SENTINEL, dtype=torch.int64, device=dev)
         buffer = np.empty(rows * cols, np.float32) if _numpy_gemm(dev) else None
         offset = 0
         for block in _blocks(reference, d, cols):
-            r = _prepare(np.ascontiguousarray(block), metric, chunk, "reference", offset, dev, center)
+            r = _prepare(np.ascontiguousarray(block), metric, chunk, "reference", offset, dev, center, scale)
             # a·b − ‖b‖²/2 ranks ‖a − b‖² per row (cosine: every ‖b‖ is 1, so the offset is a constant,
             # left out of the product and put back in `base`).
             bias = None if metric == "cosine" else (r.sq_norm * -0.5).float()
