@@ -464,13 +464,16 @@ def _search(
     dim = space.ensure(train)
     train_rows = max(1, BLOCK_ELEMENTS // dim)
     rows = max(1, BLOCK_ELEMENTS // (dim * n_views))
+    window = reference_view if reference_view is not None else _as_given
+    # A training set within one block is read (and windowed) once for every query block; a larger one
+    # streams from the cache each time, so memory stays flat in its size.
+    held = window(space.vectors(train)) if len(train) <= train_rows else None
     dist, idx, view = [], [], []
     for q in space.blocks(queries, rows):
         stacked = views(q)
         if stacked.shape[0] != n_views * len(q):
             raise AssertionError(f"views made {stacked.shape[0]} rows for {len(q)} queries × {n_views} views")
-        blocks = space.blocks(train, train_rows)
-        reference = blocks if reference_view is None else (reference_view(b) for b in blocks)
+        reference = held if held is not None else (window(b) for b in space.blocks(train, train_rows))
         try:
             found = nearest_neighbours(stacked, reference, metric=space.metric, k=k, device=device)
         except ValueError as exc:
@@ -715,13 +718,23 @@ def _find(
         f_dist, f_idx, _ = _search(features, queries, train, k, device)
         size, shift = plan.section.pixel_size, plan.section.max_shift
         shifts = len(pixel_shifts(shift))
+        # One buffer for every query block's views: fresh 256 MiB arrays cost their page faults each time.
+        buffer = np.empty(0, np.float32)
+
+        def views(q: np.ndarray) -> np.ndarray:
+            nonlocal buffer
+            stacked = pixel_views(q, size, shift, out=buffer)
+            if stacked.base is not buffer:
+                buffer = stacked.reshape(-1)
+            return stacked
+
         p_dist, p_idx, p_view = _search(
             pixels,
             queries,
             train,
             1,
             device,
-            views=lambda q: pixel_views(q, size, shift),
+            views=views,
             n_views=2 * shifts,
             reference_view=lambda t: pixel_window(t, size, shift),
         )
