@@ -44,7 +44,6 @@ rows and run.json's ``"privacy"``.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -56,12 +55,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from audit import images, rundir
-from audit.atomic import sha256_bytes, sha256_file
+from audit.atomic import sha256_file
 from audit.cases import Manifest, ManifestError, load_manifest
 from audit.config import PrivacySection, StudyConfig
 from audit.evaluators import speed
 from audit.evaluators.plan import EvaluatorPlan, Role, Unavailable
 from audit.feature_cache import EvaluatorKey, FeatureCache, compute_with_cache, default_cache_root
+from audit.privacy_reid import reid_pairs, verified_reid_sha
 from audit.privacy_summary import ALPHA_BETA_METRICS, alpha_beta_rows, auc_rows, memorised_rows
 from audit.run_plan import RunError, write_parquet
 
@@ -187,7 +187,7 @@ def prepare_privacy(config: StudyConfig, manifest: Manifest, out: Path) -> Priva
         raise RunError(f"[privacy].features = {section.features!r} cannot be used: {plan.reason}")
     reid_sha = None
     if section.reid_model is not None:
-        reid_sha = _verified_reid_sha(section)
+        reid_sha = verified_reid_sha(section)
     vector = "probs" if plan.source == "user" else "features"
     return PrivacyPlan(section, plan, vector, train, refs, sha256_file(training.path), reid_sha)
 
@@ -262,24 +262,6 @@ def _check_pixel_overlap(plan: PrivacyPlan, found: _Found, ref_rows: np.ndarray)
         "The references calibrate the memorisation threshold and must be patients the generator never saw: "
         "remove these cases from one of the two manifests (the study's cases or [privacy].training_cases)."
     )
-
-
-def _verified_reid_sha(section: PrivacySection) -> str:
-    reid = section.reid_model
-    assert reid is not None
-    path = Path(reid.path)
-    if not path.is_file():
-        raise RunError(
-            f"[privacy.reid_model].path: {path} not found; fix the path or remove [privacy.reid_model]"
-        )
-    found = sha256_file(path)
-    if found != reid.sha256.lower():
-        raise RunError(
-            f"[privacy.reid_model]: {path} has sha256 {found} but the config pins {reid.sha256.lower()}; it "
-            "was not loaded. Restore the pinned file, or update [privacy.reid_model].sha256 if the change is "
-            "intended"
-        )
-    return found
 
 
 def resolve_features(section: PrivacySection, config: StudyConfig) -> EvaluatorPlan | Unavailable:
@@ -741,69 +723,7 @@ def _find(
         radius = _nearest_other(features, train, device)
         reid = (np.full(len(queries), np.nan), np.full(len(queries), np.nan))
         if plan.section.reid_model is not None:
-            reid = _reid(plan, pixels, queries, f_idx, train, device, config.evaluators.batch_size)
-    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] >= shifts, radius, reid, features)
-
-
-def _reid(
-    plan: PrivacyPlan,
-    pixels: _Space,
-    queries: Sequence[str],
-    f_idx: np.ndarray,
-    train: Sequence[str],
-    device: str,
-    batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the mean and max re-ID score over its k nearest training images (feature space)."""
-    import torch
-
-    from audit.metrics.functional.privacy import reid_scores
-
-    reid = plan.section.reid_model
-    assert reid is not None
-    model = load_reid_model(Path(reid.path), reid.sha256, device)
-    size = plan.section.pixel_size
-    n, k = f_idx.shape
-    pairwise = np.empty((n, k), dtype=np.float64)
-    rows = max(1, BLOCK_ELEMENTS // (size * size * (k + 1)))
-    for start in range(0, n, rows):
-        q = pixels.vectors(queries[start : start + rows]).reshape(-1, 1, size, size)
-        nb = f_idx[start : start + rows]
-        t = pixels.vectors([train[i] for i in nb.reshape(-1)]).reshape(-1, 1, size, size)
-        a = np.repeat(q, k, axis=0)  # pair (query i, its j-th neighbour) at row i * k + j
-        scores = []
-        with torch.no_grad():
-            for b in range(0, len(a), batch_size):
-                xa = torch.from_numpy(a[b : b + batch_size]).to(device)
-                xb = torch.from_numpy(t[b : b + batch_size]).to(device)
-                scores.append(
-                    np.asarray(model(xa, xb).detach().float().cpu().numpy(), dtype=np.float64).reshape(-1)
-                )
-        s = np.concatenate(scores)
-        if s.shape != (len(a),) or not np.all((s >= 0) & (s <= 1)):
-            span = f" spanning [{np.nanmin(s):g}, {np.nanmax(s):g}]" if s.size else ""
-            raise RunError(
-                f"[privacy.reid_model] {reid.path}: expected one score in [0, 1] per image pair, got "
-                f"{s.size} value(s) for {len(a)} pair(s){span}; the network must map two (N, 1, S, S) "
-                "batches in [0, 1] to (N,) same-patient probabilities"
+            reid = reid_pairs(
+                plan.section, pixels.vectors, queries, f_idx, train, device, config.evaluators.batch_size
             )
-        pairwise[start : start + len(nb)] = s.reshape(len(nb), k)
-    mean, worst = reid_scores(pairwise)
-    return np.asarray(mean, dtype=np.float64), np.asarray(worst, dtype=np.float64)
-
-
-def load_reid_model(path: Path, sha256: str, device: str) -> Any:
-    """The TorchScript re-ID network, loaded from exactly the bytes whose hash matches the pin (a file
-    swapped after the run's first check is refused, never loaded)."""
-    import torch
-
-    data = Path(path).read_bytes()
-    found = sha256_bytes(data)
-    if found != sha256.lower():
-        raise RunError(
-            f"[privacy.reid_model]: {path} has sha256 {found} but the config pins {sha256.lower()}; it was "
-            "not loaded. Restore the pinned file, or update [privacy.reid_model].sha256 if the change is intended"
-        )
-    model = torch.jit.load(io.BytesIO(data), map_location=device)
-    model.eval()
-    return model
+    return _Found(queries, f_dist, f_idx, p_dist, p_idx, p_view[:, 0] >= shifts, radius, reid, features)

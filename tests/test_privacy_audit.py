@@ -397,7 +397,7 @@ def test_a_reid_model_with_the_wrong_hash_is_refused_before_loading(cohorts, tmp
     assert loaded == []
     assert not (tmp_path / "run" / rundir.SAMPLES_DIR).exists()
     # The load itself checks the bytes it loads too (a file swapped after the first check).
-    from audit.privacy import load_reid_model
+    from audit.privacy_reid import load_reid_model
 
     with pytest.raises(RunError, match="not loaded"):
         load_reid_model(cohorts["reid"], "0" * 64, "cpu")
