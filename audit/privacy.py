@@ -700,23 +700,13 @@ def _find(
         f_dist, f_idx, _ = _search(features, queries, train, k, device)
         size, shift = plan.section.pixel_size, plan.section.max_shift
         shifts = len(pixel_shifts(shift))
-        # One buffer for every query block's views: fresh 256 MiB arrays cost their page faults each time.
-        buffer = np.empty(0, np.float32)
-
-        def views(q: np.ndarray) -> np.ndarray:
-            nonlocal buffer
-            stacked = pixel_views(q, size, shift, out=buffer)
-            if stacked.base is not buffer:
-                buffer = stacked.reshape(-1)
-            return stacked
-
         p_dist, p_idx, p_view = _search(
             pixels,
             queries,
             train,
             1,
             device,
-            views=views,
+            views=lambda q: pixel_views(q, size, shift),
             n_views=2 * shifts,
             reference_view=lambda t: pixel_window(t, size, shift),
         )

@@ -57,6 +57,19 @@ NORBERG_SUMMARY = "norberg_summary.csv"
 NORBERG_INFO = "norberg.json"
 PRIVACY = "privacy.parquet"
 PRIVACY_TRAINING = "privacy_training.parquet"
+# The model kind whose samples are training images plus noise (audit.models.training_copy): no page
+# and no reader study may show them unless the run says training images may be shown.
+TRAINING_COPY_KIND = "training-copy"
+
+
+def shows_training_images(info: Mapping[str, Any]) -> bool:
+    """Whether run.json (``info``, as read) allows training pixels on a page or in a reader study: only
+    when its ``"privacy"`` record says ``show_training_images = true`` explicitly (a run without the
+    record, or with a value that is not a boolean, does not)."""
+    record = info.get("privacy") if isinstance(info, Mapping) else None
+    return isinstance(record, Mapping) and record.get("show_training_images") is True
+
+
 REPORT_HTML = "report.html"
 SAMPLES_DIR = "samples"
 PARTS_DIR = "parts"

@@ -33,9 +33,6 @@ from reader_study import assignment, blinding, placement, rendering, study, stud
 from reader_study.criteria import Criterion
 from reader_study.store import Store, new_token, sqlite_url
 
-# The model kind whose samples are training images plus noise (audit.models.training_copy).
-TRAINING_COPY = "training-copy"
-
 log = logging.getLogger(__name__)
 
 REAL = "real"
@@ -148,7 +145,7 @@ def _sources(run: Path, models: Sequence[str] | None) -> tuple[dict[str, list[_S
     kinds = dict(zip(samples.model, samples["kind"], strict=False)) if "kind" in samples.columns else {}
     # A training-copy baseline's samples are training images: not generated, and a reader study must not
     # show them unless the run's privacy audit says training images may be shown.
-    copies = [m for m in generated if kinds.get(m) == TRAINING_COPY]
+    copies = [m for m in generated if kinds.get(m) == rundir.TRAINING_COPY_KIND]
     if models is None:
         chosen = [m for m in generated if m not in copies]
     else:
@@ -184,8 +181,7 @@ def _training_images_may_be_shown(run: Path) -> bool:
         info = json.loads((run / rundir.RUN_JSON).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    record = info.get("privacy") if isinstance(info, dict) else None
-    return isinstance(record, dict) and record.get("show_training_images") is True
+    return rundir.shows_training_images(info)
 
 
 def _read_source(src: _Source) -> tuple[np.ndarray, str]:

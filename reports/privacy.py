@@ -70,7 +70,6 @@ HIDDEN_NOTE = (
     "data may not leave its owner); pairs are named by training case id only, and samples that are "
     "training images (training-copy baselines) or flagged as copies of one are withheld too."
 )
-TRAINING_COPY = "training-copy"  # the model kind whose samples are training images plus noise
 DEGRADE = "degrade"  # the model kind whose samples are damaged held-out references
 
 
@@ -101,9 +100,9 @@ def withheld_samples(
     privacy record says ``show_training_images = true``; otherwise every training-copy model's samples
     (also in a run without the audit, which never said training pixels may be shown) and every flagged
     sample of the generators (the real rows and their degradations are held-out patients' images)."""
-    if PrivacyInfo.from_info(info).show_training_images:
+    if rundir.shows_training_images(info):
         return Withheld(frozenset(), {})
-    copies = frozenset(m.name for m in models if m.kind == TRAINING_COPY)
+    copies = frozenset(m.name for m in models if m.kind == rundir.TRAINING_COPY_KIND)
     flagged: dict[tuple[str, str, int], str] = {}
     if privacy is not None:
         # The references, and degradations of them, are held-out patients' images shown beside them
@@ -166,7 +165,7 @@ class PrivacyInfo:
             k=_integer(record.get("k")),
             thresholds=thresholds,  # type: ignore[arg-type]
             n_training=_integer(record.get("n_training")),
-            show_training_images=record.get("show_training_images") is True,
+            show_training_images=rundir.shows_training_images(info),
             reid_model=str(record["reid_model"]) if record.get("reid_model") else None,
             level=_number(record.get("level")),
             max_shift=_integer(record.get("max_shift")),

@@ -127,14 +127,13 @@ def pixel_window(
     return np.ascontiguousarray(window, dtype=np.float32).reshape(arr.shape[0], -1)
 
 
-def pixel_views(vectors: np.ndarray, size: int, max_shift: int, out: np.ndarray | None = None) -> np.ndarray:
+def pixel_views(vectors: np.ndarray, size: int, max_shift: int) -> np.ndarray:
     """The versions of each sample the pixel search compares with training windows
     (:func:`pixel_window` at shift (0, 0)), stacked view after view in one float32 array
     (views·n, (size − 2·max_shift)²): rows ``v·n … (v+1)·n − 1`` are view ``v``. The views are every
     shift of :func:`pixel_shifts`, as given, then every shift of the left-right mirror image
     (:func:`mirror_pixel_vectors`): view ``v`` is mirrored when ``v >= len(pixel_shifts(max_shift))``;
-    view 0 is the sample itself, centred. Each window is written once, straight into the result: into
-    ``out`` (a flat float32 array reused from block to block) when it is large enough."""
+    view 0 is the sample itself, centred. Each window is written once, straight into the result."""
     arr = np.asarray(vectors)
     if arr.ndim != 2 or arr.shape[1] != size * size:
         raise ValueError(
@@ -145,10 +144,7 @@ def pixel_views(vectors: np.ndarray, size: int, max_shift: int, out: np.ndarray 
     if not 0 <= 2 * r < size:
         raise ValueError(f"max_shift must leave a window: 0 <= 2·max_shift < size={size}; got {max_shift}")
     side = size - 2 * r
-    need = 2 * len(shifts) * n * side * side
-    if out is None or out.dtype != np.float32 or out.ndim != 1 or out.size < need:
-        out = np.empty(need, dtype=np.float32)
-    out = out[:need].reshape(2 * len(shifts), n, side, side)
+    out = np.empty((2 * len(shifts), n, side, side), dtype=np.float32)
     img = arr.reshape(n, size, size)
     for m, source in enumerate((img, img[:, :, ::-1])):
         for k, (dy, dx) in enumerate(shifts):
